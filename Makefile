@@ -1,0 +1,44 @@
+# xaiprune: `make report` runs the study, `make test` runs the tests. `make` alone lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PROFILE ?= default
+STAMP := $(VENV)/.install-stamp
+
+.DEFAULT_GOAL := help
+.PHONY: help install report smoke test lab bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@echo "  variables: PROFILE=smoke|default|full (report), PYTHON=$(PYTHON)"
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, alone and pinned: the CPU build 2.13.0 (any other version pulls CUDA)
+	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(PY) -m ipykernel install --sys-prefix --name xaiprune --display-name "Python (xaiprune)" >/dev/null
+	@touch $@
+
+install: $(STAMP)  ## create .venv with the pinned set and register the Jupyter kernel "xaiprune"
+
+report: $(STAMP)  ## run the notebooks with PROFILE (default) and build reports/$(PROFILE)/index.html
+	$(PY) -m xaiprune.pipeline --profile $(PROFILE)
+
+smoke: $(STAMP)  ## the whole chain with the small CNN in about a minute
+	$(PY) -m xaiprune.pipeline --profile smoke
+
+test: $(STAMP)  ## the test suite (the end-to-end smoke test needs MEDMNIST_ROOT or data/medmnist)
+	$(PY) -m pytest
+
+lab: $(STAMP)  ## JupyterLab on the notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+bench: $(STAMP)  ## timing benchmarks (by hand; results in benchmarks/results/)
+	$(PY) benchmarks/run.py
+
+clean:  ## remove outputs (artifacts/, reports/) and caches; never data/ or .venv/
+	rm -rf artifacts reports/*/ .pytest_cache
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

@@ -1,0 +1,173 @@
+"""Run metadata, per-notebook metrics, and the HTML index of a pipeline run.
+
+Each notebook writes its headline numbers to ``artifacts/<stem>/metrics.json`` (through
+:func:`write_metrics`). After the run, :func:`build` renders every executed notebook to HTML with
+nbconvert and writes ``reports/<profile>/index.html`` (headline numbers, run metadata: git commit,
+package versions, parameters, wall time per notebook) and ``summary.json`` gathering all metrics.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import html
+import json
+import math
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from xaiprune import paths
+
+if TYPE_CHECKING:
+    from xaiprune.pipeline import Step
+
+PACKAGES = ("xaiprune", "torch", "numpy", "medmnist", "captum", "torch-pruning", "pulp", "gymnasium",
+            "stable-baselines3", "papermill", "nbconvert", "pandas", "scikit-learn")
+
+
+def _jsonable(obj):
+    """Convert numpy scalars/arrays and tuples to plain JSON types; NaN must not sneak in silently."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "tolist"):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise ValueError(f"metric value {obj} is not finite")
+    return obj
+
+
+def write_metrics(stage: str, metrics: dict, parameters: dict | None = None) -> Path:
+    """Write a notebook's headline numbers to ``artifacts/<stage>/metrics.json`` (sorted keys).
+
+    Only computed, deterministic numbers belong here (no timings), so that two runs of one
+    profile give identical files. Beside it, ``meta.json`` records the parameters, git commit,
+    package versions and the SHA-256 of the metrics file.
+    """
+    folder = paths.artifact_dir(stage)
+    text = json.dumps(_jsonable(metrics), indent=2, sort_keys=True) + "\n"
+    (folder / "metrics.json").write_text(text)
+    meta = {"stage": stage, "parameters": _jsonable(parameters or {}), "git_commit": git_commit(),
+            "versions": versions(), "metrics_sha256": hashlib.sha256(text.encode()).hexdigest()}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return folder / "metrics.json"
+
+
+def read_metrics(stage: str) -> dict | None:
+    path = paths.ARTIFACTS / stage / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=paths.ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def run_metadata(profile: str, steps: list["Step"], wall_seconds: float) -> dict:
+    return {
+        "profile": profile,
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "machine": f"{platform.machine()} {platform.system()} {platform.release()}",
+        "versions": versions(),
+        "wall_seconds": round(wall_seconds, 1),
+        "notebooks": {s.stem: {"parameters": s.parameters, "seconds": round(s.seconds or 0.0, 1)}
+                      for s in steps},
+    }
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    """``{"a": {"b": 1}}`` to ``{"a.b": 1}`` for the headline table."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if isinstance(v, list) and len(v) > 12:
+        return html.escape(f"[{len(v)} values]")
+    return html.escape(str(v))
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
+td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
+th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
+code{background:#f4f4f4;padding:0 .2em}
+"""
+
+
+def render_index(meta: dict, metrics: dict[str, dict | None]) -> str:
+    rows = []
+    for stem, info in meta["notebooks"].items():
+        rows.append(f"<tr><td><a href='{stem}.html'>{stem}</a></td><td class='num'>{info['seconds']:.1f}</td>"
+                    f"<td><code>{html.escape(json.dumps(info['parameters']))}</code></td></tr>")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>xaiprune: {meta['profile']} run</title>"
+             f"<style>{_CSS}</style></head><body>",
+             f"<h1>xaiprune &mdash; profile <code>{html.escape(meta['profile'])}</code></h1>",
+             f"<p>Finished {meta['finished']} &middot; commit <code>{html.escape(meta['git_commit'])}</code>"
+             f" &middot; total wall time {meta['wall_seconds']:.1f} s &middot; {html.escape(meta['machine'])}</p>",
+             "<h2>Notebooks</h2><table><tr><th>notebook</th><th>seconds</th><th>parameters</th></tr>",
+             *rows, "</table>", "<h2>Headline numbers</h2>"]
+    for stem, m in metrics.items():
+        parts.append(f"<h3>{stem}</h3>")
+        if not m:
+            parts.append("<p>(this notebook wrote no metrics.json)</p>")
+            continue
+        parts.append("<table><tr><th>metric</th><th>value</th></tr>")
+        parts += [f"<tr><td>{html.escape(k)}</td><td class='num'>{_fmt(v)}</td></tr>"
+                  for k, v in flatten(m).items()]
+        parts.append("</table>")
+    parts.append("<h2>Package versions</h2><table>")
+    parts += [f"<tr><td>{k}</td><td>{html.escape(v)}</td></tr>" for k, v in meta["versions"].items()]
+    parts.append("</table></body></html>")
+    return "\n".join(parts)
+
+
+def notebook_to_html(notebook: Path, out: Path) -> Path:
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter(template_name="lab").from_filename(str(notebook))
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
+def build(profile: str, steps: list["Step"], out_dir: Path, wall_seconds: float) -> Path:
+    """Write ``<stem>.html`` per executed notebook, ``summary.json`` and ``index.html``; return the index."""
+    for step in steps:
+        notebook_to_html(step.output, out_dir / f"{step.stem}.html")
+    meta = run_metadata(profile, steps, wall_seconds)
+    metrics = {s.stem: read_metrics(s.stem) for s in steps}
+    (out_dir / "summary.json").write_text(json.dumps({"metadata": meta, "metrics": metrics}, indent=2))
+    index = out_dir / "index.html"
+    index.write_text(render_index(meta, metrics), encoding="utf-8")
+    return index

@@ -1,0 +1,217 @@
+"""Seeded, deterministic training of the "pre-trained" models, cached by a hash of what made them.
+
+No weights can be downloaded here, so the pipeline trains each architecture once on the train
+split and then treats it as frozen. A checkpoint embeds its config (nanoGPT style) and loads with
+``torch.load(..., weights_only=True)``. The cache key is a hash of the config and of the data
+file's MD5: the same parameters reuse a checkpoint, changed parameters never do.
+
+Metrics are MedMNIST's own: ``medmnist.evaluator.getAUC`` and ``getACC``, the functions behind
+``medmnist.Evaluator.evaluate``, so numbers compare with the MedMNIST v2 benchmark.
+Used by ``02_train.ipynb``; later notebooks call :func:`load`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from medmnist import INFO
+from medmnist.evaluator import getACC, getAUC
+from torch import nn
+from tqdm import tqdm
+
+from xaiprune import data, models, paths
+
+CACHE_VERSION = 1  # bump when training code changes what a config produces
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a trained model (all of it goes into the cache key)."""
+
+    arch: str = "vgg16_bn"
+    flag: str = "pneumoniamnist"
+    size: int = 28
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 1e-3          # Adam, cosine-annealed to 0 over the run
+    weight_decay: float = 1e-4
+    seed: int = 0
+    max_train: int = 0        # 0: the whole train split; n > 0: the first n images (smoke runs)
+
+    def validate(self) -> "TrainConfig":
+        data.check_flag_size(self.flag, self.size)
+        if self.arch not in models.ARCHS:
+            raise ValueError(f"arch={self.arch!r}; expected one of {sorted(models.ARCHS)}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}; expected a positive integer")
+        if self.lr <= 0 or self.weight_decay < 0 or self.max_train < 0:
+            raise ValueError(f"lr={self.lr}, weight_decay={self.weight_decay}, max_train={self.max_train}: "
+                             "expected lr > 0, weight_decay >= 0, max_train >= 0")
+        return self
+
+
+@dataclass
+class Trained:
+    """A trained model with its config, per-epoch history and val/test metrics."""
+
+    model: models.SegmentedModel
+    config: TrainConfig
+    history: list[dict] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    path: Path | None = None
+    cached: bool = False
+
+
+def published_benchmark(flag: str) -> dict[str, dict[str, float]]:
+    """Test AUC and ACC that the MedMNIST v2 paper (Table 3) reports for ``flag``, by method."""
+    table = json.loads((Path(__file__).parent / "medmnist_v2_benchmark.json").read_text())
+    return table["results"].get(flag, {})
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+
+
+def is_multilabel(flag: str) -> bool:
+    return INFO[flag]["task"] == "multi-label, binary-class"
+
+
+def loss_fn(flag: str) -> nn.Module:
+    return nn.BCEWithLogitsLoss() if is_multilabel(flag) else nn.CrossEntropyLoss()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, flag: str, batch_size: int = 256) -> np.ndarray:
+    """Scores as MedMNIST's evaluator expects: softmax probabilities, or sigmoids for multi-label."""
+    model.eval()
+    outs = [model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    logits = torch.cat(outs)
+    probs = torch.sigmoid(logits) if is_multilabel(flag) else torch.softmax(logits, dim=1)
+    return probs.numpy()
+
+
+def evaluate(model: nn.Module, split: data.Split) -> dict[str, float]:
+    """ACC and AUC of ``model`` on ``split`` with MedMNIST's metric functions."""
+    scores = predict(model, split.x, split.flag)
+    y = split.y.numpy()
+    y = y if y.ndim == 2 else y[:, None]
+    task = INFO[split.flag]["task"]
+    return {"acc": float(getACC(y, scores, task)), "auc": float(getAUC(y, scores, task))}
+
+
+def cache_key(config: TrainConfig) -> str:
+    """Hash of the config, the data file's expected MD5 and :data:`CACHE_VERSION`."""
+    payload = {"config": asdict(config), "data_md5": data.expected_md5(config.flag, config.size),
+               "version": CACHE_VERSION}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def checkpoint_path(config: TrainConfig) -> Path:
+    return (paths.ARTIFACTS / "models" /
+            f"{config.arch}-{config.flag}-{config.size}-{cache_key(config)}" / "checkpoint.pt")
+
+
+def fit(config: TrainConfig, data_root: str | None = None, progress: bool = True) -> Trained:
+    """Train ``config.arch`` on the train split; keep the epoch with the best validation AUC.
+
+    Adam with cosine annealing, cross-entropy (BCE for multi-label), no augmentation, batch order
+    from a seeded generator: two runs of one config on one machine give identical weights.
+    """
+    config.validate()
+    seed_everything(config.seed)
+    info = INFO[config.flag]
+    train = data.load_split(config.flag, "train", config.size, data_root)
+    val = data.load_split(config.flag, "val", config.size, data_root)
+    if config.max_train:
+        train = data.Split(train.x[:config.max_train], train.y[:config.max_train],
+                           train.flag, "train", train.size)
+    model = models.build(config.arch, info["n_channels"], len(info["label"]))
+    criterion = loss_fn(config.flag)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = -(-len(train) // config.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs * steps_per_epoch)
+    gen = torch.Generator().manual_seed(config.seed)
+
+    history, best, best_state = [], -1.0, None
+    bar = tqdm(total=config.epochs * steps_per_epoch, desc=f"train {config.arch}", unit="step",
+               mininterval=2.0, disable=not progress)
+    for epoch in range(config.epochs):
+        model.train()
+        order = torch.randperm(len(train), generator=gen)
+        total, seen = 0.0, 0
+        for i in range(0, len(train), config.batch_size):
+            idx = order[i:i + config.batch_size]
+            x, y = train.x[idx], train.y[idx]
+            logits = model(x)
+            loss = criterion(logits, y.float() if is_multilabel(config.flag) else y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+            bar.update()
+        val_metrics = evaluate(model, val)
+        history.append({"epoch": epoch + 1, "train_loss": total / seen,
+                        "val_acc": val_metrics["acc"], "val_auc": val_metrics["auc"]})
+        bar.set_postfix(epoch=epoch + 1, loss=f"{total / seen:.3f}", val_auc=f"{val_metrics['auc']:.3f}")
+        if val_metrics["auc"] > best:
+            best = val_metrics["auc"]
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    return Trained(model=model, config=config, history=history)
+
+
+def save(trained: Trained, path: Path) -> Path:
+    """Write a self-describing checkpoint (config, weights, history, metrics) and a meta.json."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"config": asdict(trained.config), "state_dict": trained.model.state_dict(),
+               "history": trained.history, "metrics": trained.metrics}
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    meta = {"config": asdict(trained.config), "cache_key": cache_key(trained.config),
+            "metrics": trained.metrics, "history": trained.history}
+    (path.parent / "meta.json").write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def load(path: str | Path) -> Trained:
+    """Load a checkpoint written by :func:`save` (``weights_only=True``), rebuilding its model."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    config = TrainConfig(**payload["config"])
+    info = INFO[config.flag]
+    model = models.build(config.arch, info["n_channels"], len(info["label"]))
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return Trained(model=model, config=config, history=payload["history"],
+                   metrics=payload["metrics"], path=Path(path), cached=True)
+
+
+def train_or_load(config: TrainConfig, data_root: str | None = None, progress: bool = True) -> Trained:
+    """Reuse the checkpoint of this exact config if present, else train, evaluate and save it.
+
+    Metrics (val and test ACC/AUC of the kept epoch) are computed once at training time and stored
+    in the checkpoint.
+    """
+    path = checkpoint_path(config.validate())
+    if path.is_file():
+        return load(path)
+    trained = fit(config, data_root, progress)
+    for split in ("val", "test"):
+        m = evaluate(trained.model, data.load_split(config.flag, split, config.size, data_root))
+        trained.metrics.update({f"{split}_acc": m["acc"], f"{split}_auc": m["auc"]})
+    trained.path = save(trained, path)
+    return trained

@@ -1,0 +1,105 @@
+"""Finding, verifying and loading MedMNIST files; the reference set."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+from medmnist import INFO
+
+from xaiprune import data, paths
+
+
+def test_resolution_order(synthetic, isolated, monkeypatch):
+    explicit = synthetic(folder=isolated / "explicit")
+    env_file = synthetic(folder=isolated / "env")
+    project = synthetic(folder=paths.MEDMNIST_DIR)
+    monkeypatch.setenv(data.ENV_ROOT, str(env_file.parent))
+    assert data.resolve("pneumoniamnist", 28, explicit.parent, allow_download=False) == explicit
+    assert data.resolve("pneumoniamnist", 28, None, allow_download=False) == env_file
+    monkeypatch.delenv(data.ENV_ROOT)
+    assert data.resolve("pneumoniamnist", 28, None, allow_download=False) == project
+
+
+def test_missing_file_offline_names_what_was_searched(isolated, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    with pytest.raises(data.DataError) as err:
+        data.resolve("breastmnist", 28, isolated / "nowhere")
+    msg = str(err.value)
+    assert str(isolated / "nowhere" / "breastmnist.npz") in msg
+    assert str(paths.MEDMNIST_DIR / "breastmnist.npz") in msg
+    assert INFO["breastmnist"]["url"] in msg and INFO["breastmnist"]["MD5"] in msg
+    assert "no network" in msg
+    assert not paths.MEDMNIST_DIR.exists() or not any(paths.MEDMNIST_DIR.iterdir()), "no partial file left"
+
+
+def test_md5_mismatch_refused(isolated):
+    path = data.write_synthetic(isolated / "bad", "pneumoniamnist", 28)  # INFO's MD5 is not patched
+    with pytest.raises(data.DataError, match="MD5") as err:
+        data.resolve("pneumoniamnist", 28, path.parent, allow_download=False)
+    assert INFO["pneumoniamnist"]["url"] in str(err.value)
+
+
+def test_download_verifies_and_moves_into_place(synthetic, isolated, monkeypatch):
+    source = synthetic(folder=isolated / "server")
+    monkeypatch.setitem(INFO["pneumoniamnist"], "url", source.as_uri())  # urllib reads file:// URLs
+    got = data.resolve("pneumoniamnist", 28, None)
+    assert got == paths.MEDMNIST_DIR / "pneumoniamnist.npz"
+    assert data.md5sum(got) == data.md5sum(source)
+
+
+def test_download_with_wrong_md5_leaves_nothing(isolated, monkeypatch):
+    source = data.write_synthetic(isolated / "server", "pneumoniamnist", 28)
+    monkeypatch.setitem(INFO["pneumoniamnist"], "url", source.as_uri())
+    with pytest.raises(data.DataError, match="MD5"):
+        data.resolve("pneumoniamnist", 28, None)
+    assert list(paths.MEDMNIST_DIR.iterdir()) == []
+
+
+@pytest.mark.parametrize("flag,size,match", [("mnist", 28, "not a MedMNIST"),
+                                             ("organmnist3d", 28, "3D"),
+                                             ("pneumoniamnist", 32, "size=32")])
+def test_bad_flag_or_size(flag, size, match):
+    with pytest.raises(ValueError, match=match):
+        data.load_split(flag, "train", size)
+
+
+@pytest.mark.parametrize("flag,size", [("pneumoniamnist", 28), ("bloodmnist", 64), ("chestmnist", 28)])
+def test_synthetic_round_trip(synthetic, isolated, flag, size):
+    path = synthetic(flag=flag, size=size)
+    split = data.load_split(flag, "val", size, path.parent)
+    raw = np.load(path)
+    c = INFO[flag]["n_channels"]
+    assert split.x.shape == (len(raw["val_images"]), c, size, size)
+    assert torch.allclose(split.x, data.to_tensor(raw["val_images"]))
+    labels = raw["val_labels"].astype(np.int64)
+    expected = labels if INFO[flag]["task"].startswith("multi-label") else labels[:, 0]
+    assert torch.equal(split.y, torch.from_numpy(expected))
+    assert float(split.x.min()) >= -1 and float(split.x.max()) <= 1
+
+
+def test_reference_set_is_seeded_balanced_and_biased(synthetic, isolated):
+    path = synthetic(n={"train": 4, "val": 200, "test": 4})
+    val = data.load_split("pneumoniamnist", "val", 28, path.parent)
+    a = data.reference_set(val, n_per_class=10, seed=3)
+    b = data.reference_set(val, n_per_class=10, seed=3)
+    c = data.reference_set(val, n_per_class=10, seed=4)
+    assert torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)
+    assert torch.bincount(a.y).tolist() == [10, 10]
+    biased = data.reference_set(val, n_per_class=10, bias={0: 0.9, 1: 0.1}, seed=3)
+    assert torch.bincount(biased.y).tolist() == [18, 2]
+
+
+def test_reference_set_refuses_test_split_and_bad_sizes(synthetic, isolated):
+    path = synthetic()
+    test = data.load_split("pneumoniamnist", "test", 28, path.parent)
+    with pytest.raises(ValueError, match="validation split"):
+        data.reference_set(test)
+    val = data.load_split("pneumoniamnist", "val", 28, path.parent)
+    with pytest.raises(ValueError, match="cannot draw"):
+        data.reference_set(val, n_per_class=100)

@@ -1,0 +1,91 @@
+"""The papermill pipeline: parameter checks before anything runs, clean notebooks, and the smoke run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from xaiprune import paths, pipeline
+from conftest import needs_real_data, real_root
+
+NOTEBOOKS = sorted(paths.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.fixture
+def no_execution(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a notebook was executed although the parameters were invalid")
+
+    monkeypatch.setattr(pipeline.pm, "execute_notebook", refuse)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["epoch=3"], "'epoch' is declared by no notebook"),
+    (["02_train.n_per_class=3"], "not declared by 02_train"),
+    (["99_nope.seed=1"], "notebook '99_nope' does not exist"),
+    (["seed=abc"], "seed expects int"),
+    (["archs=small_cnn"], "archs expects list"),
+    (["novalue"], "expected name=value"),
+])
+def test_bad_parameters_rejected_before_any_notebook_runs(overrides, match, no_execution, capsys):
+    assert pipeline.main(["--profile", "smoke", *(a for o in overrides for a in ("-p", o))]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_unknown_profile_lists_known_ones(no_execution, capsys):
+    assert pipeline.main(["--profile", "huge"]) == 2
+    err = capsys.readouterr().err
+    assert "huge" in err and "smoke" in err and "default" in err
+
+
+def test_every_profile_is_valid_and_overrides_apply():
+    for profile in ("smoke", "default", "full"):
+        steps = pipeline.plan(pipeline.discover(), pipeline.load_profile(profile), [])
+        assert [s.stem for s in steps] == [nb.stem for nb in NOTEBOOKS]
+    steps = pipeline.plan(pipeline.discover(), pipeline.load_profile("smoke"),
+                          ["seed=5", "02_train.epochs=1", "archs=[small_cnn, resnet18]"])
+    by = {s.stem: s.parameters for s in steps}
+    assert by["01_data"]["seed"] == 5 and by["02_train"]["seed"] == 5
+    assert by["02_train"]["epochs"] == 1 and by["02_train"]["archs"] == ["small_cnn", "resnet18"]
+    assert "epochs" not in by["01_data"]
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_notebook_is_clean_and_parameterised(notebook):
+    nb = nbformat.read(notebook, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "committed with outputs"
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and tagged[0].cell_type == "code"
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+
+
+@pytest.mark.slow
+@needs_real_data
+def test_smoke_pipeline_end_to_end(tmp_path):
+    """Run the smoke profile through papermill on real PneumoniaMNIST in a scratch project root."""
+    for folder in ("notebooks", "params"):
+        shutil.copytree(paths.ROOT / folder, tmp_path / folder)
+    env = {**os.environ, "XAIPRUNE_HOME": str(tmp_path), "MEDMNIST_ROOT": str(real_root())}
+    proc = subprocess.run([sys.executable, "-m", "xaiprune.pipeline", "--profile", "smoke", "--no-progress"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "reports" / "smoke"
+    for nb in NOTEBOOKS:
+        assert (out / nb.name).is_file() and (out / f"{nb.stem}.html").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["metrics"]) == {nb.stem for nb in NOTEBOOKS}
+    train_metrics = summary["metrics"]["02_train"]["small_cnn"]
+    assert 0.5 < train_metrics["test_auc"] <= 1 and 0 < train_metrics["test_acc"] <= 1
+    assert summary["metrics"]["01_data"]["counts"]["test"] == {"normal": 234, "pneumonia": 390}
+    meta = summary["metadata"]
+    assert meta["profile"] == "smoke" and set(meta["notebooks"]) == {nb.stem for nb in NOTEBOOKS}
+    assert meta["versions"]["torch"].startswith("2.13.0")
+    index = (out / "index.html").read_text()
+    assert "test_auc" in index and "02_train.html" in index
