@@ -1,0 +1,277 @@
+"""Structural filter pruning without fine-tuning, through Torch-Pruning, with interchangeable criteria.
+
+``prune(model, criterion, ratio)`` returns a new, physically smaller model (the original is untouched)
+and a :class:`PruneReport` (parameters, MACs/FLOPs, weight bytes, the activation bytes leaving every
+segment, measured CPU latency). Criteria, in :data:`CRITERIA` keyed by the notebook parameter, are all
+``torch_pruning`` Importance objects:
+
+- the XAI methods of :mod:`xaiprune.xai` (``lrp``, ``lrp_zplus``, ``deeplift``, ``ig``, ``gradxact``):
+  per-layer-normalised relevance on the reference set (Yeom et al. 2021; Baccour et al. 2023);
+- ``l1``: L1 norm of each filter's weights (Li et al., "Pruning filters for efficient ConvNets",
+  ICLR 2017, https://arxiv.org/abs/1608.08710);
+- ``taylor``: first-order Taylor |w * dL/dw| summed over the filter (Molchanov et al., CVPR 2019,
+  https://arxiv.org/abs/1906.10771), its gradients from the same scarce reference set;
+- ``random``; and, as extra baselines, ``bn_scale`` (|gamma| of the BatchNorm) and ``lamp``
+  (Lee et al., ICLR 2021).
+
+All criteria score a group by its root conv layer and are normalised per layer by the layer's sum, so
+that global ranking treats them alike. The classifier is never pruned, every layer keeps at least one
+filter, and nothing is fine-tuned. BatchNorm re-estimation on the reference set is a separate,
+clearly named variant (:func:`recalibrate_batchnorm`), never part of the main comparison.
+Used by ``04_pruning_comparison.ipynb`` and the system model of the later notebooks.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from xaiprune import data, models, xai
+
+SCOPES = ("global", "per-layer")
+
+
+class KeepOne(tp.importance.Importance):
+    """Wrap an importance so that the best filter of every group is never pruned (score +inf)."""
+
+    def __init__(self, inner: tp.importance.Importance):
+        self.inner = inner
+
+    def __call__(self, group) -> torch.Tensor | None:
+        imp = self.inner(group)
+        if imp is None:
+            return None
+        imp = imp.clone().float()
+        imp[torch.argmax(imp)] = float("inf")
+        return imp
+
+
+class ScoreImportance(tp.importance.Importance):
+    """Precomputed per-filter scores (e.g. XAI relevance) as a Torch-Pruning importance.
+
+    Args:
+        scores: ``{conv module: 1-D tensor of per-filter scores}``, already normalised per layer.
+    A group's importance is the score of its conv layers whose output channels it removes, summed
+    over coupled layers (residual groups of ResNet couple several convs).
+    """
+
+    def __init__(self, scores: dict[nn.Module, torch.Tensor]):
+        self.scores = scores
+
+    @torch.no_grad()
+    def __call__(self, group) -> torch.Tensor | None:
+        imp = None
+        for item in group:
+            dep, idxs = item.dep, item.idxs
+            layer = dep.target.module
+            if dep.handler != tp.prune_conv_out_channels or layer not in self.scores:
+                continue
+            local = self.scores[layer][torch.as_tensor(idxs)].float()
+            acc = torch.zeros(len(idxs)) if imp is None else imp
+            imp = acc.scatter_add_(0, torch.as_tensor(item.root_idxs), local)
+        return imp
+
+
+def _xai(method: str, **defaults) -> Callable:
+    def make(model: nn.Module, reference: data.Split, scores: xai.FilterScores | None = None,
+             **options) -> tp.importance.Importance:
+        if scores is None:  # pass precomputed scores to prune one model at many ratios
+            scores = xai.filter_scores(model, reference, method, **{**defaults, **options})
+        convs = models.conv_layers(model)
+        return ScoreImportance({convs[name]: scores.normalised(name) for name in scores.layers})
+    make.needs_reference = True
+    return make
+
+
+def _taylor(model: nn.Module, reference: data.Split, **_) -> tp.importance.Importance:
+    """Gradients of the cross-entropy on the reference set, then Torch-Pruning's group Taylor score."""
+    model.zero_grad(set_to_none=True)
+    target = reference.y if reference.y.ndim == 1 else reference.y.float()
+    loss_fn = nn.CrossEntropyLoss() if reference.y.ndim == 1 else nn.BCEWithLogitsLoss()
+    loss_fn(model(reference.x), target).backward()
+    return tp.importance.GroupTaylorImportance(group_reduction="first", normalizer="sum")
+
+
+_taylor.needs_reference = True
+
+
+def _static(factory: Callable[[], tp.importance.Importance]) -> Callable:
+    def make(model: nn.Module, reference: data.Split | None = None, **_) -> tp.importance.Importance:
+        return factory()
+    make.needs_reference = False
+    return make
+
+
+CRITERIA: dict[str, Callable[..., tp.importance.Importance]] = {
+    "lrp": _xai("lrp"),
+    "lrp_zplus": _xai("lrp", rule="zplus"),
+    "deeplift": _xai("deeplift"),
+    "ig": _xai("ig"),
+    "gradxact": _xai("gradxact"),
+    "taylor": _taylor,
+    "l1": _static(lambda: tp.importance.MagnitudeImportance(p=1, group_reduction="first", normalizer="sum")),
+    "random": _static(tp.importance.RandomImportance),
+    "bn_scale": _static(lambda: tp.importance.BNScaleImportance(group_reduction="first", normalizer="sum")),
+    "lamp": _static(lambda: tp.importance.LAMPImportance(p=2, group_reduction="first")),
+}
+XAI_CRITERIA = ("lrp", "lrp_zplus", "deeplift", "ig", "gradxact")
+
+
+@dataclass
+class PruneReport:
+    """What a pruned model costs. MACs are Torch-Pruning's count; FLOPs = 2 x MACs."""
+
+    criterion: str
+    ratio: float
+    params: int
+    macs: int
+    weight_bytes: int
+    segment_macs: dict[str, int]
+    segment_weight_bytes: dict[str, int]
+    segment_out_bytes: dict[str, int]       # activation bytes leaving each segment, per image
+    segment_peak_bytes: dict[str, int]      # largest activation inside each segment, per image
+    filters: dict[str, int]                 # remaining filters per conv layer
+    latency_ms: dict[int, float] = field(default_factory=dict)  # batch size -> median ms
+    seconds: float = 0.0                    # time to score and prune
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.macs
+
+
+def _check(criterion: str, ratio: float, scope: str, reference: data.Split | None) -> None:
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion={criterion!r} is not a pruning criterion; expected one of {sorted(CRITERIA)}")
+    if not (isinstance(ratio, (int, float)) and 0.0 <= ratio < 1.0):
+        raise ValueError(f"ratio={ratio!r}; expected a fraction of filters in [0, 1)")
+    if scope not in SCOPES:
+        raise ValueError(f"scope={scope!r}; expected one of {SCOPES}")
+    if getattr(CRITERIA[criterion], "needs_reference", False) and reference is None:
+        raise ValueError(f"criterion {criterion!r} needs the reference set (reference=...)")
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes of parameters and buffers (BatchNorm statistics included)."""
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+def profile(model: models.SegmentedModel, input_shape: tuple[int, int, int]) -> dict:
+    """Per-segment MACs, weight bytes, output bytes and peak activation bytes for one image."""
+    x = torch.zeros(1, *input_shape)
+    out = {"segment_macs": {}, "segment_weight_bytes": {}, "segment_out_bytes": {}, "segment_peak_bytes": {}}
+    with torch.no_grad():
+        for name, segment in model.segments.items():
+            macs, _ = tp.utils.count_ops_and_params(segment, x)
+            peak = [x.numel() * x.element_size()]
+            hooks = [m.register_forward_hook(lambda m, i, o: peak.append(o.numel() * o.element_size()))
+                     for m in segment.modules() if not list(m.children())]
+            y = segment(x)
+            for h in hooks:
+                h.remove()
+            out["segment_macs"][name] = int(macs)
+            out["segment_weight_bytes"][name] = weight_bytes(segment)
+            out["segment_out_bytes"][name] = y.numel() * y.element_size()
+            out["segment_peak_bytes"][name] = max(peak)
+            x = y
+    return out
+
+
+def measure_latency(model: nn.Module, input_shape: tuple[int, int, int], batch: int = 1,
+                    repeat: int = 20, warmup: int = 3) -> float:
+    """Median wall time of one forward pass on the CPU, in milliseconds."""
+    x = torch.randn(batch, *input_shape)
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + repeat):
+            start = time.perf_counter()
+            model(x)
+            if i >= warmup:
+                times.append(1e3 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def report_for(model: models.SegmentedModel, input_shape: tuple[int, int, int], criterion: str = "none",
+               ratio: float = 0.0, latency_batches: tuple[int, ...] = (), seconds: float = 0.0) -> PruneReport:
+    """Cost report of any segmented model (pruned or not)."""
+    prof = profile(model, input_shape)
+    return PruneReport(
+        criterion=criterion, ratio=ratio, params=sum(p.numel() for p in model.parameters()),
+        macs=sum(prof["segment_macs"].values()), weight_bytes=weight_bytes(model), **prof,
+        filters={n: m.out_channels for n, m in models.conv_layers(model).items()},
+        latency_ms={b: measure_latency(model, input_shape, b) for b in latency_batches}, seconds=seconds)
+
+
+def prune(model: models.SegmentedModel, criterion: str, ratio: float, scope: str = "global",
+          reference: data.Split | None = None, segments: list[str] | None = None, seed: int = 0,
+          latency_batches: tuple[int, ...] = (), input_shape: tuple[int, int, int] | None = None,
+          **options) -> tuple[models.SegmentedModel, PruneReport]:
+    """Remove ``ratio`` of the conv filters, lowest scores first, with no fine-tuning.
+
+    Args:
+        model: the trained model (left untouched; a copy is pruned).
+        criterion: a key of :data:`CRITERIA`.
+        ratio: fraction of filters removed, in [0, 1).
+        scope: ``"global"`` ranks all (per-layer-normalised) filters together; ``"per-layer"``
+            removes ``ratio`` of every layer.
+        reference: the scarce reference set, needed by the XAI criteria and Taylor.
+        segments: prune only the conv layers of these segments (default: all).
+        seed: seeds the random criterion.
+        latency_batches: batch sizes at which to measure CPU latency in the report.
+        input_shape: (C, H, W); defaults to the reference images' shape, else (1, 28, 28).
+        options: criterion options (``steps`` for ig, ``rule`` for lrp), or ``scores=`` precomputed
+            :class:`xaiprune.xai.FilterScores` for an XAI criterion (scoring once, pruning at many ratios).
+    """
+    _check(criterion, ratio, scope, reference)
+    unknown = set(segments or []) - set(model.segments)
+    if unknown:
+        raise ValueError(f"segments {sorted(unknown)} do not exist; the model has {list(model.segments)}")
+    input_shape = input_shape or (tuple(reference.x.shape[1:]) if reference is not None else (1, 28, 28))
+    start = time.perf_counter()
+    pruned = copy.deepcopy(model).eval()
+    if ratio > 0:
+        torch.manual_seed(seed)
+        importance = KeepOne(CRITERIA[criterion](pruned, reference, **options))
+        keep = {name for name in pruned.segments if segments is None or name in segments}
+        ignored = [m for m in pruned.modules() if isinstance(m, nn.Linear)]
+        ignored += [m for seg_name, seg in pruned.segments.items() if seg_name not in keep
+                    for m in seg.modules() if isinstance(m, nn.Conv2d)]
+        pruner = tp.pruner.MetaPruner(pruned, torch.zeros(1, *input_shape), importance=importance,
+                                      global_pruning=(scope == "global"), pruning_ratio=ratio,
+                                      ignored_layers=ignored)
+        pruner.step()
+        pruned.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - start
+    return pruned, report_for(pruned, input_shape, criterion, ratio, latency_batches, seconds)
+
+
+def prune_segment(model: models.SegmentedModel, segment: str, level: float, criterion: str = "lrp",
+                  reference: data.Split | None = None, **kwargs) -> tuple[models.SegmentedModel, PruneReport]:
+    """Prune a fraction ``level`` of one segment's filters (ranked within the segment), nothing else.
+
+    Pruning a segment's last conv also shrinks the activation it sends to the next device.
+    """
+    return prune(model, criterion, level, scope="global", reference=reference, segments=[segment], **kwargs)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, reference: data.Split) -> nn.Module:
+    """VARIANT, not part of the main comparison: re-estimate BatchNorm statistics on the reference set.
+
+    Returns a copy whose BN running mean/variance are the reference set's batch statistics
+    (cumulative average, one pass); weights are unchanged, nothing is trained.
+    """
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    model(reference.x)
+    return model.eval()
