@@ -14,8 +14,9 @@ segment, measured CPU latency). Criteria, in :data:`CRITERIA` keyed by the noteb
 - ``random``; and, as extra baselines, ``bn_scale`` (|gamma| of the BatchNorm) and ``lamp``
   (Lee et al., ICLR 2021).
 
-All criteria score a group by its root conv layer and are normalised per layer by the layer's sum, so
-that global ranking treats them alike. The classifier is never pruned, every layer keeps at least one
+The XAI, L1, Taylor and BN-scale criteria score a group by its root conv layer and are normalised per
+layer by the layer's sum, so that global ranking treats them alike; ``random`` draws uniform scores (so a
+global random ratio removes about that fraction of every layer) and ``lamp`` uses its own normaliser. The classifier is never pruned, every layer keeps at least one
 filter, and nothing is fine-tuned. BatchNorm re-estimation on the reference set is a separate,
 clearly named variant (:func:`recalibrate_batchnorm`), never part of the main comparison.
 Used by ``04_pruning_comparison.ipynb`` and the system model of the later notebooks.
@@ -24,6 +25,7 @@ Used by ``04_pruning_comparison.ipynb`` and the system model of the later notebo
 from __future__ import annotations
 
 import copy
+import numbers
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -87,6 +89,7 @@ def _xai(method: str, **defaults) -> Callable:
         convs = models.conv_layers(model)
         return ScoreImportance({convs[name]: scores.normalised(name) for name in scores.layers})
     make.needs_reference = True
+    make.xai_method = (method, defaults)
     return make
 
 
@@ -149,7 +152,7 @@ class PruneReport:
 def _check(criterion: str, ratio: float, scope: str, reference: data.Split | None) -> None:
     if criterion not in CRITERIA:
         raise ValueError(f"criterion={criterion!r} is not a pruning criterion; expected one of {sorted(CRITERIA)}")
-    if not (isinstance(ratio, (int, float)) and 0.0 <= ratio < 1.0):
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0.0 <= float(ratio) < 1.0:
         raise ValueError(f"ratio={ratio!r}; expected a fraction of filters in [0, 1)")
     if scope not in SCOPES:
         raise ValueError(f"scope={scope!r}; expected one of {SCOPES}")
@@ -236,16 +239,17 @@ def prune(model: models.SegmentedModel, criterion: str, ratio: float, scope: str
     start = time.perf_counter()
     pruned = copy.deepcopy(model).eval()
     if ratio > 0:
-        torch.manual_seed(seed)
-        importance = KeepOne(CRITERIA[criterion](pruned, reference, **options))
-        keep = {name for name in pruned.segments if segments is None or name in segments}
-        ignored = [m for m in pruned.modules() if isinstance(m, nn.Linear)]
-        ignored += [m for seg_name, seg in pruned.segments.items() if seg_name not in keep
-                    for m in seg.modules() if isinstance(m, nn.Conv2d)]
-        pruner = tp.pruner.MetaPruner(pruned, torch.zeros(1, *input_shape), importance=importance,
-                                      global_pruning=(scope == "global"), pruning_ratio=ratio,
-                                      ignored_layers=ignored)
-        pruner.step()
+        with torch.random.fork_rng():  # seeds the random criterion without touching the caller's RNG
+            torch.manual_seed(seed)
+            importance = KeepOne(CRITERIA[criterion](pruned, reference, **options))
+            keep = {name for name in pruned.segments if segments is None or name in segments}
+            ignored = [m for m in pruned.modules() if isinstance(m, nn.Linear)]
+            ignored += [m for seg_name, seg in pruned.segments.items() if seg_name not in keep
+                        for m in seg.modules() if isinstance(m, nn.Conv2d)]
+            pruner = tp.pruner.MetaPruner(pruned, torch.zeros(1, *input_shape), importance=importance,
+                                          global_pruning=(scope == "global"), pruning_ratio=ratio,
+                                          ignored_layers=ignored)
+            pruner.step()
         pruned.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - start
     return pruned, report_for(pruned, input_shape, criterion, ratio, latency_batches, seconds)
@@ -275,3 +279,154 @@ def recalibrate_batchnorm(model: nn.Module, reference: data.Split) -> nn.Module:
     model.train()
     model(reference.x)
     return model.eval()
+
+
+def criterion_scores(model: models.SegmentedModel, criterion: str, reference: data.Split | None = None,
+                     input_shape: tuple[int, int, int] = (1, 28, 28), **options) -> "dict[str, torch.Tensor]":
+    """Per-filter scores of every conv layer under ``criterion``, exactly as :func:`prune` ranks them.
+
+    Each conv layer's pruning group is scored by the criterion's Torch-Pruning importance (the same
+    object :func:`prune` uses, without the keep-one guard), so rank correlations between criteria
+    compare what the pruner really sees. Used by ``03_xai_scores.ipynb``.
+    """
+    _check(criterion, 0.0, "global", reference)
+    model = copy.deepcopy(model).eval()
+    importance = CRITERIA[criterion](model, reference, **options)
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *input_shape))
+    out = {}
+    for name, conv in models.conv_layers(model).items():
+        group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
+        out[name] = importance(group).detach().float()
+    return out
+
+
+def fingerprint(model: nn.Module) -> tuple:
+    """A cheap identity of a model's weights: shapes and float64 sums of every tensor of its state."""
+    return tuple((name, tuple(t.shape), float(t.double().sum())) for name, t in model.state_dict().items())
+
+
+def precompute(model: models.SegmentedModel, criterion: str, reference: data.Split | None, **options) -> dict:
+    """Keyword arguments for :func:`prune` that score an XAI criterion once (``scores=``) for many ratios."""
+    make = CRITERIA[criterion]
+    if not hasattr(make, "xai_method"):
+        return dict(options)
+    method, defaults = make.xai_method
+    return {"scores": xai.filter_scores(model, reference, method, **{**defaults, **options})}
+
+
+def sweep(model: models.SegmentedModel, test: data.Split, criteria: list[str], ratios: list[float],
+          references: list[data.Split], scope: str = "global", progress: bool = True, **options):
+    """Test ACC/AUC and costs of ``model`` pruned by each criterion at each ratio, for each reference draw.
+
+    Data-dependent criteria (XAI, Taylor) are scored once per draw and pruned at every ratio; ``random``
+    uses the draw index as its seed; data-free criteria (``l1``, ``bn_scale``, ``lamp``) give one
+    deterministic row per ratio. Ratio 0 is the unpruned model, evaluated once. Returns a DataFrame
+    with columns criterion, draw, ratio, acc, auc, macs, params, weight_bytes, out_bytes (bytes leaving
+    every segment but the last, summed).
+    """
+    import pandas as pd
+    from tqdm import tqdm
+
+    from xaiprune import train
+
+    for c in criteria:
+        _check(c, 0.0, scope, references[0] if references else None)
+    for r in ratios:
+        _check(criteria[0], r, scope, references[0] if references else None)
+    base_eval = train.evaluate(model, test)
+    evaluated: dict[tuple, dict] = {}  # identical pruned models (e.g. eps-LRP and Grad x Act) are evaluated once
+    jobs = []
+    for criterion in criteria:
+        deterministic = not getattr(CRITERIA[criterion], "needs_reference", False) and criterion != "random"
+        for draw, ref in enumerate(references[:1] if deterministic else references):
+            jobs.append((criterion, draw, ref))
+    rows = []
+    bar = tqdm(total=len(jobs) * len(ratios), desc="prune+evaluate", mininterval=2.0, disable=not progress)
+    for criterion, draw, ref in jobs:
+        kwargs = precompute(model, criterion, ref, **options)
+        for ratio in ratios:
+            pruned, rep = prune(model, criterion, ratio, scope=scope, reference=ref, seed=draw,
+                                input_shape=tuple(test.x.shape[1:]), **kwargs)
+            key = fingerprint(pruned)
+            if ratio == 0:
+                ev = base_eval
+            elif key in evaluated:
+                ev = evaluated[key]
+            else:
+                ev = evaluated[key] = train.evaluate(pruned, test)
+            rows.append({"criterion": criterion, "draw": draw, "ratio": ratio, **ev, "macs": rep.macs,
+                         "params": rep.params, "weight_bytes": rep.weight_bytes,
+                         "out_bytes": sum(list(rep.segment_out_bytes.values())[:-1])})
+            bar.update()
+    bar.close()
+    return pd.DataFrame(rows)
+
+
+def segment_sensitivity(model: models.SegmentedModel, test: data.Split, levels: list[float],
+                        references: list[data.Split], criterion: str = "lrp", progress: bool = True):
+    """Prune one segment at a time at each level; measure test ACC/AUC and the segment's costs.
+
+    Returns one row per (segment, level, draw) with acc, auc and the segment's measured profile:
+    macs, weight_bytes, peak_bytes (largest activation inside it) and out_bytes (activation it sends
+    on), all per image. The system model of ``05_nlp.ipynb`` builds its accuracy surrogate and
+    its F, W, P, O tables from this.
+    """
+    import pandas as pd
+    from tqdm import tqdm
+
+    from xaiprune import train
+
+    base_eval = train.evaluate(model, test)
+    rows = []
+    draws = references if getattr(CRITERIA[criterion], "needs_reference", False) or criterion == "random" \
+        else references[:1]
+    bar = tqdm(total=len(draws) * len(model.segments) * len(levels), desc="segment sensitivity",
+               mininterval=2.0, disable=not progress)
+    for draw, ref in enumerate(draws):
+        kwargs = precompute(model, criterion, ref)
+        for segment in model.segments:
+            for level in levels:
+                pruned, rep = prune_segment(model, segment, level, criterion, reference=ref, seed=draw,
+                                            input_shape=tuple(test.x.shape[1:]), **kwargs)
+                ev = base_eval if level == 0 else train.evaluate(pruned, test)
+                rows.append({"segment": segment, "level": level, "draw": draw, **ev,
+                             "macs": rep.segment_macs[segment], "weight_bytes": rep.segment_weight_bytes[segment],
+                             "peak_bytes": rep.segment_peak_bytes[segment], "out_bytes": rep.segment_out_bytes[segment]})
+                bar.update()
+    bar.close()
+    return pd.DataFrame(rows)
+
+
+def mean_ci(frame, by: list[str], value: str, level: float = 0.95):
+    """Mean of ``value`` per group with a two-sided Student-t confidence interval over the draws.
+
+    Groups with a single row (deterministic criteria) get a zero-width interval.
+    """
+    from scipy import stats
+
+    def one(s):
+        n, m = len(s), s.mean()
+        half = float(stats.t.ppf(0.5 + level / 2, n - 1) * s.std(ddof=1) / n ** 0.5) if n > 1 else 0.0
+        return {"mean": m, "lo": m - half, "hi": m + half, "n": n}
+
+    import pandas as pd
+    return pd.DataFrame([{**dict(zip(by, key if isinstance(key, tuple) else (key,))), **one(g[value])}
+                         for key, g in frame.groupby(by, sort=False)])
+
+
+def prune_plan(model: models.SegmentedModel, levels: "dict[str, float]", criterion: str = "lrp",
+               reference: data.Split | None = None, seed: int = 0) -> models.SegmentedModel:
+    """Really prune a model as a plan says: each segment at its own level, one segment after another.
+
+    Each segment's filters are ranked within the segment (as in :func:`prune_segment`, the semantics
+    of the sensitivity table); scores are recomputed on the partly pruned model at every step. Used
+    by ``05_nlp.ipynb`` to measure the accuracy of the solver's plans against the surrogate.
+    """
+    unknown = set(levels) - set(model.segments)
+    if unknown:
+        raise ValueError(f"segments {sorted(unknown)} do not exist; the model has {list(model.segments)}")
+    pruned = model
+    for segment in model.segments:
+        if levels.get(segment, 0.0) > 0:
+            pruned, _ = prune_segment(pruned, segment, levels[segment], criterion, reference=reference, seed=seed)
+    return pruned if pruned is not model else copy.deepcopy(model)

@@ -12,6 +12,7 @@ Used by ``02_train.ipynb``; later notebooks call :func:`load`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from xaiprune import data, models, paths
 
-CACHE_VERSION = 1  # bump when training code changes what a config produces
+CACHE_VERSION = 2  # bump when training code changes what a config produces
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,17 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def deterministic():
+    """Deterministic torch kernels inside the block only (Captum's DeepLIFT needs a non-deterministic one)."""
+    before = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
 
 
 def is_multilabel(flag: str) -> bool:
@@ -91,7 +102,7 @@ def loss_fn(flag: str) -> nn.Module:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, flag: str, batch_size: int = 256) -> np.ndarray:
+def predict(model: nn.Module, x: torch.Tensor, flag: str, batch_size: int = 64) -> np.ndarray:
     """Scores as MedMNIST's evaluator expects: softmax probabilities, or sigmoids for multi-label."""
     model.eval()
     outs = [model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
@@ -125,8 +136,14 @@ def fit(config: TrainConfig, data_root: str | None = None, progress: bool = True
     """Train ``config.arch`` on the train split; keep the epoch with the best validation AUC.
 
     Adam with cosine annealing, cross-entropy (BCE for multi-label), no augmentation, batch order
-    from a seeded generator: two runs of one config on one machine give identical weights.
+    from a seeded generator and deterministic kernels: two runs of one config on one machine give
+    identical weights.
     """
+    with deterministic():
+        return _fit(config, data_root, progress)
+
+
+def _fit(config: TrainConfig, data_root: str | None = None, progress: bool = True) -> Trained:
     config.validate()
     seed_everything(config.seed)
     info = INFO[config.flag]

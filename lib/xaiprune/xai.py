@@ -43,27 +43,38 @@ def _modules(model: nn.Module, names: list[str]) -> list[nn.Module]:
     return [by_name[n] for n in names]
 
 
-def _lrp(model: nn.Module, layers: list[str], x: torch.Tensor, target: torch.Tensor,
-         rule: str = "epsilon", epsilon: float = 1e-9, **_) -> list[torch.Tensor]:
-    """Layer-wise relevance propagation (Bach et al. 2015) at the output of each layer.
+def with_lrp_rules(model: nn.Module, rule: str = "epsilon", epsilon: float = 1e-9) -> nn.Module:
+    """A copy of ``model`` with Captum LRP rules attached (Captum mutates the modules it explains).
 
-    ``rule="epsilon"``: the epsilon rule everywhere; ``rule="zplus"``: alpha1-beta0 (z+) on conv
-    layers and epsilon elsewhere (Montavon et al. 2019's recommended composite for conv features).
+    ``"epsilon"``: the epsilon rule everywhere; ``"zplus"``: alpha1-beta0 (z+) on conv layers and
+    epsilon elsewhere (the composite Montavon et al. 2019 recommend for convolutional features).
     """
     if rule not in ("epsilon", "zplus"):
         raise ValueError(f"rule={rule!r}; expected 'epsilon' or 'zplus' (alpha1-beta0)")
-    model = copy.deepcopy(model)  # Captum attaches rule objects to the modules it explains
+    model = copy.deepcopy(model)
     for m in model.modules():
         if isinstance(m, nn.Conv2d) and rule == "zplus":
             m.rule = Alpha1_Beta0_Rule()
         elif isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
             m.rule = EpsilonRule(epsilon=epsilon)
+    return model
+
+
+def _lrp(model: nn.Module, layers: list[str], x: torch.Tensor, target: torch.Tensor,
+         rule: str = "epsilon", epsilon: float = 1e-9, **_) -> list[torch.Tensor]:
+    """Layer-wise relevance propagation (Bach et al. 2015) at the output of each layer (rules: :func:`with_lrp_rules`)."""
+    model = with_lrp_rules(model, rule, epsilon)
     return list(LayerLRP(model, _modules(model, layers)).attribute(x, target=target))
 
 
 def _deeplift(model: nn.Module, layers: list[str], x: torch.Tensor, target: torch.Tensor,
               **_) -> list[torch.Tensor]:
-    """DeepLIFT rescale rule (Shrikumar et al. 2017), zero (mid-grey) baseline, one layer at a time."""
+    """DeepLIFT rescale rule (Shrikumar et al. 2017), zero (mid-grey) baseline, one layer at a time.
+
+    Runs on a copy: Captum's DeepLIFT hooks leave ``input``/``output`` tensors on the non-linear
+    modules below the explained layer.
+    """
+    model = copy.deepcopy(model)
     return [LayerDeepLift(model, layer).attribute(x, baselines=torch.zeros_like(x), target=target)
             for layer in _modules(model, layers)]
 
@@ -168,3 +179,11 @@ def filter_scores(model: nn.Module, reference: data.Split, method: str = "lrp", 
     model.zero_grad(set_to_none=True)
     return FilterScores(method=method, per_class=OrderedDict((n, s.float()) for n, s in sums.items()),
                         n_images=len(reference), seconds=time.perf_counter() - start, options=options)
+
+
+def input_relevance(model: nn.Module, x: torch.Tensor, target: torch.Tensor, rule: str = "epsilon") -> torch.Tensor:
+    """Pixel-level LRP heatmaps (N x C x H x W) for the given targets, for display in ``03_xai_scores``."""
+    from captum.attr import LRP
+
+    model = with_lrp_rules(model.eval(), rule)
+    return LRP(model).attribute(x.clone().requires_grad_(True), target=target).detach()

@@ -1,0 +1,142 @@
+"""The system model and the placement-and-pruning program: scenarios, plan evaluation, both solvers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from xaiprune import nlp, paths, system
+
+
+def tiny() -> tuple[system.Scenario, system.Profiles]:
+    """Two devices, two segments, two levels, with numbers easy to check by hand."""
+    spec = {"name": "tiny", "source": "a", "deadline_ms": 1000,
+            "devices": [{"name": "a", "speed_gflops": 1, "memory_mb": 10, "energy_budget_j": 10,
+                         "energy_nj_per_flop": 1, "radio_w": 2},
+                        {"name": "b", "speed_gflops": 2, "memory_mb": 10, "energy_budget_j": 10,
+                         "energy_nj_per_flop": 0.5, "radio_w": 1}],
+            "links": {"default_mbps": 8}}  # 1e6 bytes/s both ways
+    scenario = system.parse_scenario(spec)
+    profiles = system.Profiles(
+        segments=["s1", "s2"], levels=[0.0, 0.5],
+        flops=np.array([[1e8, 5e7], [2e8, 1e8]]), weight_bytes=np.array([[4e6, 2e6], [6e6, 3e6]]),
+        peak_bytes=np.array([[1e6, 5e5], [1e6, 5e5]]), out_bytes=np.array([[1e5, 5e4], [8.0, 8.0]]),
+        retention=np.array([[1.0, 0.9], [1.0, 0.8]]), base_accuracy=0.9, input_bytes=1e4)
+    return scenario, profiles
+
+
+def test_plan_evaluation_matches_a_hand_computed_example():
+    scenario, profiles = tiny()
+    ev = system.evaluate(system.Plan(devices=[0, 1], levels=[1, 0]), scenario, profiles)
+    # s1 on a at 50%: 5e7 FLOP / 1e9 = 0.05 s; sends 5e4 B to b at 1e6 B/s = 0.05 s;
+    # s2 on b unpruned: 2e8 / 2e9 = 0.1 s; returns 8 B to a: 8e-6 s. Input stays on a (source).
+    assert ev.compute_time == pytest.approx(0.15)
+    assert ev.transfer_time == pytest.approx(0.05 + 8e-6)
+    assert ev.latency == pytest.approx(0.2 + 8e-6)
+    assert ev.memory.tolist() == pytest.approx([2.5e6, 7e6])
+    # a: 1 nJ/FLOP * 5e7 + 2 W * 0.05 s = 0.15 J; b: 0.5 nJ * 2e8 + 1 W * 8e-6 s = 0.100008 J
+    assert ev.energy.tolist() == pytest.approx([0.15, 0.100008])
+    assert ev.accuracy == pytest.approx(0.9 * 0.9)
+    assert ev.feasible
+
+
+def test_violations_are_named():
+    scenario, profiles = tiny()
+    tight = scenario.with_changes(deadline=0.1)
+    ev = system.evaluate(system.Plan([0, 0], [0, 0]), tight, profiles)
+    assert any(v.startswith("deadline") for v in ev.violations)
+    assert any(v.startswith("memory of a") for v in ev.violations)  # 4+1+6+1 = 12 MB > 10 MB
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_enumeration_and_milp_find_the_same_optimum(seed):
+    scenario, profiles = system.random_instance(3, 3, 4, seed=seed, tightness=[0.5, 1.0, 3.0, 40.0][seed % 4])
+    a = nlp.solve_enumeration(scenario, profiles)
+    b = nlp.solve_milp(scenario, profiles)
+    assert a.status == b.status
+    if a.status == "optimal":
+        assert nlp.same(a.key(profiles), b.key(profiles)), (a.plan, b.plan)
+        assert a.evaluation.feasible and b.evaluation.feasible
+
+
+def test_the_random_instances_exercise_pruning_and_infeasibility():
+    statuses, pruned = [], 0
+    for seed in range(60):
+        scenario, profiles = system.random_instance(3, 3, 4, seed=seed, tightness=[0.5, 1.0, 3.0, 40.0][seed % 4])
+        r = nlp.solve_enumeration(scenario, profiles)
+        statuses.append(r.status)
+        pruned += r.status == "optimal" and any(r.plan.levels)
+    assert pruned >= 10 and "infeasible" in statuses
+
+
+@pytest.mark.parametrize("method", sorted(nlp.SOLVERS))
+def test_ample_resources_prune_nothing(method):
+    scenario, profiles = system.random_instance(4, 3, 5, seed=3, tightness=0.2)
+    r = nlp.solve(scenario, profiles, method)
+    assert r.status == "optimal" and r.plan.levels == [0, 0, 0, 0]
+    assert r.accuracy == pytest.approx(profiles.base_accuracy)
+
+
+@pytest.mark.parametrize("method", sorted(nlp.SOLVERS))
+def test_a_tighter_deadline_never_yields_less_pruning(method):
+    scenario, profiles = system.random_instance(3, 3, 5, seed=11, tightness=1.0)
+    base = nlp.solve_enumeration(scenario, profiles).evaluation.latency
+    pruning = []
+    for factor in (1.5, 1.0, 0.8, 0.6, 0.45, 0.35):
+        r = nlp.solve(scenario.with_changes(deadline=base * factor), profiles, method)
+        if r.status != "optimal":
+            break
+        pruning.append(sum(profiles.levels[l] for l in r.plan.levels))
+    assert len(pruning) >= 3 and pruning[-1] > pruning[0]
+    assert all(b >= a - 1e-9 for a, b in zip(pruning, pruning[1:])), pruning
+
+
+def test_infeasible_instance_names_the_binding_constraint():
+    scenario, profiles = tiny()
+    r = nlp.solve_milp(scenario.with_changes(deadline=0.01), profiles)
+    assert r.status == "infeasible" and r.plan is None
+    assert r.binding and all(b.startswith("deadline") for b in r.binding), r.binding
+    small = system.Scenario(scenario.name, [system.Device(**{**d.__dict__, "memory": 1e6}) for d in scenario.devices],
+                            scenario.bandwidth, scenario.source, scenario.deadline)
+    r = nlp.solve_milp(small, profiles)
+    assert r.status == "infeasible" and any("memory of" in b for b in r.binding), r.binding
+    assert nlp.solve_enumeration(small, profiles).status == "infeasible"
+
+
+def test_unavailable_devices_are_not_used():
+    scenario, profiles = system.random_instance(3, 3, 3, seed=5, tightness=0.5)
+    r = nlp.solve_milp(scenario.with_changes(unavailable=("d1", "d2")), profiles)
+    assert r.status == "optimal" and set(r.plan.devices) == {0}
+
+
+def test_shipped_scenarios_load():
+    for path in sorted((paths.PARAMS / "scenarios").glob("*.yaml")):
+        scenario = system.load_scenario(path.stem)
+        assert scenario.n >= 2 and scenario.deadline > 0
+        assert np.isinf(np.diag(scenario.bandwidth)).all() and (scenario.bandwidth > 0).all()
+    assert system.load_scenario("large").n >= 12
+
+
+def _spec():
+    return yaml.safe_load((paths.PARAMS / "scenarios" / "ward-4.yaml").read_text())
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda s: s["devices"][0].update(speed_gflops=-1), r"devices\[0\] \(gateway\): field 'speed_gflops'"),
+    (lambda s: s["devices"][1].pop("memory_mb"), r"devices\[1\] \(bedside-1\): missing field 'memory_mb'"),
+    (lambda s: s["links"]["pairs"][0].update(to="ghost"), r"links.pairs\[0\]: field 'to' names unknown device 'ghost'"),
+    (lambda s: s.update(deadline_ms=0), r"'deadline_ms' must be > 0"),
+    (lambda s: s.update(source="nobody"), r"field 'source' must name a device"),
+    (lambda s: s["devices"][2].update(speed_gflop=3), r"unknown fields \['speed_gflop'\]"),
+])
+def test_scenario_validation_errors_name_the_field(mutate, match):
+    spec = _spec()
+    mutate(spec)
+    with pytest.raises(system.ScenarioError, match=match):
+        system.parse_scenario(spec, "ward-4.yaml")
+
+
+def test_unknown_scenario_lists_the_known_ones():
+    with pytest.raises(system.ScenarioError, match="ward-4"):
+        system.load_scenario("ward-99")
