@@ -38,6 +38,7 @@ lab: $(STAMP)  ## JupyterLab on the notebooks
 
 bench: $(STAMP)  ## timing benchmarks (by hand; results in benchmarks/results/)
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/bench_pruning.py
 
 clean:  ## remove outputs (artifacts/, reports/) and caches; never data/ or .venv/
 	rm -rf artifacts reports/*/ .pytest_cache

@@ -89,3 +89,17 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     assert meta["versions"]["torch"].startswith("2.13.0")
     index = (out / "index.html").read_text()
     assert "test_auc" in index and "02_train.html" in index
+    m = summary["metrics"]
+    assert set(m["03_xai_scores"]["small_cnn"]["spearman"]) >= {"lrp~l1", "lrp~taylor"}
+    assert {"lrp", "taylor", "l1", "random", "winners"} <= set(m["04_pruning_comparison"]["small_cnn"])
+    assert m["05_nlp"]["status"] == {"ward-4": "optimal", "constrained": "optimal"}
+    assert 0 < m["06_rl"]["agent_accuracy_fraction_of_optimum"] <= 1.5
+    art = tmp_path / "artifacts"
+    for rel in ("04_pruning_comparison/sensitivity_small_cnn.csv", "05_nlp/profiles_small_cnn.json",
+                "06_rl/agent_ward-4.zip", "06_rl/agent_ward-4.json"):
+        assert (art / rel).is_file(), rel
+
+
+def test_from_an_unknown_notebook_is_refused(no_execution, capsys):
+    assert pipeline.main(["--profile", "smoke", "--from", "99_nope"]) == 2
+    assert "--from 99_nope: no such notebook" in capsys.readouterr().err

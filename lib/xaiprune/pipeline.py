@@ -159,19 +159,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                         help="override a parameter (repeatable); STEM.NAME=VALUE for one notebook")
     parser.add_argument("--no-progress", action="store_true", help="hide papermill's cell progress bars")
+    parser.add_argument("--from", dest="start", metavar="STEM",
+                        help="start at this notebook (e.g. 04_pruning_comparison); earlier ones must have run "
+                             "with the same parameters, since their artifacts are reused")
     args = parser.parse_args(argv)
 
     from xaiprune import report  # heavy imports (nbconvert) only once arguments are valid
 
     try:
         steps = plan(discover(), load_profile(args.profile), args.param)
+        first = 0
+        if args.start:
+            stems = [st.stem for st in steps]
+            if args.start not in stems:
+                raise PipelineError(f"--from {args.start}: no such notebook (known: {stems})")
+            first = stems.index(args.start)
         out_dir = paths.report_dir(args.profile)
+        reused = [st for st in steps[:first] if (out_dir / st.notebook.name).is_file()]
+        for st in reused:  # earlier notebooks of this profile stay in the report, marked as reused
+            st.output = out_dir / st.notebook.name
         start = time.perf_counter()
-        execute(steps, out_dir, progress=not args.no_progress)
+        execute(steps[first:], out_dir, progress=not args.no_progress)
     except PipelineError as exc:
         print(f"pipeline: {exc}", file=sys.stderr)
         return 2
-    index = report.build(args.profile, steps, out_dir, wall_seconds=time.perf_counter() - start)
+    index = report.build(args.profile, reused + steps[first:], out_dir, wall_seconds=time.perf_counter() - start)
     print(f"report: {index}")
     return 0
 

@@ -24,6 +24,8 @@ from xaiprune import paths
 if TYPE_CHECKING:
     from xaiprune.pipeline import Step
 
+MAX_ROWS = 40  # headline values shown per notebook on the index page
+
 PACKAGES = ("xaiprune", "torch", "numpy", "medmnist", "captum", "torch-pruning", "pulp", "gymnasium",
             "stable-baselines3", "papermill", "nbconvert", "pandas", "scikit-learn")
 
@@ -91,7 +93,8 @@ def run_metadata(profile: str, steps: list["Step"], wall_seconds: float) -> dict
         "machine": f"{platform.machine()} {platform.system()} {platform.release()}",
         "versions": versions(),
         "wall_seconds": round(wall_seconds, 1),
-        "notebooks": {s.stem: {"parameters": s.parameters, "seconds": round(s.seconds or 0.0, 1)}
+        "notebooks": {s.stem: {"parameters": s.parameters,
+                               "seconds": None if s.seconds is None else round(s.seconds, 1)}
                       for s in steps},
     }
 
@@ -129,7 +132,8 @@ code{background:#f4f4f4;padding:0 .2em}
 def render_index(meta: dict, metrics: dict[str, dict | None]) -> str:
     rows = []
     for stem, info in meta["notebooks"].items():
-        rows.append(f"<tr><td><a href='{stem}.html'>{stem}</a></td><td class='num'>{info['seconds']:.1f}</td>"
+        took = "reused" if info["seconds"] is None else f"{info['seconds']:.1f}"
+        rows.append(f"<tr><td><a href='{stem}.html'>{stem}</a></td><td class='num'>{took}</td>"
                     f"<td><code>{html.escape(json.dumps(info['parameters']))}</code></td></tr>")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>xaiprune: {meta['profile']} run</title>"
              f"<style>{_CSS}</style></head><body>",
@@ -143,10 +147,13 @@ def render_index(meta: dict, metrics: dict[str, dict | None]) -> str:
         if not m:
             parts.append("<p>(this notebook wrote no metrics.json)</p>")
             continue
+        flat = list(flatten(m).items())
         parts.append("<table><tr><th>metric</th><th>value</th></tr>")
         parts += [f"<tr><td>{html.escape(k)}</td><td class='num'>{_fmt(v)}</td></tr>"
-                  for k, v in flatten(m).items()]
+                  for k, v in flat[:MAX_ROWS]]
         parts.append("</table>")
+        if len(flat) > MAX_ROWS:
+            parts.append(f"<p>{len(flat) - MAX_ROWS} more values in <code>summary.json</code> and the notebook.</p>")
     parts.append("<h2>Package versions</h2><table>")
     parts += [f"<tr><td>{k}</td><td>{html.escape(v)}</td></tr>" for k, v in meta["versions"].items()]
     parts.append("</table></body></html>")

@@ -10,11 +10,12 @@ and radio power p_j:
                   + O[S] / B[j_S, src]                                   (the label goes back)
     memory    for each j: sum_{s on j} W[s,l_s] + P[s,l_s] <= m_j
     energy    for each j: e_j * FLOPs on j + p_j * seconds j transmits <= E_j
-    accuracy  A(l_1..l_S) ~= A_0 * prod_s rho[s, l_s]                   (the surrogate)
+    accuracy  A(l_1..l_S) ~= max(A_floor, A_0 * prod_s rho[s, l_s])     (the surrogate)
 
 where rho[s,l] = a[s,l] / A_0 is the measured retention when only segment s is pruned at level l
-(monotone non-increasing in l, at most 1). Its log is linear in the level choice, which is what
-makes the integer program of :mod:`xaiprune.nlp` linearisable. This is the project's reconstruction
+(monotone non-increasing in l, at most 1) and A_floor the lowest accuracy measured (a collapsed
+model's). The log of the product is linear in the level choice, which is what makes the integer
+program of :mod:`xaiprune.nlp` linearisable. This is the project's reconstruction
 of Baccour et al. (ICC 2023; FGCS 2024): see docs/DESIGN.md. Used by ``05_nlp.ipynb``.
 """
 
@@ -165,6 +166,7 @@ class Profiles:
     base_accuracy: float
     input_bytes: float
     metric: str = "acc"
+    floor: float = 0.0  # the surrogate never predicts less (the collapsed model's accuracy)
 
     @property
     def S(self) -> int:
@@ -174,9 +176,14 @@ class Profiles:
     def L(self) -> int:
         return len(self.levels)
 
-    def accuracy(self, levels: list[int]) -> float:
-        """Surrogate accuracy A_0 * prod rho[s, l_s] of a choice of level indices."""
-        return self.base_accuracy * float(np.prod([self.retention[s, l] for s, l in enumerate(levels)]))
+    def accuracy(self, levels: list[int], floored: bool = True) -> float:
+        """Surrogate accuracy max(floor, A_0 * prod rho[s, l_s]) of a choice of level indices.
+
+        The floor is constant, so maximising the product (what the solvers do, in log form) maximises
+        the floored surrogate too.
+        """
+        product = self.base_accuracy * float(np.prod([self.retention[s, l] for s, l in enumerate(levels)]))
+        return max(self.floor, product) if floored else product
 
 
 def profiles_from_sensitivity(table: pd.DataFrame, input_bytes: float, metric: str = "acc",
@@ -186,6 +193,9 @@ def profiles_from_sensitivity(table: pd.DataFrame, input_bytes: float, metric: s
     Costs are the measured values of draw 0 (they barely vary across draws); accuracy is the mean over
     draws. Retention rho[s,l] = a[s,l]/a[s,0], made monotone non-increasing in l (running minimum:
     pruning more never helps in the surrogate), capped at 1 and floored at ``floor`` (for the log).
+    The surrogate's own floor is the lowest accuracy measured in the table: without fine-tuning a
+    heavily pruned network collapses to one answer (the majority-class rate for ACC), and the
+    product of retentions would fall below what any measured model reaches.
     """
     if metric not in ("acc", "auc"):
         raise ValueError(f"metric={metric!r}; expected 'acc' or 'auc'")
@@ -201,7 +211,8 @@ def profiles_from_sensitivity(table: pd.DataFrame, input_bytes: float, metric: s
     base = float(a[:, 0].mean())
     rho = np.clip(np.minimum.accumulate(a / a[:, :1], axis=1), floor, 1.0)
     return Profiles(segments, [float(l) for l in levels], grid(cost, "macs") * 2, grid(cost, "weight_bytes"),
-                    grid(cost, "peak_bytes"), grid(cost, "out_bytes"), rho, base, float(input_bytes), metric)
+                    grid(cost, "peak_bytes"), grid(cost, "out_bytes"), rho, base, float(input_bytes), metric,
+                    floor=float(a.min()))
 
 
 @dataclass
