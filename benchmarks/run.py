@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from xaiprune import data, models, train
+from xaiprune import data, models
 
 
 def median_seconds(fn, repeat: int, warmup: int = 1) -> float:

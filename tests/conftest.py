@@ -6,9 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from medmnist import INFO
+from torch import nn
 
-from xaiprune import data, paths
+from xaiprune import data, models, paths
 
 
 @pytest.fixture
@@ -48,3 +50,22 @@ def real_root() -> Path | None:
 
 needs_real_data = pytest.mark.skipif(
     real_root() is None, reason="real PneumoniaMNIST not found: set MEDMNIST_ROOT (CI uses ../shared/medmnist)")
+
+
+def split(n: int = 6, seed: int = 1) -> data.Split:
+    """n random images with alternating labels 0, 1, 0, ... (a stand-in reference set)."""
+    x = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+    return data.Split(x=x, y=torch.arange(n) % 2, flag="pneumoniamnist", split="val", size=28)
+
+
+def small() -> models.SegmentedModel:
+    """small_cnn (16, 32, 64 filters) with non-trivial BatchNorm statistics and affine parameters, as after training."""
+    torch.manual_seed(0)
+    model = models.small_cnn(1, 2)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.normal_(1.0, 0.2)
+            m.bias.data.normal_(0.0, 0.1)
+    return model.eval()

@@ -11,15 +11,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from xaiprune import data, models, prune, xai
+from conftest import small, split
+from xaiprune import models, prune, xai
 
 X = torch.zeros(1, 1, 28, 28)
-
-
-def split(n: int = 6, seed: int = 1) -> data.Split:
-    """n random images with alternating labels 0, 1, 0, ..."""
-    x = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
-    return data.Split(x=x, y=torch.arange(n) % 2, flag="pneumoniamnist", split="val", size=28)
 
 
 def tiny() -> models.SegmentedModel:
@@ -29,19 +24,6 @@ def tiny() -> models.SegmentedModel:
         block1=nn.Sequential(*models.conv_bn_relu(1, 6), nn.MaxPool2d(2)),
         block2=nn.Sequential(*models.conv_bn_relu(6, 8), models.Head(8, 2)),
     )).eval()
-
-
-def small() -> models.SegmentedModel:
-    """small_cnn (16, 32, 64 filters) with non-trivial BatchNorm statistics, as after training."""
-    torch.manual_seed(0)
-    model = models.small_cnn(1, 2)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.normal_(1.0, 0.2)
-            m.bias.data.normal_(0.0, 0.1)
-    return model.eval()
 
 
 def first_conv(model: nn.Module) -> nn.Conv2d:

@@ -11,16 +11,11 @@ from captum.attr import LayerLRP
 from captum.attr._utils.lrp_rules import EpsilonRule
 from torch import nn
 
+from conftest import small, split
 from xaiprune import data, models, xai
 
 METHODS = sorted(xai.METHODS)
 OPTIONS = {"ig": {"steps": 4}}
-
-
-def split(n: int = 6, seed: int = 1) -> data.Split:
-    """n random images with alternating labels 0, 1, 0, ..."""
-    x = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
-    return data.Split(x=x, y=torch.arange(n) % 2, flag="pneumoniamnist", split="val", size=28)
 
 
 def tiny() -> models.SegmentedModel:
@@ -32,19 +27,6 @@ def tiny() -> models.SegmentedModel:
         a=nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(2)),
         b=nn.Sequential(nn.Conv2d(4, 6, 3, padding=1, bias=False), nn.ReLU(), head),
     )).eval()
-
-
-def small() -> models.SegmentedModel:
-    """small_cnn with non-trivial BatchNorm statistics and affine parameters (as after training)."""
-    torch.manual_seed(0)
-    model = models.small_cnn(1, 2)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.normal_(1.0, 0.2)
-            m.bias.data.normal_(0.0, 0.1)
-    return model.eval()
 
 
 def captum_lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
