@@ -23,7 +23,7 @@ Registered as ``xaiprune/Ward-v0``. Used by ``06_rl.ipynb`` and :mod:`xaiprune.r
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import gymnasium as gym
 import numpy as np
@@ -73,7 +73,6 @@ class State:
     load: np.ndarray             # (N,) in [0, load_max]
     battery: np.ndarray          # (N,) fraction of capacity
     priority: int
-    extra: dict = field(default_factory=dict)
 
 
 class WardEnv(gym.Env):
