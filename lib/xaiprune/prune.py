@@ -430,3 +430,28 @@ def prune_plan(model: models.SegmentedModel, levels: "dict[str, float]", criteri
         if levels.get(segment, 0.0) > 0:
             pruned, _ = prune_segment(pruned, segment, levels[segment], criterion, reference=reference, seed=seed)
     return pruned if pruned is not model else copy.deepcopy(model)
+
+
+def xai_against_baselines(frame, value: str = "auc") -> list[dict]:
+    """At each ratio, the best XAI criterion against the best baseline (L1, Taylor, random, ...).
+
+    ``frame`` is a :func:`sweep` result. Each side is the criterion with the best mean ``value`` over
+    the draws; the outcome is ``"XAI better"`` or ``"baseline better"`` when one 95% interval lies
+    entirely above the other, else ``"tie"``. Picking the best of several XAI methods after the fact
+    favours the XAI side slightly; the per-criterion sweep shows each method on its own.
+    Used by ``04_pruning_comparison.ipynb`` for its verdict.
+    """
+    out = []
+    for r, g in mean_ci(frame, ["ratio", "criterion"], value).groupby("ratio"):
+        xai_rows = g[g["criterion"].isin(XAI_CRITERIA)].sort_values("mean", ascending=False)
+        base_rows = g[~g["criterion"].isin(XAI_CRITERIA)].sort_values("mean", ascending=False)
+        if r == 0 or xai_rows.empty or base_rows.empty:
+            continue
+        x, b = xai_rows.iloc[0], base_rows.iloc[0]
+        outcome = "XAI better" if x["lo"] > b["hi"] else "baseline better" if b["lo"] > x["hi"] else "tie"
+        out.append({"ratio": round(float(r), 3), "metric": value, "outcome": outcome,
+                    "best_xai": x["criterion"], "xai_mean": round(float(x["mean"]), 4),
+                    "xai_ci": [round(float(x["lo"]), 4), round(float(x["hi"]), 4)],
+                    "best_baseline": b["criterion"], "baseline_mean": round(float(b["mean"]), 4),
+                    "baseline_ci": [round(float(b["lo"]), 4), round(float(b["hi"]), 4)]})
+    return out
