@@ -140,3 +140,14 @@ def test_scenario_validation_errors_name_the_field(mutate, match):
 def test_unknown_scenario_lists_the_known_ones():
     with pytest.raises(system.ScenarioError, match="ward-4"):
         system.load_scenario("ward-99")
+
+
+def test_profiles_round_trip_through_json(tmp_path):
+    _, profiles = tiny()
+    profiles.floor = 0.6
+    back = system.load_profiles(system.save_profiles(profiles, tmp_path / "p.json"))
+    assert back.segments == profiles.segments and back.floor == 0.6
+    assert np.array_equal(back.retention, profiles.retention) and np.array_equal(back.flops, profiles.flops)
+    assert back.accuracy([1, 1]) == profiles.accuracy([1, 1])
+    with pytest.raises(FileNotFoundError, match="05_nlp"):
+        system.load_profiles(tmp_path / "missing.json")

@@ -60,3 +60,15 @@ def test_bad_config_is_refused_before_training(change, match):
 def test_published_benchmark_has_the_papers_pneumonia_row():
     row = train.published_benchmark("pneumoniamnist")["ResNet-18 (28)"]
     assert row == {"auc": 0.944, "acc": 0.854}
+
+
+def test_trained_models_are_found_and_checked(tiny):
+    cfg, root = tiny
+    with pytest.raises(FileNotFoundError, match="run 02_train"):
+        train.trained_models(["small_cnn"], cfg.flag, cfg.size)
+    train.record_checkpoints({"small_cnn": train.train_or_load(cfg, root, progress=False)})
+    assert set(train.trained_models(["small_cnn"], cfg.flag, cfg.size)) == {"small_cnn"}
+    with pytest.raises(ValueError, match="not trained by the last 02_train run"):
+        train.trained_models(["vgg16_bn"], cfg.flag, cfg.size)
+    with pytest.raises(ValueError, match="trained on pneumoniamnist at 28, not breastmnist"):
+        train.trained_models(["small_cnn"], "breastmnist", 28)

@@ -21,6 +21,7 @@ of Baccour et al. (ICC 2023; FGCS 2024): see docs/DESIGN.md. Used by ``05_nlp.ip
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -318,3 +319,21 @@ def random_instance(n_segments: int, n_devices: int, n_levels: int, seed: int = 
     np.fill_diagonal(bw, np.inf)
     deadline = (flops[:, 0].sum() / 1e10 + out[:, 0].sum() / 5e6) / tightness
     return Scenario(f"random-{seed}", devices, bw, 0, deadline, np.zeros((n_devices, n_devices))), profiles
+
+
+_PROFILE_ARRAYS = ("flops", "weight_bytes", "peak_bytes", "out_bytes", "retention")
+
+
+def save_profiles(profiles: Profiles, path: Path) -> Path:
+    """Write :class:`Profiles` as JSON (``05_nlp`` writes them, ``06_rl`` reads them)."""
+    payload = {k: (v.tolist() if k in _PROFILE_ARRAYS else v) for k, v in profiles.__dict__.items()}
+    Path(path).write_text(json.dumps(payload, indent=1))
+    return Path(path)
+
+
+def load_profiles(path: Path) -> Profiles:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run 05_nlp.ipynb first")
+    raw = json.loads(path.read_text())
+    return Profiles(**{k: (np.array(v) if k in _PROFILE_ARRAYS else v) for k, v in raw.items()})

@@ -232,3 +232,34 @@ def train_or_load(config: TrainConfig, data_root: str | None = None, progress: b
         trained.metrics.update({f"{split}_acc": m["acc"], f"{split}_auc": m["auc"]})
     trained.path = save(trained, path)
     return trained
+
+
+def record_checkpoints(trained: dict[str, Trained]) -> Path:
+    """Write ``artifacts/02_train/checkpoints.json``: which checkpoint each architecture of this run is."""
+    def where(path: Path) -> str:  # relative to the project root when inside it
+        return str(path.relative_to(paths.ROOT)) if path.is_relative_to(paths.ROOT) else str(path)
+
+    entries = {arch: {"checkpoint": where(t.path), "config": asdict(t.config)} for arch, t in trained.items()}
+    path = paths.artifact_dir("02_train") / "checkpoints.json"
+    path.write_text(json.dumps(entries, indent=2))
+    return path
+
+
+def trained_models(archs: list[str], flag: str, size: int) -> dict[str, models.SegmentedModel]:
+    """The frozen models of the last ``02_train`` run for ``archs``, checked against ``flag`` and ``size``.
+
+    Used by notebooks 03-05; a missing run or architecture, or a model trained on other data, is a
+    clear error before any work starts.
+    """
+    path = paths.ARTIFACTS / "02_train" / "checkpoints.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run 02_train.ipynb first")
+    entries = json.loads(path.read_text())
+    missing = [a for a in archs if a not in entries]
+    if missing:
+        raise ValueError(f"archs {missing} were not trained by the last 02_train run (it trained {sorted(entries)})")
+    for a in archs:
+        cfg = entries[a]["config"]
+        if (cfg["flag"], cfg["size"]) != (flag, size):
+            raise ValueError(f"{a} was trained on {cfg['flag']} at {cfg['size']}, not {flag} at {size}: rerun 02_train")
+    return {a: load(paths.ROOT / entries[a]["checkpoint"]).model for a in archs}
