@@ -202,3 +202,40 @@ def test_xai_against_baselines_reads_the_intervals():
            for v in prune.xai_against_baselines(pd.DataFrame(rows), "auc")}
     assert got == {0.3: ("XAI better", "lrp", "taylor"), 0.5: ("tie", "lrp", "l1"),
                    0.7: ("baseline better", "lrp", "l1")}
+
+
+@pytest.mark.parametrize("criterion", ["lrp", "l1", "taylor"])
+@pytest.mark.parametrize("segment", ["block1", "block2"])
+def test_fixed_scores_prune_one_segment_as_prune_segment_does(criterion, segment):
+    model, ref = small(), split(6)
+    scores = prune.criterion_scores(model, criterion, ref)
+    a = prune.prune_with_scores(model, {segment: 0.5}, scores)
+    b, _ = prune.prune_segment(model, segment, 0.5, criterion, reference=ref)
+    assert same_state(a.state_dict(), b.state_dict())
+
+
+def test_fixed_scores_choose_each_segment_independently_of_the_others():
+    """block2 keeps the same filters whether block1 is pruned or not (only its input channels shrink)."""
+    model, ref = small(), split(6)
+    scores = prune.criterion_scores(model, "lrp", ref)
+    alone = prune.prune_with_scores(model, {"block2": 0.5}, scores)
+    both = prune.prune_with_scores(model, {"block1": 0.25, "block2": 0.5}, scores)
+    conv_alone = models.conv_layers(alone)["segments.block2.0"]
+    conv_both = models.conv_layers(both)["segments.block2.0"]
+    kept_in = models.conv_layers(both)["segments.block1.0"].out_channels
+    assert conv_both.out_channels == conv_alone.out_channels == 16
+    assert conv_both.in_channels == kept_in == 12
+    bn = {name: dict(m.named_modules())["segments.block2.1"] for name, m in (("alone", alone), ("both", both))}
+    assert torch.equal(bn["alone"].running_mean, bn["both"].running_mean)  # the same 16 filters kept
+    assert torch.equal(bn["alone"].weight, bn["both"].weight)
+
+
+def test_fixed_scores_refuse_missing_layers_and_bad_levels():
+    model = small()
+    scores = {n: torch.ones(c.out_channels) for n, c in models.conv_layers(model).items()}
+    with pytest.raises(ValueError, match="no scores for conv layers"):
+        prune.prune_with_scores(model, {"block1": 0.5}, {k: v for k, v in list(scores.items())[1:]})
+    with pytest.raises(ValueError, match="ratio=1.0"):
+        prune.prune_with_scores(model, {"block1": 1.0}, scores)
+    with pytest.raises(ValueError, match="do not exist"):
+        prune.prune_with_scores(model, {"nope": 0.5}, scores)

@@ -432,6 +432,39 @@ def prune_plan(model: models.SegmentedModel, levels: "dict[str, float]", criteri
     return pruned if pruned is not model else copy.deepcopy(model)
 
 
+def prune_with_scores(model: models.SegmentedModel, levels: "dict[str, float]", scores: "dict[str, torch.Tensor]",
+                      input_shape: tuple[int, int, int] = (1, 28, 28)) -> models.SegmentedModel:
+    """Prune each segment at its own level, ranking its filters by fixed per-filter scores.
+
+    ``scores`` maps every conv layer's name to its filters' scores as :func:`criterion_scores` gives
+    them on the unpruned model (per-layer normalised). The scores are fixed, so the filters a segment
+    keeps do not depend on the other segments' levels: a device can build its segments for any plan
+    from the checkpoint and one small scores file, and every device builds the same ones. A segment
+    pruned alone gives exactly :func:`prune_segment`'s model for the XAI criteria (whose scores are
+    also taken on the unpruned model). Used by :mod:`xaiprune.distributed`.
+    """
+    unknown = set(levels) - set(model.segments)
+    if unknown:
+        raise ValueError(f"segments {sorted(unknown)} do not exist; the model has {list(model.segments)}")
+    missing = set(models.conv_layers(model)) - set(scores)
+    if missing:
+        raise ValueError(f"scores: no scores for conv layers {sorted(missing)}")
+    pruned = copy.deepcopy(model).eval()
+    for segment in model.segments:
+        level = levels.get(segment, 0.0)
+        _check("l1", level, "global", None)
+        if level == 0:
+            continue
+        convs = models.conv_layers(pruned)
+        importance = KeepOne(ScoreImportance({conv: scores[name] for name, conv in convs.items()}))
+        ignored = [m for m in pruned.modules() if isinstance(m, nn.Linear)]
+        ignored += [m for name, seg in pruned.segments.items() if name != segment
+                    for m in seg.modules() if isinstance(m, nn.Conv2d)]
+        tp.pruner.MetaPruner(pruned, torch.zeros(1, *input_shape), importance=importance, global_pruning=True,
+                             pruning_ratio=level, ignored_layers=ignored).step()
+    return pruned
+
+
 def xai_against_baselines(frame, value: str = "auc") -> list[dict]:
     """At each ratio, the best XAI criterion against the best baseline (L1, Taylor, random, ...).
 
