@@ -206,7 +206,7 @@ def receive(world_size: int, n_segments: int, n_levels: int, n_criteria: int) ->
 
 
 # ----- configuration -------------------------------------------------------------------------------
-PLANNERS = ("nlp", "rl", "no_pruning", "static", "local")
+PLANNERS = ("nlp", "rl", "no_pruning", "static", "local", "fixed")
 
 
 def resolve(path: str | os.PathLike) -> Path:
@@ -220,10 +220,12 @@ class RunConfig:
     """Everything every rank needs, as JSON; rank 0 shares it with the others through the TCP store.
 
     Paths are relative to the project root (or absolute). ``policies`` is a list of
-    ``{"name", "planner", "criterion", "agent", "level"}``: planner one of :data:`PLANNERS`
+    ``{"name", "planner", "criterion", "agent", "level", "plan"}``: planner one of :data:`PLANNERS`
     (``nlp`` the exact optimum per request, ``rl`` a saved agent, ``no_pruning`` the best placement
     unpruned, ``static`` every segment at ``level`` with the best placement, ``local`` the whole
-    unpruned model on the source). ``trace`` is a (T, N, N) list of bandwidth multipliers, request t
+    unpruned model on the source, ``fixed`` the ``plan`` ``{"devices": [names], "levels": [fractions]}``
+    for every request). Whatever the planner, a plan that uses a dead device is replaced by the exact
+    optimum on the live ones. ``trace`` is a (T, N, N) list of bandwidth multipliers, request t
     seeing ``trace[t % T]``. ``fault`` is ``{"policy", "device", "request"}``: that device's process
     kills itself (SIGKILL) on receiving the first activation of that policy at or after that request.
     """
@@ -243,7 +245,7 @@ class RunConfig:
     emulate: bool = True
     heartbeat_s: float = 0.1
     dead_after_s: float = 1.0
-    request_timeout_s: float = 20.0
+    request_timeout_s: float = 5.0
     max_attempts: int = 4
     fault: dict | None = None
     threads: int = 1                  # torch threads per process (one request runs at a time)
@@ -256,13 +258,15 @@ class RunConfig:
                             *((f"scores[{c}]", p) for c, p in self.scores.items())):
             if not resolve(value).is_file():
                 errors.append(f"config field {name}: no file {resolve(value)}")
+        profile = system.load_profiles(resolve(self.profiles)) if resolve(self.profiles).is_file() else \
+            system.Profiles([], [0.0], *[np.zeros((0, 1))] * 5, 1.0, 0.0)
         if not self.policies:
             errors.append("config field policies: expected at least one policy")
         names = [p.get("name") for p in self.policies]
         if len(set(names)) != len(names) or not all(names):
             errors.append(f"config field policies: every policy needs a distinct name, got {names}")
         for i, p in enumerate(self.policies):
-            unknown = set(p) - {"name", "planner", "criterion", "agent", "level"}
+            unknown = set(p) - {"name", "planner", "criterion", "agent", "level", "plan"}
             if unknown:
                 errors.append(f"config field policies[{i}]: unknown keys {sorted(unknown)}")
             if p.get("planner") not in PLANNERS:
@@ -270,6 +274,14 @@ class RunConfig:
             if p.get("criterion", "lrp") not in self.scores:
                 errors.append(f"config field policies[{i}].criterion={p.get('criterion')!r}: no scores file for it "
                               f"(scores has {sorted(self.scores)})")
+            if p.get("planner") == "fixed":
+                plan = p.get("plan") or {}
+                devs, levs = plan.get("devices", []), plan.get("levels", [])
+                if len(devs) != len(profile.segments) or len(levs) != len(profile.segments) \
+                        or any(d not in [x.name for x in scenario.devices] for d in devs) \
+                        or any(lv not in profile.levels for lv in levs):
+                    errors.append(f"config field policies[{i}].plan={plan}: expected {len(profile.segments)} device "
+                                  f"names of the scenario and {len(profile.segments)} levels of {profile.levels}")
             if p.get("planner") == "rl" and not resolve(str(p.get("agent", ""))).with_suffix(".zip").is_file():
                 errors.append(f"config field policies[{i}].agent: no agent file {p.get('agent')!r}")
         if not isinstance(self.n_requests, int) or self.n_requests < 0:
@@ -530,6 +542,7 @@ class Coordinator:
         self.events = open(out_dir / "events.jsonl", "a", buffering=1)
         self.requests = open(out_dir / "requests.jsonl", "a", buffering=1)
         self.policy_index = 0
+        self.current = (-1, -1)  # (request, attempt) in flight
         threading.Thread(target=self._receive_loop, daemon=True).start()
 
     # -- plumbing --
@@ -537,8 +550,8 @@ class Coordinator:
         while True:
             self.inbox.put(receive(*self.dims))
 
-    def event(self, kind: str, **detail) -> None:
-        row = {"time": time.time(), "policy": self.cfg.policies[self.policy_index]["name"], "event": kind, **detail}
+    def event(self, what: str, **detail) -> None:
+        row = {"time": time.time(), "policy": self.cfg.policies[self.policy_index]["name"], "event": what, **detail}
         self.events.write(json.dumps(row) + "\n")
         print(f"EVENT {json.dumps(row)}", flush=True)
 
@@ -586,8 +599,16 @@ class Coordinator:
                         self.event("worker error", rank=src, code=msg.error, detail=msg.detail)
                 elif want(src, msg):
                     return ("ok", src, msg)
+                elif msg.kind == ACTIVATION and self.current == (msg.request, msg.attempt):
+                    try:  # the plan passes through the source device midway
+                        dst, out = self.dev.advance(msg, msg.payload)
+                    except RuntimeError:
+                        self.mark_dead(msg.devices[msg.start], "rank 0 could not send to it")
+                        continue
+                    if dst == -1 and want(0, out):
+                        return ("ok", 0, out)
                 else:
-                    self.event("discarded", rank=src, kind=KINDS[msg.kind], request=msg.request, attempt=msg.attempt)
+                    self.event("discarded", rank=src, message=KINDS[msg.kind], request=msg.request, attempt=msg.attempt)
             now = time.monotonic()
             if now - last_check > self.cfg.heartbeat_s / 2:
                 last_check = now
@@ -628,6 +649,10 @@ class Coordinator:
                 devices = r.plan.devices if r.plan is not None else nlp.greedy(env.instance(), env.profiles).plan.devices
                 return env.action_of(system.Plan(devices, [level] * S))
             return static
+        if kind == "fixed":
+            fixed = system.Plan([self.scenario.index(d) for d in policy["plan"]["devices"]],
+                                [self.profiles.levels.index(lv) for lv in policy["plan"]["levels"]])
+            return lambda env, obs: env.action_of(fixed)
         return lambda env, obs: env.action_of(system.Plan([self.scenario.source] * S, [0] * S))
 
     def decide(self, env, planner) -> tuple[system.Plan, str, float]:
@@ -693,6 +718,7 @@ class Coordinator:
                 status = self.prepare(msg)
                 if status[0] == "ok":
                     extra_prepare += status[1]
+                    self.current = (t, attempt)
                     start = time.perf_counter()
                     try:
                         dst, out = self.dev.advance(msg, self.images[t:t + 1])
@@ -736,7 +762,7 @@ class Coordinator:
             if got[0] != "ok":
                 break
             late += 1
-            self.event("discarded", rank=got[1], kind="result", request=got[2].request, attempt=got[2].attempt)
+            self.event("discarded", rank=got[1], message="result", request=got[2].request, attempt=got[2].attempt)
         return {"policy": policy["name"], "requests": n, "answered": len(answered), "lost": n - len(answered),
                 "late_discarded": late, "dead": [self._name(r) for r, ok in self.alive.items() if not ok]}
 
@@ -785,8 +811,16 @@ class Coordinator:
 def coordinator(cfg: RunConfig, world: int, store, out_dir: Path) -> int:
     torch.set_num_threads(cfg.threads)
     store.set("xaiprune/config", cfg.to_json())
-    for r in range(1, world):
-        store.wait([f"xaiprune/up/{r}"], dt.timedelta(seconds=120))
+    waiting, end = set(range(1, world)), time.monotonic() + 300
+    while waiting:  # every worker loads the model and says it is up, or says why it failed
+        for r in sorted(waiting):
+            if store.check([f"xaiprune/failed/{r}"]):
+                raise RuntimeError(f"rank {r} failed to start: {store.get(f'xaiprune/failed/{r}').decode()}")
+            if store.check([f"xaiprune/up/{r}"]):
+                waiting.discard(r)
+        if time.monotonic() > end:
+            raise RuntimeError(f"ranks {sorted(waiting)} did not start within 300 s")
+        time.sleep(0.05)
     coord = Coordinator(cfg, world, store, out_dir)
     summaries = []
     try:
@@ -832,7 +866,11 @@ def main(argv: list[str] | None = None) -> int:
         code = coordinator(cfg, world, store, out)
     else:
         store.wait(["xaiprune/config"], timeout)
-        code = worker(RunConfig.from_json(store.get("xaiprune/config").decode()), rank, world, store, host, port)
+        try:
+            code = worker(RunConfig.from_json(store.get("xaiprune/config").decode()), rank, world, store, host, port)
+        except Exception as exc:
+            store.set(f"xaiprune/failed/{rank}", f"{type(exc).__name__}: {exc}")
+            raise
     sys.stdout.flush()
     os._exit(code)  # a gloo recv may still block a thread; nothing is left to flush
 
@@ -894,6 +932,7 @@ def launch(cfg: RunConfig, folder: Path, progress: bool = True, timeout: float |
             procs[rank] = subprocess.Popen(cmd, env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
                                            stdout=subprocess.PIPE if rank == 0 else logs[rank],
                                            stderr=subprocess.STDOUT, text=True, preexec_fn=_die_with_parent)
+        (folder / "pids.json").write_text(json.dumps({r: p.pid for r, p in procs.items()}))
         watchdog = None
         if timeout:
             watchdog = threading.Timer(timeout, lambda: [p.kill() for p in procs.values() if p.poll() is None])
@@ -914,12 +953,10 @@ def launch(cfg: RunConfig, folder: Path, progress: bool = True, timeout: float |
                 if e["event"] != "discarded":
                     print(f"  [{e['policy']}] {e['event']}: " + ", ".join(f"{k}={v}" for k, v in e.items()
                                                                          if k not in ("time", "policy", "event")))
-        procs[0].wait()
-        for rank, p in procs.items():
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
+        if procs[0].wait() == 0:  # workers leave on SHUTDOWN; after a failure they are stopped at once
+            for p in procs.values():
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=15)
         if watchdog:
             watchdog.cancel()
     finally:
