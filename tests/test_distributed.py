@@ -170,6 +170,13 @@ def test_two_and_three_workers_give_the_single_process_predictions_and_profile_b
     for hops in r["link_bytes"]:
         assert hops == expected_bytes
 
+    table = D.summarise(out.requests, "pneumoniamnist")
+    row = table.loc["fixed"]
+    assert row["requests"] == cfg.n_requests and row["distinct_plans"] == 1 and row["replanned"] == 0
+    assert np.isclose(row["acc"], (r["prediction"] == r["label"]).mean())
+    assert row["bytes_per_inference"] == sum(expected_bytes) and 0 <= row["deadline_hit_rate"] <= 1
+    assert np.isclose(row["energy_j"], sum(row[f"energy_j.d{j}"] for j in range(n_devices)))
+
 
 @needs_real_data
 def test_a_worker_killed_mid_run_loses_no_request_and_none_is_answered_twice(setup, tmp_path):

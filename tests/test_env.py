@@ -114,3 +114,12 @@ def test_short_training_beats_random_on_a_toy_scenario():
     agent = rl.rollout(toy(), rl.agent_policy(model), seeds)
     rand = rl.rollout(toy(), rl.random_policy, seeds)
     assert agent["reward"].mean() > rand["reward"].mean() + 0.2
+
+
+def test_fade_trace_fades_holds_and_recovers():
+    trace = ward_env.fade_trace(100, 3, low=0.1)
+    assert trace.shape == (100, 3, 3)
+    m = trace[:, 0, 1]
+    assert (m[:25] == 1).all() and np.isclose(m[60], 0.1) and np.isclose(m[-1], 1) and m.min() >= 0.1 - 1e-12
+    with pytest.raises(ValueError, match="T=2"):
+        ward_env.fade_trace(2, 3)

@@ -887,6 +887,37 @@ class Outcome:
     seconds: float
 
 
+def summarise(requests, flag: str, order: list[str] | None = None):
+    """One row per policy from ``requests.jsonl``: accuracy, latency, deadline hits, bytes and energy.
+
+    ACC and AUC use MedMNIST's metric functions on the softmax of the logits the system returned;
+    ``latency_error`` is mean measured / mean predicted latency - 1; energies are J per request.
+    """
+    import pandas as pd
+    from medmnist import INFO
+    from medmnist.evaluator import getACC, getAUC
+
+    task = INFO[flag]["task"]
+    rows = []
+    for name, g in requests.groupby("policy", sort=False):
+        scores = torch.softmax(torch.tensor(g["logits"].tolist()), dim=1).numpy()
+        y = g["label"].to_numpy()[:, None]
+        energy = pd.DataFrame(g["energy_j"].tolist())
+        rows.append({"policy": name, "criterion": g["criterion"].iloc[0], "requests": len(g),
+                     "acc": float(getACC(y, scores, task)), "auc": float(getAUC(y, scores, task)),
+                     "p50_ms": float(g["latency_ms"].median()), "p95_ms": float(g["latency_ms"].quantile(0.95)),
+                     "mean_ms": float(g["latency_ms"].mean()), "predicted_ms": float(g["predicted_latency_ms"].mean()),
+                     "latency_error": float(g["latency_ms"].mean() / g["predicted_latency_ms"].mean() - 1),
+                     "deadline_hit_rate": float((g["latency_ms"] <= g["deadline_ms"]).mean()),
+                     "bytes_per_inference": float(g["bytes"].mean()),
+                     "mean_pruning": float(np.mean([np.mean(lv) for lv in g["levels"]])),
+                     "distinct_plans": int(g["plan"].nunique()), "replanned": int((g["attempts"] > 1).sum()),
+                     "energy_j": float(energy.sum(axis=1).mean()),
+                     **{f"energy_j.{k}": float(v) for k, v in energy.mean().items()}})
+    out = pd.DataFrame(rows).set_index("policy")
+    return out.loc[order] if order else out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

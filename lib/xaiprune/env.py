@@ -190,6 +190,22 @@ class WardEnv(gym.Env):
                 "dynamics": asdict(self.dynamics), "trace": self.trace is not None}
 
 
+def fade_trace(T: int, n: int, low: float = 0.05) -> np.ndarray:
+    """A (T, n, n) bandwidth trace: nominal, a fade of every link to ``low`` x, a hold, and a recovery.
+
+    Nominal for the first quarter, a geometric fade from 25% to 55% of the requests, ``low`` until 75%,
+    then a geometric recovery. Used by ``06_rl`` (the agent under a fade) and ``07_distributed``.
+    """
+    if T < 4 or not 0 < low <= 1:
+        raise ValueError(f"T={T}, low={low}: expected at least 4 steps and 0 < low <= 1")
+    a, b, c = int(0.25 * T), int(0.55 * T), int(0.75 * T)
+    fade = np.ones(T)
+    fade[a:b] = np.geomspace(1, low, b - a)
+    fade[b:c] = low
+    fade[c:] = np.geomspace(low, 1, T - c)
+    return np.stack([np.full((n, n), f) for f in fade])
+
+
 ENV_ID = "xaiprune/Ward-v0"
 if ENV_ID not in gym.registry:
     gym.register(id=ENV_ID, entry_point="xaiprune.env:WardEnv")
