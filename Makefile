@@ -7,7 +7,7 @@ PROFILE ?= default
 STAMP := $(VENV)/.install-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install report smoke test lab bench clean
+.PHONY: help install report smoke test lab bench screenshot clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -39,6 +39,11 @@ lab: $(STAMP)  ## JupyterLab on the notebooks
 bench: $(STAMP)  ## timing benchmarks (by hand; results in benchmarks/results/)
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/bench_pruning.py
+
+screenshot:  ## PNG of reports/$(PROFILE)/report.html in headless Chromium (apt-get install chromium)
+	@command -v chromium >/dev/null || { echo "chromium is not installed (Debian: apt-get install chromium)"; exit 1; }
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1200,6000 \
+		--screenshot=reports/$(PROFILE)/report.png reports/$(PROFILE)/report.html
 
 clean:  ## remove outputs (artifacts/, reports/) and caches; never data/ or .venv/
 	rm -rf artifacts reports/*/ .pytest_cache

@@ -170,8 +170,11 @@ def test_two_and_three_workers_give_the_single_process_predictions_and_profile_b
     for hops in r["link_bytes"]:
         assert hops == expected_bytes
 
-    table = D.summarise(out.requests, "pneumoniamnist")
+    table = D.summarise(out.requests, "pneumoniamnist", profiles=profiles)
     row = table.loc["fixed"]
+    unpruned = [profiles.input_bytes] + list(profiles.out_bytes[:, 0])
+    saved = 1 - sum(expected_bytes) / sum(u for u, b in zip(unpruned, expected_bytes) if b)
+    assert np.isclose(row["bytes_saved_by_pruning"], saved) and (saved > 0) == (plan["levels"][0] > 0)
     assert row["requests"] == cfg.n_requests and row["distinct_plans"] == 1 and row["replanned"] == 0
     assert np.isclose(row["acc"], (r["prediction"] == r["label"]).mean())
     assert row["bytes_per_inference"] == sum(expected_bytes) and 0 <= row["deadline_hit_rate"] <= 1

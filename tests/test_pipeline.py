@@ -96,8 +96,14 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     assert 0 < m["06_rl"]["agent_accuracy_fraction_of_optimum"] <= 1.5
     art = tmp_path / "artifacts"
     for rel in ("04_pruning_comparison/sensitivity_small_cnn.csv", "05_nlp/profiles_small_cnn.json",
-                "06_rl/agent_ward-4.zip", "06_rl/agent_ward-4.json"):
+                "06_rl/agent_ward-4.zip", "06_rl/agent_ward-4.json", "07_distributed/summary.csv",
+                "07_distributed/policies/requests.jsonl", "07_distributed/fault/events.jsonl"):
         assert (art / rel).is_file(), rel
+    m7 = m["07_distributed"]
+    assert len(m7["policies"]) == 7 and all(p["requests"] == 24 for p in m7["policies"].values())
+    assert m7["fault"]["lost"] == 0 and m7["fault"]["duplicated"] == 0 and m7["fault"]["detected"]
+    page = (out / "report.html").read_text()
+    assert "Claims against evidence" in page and "data:image/png;base64," in page and "07_distributed.html" in page
 
 
 def test_from_an_unknown_notebook_is_refused(no_execution, capsys):

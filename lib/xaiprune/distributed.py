@@ -859,7 +859,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"WORLD_SIZE={world}, but the scenario has {n} devices (one process per device)")
     timeout = dt.timedelta(seconds=120)
     store = dist.TCPStore(host, port, world, is_master=(rank == 0), timeout=timeout)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timeout)
+    # A device may legitimately wait for work for a long time (a policy that never uses it), so gloo's
+    # receive timeout is effectively off; liveness is the heartbeats' job.
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=dt.timedelta(days=7))
     if rank == 0:
         out = Path(args.out) if args.out else Path(args.config).parent
         out.mkdir(parents=True, exist_ok=True)
@@ -887,11 +889,19 @@ class Outcome:
     seconds: float
 
 
-def summarise(requests, flag: str, order: list[str] | None = None):
+def unpruned_bytes(link_bytes: list[int], profiles: system.Profiles) -> int:
+    """Bytes the same route would send with nothing pruned: the level-0 tensor on every hop that was used."""
+    level0 = [profiles.input_bytes] + list(profiles.out_bytes[:, 0])
+    return int(sum(level0[h] for h, b in enumerate(link_bytes) if b > 0))
+
+
+def summarise(requests, flag: str, order: list[str] | None = None, profiles: system.Profiles | None = None):
     """One row per policy from ``requests.jsonl``: accuracy, latency, deadline hits, bytes and energy.
 
     ACC and AUC use MedMNIST's metric functions on the softmax of the logits the system returned;
-    ``latency_error`` is mean measured / mean predicted latency - 1; energies are J per request.
+    ``latency_error`` is mean measured / mean predicted latency - 1; energies are J per request. With
+    ``profiles``, ``bytes_saved_by_pruning`` is 1 - bytes sent / bytes the same routes would send
+    unpruned (:func:`unpruned_bytes`): the effect of pruning alone, placement held equal.
     """
     import pandas as pd
     from medmnist import INFO
@@ -910,6 +920,8 @@ def summarise(requests, flag: str, order: list[str] | None = None):
                      "latency_error": float(g["latency_ms"].mean() / g["predicted_latency_ms"].mean() - 1),
                      "deadline_hit_rate": float((g["latency_ms"] <= g["deadline_ms"]).mean()),
                      "bytes_per_inference": float(g["bytes"].mean()),
+                     **({"bytes_saved_by_pruning": float(1 - g["bytes"].sum() / max(1, sum(
+                         unpruned_bytes(b, profiles) for b in g["link_bytes"])))} if profiles is not None else {}),
                      "mean_pruning": float(np.mean([np.mean(lv) for lv in g["levels"]])),
                      "distinct_plans": int(g["plan"].nunique()), "replanned": int((g["attempts"] > 1).sum()),
                      "energy_j": float(energy.sum(axis=1).mean()),

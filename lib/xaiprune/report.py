@@ -1,13 +1,19 @@
-"""Run metadata, per-notebook metrics, and the HTML index of a pipeline run.
+"""Run metadata, per-notebook metrics, the HTML index and the final report of a pipeline run.
 
 Each notebook writes its headline numbers to ``artifacts/<stem>/metrics.json`` (through
 :func:`write_metrics`). After the run, :func:`build` renders every executed notebook to HTML with
-nbconvert and writes ``reports/<profile>/index.html`` (headline numbers, run metadata: git commit,
-package versions, parameters, wall time per notebook) and ``summary.json`` gathering all metrics.
+nbconvert and writes, in ``reports/<profile>/``:
+
+- ``report.html``: the one page to read. The run's metadata, the papers' claims against this run's
+  evidence with a verdict for each (:func:`claims`, rules written out in the page), then per notebook
+  its headline figures (code cells tagged ``headline``) and key numbers;
+- ``index.html``: every metric of every notebook, parameters and wall time per notebook;
+- ``summary.json``: all metrics and the metadata, for machines.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import html
@@ -169,7 +175,7 @@ def notebook_to_html(notebook: Path, out: Path) -> Path:
 
 
 def build(profile: str, steps: list["Step"], out_dir: Path, wall_seconds: float) -> Path:
-    """Write ``<stem>.html`` per executed notebook, ``summary.json`` and ``index.html``; return the index."""
+    """Write ``<stem>.html`` per executed notebook, ``summary.json``, ``index.html`` and ``report.html``; return the report."""
     for step in steps:
         notebook_to_html(step.output, out_dir / f"{step.stem}.html")
     meta = run_metadata(profile, steps, wall_seconds)
@@ -177,4 +183,225 @@ def build(profile: str, steps: list["Step"], out_dir: Path, wall_seconds: float)
     (out_dir / "summary.json").write_text(json.dumps({"metadata": meta, "metrics": metrics}, indent=2))
     index = out_dir / "index.html"
     index.write_text(render_index(meta, metrics), encoding="utf-8")
-    return index
+    figures = {s.stem: headline_figures(s.output) for s in steps}
+    (out_dir / "report.html").write_text(render_report(meta, metrics, figures), encoding="utf-8")
+    return out_dir / "report.html"
+
+
+# ----- the claims of the papers against this run's evidence -------------------------------------------
+SUPPORTED, PARTLY, NOT, MISSING = "supported", "partly supported", "not supported", "not evaluated"
+
+
+def _count(winners: list[dict], metric: str) -> dict[str, int]:
+    got = [w["outcome"] for w in winners if w["metric"] == metric]
+    return {k: got.count(k) for k in ("XAI better", "tie", "baseline better")}
+
+
+def _claim_criterion(m04: dict | None) -> tuple[str, str]:
+    if not m04:
+        return MISSING, "04_pruning_comparison did not run."
+    arch, body = next(iter(m04.items()))
+    winners = body.get("winners", [])
+    if not winners:
+        return MISSING, f"04 ({arch}) compared no XAI criterion with a baseline."
+    per = {metric: _count(winners, metric) for metric in ("auc", "acc")}
+    text = "; ".join(f"test {metric.upper()}: the best XAI criterion is better at {c['XAI better']}, tied at {c['tie']}, "
+                     f"worse at {c['baseline better']} of {sum(c.values())} pruning ratios"
+                     for metric, c in per.items()) + f" ({arch}, 95% intervals over reference draws, no fine-tuning)."
+    wins = [c["XAI better"] > c["baseline better"] for c in per.values()]
+    losses = sum(c["baseline better"] for c in per.values())
+    verdict = SUPPORTED if all(wins) and losses == 0 else PARTLY if any(wins) else NOT
+    return verdict, text
+
+
+def _settings(m07: dict) -> list[tuple[str, dict, int]]:
+    """(scenario, policies, requests) of 07's main run and, if it ran, its stress run."""
+    out = [(m07.get("scenario", "main"), m07["policies"], m07["requests_per_policy"])]
+    if m07.get("stress"):
+        out.append((m07["stress"]["scenario"], m07["stress"]["policies"], m07["stress"]["requests_per_policy"]))
+    return out
+
+
+def _claim_accuracy(m07: dict | None) -> tuple[str, str]:
+    if not m07:
+        return MISSING, "07_distributed did not run."
+    parts, ok = [], []
+    for scenario, p, n in _settings(m07):
+        base = p.get("no pruning")
+        dynamic = {k: p[k] for k in ("XAI + NLP", "XAI + RL") if k in p}
+        if not base or not dynamic:
+            continue
+        parts.append(f"{scenario} ({n} test images, bandwidth fade): "
+                     + ", ".join(f"{k} ACC {v['acc']:.3f} / AUC {v['auc']:.3f}, deadline met for "
+                                 f"{v['deadline_hit_rate']:.1%}" for k, v in dynamic.items())
+                     + f"; unpruned ACC {base['acc']:.3f}, deadline met for {base['deadline_hit_rate']:.1%}")
+        ok += [v["acc"] >= base["acc"] - 0.02 and v["deadline_hit_rate"] >= 0.95 for v in dynamic.values()]
+    if not ok:
+        return MISSING, "07 served no dynamic policy beside an unpruned reference."
+    text = ("Measured on the multi-process system. " + ". ".join(parts) + ". Rule: every dynamic XAI policy within "
+            "2 ACC points of the unpruned model and the deadline met for at least 95% of requests.")
+    return (SUPPORTED if all(ok) else PARTLY if any(ok) else NOT), text
+
+
+def _claim_bytes(m07: dict | None) -> tuple[str, str]:
+    if not m07:
+        return MISSING, "07_distributed did not run."
+    parts, dynamic, best = [], [], 0.0
+    for scenario, p, _ in _settings(m07):
+        rows = {k: v for k, v in p.items() if "bytes_saved_by_pruning" in v and v.get("mean_pruning", 0) > 0}
+        if rows:
+            parts.append(f"{scenario}: " + ", ".join(f"{k} {v['bytes_saved_by_pruning']:.1%} (mean level "
+                                                      f"{v['mean_pruning']:.2f})" for k, v in rows.items()))
+            best = max(best, *(v["bytes_saved_by_pruning"] for v in rows.values()))
+        dynamic += [p[k]["bytes_saved_by_pruning"] for k in ("XAI + NLP", "XAI + RL") if k in rows]
+    if not parts:
+        return MISSING, "no policy of 07 pruned anything."
+    text = ("Share of the bytes sent between devices that pruning removed, against the same routes unpruned: "
+            + "; ".join(parts) + ". Rule: a dynamic XAI policy saves at least 10% of its bytes by pruning.")
+    return (SUPPORTED if dynamic and max(dynamic) >= 0.10 else PARTLY if best > 0 else NOT), text
+
+
+def _claim_rl(m06: dict | None, m07: dict | None) -> tuple[str, str]:
+    if not m06:
+        return MISSING, "06_rl did not run."
+    frac, viol = m06["agent_accuracy_fraction_of_optimum"], m06["agent_violation_rate"]
+    fade = m06.get("fade_trace", {})
+    agent, optimum = fade.get("RL agent", {}), fade.get("NLP optimum", {})
+    near = frac >= 0.95 and viol <= 0.02
+    text = (f"Simulated held-out episodes (06): the agent reaches {frac:.1%} of the optimum's accuracy with {viol:.1%} "
+            f"of requests violating a constraint.")
+    adapts = None
+    if agent and optimum:
+        text += (f" Under a replayed link fade it uses {agent['distinct_plans']} distinct pruning level(s) and violates "
+                 f"{agent['violations_during_fade']} of {agent['fade_requests']} faded requests (optimum: "
+                 f"{optimum['violations_during_fade']}).")
+        adapts = agent["violations_during_fade"] <= 0.02 * max(agent["fade_requests"], 1)
+    if m07 and "XAI + RL" in m07["policies"] and "XAI + NLP" in m07["policies"]:
+        rl_, opt = m07["policies"]["XAI + RL"], m07["policies"]["XAI + NLP"]
+        text += (f" On the real system (07): deadline met for {rl_['deadline_hit_rate']:.1%} of requests (optimum "
+                 f"{opt['deadline_hit_rate']:.1%}), ACC {rl_['acc']:.3f} (optimum {opt['acc']:.3f}).")
+        real_ok = rl_["deadline_hit_rate"] >= opt["deadline_hit_rate"] - 0.02 and rl_["acc"] >= opt["acc"] - 0.02
+        adapts = real_ok if adapts is None else adapts and real_ok
+    text += (" Rule: near = at least 95% of the optimum with at most 2% violations; online = at most 2% violations "
+             "during the fade and, on the real system, within 2 points of the optimum's deadline hits and ACC.")
+    verdict = SUPPORTED if near and adapts else PARTLY if near or adapts else NOT
+    return verdict, text
+
+
+def _claim_latency(m07: dict | None) -> tuple[str, str]:
+    if not m07:
+        return MISSING, "07_distributed did not run."
+    p = m07["policies"]
+    text = "Mean measured against predicted latency: " + ", ".join(
+        f"{k} {v['mean_ms']:.1f} / {v['predicted_ms']:.1f} ms ({v['latency_error']:+.0%})" for k, v in p.items()) + "."
+    within = [abs(v["latency_error"]) <= 0.2 for v in p.values()]
+    fault = m07.get("fault")
+    if fault:
+        text += (f" Fault run: {fault['device']} killed at request {fault['at_request']}; {fault['answered']} of "
+                 f"{fault['requests']} requests answered, {fault['lost']} lost, {fault['duplicated']} answered twice, "
+                 f"{fault['replanned_requests']} re-planned.")
+    text += " Rule: every policy within 20% (emulated devices and links)."
+    return (SUPPORTED if all(within) else PARTLY if any(within) else NOT), text
+
+
+def claims(metrics: dict[str, dict | None]) -> list[dict]:
+    """The papers' claims, this run's evidence and a verdict for each, from the notebooks' metrics.
+
+    Every verdict follows the rule stated in its evidence text, applied to the numbers of this run;
+    a claim whose notebook did not run is "not evaluated".
+    """
+    m = lambda stem: metrics.get(stem)  # noqa: E731
+    rows = [
+        ("The XAI criterion removes filters better than the baselines (L1, Taylor, random), without fine-tuning.",
+         "04", _claim_criterion(m("04_pruning_comparison"))),
+        ("Distributed inference with dynamic pruning keeps the accuracy high while meeting the deadline.",
+         "07", _claim_accuracy(m("07_distributed"))),
+        ("Pruning reduces the data shared between devices.", "07", _claim_bytes(m("07_distributed"))),
+        ("The RL agent adapts online, near the optimum of the integer program.", "06, 07",
+         _claim_rl(m("06_rl"), m("07_distributed"))),
+        ("(This study) The system model predicts the latency of the real multi-process system, and a dead device "
+         "costs no request.", "07", _claim_latency(m("07_distributed"))),
+    ]
+    return [{"claim": c, "notebooks": nb, "verdict": v, "evidence": e} for c, nb, (v, e) in rows]
+
+
+def headline_figures(notebook: Path) -> list[str]:
+    """PNG images (base64) of the executed notebook's code cells tagged ``headline``."""
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    out = []
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "headline" in cell.metadata.get("tags", []):
+            out += [o["data"]["image/png"] for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+    return out
+
+
+_VERDICT_COLOUR = {SUPPORTED: "#1b7f3b", PARTLY: "#b26a00", NOT: "#b3261e", MISSING: "#666"}
+_REPORT_CSS = _CSS + """
+.verdict{font-weight:600;white-space:nowrap}.claims td{font-size:.95em}
+img{max-width:100%;border:1px solid #eee;margin:.4em 0}
+.meta td:first-child{color:#555;white-space:nowrap}
+"""
+KEY_METRICS = {  # what the report shows per notebook (the index has everything)
+    "02_train": lambda m: {f"{a} test {k}": v[f"test_{k}"] for a, v in m.items() for k in ("acc", "auc")},
+    "05_nlp": lambda m: {**{f"CBC solve time {k} (s)": v for k, v in m.get("solve_seconds", {}).items()},
+                         **{f"surrogate error {k}": v for k, v in m.get("surrogate_error", {}).items()}},
+    "06_rl": lambda m: {k: m[k] for k in ("agent_accuracy_fraction_of_optimum", "agent_violation_rate",
+                                           "agent_decision_ms", "cbc_decision_ms") if k in m},
+}
+
+
+def _policy_table(m07: dict) -> str:
+    cols = [("acc", "ACC", "{:.3f}"), ("auc", "AUC", "{:.3f}"), ("p50_ms", "p50 ms", "{:.1f}"), ("p95_ms", "p95 ms", "{:.1f}"),
+            ("deadline_hit_rate", "deadline met", "{:.1%}"), ("bytes_per_inference", "bytes / inference", "{:,.0f}"),
+            ("energy_j", "J / request", "{:.3f}"), ("predicted_ms", "predicted ms", "{:.1f}"),
+            ("latency_error", "measured vs predicted", "{:+.1%}")]
+    head = "".join(f"<th>{label}</th>" for _, label, _ in cols)
+    rows = "".join(f"<tr><td>{html.escape(name)}</td>" + "".join(
+        f"<td class='num'>{fmt.format(v[k]) if k in v else ''}</td>" for k, _, fmt in cols) + "</tr>"
+        for name, v in m07["policies"].items())
+    return f"<table><tr><th>policy</th>{head}</tr>{rows}</table>"
+
+
+def render_report(meta: dict, metrics: dict[str, dict | None], figures: dict[str, list[str]]) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(c['claim'])}</td><td>{c['notebooks']}</td>"
+        f"<td class='verdict' style='color:{_VERDICT_COLOUR[c['verdict']]}'>{c['verdict']}</td>"
+        f"<td>{html.escape(c['evidence'])}</td></tr>" for c in claims(metrics))
+    took = sum(v["seconds"] or 0 for v in meta["notebooks"].values())
+    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v != "not installed")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>xaiprune report: {meta['profile']}</title>"
+             f"<style>{_REPORT_CSS}</style></head><body>",
+             "<h1>XAI-guided dynamic pruning for distributed inference: what this run shows</h1>",
+             "<table class='meta'>",
+             f"<tr><td>profile</td><td><code>{html.escape(meta['profile'])}</code></td></tr>",
+             f"<tr><td>finished</td><td>{meta['finished']}</td></tr>",
+             f"<tr><td>commit</td><td><code>{html.escape(meta['git_commit'])}</code></td></tr>",
+             f"<tr><td>machine</td><td>{html.escape(meta['machine'])}</td></tr>",
+             f"<tr><td>notebooks run</td><td>{len([v for v in meta['notebooks'].values() if v['seconds'] is not None])} "
+             f"of {len(meta['notebooks'])} ({took / 60:.1f} min; the others reused)</td></tr>",
+             f"<tr><td>versions</td><td>{html.escape(versions)}</td></tr></table>",
+             "<p>Every number on this page was computed by the notebooks of this run; the verdicts follow the rules "
+             "written in each row. <a href='index.html'>All metrics</a> &middot; the notebooks are linked below.</p>",
+             "<h2>Claims against evidence</h2>",
+             "<table class='claims'><tr><th>claim</th><th>notebooks</th><th>verdict</th><th>evidence from this run</th></tr>",
+             rows, "</table>"]
+    m07 = metrics.get("07_distributed")
+    if m07:
+        parts += [f"<h2>The real distributed system, per policy (07, {html.escape(str(m07.get('scenario', '')))})</h2>",
+                  _policy_table(m07)]
+        if m07.get("stress"):
+            parts += [f"<h3>Stress scenario: {html.escape(m07['stress']['scenario'])}</h3>", _policy_table(m07["stress"])]
+    for stem in meta["notebooks"]:
+        m = metrics.get(stem) or {}
+        key = KEY_METRICS.get(stem, lambda _: {})(m) if m else {}
+        if not figures.get(stem) and not key:
+            continue
+        parts.append(f"<h2><a href='{stem}.html'>{stem}</a></h2>")
+        if key:
+            parts.append("<table>" + "".join(f"<tr><td>{html.escape(k)}</td><td class='num'>{_fmt(v)}</td></tr>"
+                                             for k, v in key.items()) + "</table>")
+        parts += [f"<img alt='{stem} figure' src='data:image/png;base64,{png}'>" for png in figures.get(stem, [])]
+    parts.append("</body></html>")
+    return "\n".join(parts)

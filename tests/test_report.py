@@ -1,0 +1,94 @@
+"""The report page: the claims' verdicts follow their stated rules, and tagged figures reach the page."""
+
+from __future__ import annotations
+
+import base64
+
+import nbformat
+import pytest
+
+from xaiprune import report
+
+
+def winners(xai: int, tie: int, base: int, metric: str) -> list[dict]:
+    return [{"metric": metric, "outcome": o} for o, k in (("XAI better", xai), ("tie", tie), ("baseline better", base))
+            for _ in range(k)]
+
+
+def policy(acc=0.85, auc=0.95, hit=1.0, saved=0.0, pruning=0.0, err=0.05, bytes_=5000.0) -> dict:
+    return {"acc": acc, "auc": auc, "deadline_hit_rate": hit, "bytes_saved_by_pruning": saved, "mean_pruning": pruning,
+            "latency_error": err, "mean_ms": 50.0, "predicted_ms": 50.0 / (1 + err), "bytes_per_inference": bytes_}
+
+
+def m07(**policies) -> dict:
+    return {"requests_per_policy": 100, "policies": policies,
+            "fault": {"device": "d1", "at_request": 4, "answered": 10, "requests": 10, "lost": 0, "duplicated": 0,
+                      "replanned_requests": 1}}
+
+
+def verdicts(metrics: dict) -> dict[str, str]:
+    return {c["claim"][:30]: c["verdict"] for c in report.claims(metrics)}
+
+
+def test_missing_notebooks_are_not_evaluated():
+    assert set(verdicts({}).values()) == {report.MISSING}
+
+
+@pytest.mark.parametrize("auc, acc, expected", [
+    ((5, 4, 0), (3, 6, 0), report.SUPPORTED),
+    ((5, 4, 0), (0, 7, 2), report.PARTLY),   # this repository's default run: AUC yes, ACC no
+    ((0, 9, 0), (0, 7, 2), report.NOT),
+])
+def test_criterion_claim_follows_the_interval_counts(auc, acc, expected):
+    m = {"04_pruning_comparison": {"vgg16_bn": {"winners": winners(*auc, "auc") + winners(*acc, "acc")}}}
+    claim = report.claims(m)[0]
+    assert claim["verdict"] == expected
+    assert f"better at {auc[0]}, tied at {auc[1]}, worse at {auc[2]} of {sum(auc)}" in claim["evidence"]
+
+
+def test_accuracy_bytes_and_latency_claims_follow_their_rules():
+    good = m07(**{"no pruning": policy(), "XAI + NLP": policy(acc=0.84, saved=0.3, pruning=0.2),
+                  "XAI + RL": policy(acc=0.845, saved=0.05, pruning=0.1)})
+    c = report.claims({"07_distributed": good})
+    assert [x["verdict"] for x in c[1:3]] == [report.SUPPORTED, report.SUPPORTED]
+    assert c[4]["verdict"] == report.SUPPORTED and "0 lost" in c[4]["evidence"]
+    bad = m07(**{"no pruning": policy(), "XAI + NLP": policy(acc=0.70, hit=0.99, saved=0.02, pruning=0.1),
+                 "XAI + RL": policy(hit=0.7, err=0.4)})
+    c = report.claims({"07_distributed": bad})
+    assert [x["verdict"] for x in c[1:3]] == [report.NOT, report.PARTLY]
+    assert c[4]["verdict"] == report.PARTLY
+
+
+def test_rl_claim_needs_both_near_optimum_and_adaptation():
+    m06 = {"agent_accuracy_fraction_of_optimum": 0.955, "agent_violation_rate": 0.004,
+           "fade_trace": {"RL agent": {"distinct_plans": 1, "violations_during_fade": 49, "fade_requests": 124},
+                          "NLP optimum": {"distinct_plans": 4, "violations_during_fade": 0, "fade_requests": 124}}}
+    assert report.claims({"06_rl": m06})[3]["verdict"] == report.PARTLY
+    m06["fade_trace"]["RL agent"]["violations_during_fade"] = 1
+    assert report.claims({"06_rl": m06})[3]["verdict"] == report.SUPPORTED
+    worse = m07(**{"XAI + NLP": policy(hit=1.0), "XAI + RL": policy(hit=0.7)})
+    assert report.claims({"06_rl": m06, "07_distributed": worse})[3]["verdict"] == report.PARTLY
+
+
+def test_only_tagged_figures_reach_the_report(tmp_path):
+    png = base64.b64encode(b"\x89PNG fake").decode()
+    nb = nbformat.v4.new_notebook()
+    for tags in (["headline"], []):
+        cell = nbformat.v4.new_code_cell("plot()", metadata={"tags": tags})
+        cell.outputs = [nbformat.v4.new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"})]
+        nb.cells.append(cell)
+    nbformat.write(nb, tmp_path / "x.ipynb")
+    assert report.headline_figures(tmp_path / "x.ipynb") == [png]
+    meta = {"profile": "t", "finished": "now", "git_commit": "abc", "machine": "m", "versions": {"torch": "2.13.0"},
+            "notebooks": {"x": {"parameters": {}, "seconds": 1.0}}}
+    page = report.render_report(meta, {"x": None}, {"x": [png]})
+    assert page.count("data:image/png;base64,") == 1 and "Claims against evidence" in page
+
+
+def test_stress_run_counts_in_the_accuracy_and_bytes_claims():
+    m = m07(**{"no pruning": policy(), "XAI + NLP": policy(acc=0.85)})
+    m["stress"] = {"scenario": "constrained", "requests_per_policy": 50,
+                   "policies": {"no pruning": policy(hit=0.0), "XAI + NLP": policy(acc=0.70, saved=0.4, pruning=0.3)}}
+    c = report.claims({"07_distributed": m})
+    assert c[1]["verdict"] == report.PARTLY and "constrained (50 test images" in c[1]["evidence"]
+    assert c[2]["verdict"] == report.SUPPORTED and "constrained: XAI + NLP 40.0%" in c[2]["evidence"]
