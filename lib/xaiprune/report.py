@@ -358,9 +358,10 @@ def _policy_table(m07: dict) -> str:
             ("energy_j", "J / request", "{:.3f}"), ("predicted_ms", "predicted ms", "{:.1f}"),
             ("latency_error", "measured vs predicted", "{:+.1%}")]
     head = "".join(f"<th>{label}</th>" for _, label, _ in cols)
+    order = [p for p in m07.get("policy_order", []) if p in m07["policies"]] or list(m07["policies"])
     rows = "".join(f"<tr><td>{html.escape(name)}</td>" + "".join(
-        f"<td class='num'>{fmt.format(v[k]) if k in v else ''}</td>" for k, _, fmt in cols) + "</tr>"
-        for name, v in m07["policies"].items())
+        f"<td class='num'>{fmt.format(m07['policies'][name][k]) if k in m07['policies'][name] else ''}</td>"
+        for k, _, fmt in cols) + "</tr>" for name in order)
     return f"<table><tr><th>policy</th>{head}</tr>{rows}</table>"
 
 
