@@ -698,8 +698,7 @@ class Coordinator:
         return ("ok", time.perf_counter() - start)
 
     def serve(self, p_index: int, policy: dict) -> dict:
-        from xaiprune import nlp  # noqa: F401  (planner imports)
-
+        """Serve every test image with one policy; one line per answered request in requests.jsonl."""
         self.policy_index = p_index
         env = self.make_env()
         planner = self.planner(policy)
