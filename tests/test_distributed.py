@@ -252,3 +252,15 @@ def test_a_worker_refuses_a_malformed_header_and_keeps_serving(setup, tmp_path):
             proc.wait()
         log.close()
     assert "refused a message from rank 0: header field magic" in (tmp_path / "rank1.log").read_text()
+
+
+def test_bytes_saved_is_zero_when_nothing_crosses_a_link(setup):
+    import pandas as pd
+
+    profiles = system.load_profiles(Path(setup["profiles"]))
+    local = pd.DataFrame({"policy": "one device", "criterion": "lrp", "logits": [[0.0, 1.0], [1.0, 0.0]],
+                          "label": [1, 0], "energy_j": [{"d0": 0.1}] * 2, "latency_ms": [5.0, 6.0],
+                          "predicted_latency_ms": [5.0, 5.0], "deadline_ms": [10.0, 10.0], "bytes": [0, 0],
+                          "link_bytes": [[0, 0, 0, 0]] * 2, "levels": [[0.0] * 3] * 2, "plan": "p", "attempts": 1})
+    row = D.summarise(local, "pneumoniamnist", profiles=profiles).loc["one device"]
+    assert row["bytes_saved_by_pruning"] == 0.0 and row["acc"] == 1.0 and row["deadline_hit_rate"] == 1.0

@@ -894,6 +894,12 @@ def unpruned_bytes(link_bytes: list[int], profiles: system.Profiles) -> int:
     return int(sum(level0[h] for h, b in enumerate(link_bytes) if b > 0))
 
 
+def _saved(g, profiles: system.Profiles) -> float:
+    """1 - bytes sent / bytes the same routes send unpruned; 0 when nothing crossed a link."""
+    unpruned = sum(unpruned_bytes(b, profiles) for b in g["link_bytes"])
+    return float(1 - g["bytes"].sum() / unpruned) if unpruned else 0.0
+
+
 def summarise(requests, flag: str, order: list[str] | None = None, profiles: system.Profiles | None = None):
     """One row per policy from ``requests.jsonl``: accuracy, latency, deadline hits, bytes and energy.
 
@@ -919,8 +925,7 @@ def summarise(requests, flag: str, order: list[str] | None = None, profiles: sys
                      "latency_error": float(g["latency_ms"].mean() / g["predicted_latency_ms"].mean() - 1),
                      "deadline_hit_rate": float((g["latency_ms"] <= g["deadline_ms"]).mean()),
                      "bytes_per_inference": float(g["bytes"].mean()),
-                     **({"bytes_saved_by_pruning": float(1 - g["bytes"].sum() / max(1, sum(
-                         unpruned_bytes(b, profiles) for b in g["link_bytes"])))} if profiles is not None else {}),
+                     **({"bytes_saved_by_pruning": _saved(g, profiles)} if profiles is not None else {}),
                      "mean_pruning": float(np.mean([np.mean(lv) for lv in g["levels"]])),
                      "distinct_plans": int(g["plan"].nunique()), "replanned": int((g["attempts"] > 1).sum()),
                      "energy_j": float(energy.sum(axis=1).mean()),
