@@ -21,8 +21,8 @@ one, a float32 payload of exactly that shape. Never a pickle: a receiver checks 
 and answers a malformed header with an ERROR message instead of acting on it.
 
 **Emulation.** On one machine every link and device is equally fast, so the scenario's are emulated
-(``emulate=True``): a device pads each segment's compute to FLOPs / speed (the FLOPs of the segment
-it really built, speed from the scenario), and a sender waits bytes / bandwidth + link latency before
+(``emulate=True``): a device pads the compute of the segments it runs for a request to FLOPs / speed
+(the FLOPs of the segments it really built, speed from the scenario), and a sender waits bytes / bandwidth + link latency before
 sending, with the bandwidth of the scenario times the trace's multiplier at that request. The bytes
 are those of the tensor really sent. With ``emulate=False`` (real hardware) nothing is padded.
 
@@ -417,11 +417,15 @@ class Device:
         built = self.prepare(msg.criterion, msg.levels, msg.devices)
         S = len(msg.devices)
         s = msg.start
+        run_start, emulated = time.perf_counter(), 0.0
         with torch.inference_mode():
             while s < S and msg.devices[s] == self.rank:
                 start = time.perf_counter()
                 x = built.segments[s](x)
-                _pad(start, self.compute_seconds(built.flops[s]))
+                # pad the device's whole run of segments to sum(FLOPs) / speed: a segment this machine computes
+                # more slowly than the emulated device can use the slack of the others, as on one real device
+                emulated += self.compute_seconds(built.flops[s])
+                _pad(run_start, emulated)
                 msg.compute_us[s] = _us(time.perf_counter() - start)
                 msg.flops[s] = built.flops[s]
                 s += 1
@@ -610,7 +614,7 @@ class Coordinator:
                 else:
                     self.event("discarded", rank=src, message=KINDS[msg.kind], request=msg.request, attempt=msg.attempt)
             now = time.monotonic()
-            if now - last_check > self.cfg.heartbeat_s / 2:
+            if now - last_check > min(0.25, self.cfg.dead_after_s / 4):  # store reads cost the request latency
                 last_check = now
                 self.check_heartbeats()
             gone = {r for r in watch if not self.alive.get(r, True)}
