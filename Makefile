@@ -42,7 +42,7 @@ bench: $(STAMP)  ## timing benchmarks (by hand; results in benchmarks/results/)
 
 screenshot:  ## PNG of reports/$(PROFILE)/report.html in headless Chromium (apt-get install chromium)
 	@command -v chromium >/dev/null || { echo "chromium is not installed (Debian: apt-get install chromium)"; exit 1; }
-	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1200,6000 \
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1200,6200 \
 		--screenshot=reports/$(PROFILE)/report.png reports/$(PROFILE)/report.html
 
 clean:  ## remove outputs (artifacts/, reports/) and caches; never data/ or .venv/

@@ -197,6 +197,8 @@ def test_a_worker_killed_mid_run_loses_no_request_and_none_is_answered_twice(set
     assert "device dead" in set(events["event"]) and "re-planned" in set(events["event"])
     replanned = r[r["attempts"] > 1]
     assert list(replanned["request"]) == [3]
+    # its latency runs from the first send, so it carries the detection (>= 0.5 s of silence)
+    assert replanned["latency_ms"].iloc[0] >= 500 > replanned["attempt_latency_ms"].iloc[0]
     assert "d2" not in replanned["devices"].iloc[0] and "d2" not in sum(r[r["request"] > 3]["devices"], [])
 
 
