@@ -260,8 +260,7 @@ class RunConfig:
                             *((f"scores[{c}]", p) for c, p in self.scores.items())):
             if not resolve(value).is_file():
                 errors.append(f"config field {name}: no file {resolve(value)}")
-        profile = system.load_profiles(resolve(self.profiles)) if resolve(self.profiles).is_file() else \
-            system.Profiles([], [0.0], *[np.zeros((0, 1))] * 5, 1.0, 0.0)
+        profile = system.load_profiles(resolve(self.profiles)) if resolve(self.profiles).is_file() else None
         if not self.policies:
             errors.append("config field policies: expected at least one policy")
         names = [p.get("name") for p in self.policies]
@@ -276,7 +275,7 @@ class RunConfig:
             if p.get("criterion", "lrp") not in self.scores:
                 errors.append(f"config field policies[{i}].criterion={p.get('criterion')!r}: no scores file for it "
                               f"(scores has {sorted(self.scores)})")
-            if p.get("planner") == "fixed":
+            if p.get("planner") == "fixed" and profile is not None:
                 plan = p.get("plan") or {}
                 devs, levs = plan.get("devices", []), plan.get("levels", [])
                 if len(devs) != len(profile.segments) or len(levs) != len(profile.segments) \
@@ -529,7 +528,7 @@ class Coordinator:
     def __init__(self, cfg: RunConfig, world: int, store, out_dir: Path):
         from xaiprune import data
 
-        self.cfg, self.world, self.store, self.out = cfg, world, store, out_dir
+        self.cfg, self.store = cfg, store
         self.dev = Device(cfg, 0)
         self.scenario, self.order = self.dev.scenario, self.dev.order
         self.profiles = system.load_profiles(resolve(cfg.profiles))
