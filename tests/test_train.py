@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from xaiprune import train
+from xaiprune import paths, train
 
 
 @pytest.fixture
@@ -66,8 +66,11 @@ def test_trained_models_are_found_and_checked(tiny):
     cfg, root = tiny
     with pytest.raises(FileNotFoundError, match="run 02_train"):
         train.trained_models(["small_cnn"], cfg.flag, cfg.size)
-    train.record_checkpoints({"small_cnn": train.train_or_load(cfg, root, progress=False)})
+    trained = train.train_or_load(cfg, root, progress=False)
+    train.record_checkpoints({"small_cnn": trained})
     assert set(train.trained_models(["small_cnn"], cfg.flag, cfg.size)) == {"small_cnn"}
+    path = train.trained_checkpoints(["small_cnn"], cfg.flag, cfg.size)["small_cnn"]
+    assert (paths.ROOT / path).resolve() == trained.path.resolve()
     with pytest.raises(ValueError, match="not trained by the last 02_train run"):
         train.trained_models(["vgg16_bn"], cfg.flag, cfg.size)
     with pytest.raises(ValueError, match="trained on pneumoniamnist at 28, not breastmnist"):

@@ -331,13 +331,8 @@ def write_scores(model: models.SegmentedModel, criteria: list[str], reference, f
         scores = prune.criterion_scores(model, criterion, reference, input_shape)
         path = folder / f"scores_{criterion}.pt"
         torch.save({k: v.contiguous() for k, v in scores.items()}, path)
-        out[criterion] = _relative(path)
+        out[criterion] = paths.relative(path)
     return out
-
-
-def _relative(path: Path) -> str:
-    path = Path(path).resolve()
-    return str(path.relative_to(paths.ROOT)) if path.is_relative_to(paths.ROOT) else str(path)
 
 
 # ----- one device: its segments, its emulated speed and links --------------------------------------
@@ -345,7 +340,6 @@ def _relative(path: Path) -> str:
 class Built:
     segments: dict[int, torch.nn.Module]
     flops: dict[int, int]
-    seconds: float
 
 
 class Device:
@@ -383,12 +377,11 @@ class Device:
         if key in self.built:
             self.built.move_to_end(key)
             return self.built[key]
-        start = time.perf_counter()
         full = prune.prune_with_scores(self.base, {n: self.levels[lv] for n, lv in zip(self.names, levels)},
                                        self.scores[self.criteria[criterion]], self.input_shape)
         costs = prune.profile(full, self.input_shape)["segment_macs"]
         built = Built({s: full.segments[self.names[s]] for s in mine},
-                      {s: 2 * costs[self.names[s]] for s in mine}, time.perf_counter() - start)
+                      {s: 2 * costs[self.names[s]] for s in mine})
         with torch.inference_mode():  # warm up: the first pass through new modules allocates
             x = torch.zeros(1, *self.input_shape)
             for s in range(max(mine, default=-1) + 1):

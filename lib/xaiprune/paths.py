@@ -31,6 +31,12 @@ NOTEBOOKS: Path = ROOT / "notebooks"
 PARAMS: Path = ROOT / "params"
 
 
+def relative(path: Path) -> str:
+    """``path`` relative to the project root when inside it (so that it means the same on every checkout)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def artifact_dir(stage: str) -> Path:
     """Folder ``artifacts/<stage>/`` for the outputs of one notebook (created on demand)."""
     path = ARTIFACTS / stage

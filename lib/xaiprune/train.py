@@ -236,19 +236,16 @@ def train_or_load(config: TrainConfig, data_root: str | None = None, progress: b
 
 def record_checkpoints(trained: dict[str, Trained]) -> Path:
     """Write ``artifacts/02_train/checkpoints.json``: which checkpoint each architecture of this run is."""
-    def where(path: Path) -> str:  # relative to the project root when inside it
-        return str(path.relative_to(paths.ROOT)) if path.is_relative_to(paths.ROOT) else str(path)
-
-    entries = {arch: {"checkpoint": where(t.path), "config": asdict(t.config)} for arch, t in trained.items()}
+    entries = {arch: {"checkpoint": paths.relative(t.path), "config": asdict(t.config)} for arch, t in trained.items()}
     path = paths.artifact_dir("02_train") / "checkpoints.json"
     path.write_text(json.dumps(entries, indent=2))
     return path
 
 
-def trained_models(archs: list[str], flag: str, size: int) -> dict[str, models.SegmentedModel]:
-    """The frozen models of the last ``02_train`` run for ``archs``, checked against ``flag`` and ``size``.
+def trained_checkpoints(archs: list[str], flag: str, size: int) -> dict[str, str]:
+    """Checkpoint paths (relative to the project root) of the last ``02_train`` run for ``archs``.
 
-    Used by notebooks 03-05; a missing run or architecture, or a model trained on other data, is a
+    A missing run or architecture, or a model trained on other data than ``flag`` at ``size``, is a
     clear error before any work starts.
     """
     path = paths.ARTIFACTS / "02_train" / "checkpoints.json"
@@ -262,4 +259,12 @@ def trained_models(archs: list[str], flag: str, size: int) -> dict[str, models.S
         cfg = entries[a]["config"]
         if (cfg["flag"], cfg["size"]) != (flag, size):
             raise ValueError(f"{a} was trained on {cfg['flag']} at {cfg['size']}, not {flag} at {size}: rerun 02_train")
-    return {a: load(paths.ROOT / entries[a]["checkpoint"]).model for a in archs}
+    return {a: entries[a]["checkpoint"] for a in archs}
+
+
+def trained_models(archs: list[str], flag: str, size: int) -> dict[str, models.SegmentedModel]:
+    """The frozen models of the last ``02_train`` run for ``archs`` (checked as :func:`trained_checkpoints`).
+
+    Used by notebooks 03-07.
+    """
+    return {a: load(paths.ROOT / p).model for a, p in trained_checkpoints(archs, flag, size).items()}
