@@ -7,7 +7,7 @@ import base64
 import nbformat
 import pytest
 
-from xaiprune import report
+from xaiprune import claims, report
 
 
 def winners(xai: int, tie: int, base: int, metric: str) -> list[dict]:
@@ -27,21 +27,21 @@ def m07(**policies) -> dict:
 
 
 def verdicts(metrics: dict) -> dict[str, str]:
-    return {c["claim"][:30]: c["verdict"] for c in report.claims(metrics)}
+    return {c["claim"][:30]: c["verdict"] for c in claims.claims(metrics)}
 
 
 def test_missing_notebooks_are_not_evaluated():
-    assert set(verdicts({}).values()) == {report.MISSING}
+    assert set(verdicts({}).values()) == {claims.MISSING}
 
 
 @pytest.mark.parametrize("auc, acc, expected", [
-    ((5, 4, 0), (3, 6, 0), report.SUPPORTED),
-    ((5, 4, 0), (0, 7, 2), report.PARTLY),   # this repository's default run: AUC yes, ACC no
-    ((0, 9, 0), (0, 7, 2), report.NOT),
+    ((5, 4, 0), (3, 6, 0), claims.SUPPORTED),
+    ((5, 4, 0), (0, 7, 2), claims.PARTLY),   # this repository's default run: AUC yes, ACC no
+    ((0, 9, 0), (0, 7, 2), claims.NOT),
 ])
 def test_criterion_claim_follows_the_interval_counts(auc, acc, expected):
     m = {"04_pruning_comparison": {"vgg16_bn": {"winners": winners(*auc, "auc") + winners(*acc, "acc")}}}
-    claim = report.claims(m)[0]
+    claim = claims.claims(m)[0]
     assert claim["verdict"] == expected
     assert f"better at {auc[0]}, tied at {auc[1]}, worse at {auc[2]} of {sum(auc)}" in claim["evidence"]
 
@@ -49,25 +49,25 @@ def test_criterion_claim_follows_the_interval_counts(auc, acc, expected):
 def test_accuracy_bytes_and_latency_claims_follow_their_rules():
     good = m07(**{"no pruning": policy(), "XAI + NLP": policy(acc=0.84, saved=0.3, pruning=0.2),
                   "XAI + RL": policy(acc=0.845, saved=0.05, pruning=0.1)})
-    c = report.claims({"07_distributed": good})
-    assert [x["verdict"] for x in c[1:3]] == [report.SUPPORTED, report.SUPPORTED]
-    assert c[4]["verdict"] == report.SUPPORTED and "0 lost" in c[4]["evidence"]
+    c = claims.claims({"07_distributed": good})
+    assert [x["verdict"] for x in c[1:3]] == [claims.SUPPORTED, claims.SUPPORTED]
+    assert c[4]["verdict"] == claims.SUPPORTED and "0 lost" in c[4]["evidence"]
     bad = m07(**{"no pruning": policy(), "XAI + NLP": policy(acc=0.70, hit=0.99, saved=0.02, pruning=0.1),
                  "XAI + RL": policy(hit=0.7, err=0.4)})
-    c = report.claims({"07_distributed": bad})
-    assert [x["verdict"] for x in c[1:3]] == [report.NOT, report.PARTLY]
-    assert c[4]["verdict"] == report.PARTLY
+    c = claims.claims({"07_distributed": bad})
+    assert [x["verdict"] for x in c[1:3]] == [claims.NOT, claims.PARTLY]
+    assert c[4]["verdict"] == claims.PARTLY
 
 
 def test_rl_claim_needs_both_near_optimum_and_adaptation():
     m06 = {"agent_accuracy_fraction_of_optimum": 0.955, "agent_violation_rate": 0.004,
            "fade_trace": {"RL agent": {"distinct_plans": 1, "violations_during_fade": 49, "fade_requests": 124},
                           "NLP optimum": {"distinct_plans": 4, "violations_during_fade": 0, "fade_requests": 124}}}
-    assert report.claims({"06_rl": m06})[3]["verdict"] == report.PARTLY
+    assert claims.claims({"06_rl": m06})[3]["verdict"] == claims.PARTLY
     m06["fade_trace"]["RL agent"]["violations_during_fade"] = 1
-    assert report.claims({"06_rl": m06})[3]["verdict"] == report.SUPPORTED
+    assert claims.claims({"06_rl": m06})[3]["verdict"] == claims.SUPPORTED
     worse = m07(**{"XAI + NLP": policy(hit=1.0), "XAI + RL": policy(hit=0.7)})
-    assert report.claims({"06_rl": m06, "07_distributed": worse})[3]["verdict"] == report.PARTLY
+    assert claims.claims({"06_rl": m06, "07_distributed": worse})[3]["verdict"] == claims.PARTLY
 
 
 def test_only_tagged_figures_reach_the_report(tmp_path):
@@ -89,6 +89,6 @@ def test_stress_run_counts_in_the_accuracy_and_bytes_claims():
     m = m07(**{"no pruning": policy(), "XAI + NLP": policy(acc=0.85)})
     m["stress"] = {"scenario": "constrained", "requests_per_policy": 50,
                    "policies": {"no pruning": policy(hit=0.0), "XAI + NLP": policy(acc=0.70, saved=0.4, pruning=0.3)}}
-    c = report.claims({"07_distributed": m})
-    assert c[1]["verdict"] == report.PARTLY and "constrained (50 test images" in c[1]["evidence"]
-    assert c[2]["verdict"] == report.SUPPORTED and "constrained: XAI + NLP 40.0%" in c[2]["evidence"]
+    c = claims.claims({"07_distributed": m})
+    assert c[1]["verdict"] == claims.PARTLY and "constrained (50 test images" in c[1]["evidence"]
+    assert c[2]["verdict"] == claims.SUPPORTED and "constrained: XAI + NLP 40.0%" in c[2]["evidence"]

@@ -1,0 +1,143 @@
+"""The papers' claims against this run's evidence: one verdict per claim, each by a rule stated in its row.
+
+:func:`claims` reads the notebooks' metrics (as :func:`xaiprune.report.read_metrics` returns them) and
+applies, per claim, the rule written at the end of its evidence text; a claim whose notebook did not
+run is "not evaluated". The report page (:mod:`xaiprune.report`) renders the rows.
+"""
+
+from __future__ import annotations
+
+SUPPORTED, PARTLY, NOT, MISSING = "supported", "partly supported", "not supported", "not evaluated"
+
+
+def _count(winners: list[dict], metric: str) -> dict[str, int]:
+    got = [w["outcome"] for w in winners if w["metric"] == metric]
+    return {k: got.count(k) for k in ("XAI better", "tie", "baseline better")}
+
+
+def _claim_criterion(m04: dict | None) -> tuple[str, str]:
+    if not m04:
+        return MISSING, "04_pruning_comparison did not run."
+    arch, body = next(iter(m04.items()))
+    winners = body.get("winners", [])
+    if not winners:
+        return MISSING, f"04 ({arch}) compared no XAI criterion with a baseline."
+    per = {metric: _count(winners, metric) for metric in ("auc", "acc")}
+    text = "; ".join(f"test {metric.upper()}: the best XAI criterion is better at {c['XAI better']}, tied at {c['tie']}, "
+                     f"worse at {c['baseline better']} of {sum(c.values())} pruning ratios"
+                     for metric, c in per.items()) + f" ({arch}, 95% intervals over reference draws, no fine-tuning)."
+    wins = [c["XAI better"] > c["baseline better"] for c in per.values()]
+    losses = sum(c["baseline better"] for c in per.values())
+    verdict = SUPPORTED if all(wins) and losses == 0 else PARTLY if any(wins) else NOT
+    return verdict, text
+
+
+def _settings(m07: dict) -> list[tuple[str, dict, int]]:
+    """(scenario, policies, requests) of 07's main run and, if it ran, its stress run."""
+    out = [(m07.get("scenario", "main"), m07["policies"], m07["requests_per_policy"])]
+    if m07.get("stress"):
+        out.append((m07["stress"]["scenario"], m07["stress"]["policies"], m07["stress"]["requests_per_policy"]))
+    return out
+
+
+def _claim_accuracy(m07: dict | None) -> tuple[str, str]:
+    if not m07:
+        return MISSING, "07_distributed did not run."
+    parts, ok = [], []
+    for scenario, p, n in _settings(m07):
+        base = p.get("no pruning")
+        dynamic = {k: p[k] for k in ("XAI + NLP", "XAI + RL") if k in p}
+        if not base or not dynamic:
+            continue
+        parts.append(f"{scenario} ({n} test images, bandwidth fade): "
+                     + ", ".join(f"{k} ACC {v['acc']:.3f} / AUC {v['auc']:.3f}, deadline met for "
+                                 f"{v['deadline_hit_rate']:.1%}" for k, v in dynamic.items())
+                     + f"; unpruned ACC {base['acc']:.3f}, deadline met for {base['deadline_hit_rate']:.1%}")
+        ok += [v["acc"] >= base["acc"] - 0.02 and v["deadline_hit_rate"] >= 0.95 for v in dynamic.values()]
+    if not ok:
+        return MISSING, "07 served no dynamic policy beside an unpruned reference."
+    text = ("Measured on the multi-process system. " + ". ".join(parts) + ". Rule: every dynamic XAI policy within "
+            "2 ACC points of the unpruned model and the deadline met for at least 95% of requests.")
+    return (SUPPORTED if all(ok) else PARTLY if any(ok) else NOT), text
+
+
+def _claim_bytes(m07: dict | None) -> tuple[str, str]:
+    if not m07:
+        return MISSING, "07_distributed did not run."
+    parts, dynamic, best = [], [], 0.0
+    for scenario, p, _ in _settings(m07):
+        rows = {k: v for k, v in p.items() if "bytes_saved_by_pruning" in v and v.get("mean_pruning", 0) > 0}
+        if rows:
+            parts.append(f"{scenario}: " + ", ".join(f"{k} {v['bytes_saved_by_pruning']:.1%} (mean level "
+                                                      f"{v['mean_pruning']:.2f})" for k, v in rows.items()))
+            best = max(best, *(v["bytes_saved_by_pruning"] for v in rows.values()))
+        dynamic += [p[k]["bytes_saved_by_pruning"] for k in ("XAI + NLP", "XAI + RL") if k in rows]
+    if not parts:
+        return MISSING, "no policy of 07 pruned anything."
+    text = ("Share of the bytes sent between devices that pruning removed, against the same routes unpruned: "
+            + "; ".join(parts) + ". Rule: a dynamic XAI policy saves at least 10% of its bytes by pruning.")
+    return (SUPPORTED if dynamic and max(dynamic) >= 0.10 else PARTLY if best > 0 else NOT), text
+
+
+def _claim_rl(m06: dict | None, m07: dict | None) -> tuple[str, str]:
+    if not m06:
+        return MISSING, "06_rl did not run."
+    frac, viol = m06["agent_accuracy_fraction_of_optimum"], m06["agent_violation_rate"]
+    fade = m06.get("fade_trace", {})
+    agent, optimum = fade.get("RL agent", {}), fade.get("NLP optimum", {})
+    near = frac >= 0.95 and viol <= 0.02
+    text = (f"Simulated held-out episodes (06): the agent reaches {frac:.1%} of the optimum's accuracy with {viol:.1%} "
+            f"of requests violating a constraint.")
+    adapts = None
+    if agent and optimum:
+        text += (f" Under a replayed link fade it uses {agent['distinct_plans']} distinct pruning level(s) and violates "
+                 f"{agent['violations_during_fade']} of {agent['fade_requests']} faded requests (optimum: "
+                 f"{optimum['violations_during_fade']}).")
+        adapts = agent["violations_during_fade"] <= 0.02 * max(agent["fade_requests"], 1)
+    if m07 and "XAI + RL" in m07["policies"] and "XAI + NLP" in m07["policies"]:
+        rl_, opt = m07["policies"]["XAI + RL"], m07["policies"]["XAI + NLP"]
+        text += (f" On the real system (07): deadline met for {rl_['deadline_hit_rate']:.1%} of requests (optimum "
+                 f"{opt['deadline_hit_rate']:.1%}), ACC {rl_['acc']:.3f} (optimum {opt['acc']:.3f}).")
+        real_ok = rl_["deadline_hit_rate"] >= opt["deadline_hit_rate"] - 0.02 and rl_["acc"] >= opt["acc"] - 0.02
+        adapts = real_ok if adapts is None else adapts and real_ok
+    text += (" Rule: near = at least 95% of the optimum with at most 2% violations; online = at most 2% violations "
+             "during the fade and, on the real system, within 2 points of the optimum's deadline hits and ACC.")
+    verdict = SUPPORTED if near and adapts else PARTLY if near or adapts else NOT
+    return verdict, text
+
+
+def _claim_latency(m07: dict | None) -> tuple[str, str]:
+    if not m07:
+        return MISSING, "07_distributed did not run."
+    p = m07["policies"]
+    text = "Mean measured against predicted latency: " + ", ".join(
+        f"{k} {v['mean_ms']:.1f} / {v['predicted_ms']:.1f} ms ({v['latency_error']:+.0%})" for k, v in p.items()) + "."
+    within = [abs(v["latency_error"]) <= 0.2 for v in p.values()]
+    fault = m07.get("fault")
+    if fault:
+        text += (f" Fault run: {fault['device']} killed at request {fault['at_request']}; {fault['answered']} of "
+                 f"{fault['requests']} requests answered, {fault['lost']} lost, {fault['duplicated']} answered twice, "
+                 f"{fault['replanned_requests']} re-planned.")
+    text += " Rule: every policy within 20% (emulated devices and links)."
+    return (SUPPORTED if all(within) else PARTLY if any(within) else NOT), text
+
+
+def claims(metrics: dict[str, dict | None]) -> list[dict]:
+    """The papers' claims, this run's evidence and a verdict for each, from the notebooks' metrics.
+
+    Every verdict follows the rule stated in its evidence text, applied to the numbers of this run;
+    a claim whose notebook did not run is "not evaluated".
+    """
+    m = lambda stem: metrics.get(stem)  # noqa: E731
+    rows = [
+        ("The XAI criterion removes filters better than the baselines (L1, Taylor, random), without fine-tuning.",
+         "04", _claim_criterion(m("04_pruning_comparison"))),
+        ("Distributed inference with dynamic pruning keeps the accuracy high while meeting the deadline.",
+         "07", _claim_accuracy(m("07_distributed"))),
+        ("Pruning reduces the data shared between devices.", "07", _claim_bytes(m("07_distributed"))),
+        ("The RL agent adapts online, near the optimum of the integer program.", "06, 07",
+         _claim_rl(m("06_rl"), m("07_distributed"))),
+        ("(This study) The system model predicts the latency of the real multi-process system, and a dead device "
+         "costs no request.", "07", _claim_latency(m("07_distributed"))),
+    ]
+    return [{"claim": c, "notebooks": nb, "verdict": v, "evidence": e} for c, nb, (v, e) in rows]
