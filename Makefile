@@ -7,25 +7,34 @@ PROFILE ?= default
 STAMP := $(VENV)/.install-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install report smoke test lab bench screenshot clean
+.PHONY: help install report check smoke test lab bench screenshot clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
-	@echo "  variables: PROFILE=smoke|default|full (report), PYTHON=$(PYTHON)"
+	@echo "  variables: PROFILE=smoke|default|full (report), PYTHON=$(PYTHON), TORCH_INDEX=<pip index of the torch build>"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch first, alone and pinned: the CPU build 2.13.0 (any other version pulls CUDA)
+	# torch first, alone and pinned. Without TORCH_INDEX pip takes torch 2.13.0 from its configured sources
+	# (the CPU build on the project's machines; from PyPI elsewhere, the multi-GB CUDA build). With it, from that
+	# index: TORCH_INDEX=<PyTorch's CPU wheel index> gives the CPU build anywhere (README, "Set-up").
+ifdef TORCH_INDEX
+	$(PY) -m pip install --quiet -c constraints.txt --index-url $(TORCH_INDEX) torch==2.13.0 torchvision==0.28.0
+else
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
+endif
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
 	$(PY) -m ipykernel install --sys-prefix --name xaiprune --display-name "Python (xaiprune)" >/dev/null
 	@touch $@
 
 install: $(STAMP)  ## create .venv with the pinned set and register the Jupyter kernel "xaiprune"
 
-report: $(STAMP)  ## run the notebooks with PROFILE (default) and build reports/$(PROFILE)/index.html
+report: $(STAMP)  ## run the notebooks with PROFILE (default) and build reports/$(PROFILE)/report.html
 	$(PY) -m xaiprune.pipeline --profile $(PROFILE)
+
+check: $(STAMP)  ## check PROFILE's parameters, the kernel and the data file; run nothing
+	$(PY) -m xaiprune.pipeline --check --profile $(PROFILE)
 
 smoke: $(STAMP)  ## the whole chain with the small CNN in about a minute
 	$(PY) -m xaiprune.pipeline --profile smoke
@@ -45,6 +54,6 @@ screenshot:  ## PNG of reports/$(PROFILE)/report.html in headless Chromium (apt-
 	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1200,6200 \
 		--screenshot=reports/$(PROFILE)/report.png reports/$(PROFILE)/report.html
 
-clean:  ## remove outputs (artifacts/, reports/) and caches; never data/ or .venv/
+clean:  ## remove outputs (artifacts/ of every profile, reports/) and caches; never data/ or .venv/
 	rm -rf artifacts reports/*/ .pytest_cache
 	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

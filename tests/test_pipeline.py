@@ -25,17 +25,45 @@ def no_execution(monkeypatch):
     monkeypatch.setattr(pipeline.pm, "execute_notebook", refuse)
 
 
-@pytest.mark.parametrize("overrides,match", [
-    (["epoch=3"], "'epoch' is declared by no notebook"),
-    (["02_train.n_per_class=3"], "not declared by 02_train"),
-    (["99_nope.seed=1"], "notebook '99_nope' does not exist"),
-    (["seed=abc"], "seed expects int"),
-    (["archs=small_cnn"], "archs expects list"),
-    (["novalue"], "expected name=value"),
+@pytest.mark.parametrize("profile,overrides,match", [
+    ("smoke", ["epoch=3"], "'epoch' is declared by no notebook"),
+    ("smoke", ["02_train.n_per_class=3"], "not declared by 02_train"),
+    ("smoke", ["99_nope.seed=1"], "notebook '99_nope' does not exist"),
+    ("smoke", ["seed=abc"], "seed='abc': expected int, got str"),
+    ("smoke", ["archs=small_cnn"], "archs='small_cnn': expected a list of str"),
+    ("smoke", ["novalue"], "expected name=value"),
+    ("smoke", ["profile=other"], "chosen with --profile"),
+    # found by hand in issue 11: each used to be accepted or to fail only inside a notebook
+    ("default", ["06_rl.penalty=-1"], "06_rl: penalty=-1.0: expected a value in (0, inf)"),
+    ("default", ["scenario=nope"], "scenario='nope': expected one of ['constrained'"),
+    ("default", ["ratios=[1.5]"], "ratios=[1.5]: expected every element a value in [0, 1)"),
+    ("default", ['ratios=[0.1,"a"]'], "ratios[1]='a': expected float, got str"),
+    ("default", ["ratios=[0.1,0.5]"], "expected 0.0 among them"),
+    ("default", ["static_level=0.55"], "07_distributed.static_level=0.55: expected one of the levels profiled"),
+    ("default", ["fade_low=0"], "fade_low=0.0: expected a value in (0, 1]"),
+    ("default", ["flag=nope"], "flag='nope': expected one of ["),
+    ("default", ["size=30"], "size=30: expected one of [28, 64, 128, 224]"),
+    ("default", ["data_root=/typo"], "data_root='/typo': expected an existing folder"),
+    ("default", ["ref_bias=[0.9,0.1]"], "ref_bias=[0.9, 0.1]: expected float, got list"),
+    ("default", ["07_distributed.scenario=ward-4b"], "expected 06_rl.scenario='ward-4'"),
+    ("default", ["06_rl.archs=[resnet18]"], "archs: the first architecture differs"),
 ])
-def test_bad_parameters_rejected_before_any_notebook_runs(overrides, match, no_execution, capsys):
-    assert pipeline.main(["--profile", "smoke", *(a for o in overrides for a in ("-p", o))]) == 2
-    assert match in capsys.readouterr().err
+def test_bad_parameters_rejected_before_any_notebook_runs(profile, overrides, match, no_execution, capsys):
+    assert pipeline.main(["--profile", profile, *(a for o in overrides for a in ("-p", o))]) == 2
+    err = capsys.readouterr().err
+    assert "rejected before running anything" in err or "-p" in err
+    assert match in err
+
+
+def test_an_unregistered_kernel_is_an_error_not_a_fallback(no_execution, capsys):
+    assert pipeline.main(["--profile", "smoke", "--kernel", "no-such-kernel"]) == 2
+    assert "--kernel no-such-kernel: no such Jupyter kernel" in capsys.readouterr().err
+
+
+def test_check_validates_and_runs_nothing(no_execution, capsys):
+    assert pipeline.main(["--profile", "smoke", "--check", "-p", "seed=3"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters valid" in out and "nothing was run" in out and "07_distributed" in out
 
 
 def test_unknown_profile_lists_known_ones(no_execution, capsys):
@@ -49,11 +77,13 @@ def test_every_profile_is_valid_and_overrides_apply():
         steps = pipeline.plan(pipeline.discover(), pipeline.load_profile(profile), [])
         assert [s.stem for s in steps] == [nb.stem for nb in NOTEBOOKS]
     steps = pipeline.plan(pipeline.discover(), pipeline.load_profile("smoke"),
-                          ["seed=5", "02_train.epochs=1", "archs=[small_cnn, resnet18]"])
+                          ["seed=5", "02_train.epochs=1", "archs=[small_cnn, resnet18]", "07_distributed.fade_low=1"])
     by = {s.stem: s.parameters for s in steps}
     assert by["01_data"]["seed"] == 5 and by["02_train"]["seed"] == 5
     assert by["02_train"]["epochs"] == 1 and by["02_train"]["archs"] == ["small_cnn", "resnet18"]
-    assert "epochs" not in by["01_data"]
+    assert "epochs" not in by["01_data"] and all(p["profile"] == "smoke" for p in by.values())
+    assert by["07_distributed"]["fade_low"] == 1.0 and isinstance(by["07_distributed"]["fade_low"], float)
+    assert by["03_xai_scores"]["ig_steps"] == 8  # a default of the schema, passed explicitly
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)

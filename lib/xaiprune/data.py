@@ -80,10 +80,18 @@ def md5sum(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def candidate_dirs(data_root: str | os.PathLike | None = None) -> list[Path]:
-    """The folders searched, in order: ``data_root``, ``$MEDMNIST_ROOT``, ``data/medmnist/``."""
-    dirs = []
+    """The folders searched, in order: ``data_root`` alone if given, else ``$MEDMNIST_ROOT``, ``data/medmnist/``.
+
+    An explicit ``data_root`` is the only place searched (a typo must not silently fall through to
+    other folders), and it must exist.
+    """
     if data_root:
-        dirs.append(Path(data_root).expanduser())
+        root = Path(data_root).expanduser()
+        if not root.is_dir():
+            raise DataError(f"data_root={str(data_root)!r}: expected an existing folder holding the MedMNIST npz; "
+                            f"{root} does not exist")
+        return [root]
+    dirs = []
     if os.environ.get(ENV_ROOT):
         dirs.append(Path(os.environ[ENV_ROOT]).expanduser())
     dirs.append(paths.MEDMNIST_DIR)
@@ -135,7 +143,7 @@ def resolve(flag: str, size: int = 28, data_root: str | os.PathLike | None = Non
 
     Searches :func:`candidate_dirs` in order and returns the first file present, after checking
     its MD5 (a present file with a wrong MD5 is an error, not skipped). If none is present and
-    ``allow_download``, downloads into ``data/medmnist/``.
+    ``allow_download``, downloads into ``data/medmnist/`` (never when ``data_root`` names the folder).
     """
     check_flag_size(flag, size)
     name = file_name(flag, size)
@@ -144,8 +152,8 @@ def resolve(flag: str, size: int = 28, data_root: str | os.PathLike | None = Non
         path = folder / name
         if path.is_file():
             return verify(path, flag, size)
-    problem = "download disabled"
-    if allow_download:
+    problem = "download disabled" if not data_root else "data_root names the folder; nothing is downloaded"
+    if allow_download and not data_root:
         try:
             return download(flag, size)
         except DataError:
@@ -260,6 +268,17 @@ def reference_set(val: Split, n_per_class: int = 10, bias: dict[int, float] | No
         chosen.append(idx[torch.randperm(len(idx), generator=gen)[:k]])
     idx = torch.cat(chosen)
     return Split(x=val.x[idx], y=val.y[idx], flag=val.flag, split="val", size=val.size)
+
+
+def skewed_fractions(n_classes: int, major: float) -> dict[int, float]:
+    """Class fractions of a draw biased toward class 0: ``major`` for class 0, the rest split evenly.
+
+    Fits any number of classes (``{0: 0.9, 1: 0.1}`` for two, ``{0: 0.9, 1: 0.025, ...}`` for five);
+    used for the biased reference sets of notebooks 01 and 04.
+    """
+    if n_classes < 2 or not 0 < major < 1:
+        raise ValueError(f"n_classes={n_classes}, major={major}: expected at least 2 classes and 0 < major < 1")
+    return {0: major, **{c: (1 - major) / (n_classes - 1) for c in range(1, n_classes)}}
 
 
 def write_synthetic(folder: str | os.PathLike, flag: str = "pneumoniamnist", size: int = 28,

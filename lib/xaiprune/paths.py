@@ -2,7 +2,9 @@
 
 The project root is found from ``$XAIPRUNE_HOME`` if set, else by walking up from this file to the
 folder that holds ``pyproject.toml`` (the checkout). Notebooks and the pipeline import these names
-instead of building paths with f-strings.
+instead of building paths with f-strings. A notebook's outputs go to ``artifacts/<profile>/<stage>/``
+(the profile given by the pipeline's ``--profile``), caches keyed by a hash of what made them
+(trained models) to ``artifacts/models/``, shared by every profile.
 """
 
 from __future__ import annotations
@@ -37,11 +39,30 @@ def relative(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+PROFILE: str = "default"  # set by xaiprune.parameters.begin (the notebooks) and by the pipeline
+
+
+def use_profile(profile: str) -> None:
+    """Send :func:`artifact_dir` to ``artifacts/<profile>/``, so that profiles never overwrite each other."""
+    global PROFILE
+    PROFILE = profile
+
+
+def stage_dir(stage: str, profile: str | None = None) -> Path:
+    """Folder ``artifacts/<profile>/<stage>/`` of one notebook's outputs (not created)."""
+    return ARTIFACTS / (profile or PROFILE) / stage
+
+
 def artifact_dir(stage: str) -> Path:
-    """Folder ``artifacts/<stage>/`` for the outputs of one notebook (created on demand)."""
-    path = ARTIFACTS / stage
+    """:func:`stage_dir` of the current profile, created on demand (the notebook's own outputs)."""
+    path = stage_dir(stage)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def models_dir() -> Path:
+    """``artifacts/models/``: trained checkpoints, shared by all profiles (each under the hash of its config)."""
+    return ARTIFACTS / "models"
 
 
 def report_dir(profile: str) -> Path:

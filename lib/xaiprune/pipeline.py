@@ -2,13 +2,20 @@
 
     python -m xaiprune.pipeline --profile smoke|default|full [-p name=value ...] [-p 02_train.epochs=3]
 
-Parameters come from ``params/<profile>.yaml``: ``shared`` keys go to every notebook that declares
+    python -m xaiprune.pipeline --check --profile default -p ratios=[0.1,0.5]   # check, run nothing
+    python -m xaiprune.pipeline --profile default --from 05_nlp                 # reuse 01-04's outputs
+
+Parameters come from the defaults of :mod:`xaiprune.parameters` (which every notebook's parameters
+cell repeats), then ``params/<profile>.yaml``: ``shared`` keys go to every notebook that declares
 them, ``notebooks.<stem>`` keys to that notebook only, and ``-p`` overrides on top (``name=value``
 for every notebook that declares ``name``, ``stem.name=value`` for one notebook; values are parsed as
-YAML, so ``-p epochs=2`` is an int and ``-p archs=[small_cnn]`` a list). Before anything runs, every
-notebook's parameters cell is inspected and any name no notebook declares is rejected (papermill
-itself only warns). Executed notebooks go to ``reports/<profile>/``; the first failure stops the run
-and names the notebook and the cell. The last step writes ``index.html`` and ``summary.json``.
+YAML, so ``-p epochs=2`` is an int and ``-p archs=[small_cnn]`` a list). Before any kernel starts,
+every value is checked against the schema and the rules across notebooks, the kernel must exist and
+an explicit ``data_root`` must hold the data file; every problem is listed at once. Each notebook
+gets ``profile`` and writes to ``artifacts/<profile>/<stem>/``, with the hash of its parameters in
+``metrics.json``; ``--from`` reuses earlier outputs only when their hash is this run's. Executed
+notebooks go to ``reports/<profile>/``; the first failure stops the run and names the notebook and
+the cell. The last step writes ``report.html``, ``index.html`` and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -22,14 +29,14 @@ from pathlib import Path
 import papermill as pm
 import yaml
 
-from xaiprune import paths
+from xaiprune import parameters, paths, report
+from xaiprune.schema import ParameterError, fingerprint
 
-KERNEL = "xaiprune"  # registered by `make install`; falls back to the running interpreter's kernel
-_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": list, "dict": dict}
+KERNEL = "xaiprune"  # registered by `make install`
 
 
 class PipelineError(RuntimeError):
-    """Bad profile, parameters or notebooks; raised before any notebook runs."""
+    """Bad profile, parameters, notebooks or reused artifacts; raised before any notebook runs."""
 
 
 @dataclass
@@ -39,6 +46,7 @@ class Step:
     notebook: Path
     declared: dict
     parameters: dict = field(default_factory=dict)
+    sha256: str = ""
     output: Path | None = None
     seconds: float | None = None
 
@@ -64,7 +72,7 @@ def load_profile(profile: str, params_dir: Path = paths.PARAMS) -> dict:
     unknown = set(spec) - {"shared", "notebooks"}
     if unknown:
         raise PipelineError(f"{path}: unknown top-level keys {sorted(unknown)}; expected 'shared' and 'notebooks'")
-    return {"shared": spec.get("shared") or {}, "notebooks": spec.get("notebooks") or {}}
+    return {"name": profile, "shared": spec.get("shared") or {}, "notebooks": spec.get("notebooks") or {}}
 
 
 def parse_overrides(items: list[str]) -> tuple[dict, dict]:
@@ -74,7 +82,12 @@ def parse_overrides(items: list[str]) -> tuple[dict, dict]:
         if "=" not in item:
             raise PipelineError(f"-p {item!r}: expected name=value or notebook_stem.name=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw else ""
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as exc:
+            raise PipelineError(f"-p {item!r}: the value is not valid YAML ({exc.problem})") from None
+        if key.split(".")[-1] == "profile":
+            raise PipelineError(f"-p {item!r}: the profile is chosen with --profile, not as a parameter")
         if "." in key:
             stem, name = key.split(".", 1)
             per_nb.setdefault(stem, {})[name] = value
@@ -83,18 +96,13 @@ def parse_overrides(items: list[str]) -> tuple[dict, dict]:
     return shared, per_nb
 
 
-def _check_type(step: Step, name: str, value) -> None:
-    """Refuse a value whose type differs from the literal in the notebook's parameters cell."""
-    declared = step.declared[name].get("inferred_type_name", "None")
-    expected = _TYPES.get(declared.split("[")[0])
-    if expected is None:
-        return
-    if (isinstance(value, bool) and declared != "bool") or not isinstance(value, expected):
-        raise PipelineError(f"{step.stem}: parameter {name} expects {declared}, got {value!r}")
-
-
 def plan(steps: list[Step], spec: dict, overrides: list[str]) -> list[Step]:
-    """Assign each step its parameters; reject any name that its target notebooks do not declare."""
+    """Give each step all its parameters (schema defaults, profile, overrides) and check them all.
+
+    Refused before anything runs, every problem listed at once: a name that its target notebooks do not
+    declare, a notebook whose parameters cell disagrees with :mod:`xaiprune.parameters`, and any value
+    that fails the schema or the rules across notebooks.
+    """
     by_stem = {s.stem: s for s in steps}
     declared_anywhere = set().union(*(s.declared for s in steps))
     o_shared, o_per_nb = parse_overrides(overrides)
@@ -113,31 +121,78 @@ def plan(steps: list[Step], spec: dict, overrides: list[str]) -> list[Step]:
                 continue
             errors += [f"parameter {n!r} is not declared by {stem} (it declares {sorted(by_stem[stem].declared)})"
                        for n in (values or {}) if n not in by_stem[stem].declared]
+    for step in steps:
+        if step.stem not in parameters.NOTEBOOKS:
+            errors.append(f"{step.notebook.name} has no entry in xaiprune.parameters.NOTEBOOKS")
+        elif set(step.declared) != set(parameters.NOTEBOOKS[step.stem]):
+            errors.append(f"{step.notebook.name}: its parameters cell declares {sorted(step.declared)}, but "
+                          f"xaiprune.parameters declares {sorted(parameters.NOTEBOOKS[step.stem])}")
     if errors:
         raise PipelineError("rejected before running anything:\n  " + "\n  ".join(errors))
 
+    values = {}
     for step in steps:
-        step.parameters = {}
-        for kind, values in layers:
-            values = values if kind == "shared" else (values.get(step.stem) or {})
-            step.parameters.update({k: v for k, v in values.items() if k in step.declared})
-        for name, value in step.parameters.items():
-            _check_type(step, name, value)
+        values[step.stem] = {**parameters.defaults(step.stem), "profile": spec.get("name", "default")}
+        for kind, layer in layers:
+            layer = layer if kind == "shared" else (layer.get(step.stem) or {})
+            values[step.stem].update({k: v for k, v in layer.items() if k in step.declared})
+    try:
+        checked = parameters.validate_run(values)
+    except ParameterError as exc:
+        raise PipelineError("rejected before running anything:\n  " + "\n  ".join(exc.problems)) from None
+    for step in steps:
+        step.parameters, step.sha256 = checked[step.stem], fingerprint(checked[step.stem])
     return steps
 
 
-def kernel_name() -> str:
+def data_note(steps: list[Step]) -> str:
+    """Where the data file of this run is (an explicit ``data_root`` was checked by the schema)."""
+    first = next((s.parameters for s in steps if "flag" in s.parameters), None)
+    if first is None:
+        return ""
+    from xaiprune import data
+
+    name = data.file_name(first["flag"], first["size"])
+    for folder in data.candidate_dirs(first["data_root"] or None):
+        if (folder / name).is_file():
+            return f"data: {folder / name}"
+    return (f"data: {name} is in none of {[str(d) for d in data.candidate_dirs(first['data_root'] or None)]}; "
+            "01_data will try to download it")
+
+
+def check_reused(steps: list[Step], first: int, profile: str) -> None:
+    """``--from``: every earlier notebook's outputs must come from exactly this run's parameters."""
+    for step in steps[:first]:
+        prov = report.provenance(step.stem, profile)
+        if prov is None:
+            raise PipelineError(f"--from {steps[first].stem}: {step.stem} has no outputs for profile {profile!r} "
+                                f"({paths.relative(paths.stage_dir(step.stem, profile))}); rerun from {step.stem}")
+        if prov["params_sha256"] != step.sha256:
+            was = report.recorded_parameters(step.stem, profile)
+            changed = sorted(k for k in step.parameters if k != "profile" and was.get(k) != step.parameters[k])
+            raise PipelineError(
+                f"--from {steps[first].stem}: the outputs of {step.stem} were made with other parameters (hash "
+                f"{prov['params_sha256']}, this run {step.sha256}; changed: "
+                + (", ".join(f"{k}={was.get(k)!r} -> {step.parameters[k]!r}" for k in changed) or "unknown")
+                + f"); rerun from {step.stem}")
+
+
+def kernel_name(requested: str = KERNEL) -> str:
+    """``requested`` if Jupyter knows it; otherwise an error that says how to register it (no silent fallback)."""
     from jupyter_client.kernelspec import KernelSpecManager
 
-    return KERNEL if KERNEL in KernelSpecManager().find_kernel_specs() else "python3"
+    known = KernelSpecManager().find_kernel_specs()
+    if requested not in known:
+        raise PipelineError(f"--kernel {requested}: no such Jupyter kernel (known: {sorted(known)}); `make install` "
+                            f"registers {KERNEL!r} for .venv, or pass --kernel with one of the known kernels")
+    return requested
 
 
-def execute(steps: list[Step], out_dir: Path, progress: bool = True) -> list[Step]:
+def execute(steps: list[Step], out_dir: Path, kernel: str = KERNEL, progress: bool = True) -> list[Step]:
     """Run the steps in order; stop at the first failure, naming the notebook and the cell."""
-    kernel = kernel_name()
     for i, step in enumerate(steps, 1):
         step.output = out_dir / step.notebook.name
-        print(f"[{i}/{len(steps)}] {step.notebook.name} {step.parameters}", flush=True)
+        print(f"[{i}/{len(steps)}] {step.notebook.name} (parameters {step.sha256})", flush=True)
         start = time.perf_counter()
         try:
             pm.execute_notebook(str(step.notebook), str(step.output), parameters=step.parameters,
@@ -158,13 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="default", help="params/<profile>.yaml (smoke, default, full)")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                         help="override a parameter (repeatable); STEM.NAME=VALUE for one notebook")
+    parser.add_argument("--check", action="store_true",
+                        help="check the profile, the overrides, the kernel and the data file; run nothing")
+    parser.add_argument("--kernel", default=KERNEL, help=f"Jupyter kernel to run the notebooks in (default {KERNEL})")
     parser.add_argument("--no-progress", action="store_true", help="hide papermill's cell progress bars")
     parser.add_argument("--from", dest="start", metavar="STEM",
-                        help="start at this notebook (e.g. 04_pruning_comparison); earlier ones must have run "
-                             "with the same parameters, since their artifacts are reused")
+                        help="start at this notebook (e.g. 04_pruning_comparison); the earlier ones' outputs are "
+                             "reused only if they were made with this run's parameters")
     args = parser.parse_args(argv)
-
-    from xaiprune import report  # heavy imports (nbconvert) only once arguments are valid
 
     try:
         steps = plan(discover(), load_profile(args.profile), args.param)
@@ -174,16 +230,24 @@ def main(argv: list[str] | None = None) -> int:
             if args.start not in stems:
                 raise PipelineError(f"--from {args.start}: no such notebook (known: {stems})")
             first = stems.index(args.start)
+            check_reused(steps, first, args.profile)
+        kernel = kernel_name(args.kernel)
+        print(data_note(steps), flush=True)
+        if args.check:
+            for st in steps:
+                print(f"  {st.stem:24s} {st.sha256}  {'reused' if steps.index(st) < first else 'runs'}")
+            print(f"profile {args.profile!r}: parameters valid; kernel {kernel!r}; nothing was run (--check)")
+            return 0
         out_dir = paths.report_dir(args.profile)
-        reused = [st for st in steps[:first] if (out_dir / st.notebook.name).is_file()]
+        reused = steps[:first]
         for st in reused:  # earlier notebooks of this profile stay in the report, marked as reused
             st.output = out_dir / st.notebook.name
         start = time.perf_counter()
-        execute(steps[first:], out_dir, progress=not args.no_progress)
-    except PipelineError as exc:
+        execute(steps[first:], out_dir, kernel, progress=not args.no_progress)
+        index = report.build(args.profile, steps, out_dir, wall_seconds=time.perf_counter() - start)
+    except (PipelineError, report.ReportError) as exc:
         print(f"pipeline: {exc}", file=sys.stderr)
         return 2
-    index = report.build(args.profile, reused + steps[first:], out_dir, wall_seconds=time.perf_counter() - start)
     print(f"report: {index}")
     return 0
 

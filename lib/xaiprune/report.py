@@ -1,6 +1,6 @@
 """Run metadata, per-notebook metrics, the HTML index and the final report of a pipeline run.
 
-Each notebook writes its headline numbers to ``artifacts/<stem>/metrics.json`` (through
+Each notebook writes its headline numbers to ``artifacts/<profile>/<stem>/metrics.json`` (through
 :func:`write_metrics`). After the run, :func:`build` renders every executed notebook to HTML with
 nbconvert and writes, in ``reports/<profile>/``:
 
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xaiprune import paths
+from xaiprune.schema import Run
 from xaiprune.claims import MISSING, NOT, PARTLY, SUPPORTED, claims
 
 if TYPE_CHECKING:
@@ -50,25 +51,63 @@ def _jsonable(obj):
     return obj
 
 
-def write_metrics(stage: str, metrics: dict, parameters: dict | None = None) -> Path:
-    """Write a notebook's headline numbers to ``artifacts/<stage>/metrics.json`` (sorted keys).
+class ReportError(RuntimeError):
+    """The metrics of a run do not belong together (another profile, other parameters, missing)."""
 
-    Only computed, deterministic numbers belong here (no timings), so that two runs of one
-    profile give identical files. Beside it, ``meta.json`` records the parameters, git commit,
-    package versions and the SHA-256 of the metrics file.
+
+def write_metrics(run: Run, metrics: dict) -> Path:
+    """Write a notebook's headline numbers to ``artifacts/<profile>/<stem>/metrics.json`` (sorted keys).
+
+    The file holds ``provenance`` (stage, profile and the hash of the checked parameters ``run``
+    that produced it) and ``metrics``. Only computed, deterministic numbers belong there (no
+    timings), so that two runs of one profile give identical files. Beside it, ``meta.json``
+    records the parameters, git commit, package versions and the SHA-256 of the metrics file.
     """
-    folder = paths.artifact_dir(stage)
-    text = json.dumps(_jsonable(metrics), indent=2, sort_keys=True) + "\n"
+    folder = paths.artifact_dir(run.stem)
+    payload = {"provenance": {"stage": run.stem, "profile": run.profile, "params_sha256": run.sha256},
+               "metrics": _jsonable(metrics)}
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
     (folder / "metrics.json").write_text(text)
-    meta = {"stage": stage, "parameters": _jsonable(parameters or {}), "git_commit": git_commit(),
-            "versions": versions(), "metrics_sha256": hashlib.sha256(text.encode()).hexdigest()}
+    meta = {"stage": run.stem, "profile": run.profile, "params_sha256": run.sha256, "parameters": _jsonable(run.values),
+            "git_commit": git_commit(), "versions": versions(), "metrics_sha256": hashlib.sha256(text.encode()).hexdigest()}
     (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return folder / "metrics.json"
 
 
-def read_metrics(stage: str) -> dict | None:
-    path = paths.ARTIFACTS / stage / "metrics.json"
+def _load(stage: str, profile: str, name: str) -> dict | None:
+    path = paths.stage_dir(stage, profile) / name
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def provenance(stage: str, profile: str) -> dict | None:
+    """``{"stage", "profile", "params_sha256"}`` of the stage's ``metrics.json`` for ``profile``, or None."""
+    found = _load(stage, profile, "metrics.json")
+    return None if found is None else found.get("provenance")
+
+
+def recorded_parameters(stage: str, profile: str) -> dict:
+    """The parameters ``meta.json`` says produced the stage's outputs (empty if unknown)."""
+    return (_load(stage, profile, "meta.json") or {}).get("parameters", {})
+
+
+def read_metrics(stage: str, profile: str, params_sha256: str | None = None) -> dict | None:
+    """The stage's metrics for ``profile`` (None if it wrote none), refusing another profile's or stale ones.
+
+    With ``params_sha256``, metrics made with other parameters are a :class:`ReportError`: a report
+    never mixes numbers of different runs.
+    """
+    found = _load(stage, profile, "metrics.json")
+    if found is None:
+        return None
+    prov = found.get("provenance") or {}
+    where = paths.relative(paths.stage_dir(stage, profile) / "metrics.json")
+    if prov.get("profile") != profile or prov.get("stage") != stage:
+        raise ReportError(f"{where} says it is {prov.get('stage')!r} of profile {prov.get('profile')!r}, "
+                          f"not {stage!r} of {profile!r}: rerun {stage} with --profile {profile}")
+    if params_sha256 is not None and prov.get("params_sha256") != params_sha256:
+        raise ReportError(f"{where} was made with parameters {prov.get('params_sha256')}, this run's are {params_sha256}: "
+                          f"it is stale; rerun from {stage}")
+    return found["metrics"]
 
 
 def git_commit() -> str:
@@ -100,7 +139,7 @@ def run_metadata(profile: str, steps: list["Step"], wall_seconds: float) -> dict
         "machine": f"{platform.machine()} {platform.system()} {platform.release()}",
         "versions": versions(),
         "wall_seconds": round(wall_seconds, 1),
-        "notebooks": {s.stem: {"parameters": s.parameters,
+        "notebooks": {s.stem: {"parameters": s.parameters, "params_sha256": s.sha256,
                                "seconds": None if s.seconds is None else round(s.seconds, 1)}
                       for s in steps},
     }
@@ -176,11 +215,18 @@ def notebook_to_html(notebook: Path, out: Path) -> Path:
 
 
 def build(profile: str, steps: list["Step"], out_dir: Path, wall_seconds: float) -> Path:
-    """Write ``<stem>.html`` per executed notebook, ``summary.json``, ``index.html`` and ``report.html``; return the report."""
+    """Write ``<stem>.html`` per notebook, ``summary.json``, ``index.html`` and ``report.html``; return the report.
+
+    Every notebook's metrics must be of ``profile`` and of the step's parameters (:func:`read_metrics`),
+    so a report never mixes runs; a :class:`ReportError` says which notebook to rerun.
+    """
+    metrics = {s.stem: read_metrics(s.stem, profile, s.sha256) for s in steps}
+    missing = [s.stem for s in steps if s.output is None or not Path(s.output).is_file()]
+    if missing:
+        raise ReportError(f"no executed notebook in {paths.relative(out_dir)} for {missing}: rerun from {missing[0]}")
     for step in steps:
         notebook_to_html(step.output, out_dir / f"{step.stem}.html")
     meta = run_metadata(profile, steps, wall_seconds)
-    metrics = {s.stem: read_metrics(s.stem) for s in steps}
     (out_dir / "summary.json").write_text(json.dumps({"metadata": meta, "metrics": metrics}, indent=2))
     index = out_dir / "index.html"
     index.write_text(render_index(meta, metrics), encoding="utf-8")

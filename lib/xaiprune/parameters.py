@@ -1,0 +1,300 @@
+"""Every notebook's parameters, declared once, and the rules that span notebooks.
+
+Every notebook's ``parameters`` cell declares exactly the names, types and defaults listed in
+:data:`NOTEBOOKS` (tests/test_schema.py reads the cells), and its next cell calls :func:`begin`,
+which checks the values papermill injected. The pipeline checks the same declarations, plus
+:data:`RUN_RULES` across notebooks, before it starts any kernel, so a typo fails in the first second
+instead of after twenty minutes of training:
+
+    python -m xaiprune.pipeline --check --profile default -p ratios=[0.1,0.5]
+
+``profile`` is not set by hand: the pipeline passes ``--profile`` to every notebook, and
+:func:`begin` points :mod:`xaiprune.paths` at ``artifacts/<profile>/``. ``python -m
+xaiprune.parameters`` prints the README's parameter tables.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Callable
+
+from medmnist import INFO
+
+from xaiprune import paths
+from xaiprune.schema import (Param, ParameterError, Run, check_values, each, fingerprint, length, nonempty, one_of,
+                             optional, unique, within)
+
+# Names the library registers (prune.CRITERIA, prune.SCOPES, models.ARCHS, data.SIZES), repeated here so
+# that checking parameters imports no torch; tests/test_schema.py checks that they agree.
+CRITERIA = ("bn_scale", "deeplift", "gradxact", "ig", "l1", "lamp", "lrp", "lrp_zplus", "random", "taylor")
+SCOPES = ("global", "per-layer")
+ARCHS = ("resnet18", "small_cnn", "vgg16_bn")
+SIZES = (28, 64, 128, 224)
+
+
+def flags_2d() -> list[str]:
+    return [f for f, info in INFO.items() if not info["python_class"].endswith("3D")]
+
+
+def scenario_names() -> list[str]:
+    """Scenario files in ``params/scenarios/``."""
+    return sorted(p.stem for p in (paths.PARAMS / "scenarios").glob("*.yaml"))
+
+
+_CRITERIA_LIST = Param("list[str]", [], "", (nonempty, unique, each(one_of(CRITERIA))))
+_FRACTIONS = Param("list[float]", [], "", (nonempty, unique, each(within(0, 1, hi_open=True))))
+_POSITIVE_FACTORS = Param("list[float]", [], "", (nonempty, each(within(0, lo_open=True))))
+SHARED = {
+    "profile": Param("str", "default", "set by the pipeline (--profile): outputs go to artifacts/<profile>/",
+                     (lambda v: None if re.fullmatch(r"[A-Za-z0-9_.-]+", v) else "a profile name of letters, digits, '_', '.', '-'",)),
+    "flag": Param("str", "pneumoniamnist", "any 2D MedMNIST flag", (one_of(flags_2d),)),
+    "size": Param("int", 28, "image side: 28, 64, 128 or 224", (one_of(SIZES),)),
+    "data_root": Param("str", "", "folder with the npz; empty searches $MEDMNIST_ROOT, then data/medmnist/"),
+    "seed": Param("int", 0, "seed of the reference-set draw", (within(0),)),
+    "archs": Param("list[str]", ["vgg16_bn"], "architectures trained by 02_train", (nonempty, unique, each(one_of(ARCHS)))),
+    "n_per_class": Param("int", 10, "reference images per class", (within(1),)),
+    "scenario": Param("str", "ward-4", "file in params/scenarios/", (one_of(scenario_names),)),
+}
+
+
+def _pick(*names: str, **docs: str) -> dict[str, Param]:
+    return {n: SHARED[n].but(doc=docs[n]) if n in docs else SHARED[n] for n in ("profile", *names)}
+
+
+_DATA = ("flag", "size", "data_root")
+NOTEBOOKS: dict[str, dict[str, Param]] = {
+    "01_data": {
+        **_pick(*_DATA, "seed", "n_per_class", n_per_class="reference images per class (the ward's scarce labelled data)"),
+        "ref_bias": Param("float", 0.9, "share of class 0 in the biased example draw, the rest split evenly over the other classes; 0 skips it",
+                          (within(0, 1, hi_open=True),)),
+    },
+    "02_train": {
+        **_pick(*_DATA, "seed", "archs", seed="seed of initialisation and batch order",
+                archs="architectures to train: vgg16_bn, resnet18, small_cnn"),
+        "epochs": Param("int", 8, "training epochs (smoke: 2)", (within(1),)),
+        "batch_size": Param("int", 128, "images per step", (within(1),)),
+        "lr": Param("float", 0.001, "Adam learning rate at the start of the cosine schedule", (within(0, lo_open=True),)),
+        "weight_decay": Param("float", 0.0001, "L2 penalty lambda", (within(0),)),
+        "max_train": Param("int", 0, "0 trains on the whole train split, n > 0 on its first n images only", (within(0),)),
+    },
+    "03_xai_scores": {
+        **_pick(*_DATA, "seed", "archs", "n_per_class", archs="architectures trained by 02_train to score"),
+        "criteria": _CRITERIA_LIST.but(default=["lrp", "lrp_zplus", "deeplift", "ig", "gradxact", "taylor", "l1"],
+                                       doc="criteria to score and compare"),
+        "ig_steps": Param("int", 8, "Riemann steps of integrated gradients", (within(1),)),
+        "n_heatmaps": Param("int", 4, "X-rays per class shown with their input-level LRP heatmaps", (within(0),)),
+    },
+    "04_pruning_comparison": {
+        **_pick(*_DATA, "seed", "archs", "n_per_class", seed="first seed of the reference-set draws (draw k uses seed + k)"),
+        "criteria": _CRITERIA_LIST.but(default=["lrp", "lrp_zplus", "deeplift", "ig", "gradxact", "taylor", "l1", "random"],
+                                       doc="criteria compared"),
+        "ratios": _FRACTIONS.but(default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+                                 doc="fractions of filters removed; 0.0 (the unpruned model) must be one of them"),
+        "draws": Param("int", 5, "independent reference-set draws (at least 2 for an interval)", (within(2),)),
+        "scope": Param("str", "global", "global ranking of per-layer-normalised scores, or per-layer", (one_of(SCOPES),)),
+        "ig_steps": Param("int", 8, "Riemann steps of integrated gradients", (within(1),)),
+        "sensitivity_criterion": Param("str", "lrp", "criterion used to prune one segment at a time", (one_of(CRITERIA),)),
+        "sensitivity_draws": Param("int", 2, "reference draws for the per-segment sensitivity table", (within(1),)),
+        "ref_sizes": Param("list[int]", [1, 5, 10, 50], "reference images per class in the size study",
+                           (nonempty, unique, each(within(1)))),
+        "study_criteria": _CRITERIA_LIST.but(default=["lrp", "taylor"], doc="criteria of the size and bias studies"),
+        "study_ratios": _FRACTIONS.but(default=[0.1, 0.2, 0.3, 0.5], doc="ratios of the size and bias studies"),
+        "study_draws": Param("int", 3, "reference draws per setting of the size and bias studies", (within(2),)),
+        "bias": Param("float", 0.9, "share of class 0 in the biased reference set, the rest split evenly over the other classes",
+                      (within(0, 1, lo_open=True, hi_open=True),)),
+    },
+    "05_nlp": {
+        **_pick(*_DATA, "seed", "archs", "n_per_class", seed="reference draw used to prune the measured plans",
+                archs="the first one is planned; its sensitivity table comes from 04",
+                n_per_class="reference images per class for the measured plans"),
+        "scenarios": Param("list[str]", ["ward-4", "constrained", "large"], "files in params/scenarios/",
+                           (nonempty, unique, each(one_of(scenario_names)))),
+        "accuracy_metric": Param("str", "acc", "what the surrogate models: test \"acc\" or \"auc\"", (one_of(("acc", "auc")),)),
+        "deadline_factors": _POSITIVE_FACTORS.but(default=[0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 4.0],
+                                                  doc="deadlines swept, x the scenario's"),
+        "bandwidth_factors": _POSITIVE_FACTORS.but(default=[0.05, 0.1, 0.2, 0.5, 1.0, 2.0], doc="all link bandwidths scaled by these"),
+        "time_limit": Param("float", 30.0, "CBC time limit per solve (s)", (within(0, lo_open=True),)),
+        "measured_plans": Param("int", 8, "distinct plans pruned for real and evaluated on the test split", (within(1),)),
+        "scaling_sizes": Param("list[list[int]]", [[3, 3, 4], [4, 4, 6], [5, 4, 10], [5, 8, 10], [5, 14, 10], [8, 8, 10]],
+                               "(segments, devices, levels) of the solve-time study",
+                               (nonempty, each(length(3)), each(each(within(2))))),
+        "enumeration_limit": Param("float", 20.0, "time limit of the enumeration in the scaling study (s)", (within(0, lo_open=True),)),
+    },
+    "06_rl": {
+        **_pick("seed", "archs", "scenario", seed="seed of training (held-out episodes use other seeds)",
+                archs="the first one's profiles (from 05) are used", scenario="scenario the agent is trained on"),
+        "other_scenario": SHARED["scenario"].but(default="ward-4b", doc="unseen scenario with as many devices, for generalisation"),
+        "timesteps": Param("int", 150000, "PPO training steps (requests)", (within(1),)),
+        "episode_length": Param("int", 200, "requests per episode", (within(1),)),
+        "eval_episodes": Param("int", 5, "held-out episodes per policy", (within(1),)),
+        "eval_every": Param("int", 10000, "steps between evaluations for the learning curve", (within(1),)),
+        "penalty": Param("float", 1.0, "reward penalty per violated constraint", (within(0, lo_open=True),)),
+        "cbc_samples": Param("int", 30, "requests on which CBC's decision time is measured", (within(1),)),
+    },
+    "07_distributed": {
+        **_pick(*_DATA, "seed", "archs", "n_per_class", "scenario", seed="reference draw for the filter scores (as in 03-05)",
+                archs="the first one is served; 05 and 06 must have run for it",
+                n_per_class="reference images per class for the filter scores",
+                scenario="the scenario 06's agent was trained on"),
+        "n_requests": Param("int", 0, "test images served per policy; 0 serves the whole test split", (within(0),)),
+        "baselines": _CRITERIA_LIST.but(default=["l1", "taylor"], doc="criteria served with the RL agent's plans besides XAI"),
+        "static_level": Param("float", 0.5, "the pre-pruned model: every segment at this level (one of 04's ratios)",
+                              (within(0, 1, hi_open=True),)),
+        "fade_low": Param("float", 0.05, "bandwidth multiplier at the bottom of the fade", (within(0, 1, lo_open=True),)),
+        "emulate": Param("bool", True, "emulate the scenario's device speeds and links (False on real hardware)"),
+        "stress_scenario": SHARED["scenario"].but(default="constrained", checks=(optional(one_of(scenario_names)),),
+                                                  doc="a second ward where the fade forces pruning (\"\" skips it)"),
+        "stress_requests": Param("int", 60, "requests per policy on the stress scenario", (within(1),)),
+        "fault_requests": Param("int", 120, "requests of the fault run", (within(1),)),
+        "fault_at": Param("int", 40, "request at which a worker dies", (within(0),)),
+        "heartbeat_s": Param("float", 0.1, "heartbeat period of the workers (s)", (within(0, lo_open=True),)),
+        "dead_after_s": Param("float", 1.0, "silence after which a worker is declared dead (s)", (within(0, lo_open=True),)),
+    },
+}
+
+
+# ----- rules over several parameters of one notebook, and across notebooks -------------------------
+def _data_file(v: dict) -> list[str]:
+    """An explicit ``data_root`` must be a folder that holds the file (no silent fall-through)."""
+    if not v.get("data_root"):
+        return []
+    from xaiprune import data  # torch is imported only when a data_root is given
+
+    root = Path(v["data_root"]).expanduser()
+    if not root.is_dir():
+        return [f"data_root={v['data_root']!r}: expected an existing folder holding the MedMNIST npz; {root} does not exist"]
+    want = root / data.file_name(v["flag"], v["size"])
+    return [] if want.is_file() else [f"data_root={v['data_root']!r}: expected the file {want}; it is not there"]
+
+
+def _same_devices(v: dict) -> list[str]:
+    from xaiprune import system
+
+    home, away = system.load_scenario(v["scenario"]), system.load_scenario(v["other_scenario"])
+    return [] if home.n == away.n else [f"other_scenario={v['other_scenario']!r}: expected a scenario with as many devices "
+                                        f"as scenario={v['scenario']!r} ({home.n}); it has {away.n}"]
+
+
+RULES: dict[str, list[Callable[[dict], list[str]]]] = {
+    "04_pruning_comparison": [
+        lambda v: [] if 0.0 in v["ratios"] else [f"ratios={v['ratios']}: expected 0.0 among them (the unpruned reference "
+                                                 "of the sensitivity table and of every curve)"],
+    ],
+    "06_rl": [_same_devices],
+    "07_distributed": [
+        lambda v: [] if v["fault_at"] < v["fault_requests"] else [
+            f"fault_at={v['fault_at']}: expected a request index below fault_requests={v['fault_requests']}"],
+        lambda v: [] if v["dead_after_s"] > v["heartbeat_s"] else [
+            f"dead_after_s={v['dead_after_s']}: expected more than heartbeat_s={v['heartbeat_s']}"],
+    ],
+}
+
+
+def _agree(by: dict[str, dict], name: str) -> list[str]:
+    seen = {stem: v[name] for stem, v in by.items() if name in v}
+    if len({json.dumps(x) for x in seen.values()}) <= 1:
+        return []
+    return [f"{name} differs between notebooks ({seen}): expected one value for the whole run"]
+
+
+def _first_arch(by: dict[str, dict]) -> list[str]:
+    """05-07 plan, train an agent for and serve the first of ``archs``: it must be the same and trained."""
+    out, firsts = [], {s: by[s]["archs"][0] for s in ("05_nlp", "06_rl", "07_distributed") if s in by}
+    if len(set(firsts.values())) > 1:
+        out.append(f"archs: the first architecture differs between {firsts}: expected the same (05 profiles it, "
+                   "06 trains the agent on those profiles, 07 serves it)")
+    for stem, need in [("03_xai_scores", by.get("03_xai_scores", {}).get("archs", [])),
+                       ("04_pruning_comparison", by.get("04_pruning_comparison", {}).get("archs", [])),
+                       *((s, [a]) for s, a in firsts.items())]:
+        for source in ("02_train", *(["04_pruning_comparison"] if stem in firsts else [])):
+            have = by.get(source, {}).get("archs")
+            missing = [a for a in need if have is not None and a not in have]
+            if missing:
+                out.append(f"{stem}.archs: {missing} expected among {source}.archs={have}")
+    return out
+
+
+def _levels(by: dict[str, dict]) -> list[str]:
+    if "07_distributed" not in by or "04_pruning_comparison" not in by:
+        return []
+    level, ratios = by["07_distributed"]["static_level"], by["04_pruning_comparison"]["ratios"]
+    return [] if level in ratios else [f"07_distributed.static_level={level}: expected one of the levels profiled by "
+                                       f"04_pruning_comparison.ratios={ratios}"]
+
+
+def _agent_scenario(by: dict[str, dict]) -> list[str]:
+    if "07_distributed" not in by or "06_rl" not in by or by["07_distributed"]["scenario"] == by["06_rl"]["scenario"]:
+        return []
+    return [f"07_distributed.scenario={by['07_distributed']['scenario']!r}: expected 06_rl.scenario="
+            f"{by['06_rl']['scenario']!r}, the scenario the agent is trained on"]
+
+
+RUN_RULES: list[Callable[[dict[str, dict]], list[str]]] = [
+    lambda by: [p for name in ("profile", *_DATA) for p in _agree(by, name)],
+    _first_arch, _levels, _agent_scenario,
+]
+
+
+# ----- the entry points -----------------------------------------------------------------------------
+def declared(stem: str) -> dict[str, Param]:
+    if stem not in NOTEBOOKS:
+        raise ParameterError([f"notebook {stem!r} has no parameter schema (known: {sorted(NOTEBOOKS)})"])
+    return NOTEBOOKS[stem]
+
+
+def defaults(stem: str) -> dict:
+    return {name: p.default for name, p in declared(stem).items()}
+
+
+def validate(stem: str, values: dict) -> dict:
+    """``values`` (every declared name) conformed to their types and checked; raises :class:`ParameterError`."""
+    spec = declared(stem)
+    return check_values(stem, spec, values, RULES.get(stem, []) + [_data_file] * ("data_root" in spec))
+
+
+def validate_run(values_by_stem: dict[str, dict]) -> dict[str, dict]:
+    """:func:`validate` for every notebook, then :data:`RUN_RULES` across them; all problems are reported together.
+
+    A problem shared by several notebooks (a bad ``flag`` declared by six of them) is listed once,
+    with every notebook it concerns.
+    """
+    out, found = {}, {}
+    for stem, values in values_by_stem.items():
+        try:
+            out[stem] = validate(stem, values)
+        except ParameterError as exc:
+            for problem in exc.problems:
+                found.setdefault(problem.removeprefix(f"{stem}: "), []).append(stem)
+    problems = [f"{', '.join(stems)}: {text}" for text, stems in found.items()]
+    if not problems:
+        problems = [p for rule in RUN_RULES for p in rule(out)]
+    if problems:
+        raise ParameterError(problems)
+    return out
+
+
+def begin(stem: str, namespace: dict) -> Run:
+    """Check the parameters a notebook holds (its ``globals()``) and point the artifacts at its profile.
+
+    Called by the cell after every notebook's ``parameters`` cell, so that a notebook run by hand in
+    JupyterLab is checked exactly as the pipeline checks it.
+    """
+    values = validate(stem, {name: namespace[name] for name in declared(stem) if name in namespace})
+    paths.use_profile(values["profile"])
+    return Run(stem, values, values["profile"], fingerprint(values))
+
+
+def markdown() -> str:
+    """The README's parameter tables, one per notebook (``python -m xaiprune.schema`` prints them)."""
+    out = []
+    for stem, spec in NOTEBOOKS.items():
+        out += [f"**{stem}**", "", "| parameter | type | default | meaning |", "|---|---|---|---|"]
+        out += [f"| `{n}` | {p.type} | `{json.dumps(p.default)}` | {p.doc} |" for n, p in spec.items() if n != "profile"]
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(markdown())
