@@ -124,12 +124,13 @@ def test_payload_kind_mismatch_and_wrong_header_type_are_refused():
 def test_config_errors_name_the_field(setup):
     bad = config(setup, 3, [{"name": "a", "planner": "teleport"}, {"name": "b", "planner": "nlp", "criterion": "taylor"},
                             {"name": "c", "planner": "fixed", "plan": {"devices": ["d0"], "levels": [0.3]}}],
-                 fault={"policy": "a", "device": "d0", "request": 0}, n_requests=-1, checkpoint="nope.pt")
+                 fault={"policy": "a", "device": "d0", "request": 0, "kind": "explode"}, n_requests=-1,
+                 checkpoint="nope.pt")
     with pytest.raises(ValueError) as err:
         bad.validate()
     text = str(err.value)
     for expected in ("policies[0].planner='teleport'", "policies[1].criterion='taylor'", "policies[2].plan",
-                     "fault.device='d0'", "n_requests=-1", "field checkpoint: no file"):
+                     "fault.device='d0'", "fault.kind='explode'", "n_requests=-1", "field checkpoint: no file"):
         assert expected in text
 
 
@@ -191,8 +192,9 @@ def test_a_worker_killed_mid_run_loses_no_request_and_none_is_answered_twice(set
     assert out.returncodes[0] == 0 and out.returncodes[1] == 0 and out.returncodes[2] == -9  # SIGKILLed itself
     assert all(gone(p) for p in pids(tmp_path))
     r = out.requests
-    assert sorted(r["request"]) == list(range(8))  # every request answered exactly once
-    assert out.summary["policies"][0]["lost"] == 0 and out.summary["dead"] == ["d2"]
+    assert sorted(r["request"]) == list(range(8)) and (r["answers"] == 1).all()  # every request answered exactly once
+    assert out.summary["policies"][0]["lost"] == out.summary["policies"][0]["duplicated"] == 0
+    assert out.summary["dead"] == ["d2"]
     events = out.events
     assert "device dead" in set(events["event"]) and "re-planned" in set(events["event"])
     replanned = r[r["attempts"] > 1]
@@ -200,6 +202,24 @@ def test_a_worker_killed_mid_run_loses_no_request_and_none_is_answered_twice(set
     # its latency runs from the first send, so it carries the detection (>= 0.5 s of silence)
     assert replanned["latency_ms"].iloc[0] >= 500 > replanned["attempt_latency_ms"].iloc[0]
     assert "d2" not in replanned["devices"].iloc[0] and "d2" not in sum(r[r["request"] > 3]["devices"], [])
+
+
+@needs_real_data
+def test_a_result_sent_twice_is_counted_as_a_duplicate_and_used_once(setup, tmp_path):
+    plan = {"devices": ["d1", "d2", "d2"], "levels": [0.0, 0.25, 0.0]}  # d2 returns every result to the source
+    cfg = config(setup, 3, [{"name": "fixed", "planner": "fixed", "criterion": "l1", "plan": plan}], n_requests=5,
+                 fault={"policy": "fixed", "device": "d2", "request": 2, "kind": "duplicate"})
+    out = D.launch(cfg, tmp_path, progress=False)
+    assert out.returncodes == {0: 0, 1: 0, 2: 0}
+    assert "sending the result of request 2 twice" in (tmp_path / "rank2.log").read_text()
+    r = out.requests.sort_values("request")
+    assert list(r["request"]) == list(range(5))  # one answer accepted per request
+    assert list(r["answers"]) == [1, 1, 2, 1, 1]  # the receiver counted the repeat
+    s = out.summary["policies"][0]
+    assert (s["answered"], s["lost"], s["duplicated"], s["late_discarded"]) == (5, 0, 1, 1)
+    assert D.summarise(out.requests, "pneumoniamnist").loc["fixed", "duplicated"] == 1
+    discarded = out.events[out.events["event"] == "discarded"]
+    assert list(discarded["request"]) == [2] and list(discarded["message"]) == ["result"]
 
 
 @needs_real_data
@@ -263,6 +283,8 @@ def test_bytes_saved_is_zero_when_nothing_crosses_a_link(setup):
     local = pd.DataFrame({"policy": "one device", "criterion": "lrp", "logits": [[0.0, 1.0], [1.0, 0.0]],
                           "label": [1, 0], "energy_j": [{"d0": 0.1}] * 2, "latency_ms": [5.0, 6.0],
                           "predicted_latency_ms": [5.0, 5.0], "deadline_ms": [10.0, 10.0], "bytes": [0, 0],
-                          "link_bytes": [[0, 0, 0, 0]] * 2, "levels": [[0.0] * 3] * 2, "plan": "p", "attempts": 1})
+                          "link_bytes": [[0, 0, 0, 0]] * 2, "levels": [[0.0] * 3] * 2, "plan": "p", "attempts": 1,
+                          "answers": [1, 3]})
     row = D.summarise(local, "pneumoniamnist", profiles=profiles).loc["one device"]
     assert row["bytes_saved_by_pruning"] == 0.0 and row["acc"] == 1.0 and row["deadline_hit_rate"] == 1.0
+    assert row["duplicated"] == 1 and row["replanned"] == 0

@@ -23,7 +23,7 @@ def policy(acc=0.85, auc=0.95, hit=1.0, saved=0.0, pruning=0.0, err=0.05, bytes_
 def m07(**policies) -> dict:
     return {"requests_per_policy": 100, "policies": policies,
             "fault": {"device": "d1", "at_request": 4, "answered": 10, "requests": 10, "lost": 0, "duplicated": 0,
-                      "replanned_requests": 1}}
+                      "replanned_requests": 1, "detected": True}}
 
 
 def verdicts(metrics: dict) -> dict[str, str]:
@@ -59,11 +59,41 @@ def test_accuracy_bytes_and_latency_claims_follow_their_rules():
     assert c[4]["verdict"] == claims.PARTLY
 
 
+@pytest.mark.parametrize("err, lost, duplicated, detected, expected", [
+    (0.05, 0, 0, True, claims.SUPPORTED),
+    (0.05, 1, 0, True, claims.NOT),        # a lost request fails the claim, whatever the latency
+    (0.05, 0, 1, True, claims.NOT),        # so does a request answered twice
+    (0.05, 2, 3, True, claims.NOT),
+    (0.40, 0, 1, True, claims.NOT),
+    (0.40, 0, 0, True, claims.PARTLY),     # the fault part holds, the latency part does not
+    (0.05, 0, 0, False, claims.PARTLY),    # the fault never fired: that part is not shown
+    (0.40, 0, 0, False, claims.NOT),
+])
+def test_latency_and_fault_claim_tests_each_part(err, lost, duplicated, detected, expected):
+    m = m07(**{"XAI + NLP": policy(err=err), "XAI + RL": policy(err=-err)})
+    m["fault"].update(lost=lost, duplicated=duplicated, detected=detected, answered=10 - lost)
+    claim = claims.claims({"07_distributed": m})[4]
+    assert claim["verdict"] == expected
+    assert f"{lost} lost, {duplicated} answered more than once" in claim["evidence"]
+    rule = "not supported when any request is lost or answered more than once, whatever the latency"
+    assert rule in claim["evidence"]
+
+
+def test_latency_claim_without_a_fault_run_is_at_most_partly_supported():
+    m = m07(**{"XAI + NLP": policy()})
+    del m["fault"]
+    claim = claims.claims({"07_distributed": m})[4]
+    assert claim["verdict"] == claims.PARTLY and "No fault run" in claim["evidence"]
+
+
 def test_rl_claim_needs_both_near_optimum_and_adaptation():
     m06 = {"agent_accuracy_fraction_of_optimum": 0.955, "agent_violation_rate": 0.004,
-           "fade_trace": {"RL agent": {"distinct_plans": 1, "violations_during_fade": 49, "fade_requests": 124},
-                          "NLP optimum": {"distinct_plans": 4, "violations_during_fade": 0, "fade_requests": 124}}}
-    assert claims.claims({"06_rl": m06})[3]["verdict"] == claims.PARTLY
+           "fade_trace": {"RL agent": {"distinct_pruning_levels": 1, "violations_during_fade": 49,
+                                       "fade_requests": 124},
+                          "NLP optimum": {"distinct_pruning_levels": 4, "violations_during_fade": 0,
+                                          "fade_requests": 124}}}
+    claim = claims.claims({"06_rl": m06})[3]
+    assert claim["verdict"] == claims.PARTLY and "take 1 distinct mean pruning level(s)" in claim["evidence"]
     m06["fade_trace"]["RL agent"]["violations_during_fade"] = 1
     assert claims.claims({"06_rl": m06})[3]["verdict"] == claims.SUPPORTED
     worse = m07(**{"XAI + NLP": policy(hit=1.0), "XAI + RL": policy(hit=0.7)})

@@ -29,15 +29,18 @@ are those of the tensor really sent. With ``emulate=False`` (real hardware) noth
 **Faults.** Every worker increments a heartbeat counter in rank 0's TCP store every
 ``heartbeat_s``; a worker whose counter stops for ``dead_after_s``, or whose link fails a send, is
 declared dead, removed from the planner's scenario, and the request is re-planned on the remaining
-devices and sent again (a new attempt). Each request is answered exactly once: a late answer of an
-earlier attempt is logged and discarded. Workers exit when rank 0's store disappears; :func:`launch`
-kills whatever is left on success, failure, timeout or interrupt.
+devices and sent again (a new attempt). One answer per request is accepted: a late answer of an
+earlier attempt, or a repeated one, is logged and discarded. Rank 0 counts every result it receives
+per request id, accepted or not (``answers``); a request with ``answers`` > 1 is *duplicated* (it was
+answered more than once, whichever answer was used). Workers exit when rank 0's store disappears;
+:func:`launch` kills whatever is left on success, failure, timeout or interrupt.
 
 Outputs (rank 0, in the run folder): ``requests.jsonl`` (one line per answered request: plan,
 prediction, measured latency (from the first send of the request to its answer, so a re-planned request
 carries its detection and re-planning time; ``attempt_latency_ms`` is that of the last attempt alone) and
-predicted latency, per-segment and per-link times and bytes, energy per
-device), ``events.jsonl`` (deaths, re-plans, discarded answers, faults) and ``summary.json``.
+predicted latency, per-segment and per-link times and bytes, energy per device, and ``answers``: the
+results received for its request id until the end of the run), ``events.jsonl`` (deaths, re-plans,
+discarded answers, faults) and ``summary.json`` (per policy: answered, lost, duplicated, late_discarded).
 Used by ``07_distributed.ipynb``.
 """
 
@@ -56,7 +59,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -209,6 +212,7 @@ def receive(world_size: int, n_segments: int, n_levels: int, n_criteria: int) ->
 
 # ----- configuration -------------------------------------------------------------------------------
 PLANNERS = ("nlp", "rl", "no_pruning", "static", "local", "fixed")
+FAULTS = ("kill", "duplicate")  # what fault injection does (see RunConfig)
 
 
 def resolve(path: str | os.PathLike) -> Path:
@@ -228,8 +232,10 @@ class RunConfig:
     unpruned model on the source, ``fixed`` the ``plan`` ``{"devices": [names], "levels": [fractions]}``
     for every request). Whatever the planner, a plan that uses a dead device is replaced by the exact
     optimum on the live ones. ``trace`` is a (T, N, N) list of bandwidth multipliers, request t
-    seeing ``trace[t % T]``. ``fault`` is ``{"policy", "device", "request"}``: that device's process
-    kills itself (SIGKILL) on receiving the first activation of that policy at or after that request.
+    seeing ``trace[t % T]``. ``fault`` is ``{"policy", "device", "request", "kind"}``: with kind
+    ``kill`` (the default) that device's process kills itself (SIGKILL) on receiving the first activation
+    of that policy at or after that request; with ``duplicate`` it sends the first result it returns to
+    the source for that policy at or after that request twice (to test that duplicates are counted).
     """
 
     arch: str
@@ -307,6 +313,11 @@ class RunConfig:
                               f"than the source {devices[scenario.source]!r}, one of {devices}")
             if not isinstance(self.fault.get("request"), int) or self.fault["request"] < 0:
                 errors.append(f"config field fault.request={self.fault.get('request')!r}: expected a request index")
+            if self.fault.get("kind", "kill") not in FAULTS:
+                errors.append(f"config field fault.kind={self.fault.get('kind')!r}: expected one of {FAULTS}")
+            unknown = set(self.fault) - {"policy", "device", "request", "kind"}
+            if unknown:
+                errors.append(f"config field fault: unknown keys {sorted(unknown)}")
         if errors:
             raise ValueError("distributed run config rejected:\n  " + "\n  ".join(errors))
         return self
@@ -491,11 +502,17 @@ def worker(cfg: RunConfig, rank: int, world: int, store, host: str, port: int) -
                               devices=msg.devices, levels=msg.levels, criterion=msg.criterion,
                               extra_us=_us(time.perf_counter() - start)), 0)
         elif msg.kind == ACTIVATION:
-            if fault and msg.policy == fault_policy and msg.request >= fault["request"]:
+            hit = fault is not None and msg.policy == fault_policy and msg.request >= fault["request"]
+            if hit and fault.get("kind", "kill") == "kill":
                 print(f"rank {rank}: fault injection: dying mid-request {msg.request} (SIGKILL)", flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
             try:
-                dev.advance(msg, msg.payload)
+                dst, out = dev.advance(msg, msg.payload)
+                if hit and out.kind == RESULT:  # a "duplicate" fault (a "kill" never gets here): send it again, once
+                    print(f"rank {rank}: fault injection: sending the result of request {msg.request} twice",
+                          flush=True)
+                    send(out, dst)
+                    fault = None
             except RuntimeError as exc:  # the next device is gone: tell the coordinator which
                 dst = msg.devices[msg.start] if msg.start < len(msg.devices) else 0
                 print(f"rank {rank}: send to rank {dst} failed: {str(exc).splitlines()[0][:120]}", flush=True)
@@ -538,7 +555,10 @@ class Coordinator:
         self.beats = {r: (-1, time.monotonic()) for r in range(1, world)}
         self.held: dict[int, tuple] = {}
         self.events = open(out_dir / "events.jsonl", "a", buffering=1)
-        self.requests = open(out_dir / "requests.jsonl", "a", buffering=1)
+        self.requests_path = out_dir / "requests.jsonl"
+        self.rows: list[tuple[int, dict]] = []           # (policy index, row) of every accepted answer
+        self.answers: Counter = Counter()                 # (policy index, request) -> results received
+        self.answered: dict[int, set[int]] = {}           # policy index -> requests whose answer was accepted
         self.policy_index = 0
         self.current = (-1, -1)  # (request, attempt) in flight
         threading.Thread(target=self._receive_loop, daemon=True).start()
@@ -588,6 +608,8 @@ class Coordinator:
             except queue.Empty:
                 pass
             else:
+                if not isinstance(msg, ProtocolError) and msg.kind == RESULT:
+                    self.answers[(msg.policy, msg.request)] += 1  # every result received counts, used or not
                 if isinstance(msg, ProtocolError):
                     self.event("malformed message", rank=src, error=str(msg))
                 elif msg.kind == ERROR:
@@ -603,8 +625,10 @@ class Coordinator:
                     except RuntimeError:
                         self.mark_dead(msg.devices[msg.start], "rank 0 could not send to it")
                         continue
-                    if dst == -1 and want(0, out):
-                        return ("ok", 0, out)
+                    if dst == -1:  # the source ran the last segment: the result arrives here
+                        self.answers[(out.policy, out.request)] += 1
+                        if want(0, out):
+                            return ("ok", 0, out)
                 else:
                     self.event("discarded", rank=src, message=KINDS[msg.kind], request=msg.request, attempt=msg.attempt)
             now = time.monotonic()
@@ -701,7 +725,7 @@ class Coordinator:
         env = self.make_env()
         planner = self.planner(policy)
         criterion = self.dev.criteria.index(policy.get("criterion", "lrp"))
-        n, answered, late = len(self.labels), set(), 0
+        n, answered = len(self.labels), self.answered.setdefault(p_index, set())
         dead_before = {r for r, ok in self.alive.items() if not ok}
         if dead_before:
             self.lose(env, dead_before)
@@ -720,6 +744,8 @@ class Coordinator:
                     first_send = start if first_send is None else first_send
                     try:
                         dst, out = self.dev.advance(msg, self.images[t:t + 1])
+                        if dst == -1:  # the whole plan ran on the source
+                            self.answers[(p_index, t)] += 1
                         got = ("ok", 0, out) if dst == -1 else self.wait(
                             lambda src, m: m.kind == RESULT and m.request == t and m.attempt == attempt,
                             set(msg.devices) - {0}, self.cfg.request_timeout_s)
@@ -747,24 +773,43 @@ class Coordinator:
                 env.step(env.action_of(plan))
                 continue
             out = got[2]
-            if t in answered:
-                late += 1
-                continue
             answered.add(t)
-            self._record(policy, t, attempt, plan, how, decision, extra_prepare, instance, out, measured)
+            self._record(p_index, policy, t, attempt, plan, how, decision, extra_prepare, instance, out, measured)
             env.step(env.action_of(plan))
             print(f"PROGRESS {json.dumps({'policy': policy['name'], 'done': t + 1, 'total': n})}", flush=True)
-        # answers of abandoned attempts that arrive later are drained and counted
+        # answers that arrive after their request was answered (abandoned attempts, repeats) are drained;
+        # :meth:`wait` counted them in ``answers``
         while True:
             got = self.wait(lambda src, m: m.kind == RESULT, set(), 0.05)
             if got[0] != "ok":
                 break
-            late += 1
             self.event("discarded", rank=got[1], message="result", request=got[2].request, attempt=got[2].attempt)
-        return {"policy": policy["name"], "requests": n, "answered": len(answered), "lost": n - len(answered),
-                "late_discarded": late, "dead": [self._name(r) for r, ok in self.alive.items() if not ok]}
+        self.write_requests()
+        return self.summary(p_index)
 
-    def _record(self, policy, t, attempt, plan, how, decision, prepare_s, instance, out, measured) -> None:
+    def summary(self, p_index: int) -> dict:
+        """One policy's counts: requests, answered, lost, duplicated, late_discarded, dead devices.
+
+        ``lost``: requests with no answer accepted; ``duplicated``: requests the source received more than
+        one result for (``answers`` > 1, the extra ones accepted or discarded); ``late_discarded``: results
+        received but not used.
+        """
+        n, answered = len(self.labels), self.answered.get(p_index, set())
+        counts = [self.answers[(p_index, t)] for t in range(n)]
+        return {"policy": self.cfg.policies[p_index]["name"], "requests": n, "answered": len(answered),
+                "lost": n - len(answered), "duplicated": sum(c > 1 for c in counts),
+                "late_discarded": sum(counts) - len(answered),
+                "dead": [self._name(r) for r, ok in self.alive.items() if not ok]}
+
+    def write_requests(self) -> None:
+        """(Re)write ``requests.jsonl`` with every accepted answer so far and its request's current ``answers``."""
+        tmp = self.requests_path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            for p_index, row in self.rows:
+                f.write(json.dumps({**row, "answers": self.answers[(p_index, row["request"])]}) + "\n")
+        tmp.replace(self.requests_path)
+
+    def _record(self, p_index, policy, t, attempt, plan, how, decision, prepare_s, instance, out, measured) -> None:
         S = self.profiles.S
         predicted = system.evaluate(plan, instance, self.profiles)
         ranks = [self.order.index(j) for j in plan.devices]
@@ -793,7 +838,7 @@ class Coordinator:
                                                                                energy.tolist())),
                "predicted_energy_j": float(predicted.energy.sum()), "decision_ms": decision * 1e3,
                "prepare_ms": prepare_s * 1e3}
-        self.requests.write(json.dumps(row) + "\n")
+        self.rows.append((p_index, row))
 
     def shutdown(self) -> None:
         for r, ok in self.alive.items():
@@ -821,13 +866,13 @@ def coordinator(cfg: RunConfig, world: int, store, out_dir: Path) -> int:
             raise RuntimeError(f"ranks {sorted(waiting)} did not start within 300 s")
         time.sleep(0.05)
     coord = Coordinator(cfg, world, store, out_dir)
-    summaries = []
     try:
         for i, policy in enumerate(cfg.policies):
-            summaries.append(coord.serve(i, policy))
-            print(f"rank 0: {policy['name']}: {summaries[-1]}", flush=True)
+            print(f"rank 0: {policy['name']}: {coord.serve(i, policy)}", flush=True)
     finally:
         coord.shutdown()
+        coord.write_requests()  # answers counted until the end, a late one for an earlier policy included
+        summaries = [coord.summary(i) for i in sorted(coord.answered)]
         (out_dir / "summary.json").write_text(json.dumps(
             {"policies": summaries, "dead": [coord._name(r) for r, ok in coord.alive.items() if not ok],
              "world_size": world, "devices": [coord._name(r) for r in range(world)]}, indent=2))
@@ -904,7 +949,9 @@ def summarise(requests, flag: str, order: list[str] | None = None, profiles: sys
     """One row per policy from ``requests.jsonl``: accuracy, latency, deadline hits, bytes and energy.
 
     ACC and AUC use MedMNIST's metric functions on the softmax of the logits the system returned;
-    ``latency_error`` is mean measured / mean predicted latency - 1; energies are J per request. With
+    ``latency_error`` is mean measured / mean predicted latency - 1; energies are J per request;
+    ``duplicated`` is the number of requests the source received more than one result for (``answers`` > 1,
+    whether the extra one was used or discarded), ``replanned`` of those sent more than once. With
     ``profiles``, ``bytes_saved_by_pruning`` is 1 - bytes sent / bytes the same routes would send
     unpruned (:func:`unpruned_bytes`): the effect of pruning alone, placement held equal.
     """
@@ -928,6 +975,7 @@ def summarise(requests, flag: str, order: list[str] | None = None, profiles: sys
                      **({"bytes_saved_by_pruning": _saved(g, profiles)} if profiles is not None else {}),
                      "mean_pruning": float(np.mean([np.mean(lv) for lv in g["levels"]])),
                      "distinct_plans": int(g["plan"].nunique()), "replanned": int((g["attempts"] > 1).sum()),
+                     "duplicated": int((g["answers"] > 1).sum()),
                      "energy_j": float(energy.sum(axis=1).mean()),
                      **{f"energy_j.{k}": float(v) for k, v in energy.mean().items()}})
     out = pd.DataFrame(rows).set_index("policy")

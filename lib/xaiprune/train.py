@@ -6,7 +6,9 @@ split and then treats it as frozen. A checkpoint embeds its config (nanoGPT styl
 file's MD5: the same parameters reuse a checkpoint, changed parameters never do.
 
 Metrics are MedMNIST's own: ``medmnist.evaluator.getAUC`` and ``getACC``, the functions behind
-``medmnist.Evaluator.evaluate``, so numbers compare with the MedMNIST v2 benchmark.
+``medmnist.Evaluator.evaluate``, so numbers compare with the MedMNIST v2 benchmark. They are computed
+in every run, also for a reused checkpoint (:func:`train_or_load`); the metrics stored at training time
+are kept beside them and a difference is a warning (:class:`StaleMetricsWarning`).
 Used by ``02_train.ipynb``; later notebooks call :func:`load`.
 """
 
@@ -16,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import random
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,6 +32,11 @@ from tqdm import tqdm
 from xaiprune import data, models, paths
 
 CACHE_VERSION = 2  # bump when training code changes what a config produces
+METRIC_TOLERANCE = 1e-6  # stored and re-evaluated metrics further apart than this are a warning
+
+
+class StaleMetricsWarning(UserWarning):
+    """A reused checkpoint's stored metrics differ from the ones evaluated now: the data or the code changed."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +68,11 @@ class TrainConfig:
 
 @dataclass
 class Trained:
-    """A trained model with its config, per-epoch history and val/test metrics."""
+    """A trained model with its config, per-epoch history and val/test metrics.
+
+    ``metrics`` are evaluated in this process (empty after a bare :func:`load`); ``stored_metrics`` are
+    the ones the checkpoint holds from training time. ``cached`` is True when the weights were reused.
+    """
 
     model: models.SegmentedModel
     config: TrainConfig
@@ -68,6 +80,7 @@ class Trained:
     metrics: dict = field(default_factory=dict)
     path: Path | None = None
     cached: bool = False
+    stored_metrics: dict = field(default_factory=dict)
 
 
 def published_benchmark(flag: str) -> dict[str, dict[str, float]]:
@@ -120,6 +133,39 @@ def evaluate(model: nn.Module, split: data.Split) -> dict[str, float]:
     return {"acc": float(getACC(y, scores, task)), "auc": float(getAUC(y, scores, task))}
 
 
+def evaluate_splits(model: nn.Module, config: TrainConfig, data_root: str | None = None) -> dict[str, float]:
+    """``val_acc``, ``val_auc``, ``test_acc``, ``test_auc`` of ``model`` on the data ``config`` names."""
+    metrics = {}
+    for split in ("val", "test"):
+        m = evaluate(model, data.load_split(config.flag, split, config.size, data_root))
+        metrics.update({f"{split}_acc": m["acc"], f"{split}_auc": m["auc"]})
+    return metrics
+
+
+def changed_metrics(stored: dict, now: dict, tol: float = METRIC_TOLERANCE) -> dict[str, tuple[float | None, float]]:
+    """``{name: (stored, now)}`` for every metric of ``now`` missing from ``stored`` or further than ``tol`` from it."""
+    return {k: (stored.get(k), v) for k, v in now.items() if k not in stored or abs(stored[k] - v) > tol}
+
+
+def majority_rate(split: data.Split) -> float:
+    """ACC of always answering the most frequent class of ``split`` (per label for multi-label tasks).
+
+    Computed with MedMNIST's ``getACC`` on constant scores, so it compares with :func:`evaluate`'s
+    ACC: a model that does not beat it on the test split has learned nothing ACC can show (a weak model
+    on a hard multi-class flag may legitimately not). Used by ``02_train.ipynb``.
+    """
+    y = split.y.numpy()
+    y = y if y.ndim == 2 else y[:, None]
+    task = INFO[split.flag]["task"]
+    if is_multilabel(split.flag):
+        scores = np.broadcast_to((y.mean(0) > 0.5).astype(float), y.shape)
+    else:
+        counts = np.bincount(y[:, 0], minlength=len(INFO[split.flag]["label"]))
+        scores = np.zeros((len(y), len(counts)))
+        scores[:, counts.argmax()] = 1.0
+    return float(getACC(y, scores, task))
+
+
 def cache_key(config: TrainConfig) -> str:
     """Hash of the config, the data file's expected MD5 and :data:`CACHE_VERSION`."""
     payload = {"config": asdict(config), "data_md5": data.expected_md5(config.flag, config.size),
@@ -128,7 +174,7 @@ def cache_key(config: TrainConfig) -> str:
 
 
 def checkpoint_path(config: TrainConfig) -> Path:
-    return (paths.ARTIFACTS / "models" /
+    return (paths.models_dir() /
             f"{config.arch}-{config.flag}-{config.size}-{cache_key(config)}" / "checkpoint.pt")
 
 
@@ -206,36 +252,52 @@ def save(trained: Trained, path: Path) -> Path:
 
 
 def load(path: str | Path) -> Trained:
-    """Load a checkpoint written by :func:`save` (``weights_only=True``), rebuilding its model."""
+    """Load a checkpoint written by :func:`save` (``weights_only=True``), rebuilding its model.
+
+    Nothing is evaluated: ``metrics`` is empty and ``stored_metrics`` holds what the checkpoint
+    recorded at training time (:func:`train_or_load` evaluates again).
+    """
     payload = torch.load(path, map_location="cpu", weights_only=True)
     config = TrainConfig(**payload["config"])
     info = INFO[config.flag]
     model = models.build(config.arch, info["n_channels"], len(info["label"]))
     model.load_state_dict(payload["state_dict"])
     model.eval()
-    return Trained(model=model, config=config, history=payload["history"],
-                   metrics=payload["metrics"], path=Path(path), cached=True)
+    return Trained(model=model, config=config, history=payload["history"], path=Path(path), cached=True,
+                   stored_metrics=dict(payload["metrics"]))
 
 
 def train_or_load(config: TrainConfig, data_root: str | None = None, progress: bool = True) -> Trained:
-    """Reuse the checkpoint of this exact config if present, else train, evaluate and save it.
+    """Reuse the checkpoint of this exact config if present, else train and save it; evaluate it either way.
 
-    Metrics (val and test ACC/AUC of the kept epoch) are computed once at training time and stored
-    in the checkpoint.
+    ``metrics`` (val and test ACC/AUC of the kept epoch) are evaluated in this call, also for a reused
+    checkpoint. A new checkpoint stores them; a reused one keeps the ones stored at training time in
+    ``stored_metrics``, and if they differ from the new ones by more than :data:`METRIC_TOLERANCE`
+    (the data or the evaluation code changed), a :class:`StaleMetricsWarning` names them and the new
+    ones are used.
     """
     path = checkpoint_path(config.validate())
     if path.is_file():
-        return load(path)
+        trained = load(path)
+        trained.metrics = evaluate_splits(trained.model, config, data_root)
+        changed = changed_metrics(trained.stored_metrics, trained.metrics)
+        if changed:
+            detail = ", ".join(f"{k} stored {'missing' if old is None else f'{old:.6f}'}, now {new:.6f}"
+                               for k, (old, new) in changed.items())
+            warnings.warn(f"{path}: the metrics stored at training time differ from the ones evaluated now ({detail}): "
+                          "the data or the evaluation code changed since this checkpoint was trained. Using the "
+                          "metrics evaluated now; delete the checkpoint's folder to retrain.", StaleMetricsWarning,
+                          stacklevel=2)
+        return trained
     trained = fit(config, data_root, progress)
-    for split in ("val", "test"):
-        m = evaluate(trained.model, data.load_split(config.flag, split, config.size, data_root))
-        trained.metrics.update({f"{split}_acc": m["acc"], f"{split}_auc": m["auc"]})
+    trained.metrics = evaluate_splits(trained.model, config, data_root)
+    trained.stored_metrics = dict(trained.metrics)
     trained.path = save(trained, path)
     return trained
 
 
 def record_checkpoints(trained: dict[str, Trained]) -> Path:
-    """Write ``artifacts/02_train/checkpoints.json``: which checkpoint each architecture of this run is."""
+    """Write ``artifacts/<profile>/02_train/checkpoints.json``: which checkpoint each architecture of this run is."""
     entries = {arch: {"checkpoint": paths.relative(t.path), "config": asdict(t.config)} for arch, t in trained.items()}
     path = paths.artifact_dir("02_train") / "checkpoints.json"
     path.write_text(json.dumps(entries, indent=2))
@@ -248,7 +310,7 @@ def trained_checkpoints(archs: list[str], flag: str, size: int) -> dict[str, str
     A missing run or architecture, or a model trained on other data than ``flag`` at ``size``, is a
     clear error before any work starts.
     """
-    path = paths.ARTIFACTS / "02_train" / "checkpoints.json"
+    path = paths.stage_dir("02_train") / "checkpoints.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run 02_train.ipynb first")
     entries = json.loads(path.read_text())
