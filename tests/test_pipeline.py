@@ -11,7 +11,7 @@ import sys
 import nbformat
 import pytest
 
-from xaiprune import paths, pipeline
+from xaiprune import data, paths, pipeline
 from conftest import needs_real_data, real_root
 
 NOTEBOOKS = sorted(paths.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
@@ -96,17 +96,22 @@ def test_committed_notebook_is_clean_and_parameterised(notebook):
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
 
 
+def run_smoke(root, data_root, *args, **env):
+    """The smoke profile through papermill in a scratch project root (a copy of notebooks/ and params/)."""
+    for folder in ("notebooks", "params"):
+        shutil.copytree(paths.ROOT / folder, root / folder)
+    env = {**os.environ, "XAIPRUNE_HOME": str(root), "MEDMNIST_ROOT": str(data_root), **env}
+    proc = subprocess.run([sys.executable, "-m", "xaiprune.pipeline", "--profile", "smoke", "--no-progress", *args],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root / "reports" / "smoke"
+
+
 @pytest.mark.slow
 @needs_real_data
 def test_smoke_pipeline_end_to_end(tmp_path):
     """Run the smoke profile through papermill on real PneumoniaMNIST in a scratch project root."""
-    for folder in ("notebooks", "params"):
-        shutil.copytree(paths.ROOT / folder, tmp_path / folder)
-    env = {**os.environ, "XAIPRUNE_HOME": str(tmp_path), "MEDMNIST_ROOT": str(real_root())}
-    proc = subprocess.run([sys.executable, "-m", "xaiprune.pipeline", "--profile", "smoke", "--no-progress"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = tmp_path / "reports" / "smoke"
+    out = run_smoke(tmp_path, real_root())
     for nb in NOTEBOOKS:
         assert (out / nb.name).is_file() and (out / f"{nb.stem}.html").is_file()
     summary = json.loads((out / "summary.json").read_text())
@@ -124,7 +129,7 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     assert {"lrp", "taylor", "l1", "random", "winners"} <= set(m["04_pruning_comparison"]["small_cnn"])
     assert m["05_nlp"]["status"] == {"ward-4": "optimal", "constrained": "optimal"}
     assert 0 < m["06_rl"]["agent_accuracy_fraction_of_optimum"] <= 1.5
-    art = tmp_path / "artifacts"
+    art = tmp_path / "artifacts" / "smoke"
     for rel in ("04_pruning_comparison/sensitivity_small_cnn.csv", "05_nlp/profiles_small_cnn.json",
                 "06_rl/agent_ward-4.zip", "06_rl/agent_ward-4.json", "07_distributed/summary.csv",
                 "07_distributed/policies/requests.jsonl", "07_distributed/fault/events.jsonl"):
@@ -139,3 +144,28 @@ def test_smoke_pipeline_end_to_end(tmp_path):
 def test_from_an_unknown_notebook_is_refused(no_execution, capsys):
     assert pipeline.main(["--profile", "smoke", "--from", "99_nope"]) == 2
     assert "--from 99_nope: no such notebook" in capsys.readouterr().err
+
+
+SITECUSTOMIZE = """
+# Test only: trust the synthetic file (its MD5 and split sizes) in every process of the run (pipeline, kernels, workers).
+import medmnist.info
+medmnist.info.INFO[{flag!r}].update(MD5={md5!r}, n_samples={n!r})
+"""
+
+
+@pytest.mark.slow
+def test_smoke_chain_on_a_synthetic_multiclass_flag(tmp_path):
+    """Every notebook runs unchanged on a 5-class RGB flag (synthetic, in the official format)."""
+    flag, n = "retinamnist", {"train": 400, "val": 300, "test": 100}
+    path = data.write_synthetic(tmp_path / "data", flag, n=n, separable=True)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE.format(flag=flag, md5=data.md5sum(path), n=n))
+    out = run_smoke(tmp_path / "project", path.parent, "-p", f"flag={flag}",
+                    PYTHONPATH=os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
+    m = json.loads((out / "summary.json").read_text())["metrics"]
+    names = data.class_names(flag)
+    assert m["01_data"]["counts"]["test"] == {c: 20 for c in names}
+    assert set(m["01_data"]["reference_counts"]["biased"]) == set(names)
+    assert m["02_train"]["small_cnn"]["test_auc"] > 0.6  # the classes are separable: it learned something
+    assert set(m["07_distributed"]["policies"]) and m["07_distributed"]["fault"]["lost"] == 0

@@ -282,12 +282,14 @@ def skewed_fractions(n_classes: int, major: float) -> dict[int, float]:
 
 
 def write_synthetic(folder: str | os.PathLike, flag: str = "pneumoniamnist", size: int = 28,
-                    n: dict[str, int] | None = None, seed: int = 0) -> Path:
+                    n: dict[str, int] | None = None, seed: int = 0, separable: bool = False) -> Path:
     """Write a tiny synthetic file in the official npz format (for tests; never real data).
 
     Keys ``{split}_images`` (uint8, N x H x W[x C]) and ``{split}_labels`` (uint8, N x 1 or N x L),
-    like the official files. Its MD5 does not match INFO, so tests load it with verification
-    patched or through :func:`to_tensor` directly.
+    like the official files; single-label classes cycle 0, 1, ..., so every split is balanced. With
+    ``separable``, an image of class c is brighter in the c-th horizontal band, so that a model can
+    learn the task. Its MD5 does not match INFO, so tests load it with verification patched or through
+    :func:`to_tensor` directly.
     """
     info = check_flag_size(flag, size)
     n = n or {"train": 16, "val": 8, "test": 8}
@@ -301,6 +303,12 @@ def write_synthetic(folder: str | os.PathLike, flag: str = "pneumoniamnist", siz
             arrays[f"{split}_labels"] = rng.integers(0, 2, size=(count, n_classes), dtype=np.uint8)
         else:
             arrays[f"{split}_labels"] = (np.arange(count) % n_classes).astype(np.uint8)[:, None]
+            if separable:
+                band = size // n_classes
+                images = arrays[f"{split}_images"] // 2
+                for i, c in enumerate(arrays[f"{split}_labels"][:, 0]):
+                    images[i, c * band:(c + 1) * band] += 127
+                arrays[f"{split}_images"] = images
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / file_name(flag, size)
