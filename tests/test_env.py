@@ -123,3 +123,37 @@ def test_fade_trace_fades_holds_and_recovers():
     assert (m[:25] == 1).all() and np.isclose(m[60], 0.1) and np.isclose(m[-1], 1) and m.min() >= 0.1 - 1e-12
     with pytest.raises(ValueError, match="T=2"):
         ward_env.fade_trace(2, 3)
+
+
+def test_one_transfer_model_serves_the_system_the_environment_and_the_emulated_links():
+    from xaiprune.serving.emulation import Emulator
+
+    spec = {"name": "two", "source": "a", "deadline_ms": 1000,
+            "devices": [{"name": n, "speed_gflops": 1, "memory_mb": 100, "energy_budget_j": 10,
+                         "energy_nj_per_flop": 1, "radio_w": 1} for n in ("a", "b")],
+            "links": {"default_mbps": 8, "pairs": [{"from": "a", "to": "b", "mbps": 8, "latency_ms": 2}]}}
+    scenario = system.parse_scenario(spec)  # 1e6 bytes/s both ways; a -> b also 2 ms
+    # by hand: 5e4 bytes at 1e6 B/s x 0.5 = 0.1 s, plus 2 ms; nothing on one device; no bandwidth, no transfer
+    assert system.transfer_seconds(scenario, 0, 1, 5e4, multiplier=0.5) == pytest.approx(0.102)
+    assert system.transfer_seconds(scenario, 1, 0, 5e4) == pytest.approx(0.05)
+    assert system.transfer_seconds(scenario, 1, 1, 5e4) == 0.0
+    assert system.transfer_seconds(scenario, 0, 1, 5e4, multiplier=0.0) == np.inf
+
+    profiles = system.Profiles(["s1", "s2"], [0.0], flops=np.array([[1e8], [2e8]]), weight_bytes=np.zeros((2, 1)),
+                               peak_bytes=np.zeros((2, 1)), out_bytes=np.array([[5e4], [8.0]]),
+                               retention=np.ones((2, 1)), base_accuracy=0.9, input_bytes=1e4)
+    trace = np.stack([np.ones((2, 2)), np.full((2, 2), 0.5)])
+    env = ward_env.WardEnv(scenario, profiles, ward_env.Dynamics(p_drop=0.0, load_step=0.0, priority_probs=(0, 1, 0)),
+                           trace=trace)
+    env.reset(seed=0)
+    plan = system.Plan([0, 1], [0, 0])  # s1 on the source, s2 on b, the label back to a
+    env.step(env.action_of(plan))
+    _, _, _, _, info = env.step(env.action_of(plan))  # request 1 sees the trace's 0.5
+    # by hand: s1 1e8 FLOP / 1e9 = 0.1 s, s2 2e8 / 1e9 = 0.2 s, 5e4 B to b at half rate 0.102 s, 8 B back 1.6e-5 s
+    assert info["latency"] == pytest.approx(0.1 + 0.2 + 0.102 + 8 / 5e5)
+
+    # serving's emulated links (rank r = device r here) wait exactly what the model predicts
+    emulated = Emulator(scenario, [0, 1], 0, trace, enabled=True)
+    assert emulated.transfer_seconds(1, 5e4, step=1) == system.transfer_seconds(scenario, 0, 1, 5e4, 0.5)
+    assert emulated.transfer_seconds(1, 5e4, step=2) == pytest.approx(0.052)  # the trace repeats: step 2 is nominal
+    assert Emulator(scenario, [0, 1], 1, trace, enabled=False).transfer_seconds(0, 5e4, step=1) == 0.0

@@ -250,11 +250,22 @@ class Evaluation:
         return float(self.energy.sum())
 
 
-def _transfer(scenario: Scenario, a: int, b: int, nbytes: float) -> float:
+def transfer_seconds(scenario: Scenario, a: int, b: int, nbytes: float, multiplier: float = 1.0) -> float:
+    """Seconds to send ``nbytes`` from device ``a`` to device ``b``: the project's one transfer model.
+
+    ``nbytes / (B[a, b] * multiplier) + latency[a, b]``; 0 on the same device; ``inf`` when the link
+    carries nothing (bandwidth x multiplier <= 0), so no deadline can be met over it. ``multiplier`` is
+    the bandwidth trace's factor for this link at this request (1: the scenario's nominal bandwidth).
+    Used by :func:`evaluate` (and so by :mod:`xaiprune.env`), :mod:`xaiprune.nlp` and the link emulation
+    of :mod:`xaiprune.serving`.
+    """
     if a == b:
         return 0.0
+    rate = scenario.bandwidth[a, b] * multiplier
+    if not rate > 0:
+        return math.inf
     lat = 0.0 if scenario.link_latency is None else scenario.link_latency[a, b]
-    return nbytes / scenario.bandwidth[a, b] + lat
+    return float(nbytes / rate + lat)
 
 
 def evaluate(plan: Plan, scenario: Scenario, profiles: Profiles, tol: float = 1e-9) -> Evaluation:
@@ -269,7 +280,7 @@ def evaluate(plan: Plan, scenario: Scenario, profiles: Profiles, tol: float = 1e
     hops.append((plan.devices[-1], src, profiles.out_bytes[-1, plan.levels[-1]]))
     transfer = 0.0
     for a, b, nbytes in hops:
-        t = _transfer(scenario, a, b, nbytes)
+        t = transfer_seconds(scenario, a, b, nbytes)
         transfer += t
         energy[a] += scenario.devices[a].radio_power * t
     compute = 0.0

@@ -1,0 +1,123 @@
+"""Liveness: which workers started, which are alive, which shut down; all through rank 0's TCP store.
+
+A worker sets ``xaiprune/up/<rank>`` when it is ready (or ``xaiprune/failed/<rank>`` with the reason
+it could not start) and ``xaiprune/bye/<rank>`` when it shuts down cleanly. Both ends of the heartbeat
+live here too. A worker runs :func:`start_heartbeat`: a thread that adds 1 to
+``xaiprune/hb/<rank>`` every ``heartbeat_s`` and ends the process when the store (and so the
+coordinator) is gone, which bounds the worker's otherwise unbounded wait for work. The coordinator's
+:class:`Liveness` reads the counters; a rank whose counter has not moved for ``dead_after_s``, or that a
+peer could not send to, is dead for the rest of the run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+import time
+from typing import Callable
+
+import torch.distributed as dist
+
+STORE_TIMEOUT = dt.timedelta(seconds=10)  # a heartbeat that cannot reach the store this long ends the worker
+
+
+def heartbeat_key(rank: int) -> str:
+    return f"xaiprune/hb/{rank}"
+
+
+def up_key(rank: int) -> str:
+    return f"xaiprune/up/{rank}"
+
+
+def bye_key(rank: int) -> str:
+    return f"xaiprune/bye/{rank}"
+
+
+def failed_key(rank: int) -> str:
+    return f"xaiprune/failed/{rank}"
+
+
+def wait_started(store, ranks, timeout: float) -> None:
+    """Wait until every rank is up; RuntimeError naming a rank that failed to start, or those late."""
+    waiting, end = set(ranks), time.monotonic() + timeout
+    while waiting:  # every worker loads the model and says it is up, or says why it failed
+        for r in sorted(waiting):
+            if store.check([failed_key(r)]):
+                raise RuntimeError(f"rank {r} failed to start: {store.get(failed_key(r)).decode()}")
+            if store.check([up_key(r)]):
+                waiting.discard(r)
+        if time.monotonic() > end:
+            raise RuntimeError(f"ranks {sorted(waiting)} did not start within {timeout:g} s")
+        time.sleep(0.05)
+
+
+def wait_shut_down(store, ranks, timeout: float) -> None:
+    """Wait (at most ``timeout`` s in all) until the given ranks have shut down."""
+    end = time.monotonic() + timeout
+    for r in ranks:
+        while time.monotonic() < end and not store.check([bye_key(r)]):
+            time.sleep(0.02)
+
+
+def _beat(host: str, port: int, rank: int, every: float, stop: threading.Event) -> None:
+    try:
+        store = dist.TCPStore(host, port, is_master=False, timeout=STORE_TIMEOUT, wait_for_workers=False)
+        while not stop.is_set():
+            store.add(heartbeat_key(rank), 1)
+            stop.wait(every)
+    except Exception as exc:  # rank 0 and its store are gone: nobody will ever send us anything
+        print(f"rank {rank}: lost the coordinator's store ({type(exc).__name__}); exiting", flush=True)
+        os._exit(3)
+
+
+def start_heartbeat(host: str, port: int, rank: int, every: float) -> threading.Event:
+    """Beat every ``every`` s in a daemon thread; set the returned event to stop."""
+    stop = threading.Event()
+    threading.Thread(target=_beat, args=(host, port, rank, every, stop), daemon=True, name="heartbeat").start()
+    return stop
+
+
+class Liveness:
+    """Which workers are alive, from their heartbeats and from failed sends.
+
+    Args:
+        store: rank 0's TCP store.
+        ranks: the worker ranks to watch.
+        dead_after_s: silence after which a rank is dead.
+        on_death: called once per rank declared dead, with the rank and the reason.
+    """
+
+    def __init__(self, store, ranks, dead_after_s: float, on_death: Callable[[int, str], None]):
+        self.store, self.dead_after_s, self.on_death = store, dead_after_s, on_death
+        self.alive = {r: True for r in ranks}
+        self.beats = {r: (-1, time.monotonic()) for r in ranks}
+
+    @property
+    def dead(self) -> set[int]:
+        return {r for r, ok in self.alive.items() if not ok}
+
+    def is_alive(self, rank: int) -> bool:
+        return self.alive.get(rank, True)
+
+    def check(self) -> list[int]:
+        """Ranks whose heartbeat counter has not moved for ``dead_after_s``; they are marked dead."""
+        now, dead = time.monotonic(), []
+        for r, ok in self.alive.items():
+            if not ok:
+                continue
+            count = self.store.add(heartbeat_key(r), 0)
+            last, since = self.beats[r]
+            if count != last:
+                self.beats[r] = (count, now)
+            elif now - since > self.dead_after_s:
+                self.mark_dead(r, f"no heartbeat for {now - since:.2f} s")
+                dead.append(r)
+        return dead
+
+    def mark_dead(self, rank: int, reason: str) -> None:
+        """Declare a worker dead (rank 0, unknown and already dead ranks are ignored)."""
+        if rank == 0 or not self.alive.get(rank, False):
+            return
+        self.alive[rank] = False
+        self.on_death(rank, reason)

@@ -1,0 +1,159 @@
+"""The per-request record, the ledger of every request's fate, and the per-policy summary table.
+
+``requests.jsonl`` has one line per answered request: plan, prediction, logits, measured latency (from
+the first send of the request to its answer, so a re-planned request carries its detection and
+re-planning time; ``attempt_latency_ms`` is that of the last attempt alone) and predicted latency,
+per-segment and per-link times and bytes, energy per device (modelled: the scenario's J/FLOP times the
+FLOPs run, and radio power times the emulated send time), and ``answers``: the well-formed results
+received for its request id until the end of the run, used or not.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xaiprune import system
+from xaiprune.serving import wire
+
+
+def request_row(scenario: system.Scenario, profiles: system.Profiles, order: list[int], policy: dict, request: int,
+                attempts: int, plan: system.Plan, how: str, decision_s: float, prepare_s: float,
+                conditions: system.Scenario, out: wire.Message, measured: tuple[float, float],
+                test_index: int, label: int) -> dict:
+    """One line of ``requests.jsonl`` for an accepted answer ``out`` (a RESULT carrying the logits).
+
+    ``measured`` is (seconds since the first send of the request, seconds of its last attempt);
+    ``conditions`` the ward the plan was chosen on, on which the latency is predicted.
+    """
+    S = profiles.S
+    predicted = system.evaluate(plan, conditions, profiles)
+    ranks = [order.index(j) for j in plan.devices]
+    energy = np.zeros(scenario.n)
+    for s, r in enumerate(ranks):
+        d = order[r]
+        energy[d] += scenario.devices[d].energy_per_flop * out.flops[s]
+    senders = [0] + ranks  # hop h is sent by the device of segment h-1 (the source for h = 0)
+    for h in range(S + 1):
+        if out.link_bytes[h]:
+            d = order[senders[h]]
+            energy[d] += scenario.devices[d].radio_power * out.link_us[h] / 1e6
+    logits = out.payload.reshape(-1)
+    return {"policy": policy["name"], "criterion": policy.get("criterion", "lrp"), "request": request,
+            "test_index": int(test_index), "label": int(label), "prediction": int(logits.argmax()),
+            "logits": [float(v) for v in logits], "attempts": attempts, "planned_by": how,
+            "plan": plan.describe(scenario, profiles), "devices": [scenario.devices[j].name for j in plan.devices],
+            "levels": [profiles.levels[lv] for lv in plan.levels],
+            "latency_ms": measured[0] * 1e3, "attempt_latency_ms": measured[1] * 1e3,
+            "predicted_latency_ms": predicted.latency * 1e3,
+            "deadline_ms": conditions.deadline * 1e3, "predicted_violations": predicted.violations,
+            "surrogate_accuracy": predicted.accuracy,
+            "compute_ms": [c / 1e3 for c in out.compute_us[:S]], "flops": out.flops[:S],
+            "link_ms": [c / 1e3 for c in out.link_us[:S + 1]], "link_bytes": out.link_bytes[:S + 1],
+            "bytes": int(sum(out.link_bytes[:S + 1])), "energy_j": dict(zip([d.name for d in scenario.devices],
+                                                                            energy.tolist())),
+            "predicted_energy_j": float(predicted.energy.sum()), "decision_ms": decision_s * 1e3,
+            "prepare_ms": prepare_s * 1e3}
+
+
+class Ledger:
+    """What became of every request of every policy (indexed by position in the config's ``policies``)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.rows: list[tuple[int, dict]] = []           # (policy index, row) of every accepted answer
+        self.answers: Counter = Counter()                 # (policy index, request) -> well-formed results received
+        self.answered: dict[int, set[int]] = {}           # policy index -> requests whose answer was accepted
+        self.failed: dict[int, dict[int, str]] = {}       # policy index -> {request: why it was given up}
+
+    def open(self, p: int) -> None:
+        """Start counting policy ``p``."""
+        self.answered.setdefault(p, set())
+        self.failed.setdefault(p, {})
+
+    def received(self, p: int, request: int) -> None:
+        """A result for this request id arrived (counted whether it is used or discarded)."""
+        self.answers[(p, request)] += 1
+
+    def accept(self, p: int, row: dict) -> None:
+        self.rows.append((p, row))
+        self.answered[p].add(row["request"])
+
+    def fail(self, p: int, request: int, reason: str) -> None:
+        self.failed[p][request] = reason
+
+    def summary(self, p: int, name: str, n: int, dead: list[str]) -> dict:
+        """One policy's counts over its ``n`` requests.
+
+        ``answered``: an answer accepted; ``failed``: given up after ``max_attempts`` with a reason (in
+        events.jsonl); ``lost``: neither (must be 0); ``duplicated``: requests the source received more than
+        one result for (``answers`` > 1, the extra ones accepted or discarded); ``late_discarded``: results
+        received but not used.
+        """
+        answered, failed = self.answered.get(p, set()), self.failed.get(p, {})
+        counts = [self.answers[(p, t)] for t in range(n)]
+        return {"policy": name, "requests": n, "answered": len(answered), "failed": len(failed),
+                "lost": n - len(answered) - len(set(failed) - answered), "duplicated": sum(c > 1 for c in counts),
+                "late_discarded": sum(counts) - len(answered), "dead": dead}
+
+    def write(self) -> None:
+        """(Re)write ``requests.jsonl`` with every accepted answer so far and its request's current ``answers``."""
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            for p, row in self.rows:
+                f.write(json.dumps({**row, "answers": self.answers[(p, row["request"])]}) + "\n")
+        tmp.replace(self.path)
+
+
+def unpruned_bytes(link_bytes: list[int], profiles: system.Profiles) -> int:
+    """Bytes the same route would send with nothing pruned: the level-0 tensor on every hop that was used."""
+    level0 = [profiles.input_bytes] + list(profiles.out_bytes[:, 0])
+    return int(sum(level0[h] for h, b in enumerate(link_bytes) if b > 0))
+
+
+def _saved(g, profiles: system.Profiles) -> float:
+    """1 - bytes sent / bytes the same routes send unpruned; 0 when nothing crossed a link."""
+    unpruned = sum(unpruned_bytes(b, profiles) for b in g["link_bytes"])
+    return float(1 - g["bytes"].sum() / unpruned) if unpruned else 0.0
+
+
+def summarise(requests, flag: str, order: list[str] | None = None, profiles: system.Profiles | None = None):
+    """One row per policy from ``requests.jsonl``: accuracy, latency, deadline hits, bytes and energy.
+
+    ACC and AUC use MedMNIST's metric functions on the softmax of the logits the system returned;
+    ``latency_error`` is mean measured / mean predicted latency - 1; energies are J per request (modelled);
+    ``duplicated`` is the number of requests the source received more than one result for (``answers`` > 1,
+    whether the extra one was used or discarded), ``replanned`` of those sent more than once. With
+    ``profiles``, ``bytes_saved_by_pruning`` is 1 - bytes sent / bytes the same routes would send
+    unpruned (:func:`unpruned_bytes`): the effect of pruning alone, placement held equal.
+    Used by ``07_distributed.ipynb``.
+    """
+    import pandas as pd
+    from medmnist import INFO
+    from medmnist.evaluator import getACC, getAUC
+
+    task = INFO[flag]["task"]
+    rows = []
+    for name, g in requests.groupby("policy", sort=False):
+        scores = torch.softmax(torch.tensor(g["logits"].tolist()), dim=1).numpy()
+        y = g["label"].to_numpy()[:, None]
+        energy = pd.DataFrame(g["energy_j"].tolist())
+        rows.append({"policy": name, "criterion": g["criterion"].iloc[0], "requests": len(g),
+                     "acc": float(getACC(y, scores, task)), "auc": float(getAUC(y, scores, task)),
+                     "p50_ms": float(g["latency_ms"].median()), "p95_ms": float(g["latency_ms"].quantile(0.95)),
+                     "mean_ms": float(g["latency_ms"].mean()), "predicted_ms": float(g["predicted_latency_ms"].mean()),
+                     "latency_error": float(g["latency_ms"].mean() / g["predicted_latency_ms"].mean() - 1),
+                     "deadline_hit_rate": float((g["latency_ms"] <= g["deadline_ms"]).mean()),
+                     "bytes_per_inference": float(g["bytes"].mean()),
+                     **({"bytes_saved_by_pruning": _saved(g, profiles)} if profiles is not None else {}),
+                     "mean_pruning": float(np.mean([np.mean(lv) for lv in g["levels"]])),
+                     "distinct_plans": int(g["plan"].nunique()), "replanned": int((g["attempts"] > 1).sum()),
+                     "duplicated": int((g["answers"] > 1).sum()),
+                     "energy_j": float(energy.sum(axis=1).mean()),
+                     **{f"energy_j.{k}": float(v) for k, v in energy.mean().items()}})
+    out = pd.DataFrame(rows).set_index("policy")
+    return out.loc[order] if order else out

@@ -1,0 +1,159 @@
+"""Serving without processes: the wire format, the config checks, plan checks and re-planning, the summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from serving_setup import config, scenario, setup  # noqa: F401 (setup is a fixture)
+from xaiprune import serving, system
+from xaiprune.serving import planning, wire
+from xaiprune.serving.records import Ledger
+
+LIMITS = wire.Limits(world_size=3, n_segments=3, n_levels=3, n_criteria=2)
+
+
+# ----- wire format ---------------------------------------------------------------------------------
+def test_header_round_trip_carries_plan_timings_and_payload_shape():
+    x = torch.randn(1, 16, 14, 14)
+    msg = wire.Message(wire.ACTIVATION, request=7, attempt=1, step=7, criterion=1, devices=[0, 2, 1],
+                       levels=[0, 2, 1], start=1, sender=2, payload=x)
+    msg.compute_us[0], msg.link_bytes[1] = 1234, x.numel() * 4
+    back, shape = wire.Message.parse(msg.header(), LIMITS)
+    assert shape == (1, 16, 14, 14)
+    assert (back.kind, back.request, back.attempt, back.devices, back.levels, back.start, back.sender) == \
+           (wire.ACTIVATION, 7, 1, [0, 2, 1], [0, 2, 1], 1, 2)
+    assert back.compute_us[0] == 1234 and back.link_bytes[1] == x.numel() * 4
+
+
+def activation_header() -> torch.Tensor:
+    return wire.Message(wire.ACTIVATION, request=0, devices=[0, 1, 2], levels=[0, 0, 0],
+                        payload=torch.zeros(1, 1, 28, 28)).header()
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("magic", 123, "magic"), ("version", 9, "version"), ("kind", 42, "kind"), ("n_segments", 5, "n_segments"),
+    ("devices", 7, "devices"), ("levels", 3, "levels"), ("ndim", 0, "dtype=1, ndim=0"),
+    ("shape", -4, "shape"), ("start", 9, "start"),
+])
+def test_malformed_header_is_refused_naming_the_field(field, value, match):
+    h = activation_header()
+    h[wire.FIELDS[field]] = value
+    with pytest.raises(wire.ProtocolError, match=match):
+        wire.Message.parse(h, LIMITS)
+
+
+@pytest.mark.parametrize("field, value, frame_ok", [
+    ("levels", 3, True), ("devices", 7, True), ("kind", 42, True), ("start", 9, True),   # content: payload is read
+    ("magic", 123, False), ("version", 9, False), ("shape", -4, False), ("ndim", 0, False),  # frame: nothing is read
+])
+def test_a_refused_header_whose_frame_is_right_still_announces_its_payload(field, value, frame_ok):
+    """The receiver drains the payload of a header refused for its content, so the sender's send completes."""
+    h = activation_header()
+    h[wire.FIELDS[field]] = value
+    if frame_ok:
+        assert wire.Message.frame(h) == (1, 1, 28, 28)
+    else:
+        with pytest.raises(wire.ProtocolError):
+            wire.Message.frame(h)
+
+
+def test_payload_kind_mismatch_and_wrong_header_type_are_refused():
+    with pytest.raises(wire.ProtocolError, match="carries payload"):
+        wire.Message.parse(wire.Message(wire.RESULT, devices=[0, 1, 2], levels=[0, 0, 0]).header(), LIMITS)
+    with pytest.raises(wire.ProtocolError, match="int64"):
+        wire.Message.parse(torch.zeros(wire.HEADER, dtype=torch.float32), LIMITS)
+    h = activation_header()
+    h[wire.FIELDS["shape"]:wire.FIELDS["shape"] + 4] = torch.tensor([1 << 20, 1 << 20, 1, 1])
+    with pytest.raises(wire.ProtocolError, match="at most"):
+        wire.Message.parse(h, LIMITS)
+
+
+# ----- configuration -------------------------------------------------------------------------------
+def test_config_errors_name_the_field(setup):
+    bad = config(setup, 3, [{"name": "a", "planner": "teleport"}, {"name": "b", "planner": "nlp", "criterion": "taylor"},
+                            {"name": "c", "planner": "fixed", "plan": {"devices": ["d0"], "levels": [0.3]}},
+                            {"name": "d", "planner": "fixed", "plan": {"devices": ["d1", "d9", "d2"],
+                                                                       "levels": [0.0, 0.0, 0.0]}}],
+                 fault={"policy": "a", "device": "d0", "request": 0, "kind": "explode"}, n_requests=-1,
+                 checkpoint="nope.pt", max_attempts=0)
+    with pytest.raises(ValueError) as err:
+        bad.validate()
+    text = str(err.value)
+    for expected in ("policies[0].planner='teleport'", "policies[1].criterion='taylor'", "policies[2].plan",
+                     "policies[3].plan names devices ['d9'] the scenario does not have", "fault.device='d0'",
+                     "fault.kind='explode'", "n_requests=-1", "field checkpoint: no file", "max_attempts=0"):
+        assert expected in text
+    assert "policies[3].plan={" not in text  # the right length and levels: only the missing device is named
+
+
+def test_launch_refuses_a_folder_holding_a_run(setup, tmp_path):
+    (tmp_path / "requests.jsonl").write_text("{}\n")
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        serving.launch(config(setup, 3, [{"name": "local", "planner": "local", "criterion": "l1"}]), tmp_path)
+    assert (tmp_path / "requests.jsonl").read_text() == "{}\n"
+
+
+# ----- planning ------------------------------------------------------------------------------------
+def planner(setup, choose, n_devices: int = 3) -> planning.Planner:
+    ward = system.parse_scenario(scenario(n_devices))
+    profiles = system.load_profiles(Path(setup["profiles"]))
+    return planning.Planner(ward, profiles, {"name": "p", "planner": "nlp"}, list(range(n_devices)), None, 5,
+                            choose=choose)
+
+
+def test_a_plan_naming_a_missing_device_is_replaced_by_the_optimum_and_says_why(setup):
+    p = planner(setup, lambda env, obs: env.action_of(system.Plan([1, 7, 2], [0, 0, 5])))
+    plan, how, _, problems = p.decide()
+    assert how == "fallback: optimum"
+    assert problems == ["segment block2 on device index 7: the ward has 3 devices",
+                        "segment block3 at level index 5: 3 levels were profiled"]
+    assert planning.check_plan(plan, p.conditions(), p.profiles) == [] and plan.devices != [1, 7, 2]
+    good = system.Plan([1, 2, 2], [0, 1, 0])
+    assert planning.Planner(p.scenario, p.profiles, {}, [0, 1, 2], None, 5,
+                            choose=lambda env, obs: env.action_of(good)).decide()[:2] == (good, "policy")
+
+
+def test_a_dead_device_is_never_planned_again(setup):
+    p = planner(setup, lambda env, obs: env.action_of(system.Plan([1, 2, 2], [0, 0, 0])))
+    assert p.decide()[0].devices == [1, 2, 2]
+    plan, how, _, problems = p.decide(dead={2})
+    assert how == "fallback: optimum" and 2 not in plan.devices
+    assert problems == [f"segment {s} on d2, which is dead or unavailable" for s in ("block2", "block3")]
+    p.step(plan)
+    assert 2 not in p.decide()[0].devices and not p.conditions().devices[2].available
+
+
+# ----- records ---------------------------------------------------------------------------------------
+def test_failed_requests_are_reported_apart_from_lost_ones(tmp_path):
+    ledger = Ledger(tmp_path / "requests.jsonl")
+    ledger.open(0)
+    for t in (0, 1, 3):
+        ledger.received(0, t)
+        ledger.accept(0, {"request": t})
+    ledger.received(0, 3)                         # a repeat: duplicated, discarded
+    ledger.fail(0, 2, "ranks [2] dead")
+    s = ledger.summary(0, "p", 5, [])             # request 4: neither answered nor failed
+    assert (s["answered"], s["failed"], s["lost"], s["duplicated"], s["late_discarded"]) == (3, 1, 1, 1, 1)
+    ledger.write()
+    rows = [json.loads(line) for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
+    assert [r["answers"] for r in rows] == [1, 1, 2]
+
+
+def test_bytes_saved_is_zero_when_nothing_crosses_a_link(setup):
+    profiles = system.load_profiles(Path(setup["profiles"]))
+    local = pd.DataFrame({"policy": "one device", "criterion": "lrp", "logits": [[0.0, 1.0], [1.0, 0.0]],
+                          "label": [1, 0], "energy_j": [{"d0": 0.1}] * 2, "latency_ms": [5.0, 6.0],
+                          "predicted_latency_ms": [5.0, 5.0], "deadline_ms": [10.0, 10.0], "bytes": [0, 0],
+                          "link_bytes": [[0, 0, 0, 0]] * 2, "levels": [[0.0] * 3] * 2, "plan": "p", "attempts": 1,
+                          "answers": [1, 3]})
+    row = serving.summarise(local, "pneumoniamnist", profiles=profiles).loc["one device"]
+    assert row["bytes_saved_by_pruning"] == 0.0 and row["acc"] == 1.0 and row["deadline_hit_rate"] == 1.0
+    assert row["duplicated"] == 1 and row["replanned"] == 0
+    assert np.isclose(serving.unpruned_bytes([784 * 4, 0, 0, 8], profiles),
+                      profiles.input_bytes + profiles.out_bytes[2, 0])
