@@ -29,13 +29,23 @@ def test_missing_file_offline_names_what_was_searched(isolated, monkeypatch):
 
     monkeypatch.setattr(data.urllib.request, "urlopen", offline)
     with pytest.raises(data.DataError) as err:
-        data.resolve("breastmnist", 28, isolated / "nowhere")
+        data.resolve("breastmnist", 28)
     msg = str(err.value)
-    assert str(isolated / "nowhere" / "breastmnist.npz") in msg
     assert str(paths.MEDMNIST_DIR / "breastmnist.npz") in msg
     assert INFO["breastmnist"]["url"] in msg and INFO["breastmnist"]["MD5"] in msg
     assert "no network" in msg
     assert not paths.MEDMNIST_DIR.exists() or not any(paths.MEDMNIST_DIR.iterdir()), "no partial file left"
+
+
+def test_an_explicit_data_root_is_the_only_folder_searched(isolated, synthetic, monkeypatch):
+    """A typo in data_root is an error, never a silent fall-through to $MEDMNIST_ROOT or data/medmnist/."""
+    monkeypatch.setenv(data.ENV_ROOT, str(synthetic(folder=isolated / "env").parent))
+    with pytest.raises(data.DataError, match="nowhere'.*does not exist"):
+        data.resolve("pneumoniamnist", 28, isolated / "nowhere")
+    (isolated / "empty").mkdir()
+    with pytest.raises(data.DataError) as err:
+        data.resolve("pneumoniamnist", 28, isolated / "empty")
+    assert str(isolated / "empty" / "pneumoniamnist.npz") in str(err.value) and "nothing is downloaded" in str(err.value)
 
 
 def test_md5_mismatch_refused(isolated):
