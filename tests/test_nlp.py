@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pulp
 import pytest
 import yaml
 
@@ -151,3 +152,125 @@ def test_profiles_round_trip_through_json(tmp_path):
     assert back.accuracy([1, 1]) == profiles.accuracy([1, 1])
     with pytest.raises(FileNotFoundError, match="05_nlp"):
         system.load_profiles(tmp_path / "missing.json")
+
+
+# CBC statuses: the project's status comes from PuLP's *solution* status.
+_STATUS_TABLE = {  # (LpStatus, LpSolution) -> status; LpSolution decides, the problem status breaks ties
+    **{(st, pulp.LpSolutionOptimal): "optimal" for st in pulp.LpStatus},
+    **{(st, pulp.LpSolutionIntegerFeasible): nlp.FEASIBLE for st in pulp.LpStatus},
+    **{(st, pulp.LpSolutionInfeasible): "infeasible" for st in pulp.LpStatus},
+    **{(st, pulp.LpSolutionUnbounded): "unbounded" for st in pulp.LpStatus},
+    (pulp.LpStatusNotSolved, pulp.LpSolutionNoSolutionFound): "time limit",      # "Stopped on time", no solution
+    (pulp.LpStatusUndefined, pulp.LpSolutionNoSolutionFound): "time limit",
+    (pulp.LpStatusOptimal, pulp.LpSolutionNoSolutionFound): "time limit",
+    (pulp.LpStatusInfeasible, pulp.LpSolutionNoSolutionFound): "infeasible",     # CBC's "Integer infeasible"
+    (pulp.LpStatusUnbounded, pulp.LpSolutionNoSolutionFound): "unbounded",
+}
+
+
+@pytest.mark.parametrize("status,sol_status", sorted(_STATUS_TABLE))
+def test_status_is_taken_from_the_solution_status(status, sol_status):
+    assert nlp.solution_status(status, sol_status) == _STATUS_TABLE[status, sol_status]
+
+
+def test_the_status_table_covers_every_pair():
+    assert set(_STATUS_TABLE) == {(a, b) for a in pulp.LpStatus for b in pulp.LpSolution}
+    # the case PuLP reports as status Optimal although CBC stopped on time with an integer solution
+    assert nlp.solution_status(pulp.LpStatusOptimal, pulp.LpSolutionIntegerFeasible) == "feasible (time limit)"
+
+
+def test_cbc_stopped_by_the_time_limit_is_never_reported_optimal():
+    # CBC needs about 20 s to prove this instance (5 s for the smaller one) on the 2-core CI machine.
+    proven = []
+    for S, N, L in ((8, 8, 10), (10, 12, 10)):
+        scenario, profiles = system.random_instance(S, N, L, seed=1, tightness=1.5)
+        r = nlp.solve_milp(scenario, profiles, time_limit=0.3)
+        assert r.stages, "every CBC run is recorded"
+        all_proven = len(r.stages) == 4 and all(sol == pulp.LpSolutionOptimal for _, _, sol in r.stages)
+        assert (r.status == "optimal") == all_proven, (r.status, r.stages)
+        if not all_proven:
+            assert r.status in (nlp.FEASIBLE, "time limit"), r.status
+            assert (r.plan is not None) == (r.status == nlp.FEASIBLE)
+            if r.plan is not None:
+                assert r.evaluation.feasible, r.evaluation.violations
+        proven.append(all_proven)
+    if all(proven):
+        pytest.skip("CBC proved both instances within 0.3 s: the time-limit path was not exercised here")
+
+
+def _stopped_at(stage_name: str, answer: str, monkeypatch) -> list[str]:
+    """Make the CBC run of one lexicographic stage end with ``answer`` (the others solve for real)."""
+    calls, real = [], nlp.MilpModel.solve
+
+    def solve(self, objective, time_limit, stage=""):
+        calls.append(stage)
+        if stage == stage_name and answer == "time limit":  # stopped before any solution
+            return answer
+        status = real(self, objective, time_limit, stage)  # an incumbent: CBC's solution, not proven
+        return answer if stage == stage_name else status
+
+    monkeypatch.setattr(nlp.MilpModel, "solve", solve)
+    return calls
+
+
+@pytest.mark.parametrize("stage_name", ["pruning", "latency", "energy"])
+def test_a_stage_stopped_without_a_plan_ends_the_solve_with_the_previous_plan(stage_name, monkeypatch):
+    scenario, profiles = system.random_instance(3, 3, 4, seed=2, tightness=3.0)
+    full = nlp.solve_milp(scenario, profiles)
+    calls = _stopped_at(stage_name, "time limit", monkeypatch)
+    r = nlp.solve_milp(scenario, profiles)
+    stages = ["accuracy", "pruning", "latency", "energy"]
+    assert calls == stages[:stages.index(stage_name) + 1], "no stage may run after a non-optimal one"
+    assert r.status == "feasible (time limit)" and r.evaluation.feasible
+    done = stages.index(stage_name)  # the key components proven before the stop match the full solve
+    assert nlp.same(r.key(profiles)[:done], full.key(profiles)[:done])
+
+
+def test_a_stage_stopped_with_an_incumbent_returns_it_and_stops(monkeypatch):
+    scenario, profiles = system.random_instance(3, 3, 4, seed=2, tightness=3.0)
+    calls = _stopped_at("pruning", nlp.FEASIBLE, monkeypatch)
+    r = nlp.solve_milp(scenario, profiles)
+    assert calls == ["accuracy", "pruning"]
+    assert r.status == nlp.FEASIBLE and r.plan is not None and r.evaluation.feasible
+
+
+def test_the_enumeration_stopped_by_its_time_limit_is_not_optimal():
+    scenario, profiles = system.random_instance(10, 12, 10, seed=1, tightness=1.5)  # far from enumerated in 0.1 s
+    r = nlp.solve_enumeration(scenario, profiles, time_limit=0.1)
+    assert r.status == nlp.FEASIBLE and r.evaluation.feasible
+    assert nlp.solve_enumeration(scenario, profiles, time_limit=0.0).status == "time limit"
+
+
+def test_a_fractional_cbc_solution_is_valued_at_its_rounded_plan(monkeypatch):
+    # CBC 2.10 once wrote, for a VGG instance, the optimal plan spread over two z of one segment (its final LP
+    # failed); the kept optimum must be the rounded plan's value, not the fractional point's.
+    scenario, profiles = system.random_instance(3, 3, 4, seed=2, tightness=3.0)
+    full = nlp.solve_milp(scenario, profiles)
+    s = next(s for s, l in enumerate(full.plan.levels) if l > 0)
+    real = nlp.MilpModel.solve
+
+    def solve(self, objective, time_limit, stage=""):
+        status = real(self, objective, time_limit, stage)
+        if stage == "accuracy":  # move 0.1 of the segment's choice to its unpruned level: a better-looking point
+            j, l = self.plan().devices[s], self.plan().levels[s]
+            at_plan = self.at(objective, self.plan())  # (sets the variables to the plan)
+            self.z[s, j, l].varValue, self.z[s, j, 0].varValue = 0.9, 0.1
+            assert pulp.value(objective) < at_plan - 1e-6
+        return status
+
+    monkeypatch.setattr(nlp.MilpModel, "solve", solve)
+    r = nlp.solve_milp(scenario, profiles)
+    assert r.status == "optimal" and r.plan.levels == full.plan.levels and nlp.same(r.key(profiles), full.key(profiles))
+
+
+def test_model_values_and_rounding_at_a_plan():
+    scenario, profiles = tiny()
+    model = nlp.MilpModel(scenario, profiles)
+    plan = system.Plan(devices=[0, 1], levels=[1, 0])
+    ev = system.evaluate(plan, scenario, profiles)
+    assert model.at(model.latency, plan) == pytest.approx(ev.latency)
+    assert model.at(model.energy, plan) == pytest.approx(ev.total_energy)
+    assert model.at(-model.log_acc, plan) == pytest.approx(-np.log(0.9))
+    assert model.plan() == plan and model.fractional() == 0.0  # `at` set the variables to the plan
+    model.z[0, 0, 1].varValue, model.z[0, 1, 1].varValue = 0.4, 0.6
+    assert model.plan() == system.Plan([1, 1], [1, 0]) and model.fractional() == pytest.approx(0.4)

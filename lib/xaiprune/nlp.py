@@ -12,92 +12,37 @@ surrogate A_0 * prod rho[s,l] becomes linear in log form: sum z[s,j,l] log rho[s
 Objective, lexicographic: (1) maximise surrogate accuracy; (2) among equal accuracy, least pruning
 (sum of levels: "prune only when needed", so that with ample resources nothing is pruned even where
 the measured retention of a small level is 1); (3) least latency; (4) least total energy. The MILP
-solves the four stages in turn, each fixing the optimum of the previous ones; the enumeration is a
-depth-first branch and bound on the same key. Both return a :class:`Result`. Used by ``05_nlp.ipynb``.
+solves the four stages in turn, each fixing the proven optimum of the previous ones; the enumeration
+is a depth-first branch and bound on the same key. Both return a :class:`Result`.
+
+Statuses: "optimal" only when every stage was proven optimal (for CBC: PuLP's *solution* status
+``LpSolutionOptimal``); "feasible (time limit)" for a plan found before the time limit stopped the search
+(CBC's ``LpSolutionIntegerFeasible``, or a later lexicographic stage left unsolved); "time limit" when the
+limit struck before any plan was found; "infeasible" when no plan exists. Callers that only need a
+plan test ``result.plan is not None``. Used by ``05_nlp.ipynb`` and :mod:`xaiprune.candidates`.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import pulp
 
-from xaiprune.system import Evaluation, Plan, Profiles, Scenario, evaluate
+from xaiprune.solution import FEASIBLE, REL, Result, better, check_instance, hop, same  # noqa: F401 (re-exported)
+from xaiprune.system import Plan, Profiles, Scenario, evaluate
 
-REL = 1e-7  # relative tolerance of lexicographic comparisons
 STAGE_TOL = 1e-6  # relative slack when a MILP stage's optimum is kept as a constraint for the next
 FAMILIES = ("deadline", "memory", "energy")
-
-
-@dataclass
-class Result:
-    """A solver's answer: the plan (None if infeasible), its status and key, and the solve time (s)."""
-
-    solver: str
-    status: str                        # "optimal", "infeasible", "time limit"
-    plan: Plan | None = None
-    evaluation: Evaluation | None = None
-    seconds: float = 0.0
-    binding: list[str] = field(default_factory=list)  # for infeasible instances: what makes them so
-
-    @property
-    def accuracy(self) -> float:
-        return self.evaluation.accuracy if self.evaluation else float("nan")
-
-    def key(self, profiles: Profiles) -> tuple[float, float, float, float]:
-        """(-log accuracy, total pruning, latency, energy): smaller is better, compared lexicographically."""
-        return _key(self.plan, self.evaluation, profiles)
-
-
-def _key(plan: Plan, ev: Evaluation, profiles: Profiles) -> tuple[float, float, float, float]:
-    log_acc = sum(math.log(profiles.retention[s, l]) for s, l in enumerate(plan.levels))
-    pruning = sum(profiles.levels[l] for l in plan.levels)
-    return (-log_acc, pruning, ev.latency, ev.total_energy)
-
-
-def better(a: tuple, b: tuple | None, rel: float = REL) -> bool:
-    """Lexicographic ``a < b`` with a relative tolerance on each component."""
-    if b is None:
-        return True
-    for u, v in zip(a, b):
-        tol = rel * max(1.0, abs(u), abs(v))
-        if u < v - tol:
-            return True
-        if u > v + tol:
-            return False
-    return False
-
-
-def same(a: tuple, b: tuple, rel: float = 1e-6) -> bool:
-    return not better(a, b, rel) and not better(b, a, rel)
-
-
-def _hop(scenario: Scenario, a: int, b: int, nbytes: float) -> float:
-    if a == b:
-        return 0.0
-    lat = 0.0 if scenario.link_latency is None else scenario.link_latency[a, b]
-    return nbytes / scenario.bandwidth[a, b] + lat
-
-
-def _check(scenario: Scenario, profiles: Profiles, fix_devices, fix_levels) -> list[int]:
-    if profiles.retention.shape != (profiles.S, profiles.L):
-        raise ValueError("profiles: retention must be (segments, levels)")
-    avail = [j for j, d in enumerate(scenario.devices) if d.available]
-    if fix_devices is not None and len(fix_devices) != profiles.S:
-        raise ValueError(f"fix_devices needs one device per segment ({profiles.S})")
-    if fix_levels is not None and len(fix_levels) != profiles.S:
-        raise ValueError(f"fix_levels needs one level index per segment ({profiles.S})")
-    return avail
 
 
 def solve_enumeration(scenario: Scenario, profiles: Profiles, time_limit: float = 60.0,
                       fix_devices: list[int] | None = None, fix_levels: list[int] | None = None) -> Result:
     """Exact solution by depth-first enumeration with lexicographic bounding (small instances)."""
     start = time.perf_counter()
-    avail = _check(scenario, profiles, fix_devices, fix_levels)
+    avail = check_instance(scenario, profiles, fix_devices, fix_levels)
     S, src = profiles.S, scenario.source
     logr = np.log(profiles.retention)
     best_rest_acc = np.concatenate([np.cumsum(logr.max(1)[::-1])[::-1], [0.0]])
@@ -125,7 +70,7 @@ def solve_enumeration(scenario: Scenario, profiles: Profiles, time_limit: float 
             timed_out = True
             return
         if s == S:
-            back = _hop(scenario, prev, src, prev_out)
+            back = hop(scenario, prev, src, prev_out)
             total = lat + back
             if total > deadline:
                 return
@@ -141,12 +86,12 @@ def solve_enumeration(scenario: Scenario, profiles: Profiles, time_limit: float 
                      lat + profiles.flops[s, l] / speed[j] + rest_compute[s + 1], 0.0)
             if best["key"] is not None and better(best["key"], bound):
                 continue
-            hop = _hop(scenario, prev, j, prev_out)
-            dt = hop + profiles.flops[s, l] / speed[j]
+            t_hop = hop(scenario, prev, j, prev_out)
+            dt = t_hop + profiles.flops[s, l] / speed[j]
             if lat + dt + rest_compute[s + 1] > deadline:
                 continue
             dm = profiles.weight_bytes[s, l] + profiles.peak_bytes[s, l]
-            de_tx = scenario.devices[prev].radio_power * hop
+            de_tx = scenario.devices[prev].radio_power * t_hop
             de_c = scenario.devices[j].energy_per_flop * profiles.flops[s, l]
             mem[j] += dm
             energy[prev] += de_tx
@@ -169,16 +114,41 @@ def solve_enumeration(scenario: Scenario, profiles: Profiles, time_limit: float 
         status = "time limit" if timed_out else "infeasible"
         return Result("enumeration", status, seconds=seconds)
     plan = best["plan"]
-    return Result("enumeration", "time limit" if timed_out else "optimal", plan,
+    return Result("enumeration", FEASIBLE if timed_out else "optimal", plan,
                   evaluate(plan, scenario, profiles), seconds)
 
 
-class _Model:
-    """The linearised MILP of one instance (PuLP), with the four objective expressions."""
+def solution_status(status: int, sol_status: int) -> str:
+    """This project's status of one CBC run from PuLP's problem ``status`` and *solution* ``sol_status``.
 
-    def __init__(self, scenario: Scenario, profiles: Profiles, avail: list[int], relax: tuple[str, ...] = (),
-                 fix_devices=None, fix_levels=None):
+    CBC stopped by its time limit with an integer solution is reported by PuLP as ``status`` Optimal but
+    ``sol_status`` LpSolutionIntegerFeasible: that is :data:`FEASIBLE`, never "optimal". Stopped with no
+    solution: "time limit". CBC's "Integer infeasible" arrives as status Infeasible with no solution.
+    """
+    if sol_status == pulp.LpSolutionOptimal:
+        return "optimal"
+    if sol_status == pulp.LpSolutionIntegerFeasible:
+        return FEASIBLE
+    named = {pulp.LpSolutionInfeasible: "infeasible", pulp.LpSolutionUnbounded: "unbounded"}
+    if sol_status in named:
+        return named[sol_status]
+    return {pulp.LpStatusInfeasible: "infeasible", pulp.LpStatusUnbounded: "unbounded"}.get(status, "time limit")
+
+
+class MilpModel:
+    """The linearised MILP of one instance (PuLP), with the four objective expressions.
+
+    ``avail``: the devices that may run segments (default: the available ones); ``relax``: constraint
+    families left out (used by :func:`explain`). ``history``: (stage, status, sol_status) of each CBC run.
+    """
+
+    def __init__(self, scenario: Scenario, profiles: Profiles, avail: list[int] | None = None,
+                 relax: tuple[str, ...] = (), fix_devices=None, fix_levels=None):
+        if avail is None:
+            avail = [j for j, d in enumerate(scenario.devices) if d.available]
         S, L, src = profiles.S, profiles.L, scenario.source
+        self.S, self.scenario, self.profiles = S, scenario, profiles
+        self.history: list[tuple[str, int, int]] = []
         P = profiles
         self.problem = pulp.LpProblem("placement_and_pruning", pulp.LpMinimize)
         self.z = {(s, j, l): self.problem.add_variable(f"z_{s}_{j}_{l}", cat="Binary")
@@ -192,8 +162,8 @@ class _Model:
         # Transfer s -> s+1 as a flow w[s,j,k,l] = z[s,j,l] * x[s+1,k]: each chosen (j,l) sends to exactly
         # one k, each k receives exactly when it runs s+1. Exact for binary z and x (w is then binary
         # too) and far tighter in the LP relaxation than big-M or (z + x - 1) products.
-        w = {(s, j, k, l): prob.add_variable(f"w_{s}_{j}_{k}_{l}", lowBound=0)
-             for (s, j, l) in z if s < S - 1 for k in avail}
+        w = self.w = {(s, j, k, l): prob.add_variable(f"w_{s}_{j}_{k}_{l}", lowBound=0)
+                      for (s, j, l) in z if s < S - 1 for k in avail}
         for (s, j, l), v in z.items():
             if s < S - 1:
                 prob += pulp.lpSum(w[s, j, k, l] for k in avail) == v, f"flow_out_{s}_{j}_{l}"
@@ -201,11 +171,11 @@ class _Model:
             for k in avail:
                 prob += pulp.lpSum(w[s, j, k2, l] for (s2, j, k2, l) in w if s2 == s and k2 == k) == x[s + 1, k], \
                     f"flow_in_{s}_{k}"
-        tx = {(s, j): pulp.lpSum(_hop(scenario, j, k, P.out_bytes[s, l]) * w[s, j2, k, l]
+        tx = {(s, j): pulp.lpSum(hop(scenario, j, k, P.out_bytes[s, l]) * w[s, j2, k, l]
                                  for (s2, j2, k, l) in w if s2 == s and j2 == j and k != j)
               for s in range(S - 1) for j in avail}
-        t_in = pulp.lpSum(_hop(scenario, src, j, P.input_bytes) * x[0, j] for j in avail)
-        back = {j: pulp.lpSum(_hop(scenario, j, src, P.out_bytes[S - 1, l]) * v
+        t_in = pulp.lpSum(hop(scenario, src, j, P.input_bytes) * x[0, j] for j in avail)
+        back = {j: pulp.lpSum(hop(scenario, j, src, P.out_bytes[S - 1, l]) * v
                               for (s, j2, l), v in z.items() if s == S - 1 and j2 == j) for j in avail}
         compute = pulp.lpSum(P.flops[s, l] / scenario.devices[j].speed * v for (s, j, l), v in z.items())
         self.latency = t_in + compute + pulp.lpSum(tx.values()) + pulp.lpSum(back.values())
@@ -215,9 +185,9 @@ class _Model:
             radio = pulp.lpSum(tx[s, j] for s in range(S - 1)) + back[j] + (t_in if j == src else 0)
             energy[j] = dev.energy_per_flop * pulp.lpSum(P.flops[s, l] * v for (s, j2, l), v in z.items() if j2 == j) \
                 + dev.radio_power * radio
-            if "memory" not in relax:
-                prob += pulp.lpSum((P.weight_bytes[s, l] + P.peak_bytes[s, l]) * v
-                                   for (s, j2, l), v in z.items() if j2 == j) <= dev.memory, f"memory_{j}"
+            if "memory" not in relax:  # in MB: in bytes, CBC's final LP of a VGG instance failed (fractional z)
+                prob += pulp.lpSum((P.weight_bytes[s, l] + P.peak_bytes[s, l]) / 1e6 * v
+                                   for (s, j2, l), v in z.items() if j2 == j) <= dev.memory / 1e6, f"memory_{j}"
             if "energy" not in relax:
                 prob += energy[j] <= dev.energy_budget, f"energy_{j}"
         if src not in avail:  # the source still sends the image and receives the label
@@ -230,51 +200,96 @@ class _Model:
         self.log_acc = pulp.lpSum(math.log(P.retention[s, l]) * v for (s, j, l), v in z.items())
         self.pruning = pulp.lpSum(P.levels[l] * v for (s, j, l), v in z.items())
 
-    def solve(self, objective, time_limit: float) -> str:
+    def solve(self, objective, time_limit: float, stage: str = "") -> str:
+        """Minimise ``objective`` with CBC; the :func:`solution_status` of the run."""
         self.problem.setObjective(objective)
         # CBC 2.10.3's preprocessing (not its presolve) returned a wrong "optimal" latency on random
         # instances of this model (found by the enumeration cross-check of tests/test_nlp.py): off.
         self.problem.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, options=["preprocess off"]))
-        return pulp.LpStatus[self.problem.status]
+        self.history.append((stage, self.problem.status, self.problem.sol_status))
+        return solution_status(self.problem.status, self.problem.sol_status)
 
-    def plan(self, S: int) -> Plan:
-        devices, levels = [0] * S, [0] * S
+    def exclude_levels(self, levels: list[int], name: str) -> None:
+        """No-good cut on the level vector: sum_s y[s, levels[s]] <= S - 1 (excludes all its placements)."""
+        self.problem += pulp.lpSum(v for (s, _, l), v in self.z.items() if l == levels[s]) <= self.S - 1, name
+
+    def plan(self) -> Plan:
+        """The solution's plan: each segment's largest z (they are 0 or 1 unless CBC misreports)."""
+        best = {}
         for (s, j, l), v in self.z.items():
-            if v.value() is not None and v.value() > 0.5:
-                devices[s], levels[s] = j, l
-        return Plan(devices, levels)
+            if s not in best or (v.value() or 0.0) > best[s][0]:
+                best[s] = ((v.value() or 0.0), j, l)
+        return Plan([best[s][1] for s in range(self.S)], [best[s][2] for s in range(self.S)])
+
+    def fractional(self) -> float:
+        """Largest distance of a z of the solution from 0 or 1."""
+        return max(min(abs(v.value() or 0.0), abs(1 - (v.value() or 0.0))) for v in self.z.values())
+
+    def at(self, expression, plan: Plan) -> float:
+        """Value of one of the model's expressions at the integer point of ``plan`` (z one-hot, w = z x[s+1])."""
+        chosen = set(zip(range(self.S), plan.devices, plan.levels))
+        for (s, j, l), v in self.z.items():
+            v.varValue = float((s, j, l) in chosen)
+        for (s, j, k, l), v in self.w.items():
+            v.varValue = float((s, j, l) in chosen and plan.devices[s + 1] == k)
+        return float(pulp.value(expression) or 0.0)  # 0: a constant expression (fixed levels)
+
+
+def solve_stages(model: MilpModel, time_limit: float) -> tuple[Plan | None, str]:
+    """Solve the four lexicographic stages of ``model`` in turn: the plan and its status.
+
+    Each stage keeps the proven optima of the earlier ones as constraints (relative slack
+    :data:`STAGE_TOL`), valued at the integer plan. A value CBC did not prove optimal is never carried
+    on: a stage stopped by the time limit ends the solve with :data:`FEASIBLE` and the incumbent, that
+    stage's own if CBC found one (it satisfies the earlier stages' optima), else the previous stage's
+    plan. A first stage without a plan gives ``(None, "infeasible" or "time limit")``. A solution with
+    fractional z is rounded and must then be feasible, else it is an error. The keep constraints stay in
+    ``model``: build a new :class:`MilpModel` for another solve.
+    """
+    start = time.perf_counter()
+    # Latency in ms and energy in mJ keep the stages' coefficients and tolerances well scaled for CBC.
+    stages = [(-model.log_acc, "accuracy"), (model.pruning, "pruning"), (1e3 * model.latency, "latency"),
+              (1e3 * model.energy, "energy")]
+    plan = None
+    for i, (objective, name) in enumerate(stages):
+        status = model.solve(objective, max(0.1, time_limit - (time.perf_counter() - start)), name)
+        if status in ("optimal", FEASIBLE) and model.fractional() > 1e-6:
+            ev = evaluate(model.plan(), model.scenario, model.profiles)
+            if not ev.feasible:
+                raise RuntimeError(f"CBC: stage {name!r} returned fractional z whose rounding violates {ev.violations}")
+        if status == FEASIBLE:
+            return model.plan(), FEASIBLE
+        if status != "optimal":
+            if plan is None:
+                return None, status
+            if status == "time limit":
+                return plan, FEASIBLE
+            raise RuntimeError(f"CBC: lexicographic stage {name!r} is {status!r}, yet the previous stage's "
+                               f"optimum satisfies it (history {model.history})")
+        plan = model.plan()
+        if i < len(stages) - 1:  # keep this stage's proven optimum while optimising the next
+            value = model.at(objective, plan)
+            model.problem += objective <= value + STAGE_TOL * max(1.0, abs(value)), f"keep_{name}"
+    return plan, "optimal"
 
 
 def solve_milp(scenario: Scenario, profiles: Profiles, time_limit: float = 30.0,
                fix_devices: list[int] | None = None, fix_levels: list[int] | None = None,
                explain_infeasible: bool = True) -> Result:
-    """Solve the linearised MILP with PuLP's bundled CBC, lexicographically in four stages."""
+    """Solve the linearised MILP with PuLP's bundled CBC, lexicographically (:func:`solve_stages`).
+
+    ``time_limit`` (s) bounds the four stages together; statuses as in the module docstring.
+    """
     start = time.perf_counter()
-    avail = _check(scenario, profiles, fix_devices, fix_levels)
-    model = _Model(scenario, profiles, avail, fix_devices=fix_devices, fix_levels=fix_levels)
-    # Latency in ms and energy in mJ keep the stages' coefficients and tolerances well scaled for CBC.
-    stages = [(-model.log_acc, "accuracy"), (model.pruning, "pruning"), (1e3 * model.latency, "latency"),
-              (1e3 * model.energy, "energy")]
-    plan, status = None, "Not Solved"
-    for i, (objective, name) in enumerate(stages):
-        remaining = max(0.1, time_limit - (time.perf_counter() - start))
-        status = model.solve(objective, remaining)
-        if status != "Optimal":
-            break
-        plan = model.plan(profiles.S)
-        if i < len(stages) - 1:  # keep this stage's optimum while optimising the next
-            value = pulp.value(objective)
-            value = 0.0 if value is None else value  # a stage whose expression is constant (fixed levels)
-            model.problem += objective <= value + STAGE_TOL * max(1.0, abs(value)), f"keep_{name}"
+    avail = check_instance(scenario, profiles, fix_devices, fix_levels)
+    model = MilpModel(scenario, profiles, avail, fix_devices=fix_devices, fix_levels=fix_levels)
+    plan, status = solve_stages(model, time_limit - (time.perf_counter() - start))
     seconds = time.perf_counter() - start
     if plan is None:
         binding = explain(scenario, profiles, avail, fix_devices, fix_levels, time_limit) \
-            if explain_infeasible and status == "Infeasible" else []
-        return Result("milp", "infeasible" if status == "Infeasible" else "time limit", seconds=seconds,
-                      binding=binding)
-    # A later stage can only fail on the time limit: the plan of the last solved stage is kept.
-    return Result("milp", "optimal" if status == "Optimal" else "time limit", plan,
-                  evaluate(plan, scenario, profiles), seconds)
+            if explain_infeasible and status == "infeasible" else []
+        return Result("milp", status, seconds=seconds, binding=binding, stages=model.history)
+    return Result("milp", status, plan, evaluate(plan, scenario, profiles), seconds, stages=model.history)
 
 
 def explain(scenario: Scenario, profiles: Profiles, avail: list[int], fix_devices=None, fix_levels=None,
@@ -288,13 +303,11 @@ def explain(scenario: Scenario, profiles: Profiles, avail: list[int], fix_device
     if not avail:
         return ["no device is available"]
     for k in (1, 2, 3):
-        import itertools
-
         found = []
         for relax in itertools.combinations(FAMILIES, k):
-            model = _Model(scenario, profiles, avail, relax, fix_devices, fix_levels)
-            if model.solve(-model.log_acc, time_limit) == "Optimal":
-                ev = evaluate(model.plan(profiles.S), scenario, profiles)
+            model = MilpModel(scenario, profiles, avail, relax, fix_devices, fix_levels)
+            if model.solve(-model.log_acc, time_limit, "accuracy") in ("optimal", FEASIBLE):
+                ev = evaluate(model.plan(), scenario, profiles)
                 found += [f"{'+'.join(relax)}: {v}" for v in ev.violations] or ["+".join(relax)]
         if found:
             return found
@@ -364,7 +377,7 @@ def heuristics(scenario: Scenario, profiles: Profiles, time_limit: float = 30.0)
     uniform = None
     for l in range(profiles.L):
         uniform = solve_milp(scenario, profiles, time_limit, fix_levels=[l] * S, explain_infeasible=False)
-        if uniform.status == "optimal":
+        if uniform.plan is not None:
             break
     out["uniform"] = uniform
     out["greedy"] = greedy(scenario, profiles)
@@ -372,7 +385,7 @@ def heuristics(scenario: Scenario, profiles: Profiles, time_limit: float = 30.0)
     for j, dev in enumerate(scenario.devices):
         if dev.available:
             r = solve_milp(scenario, profiles, time_limit, fix_devices=[j] * S, explain_infeasible=False)
-            if r.status == "optimal" and (best is None or better(r.key(profiles), best.key(profiles))):
+            if r.plan is not None and (best is None or better(r.key(profiles), best.key(profiles))):
                 best = r
     out["one device"] = best or Result("one device", "infeasible")
     return out

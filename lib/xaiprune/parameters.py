@@ -32,10 +32,28 @@ CRITERIA = ("bn_scale", "deeplift", "gradxact", "ig", "l1", "lamp", "lrp", "lrp_
 SCOPES = ("global", "per-layer")
 ARCHS = ("resnet18", "small_cnn", "vgg16_bn")
 SIZES = (28, 64, 128, 224)
+XAI_METHODS = ("deeplift", "gradxact", "ig", "lrp")  # xai.METHODS
+SEGMENTS = {"resnet18": 4, "small_cnn": 3, "vgg16_bn": 5}  # segments of each architecture of models.ARCHS
 
 
 def flags_2d() -> list[str]:
     return [f for f, info in INFO.items() if not info["python_class"].endswith("3D")]
+
+
+def multiclass_flags_2d() -> list[str]:
+    """2D single-label flags with more than two classes: those where DyFiP's top-k candidates can prune anything."""
+    return [f for f in flags_2d() if INFO[f]["task"] != "multi-label, binary-class" and len(INFO[f]["label"]) > 2]
+
+
+def _multiclass_flag(v: str) -> str | None:
+    if v in multiclass_flags_2d():
+        return None
+    why = ""
+    if v in INFO:
+        n = len(INFO[v]["label"])
+        why = (f"{v} is multi-label; " if INFO[v]["task"] == "multi-label, binary-class"
+               else f"{v} has {n} classes: top-k of {n} classes prunes nothing; " if n <= 2 else f"{v} is 3D; ")
+    return f"a single-label 2D MedMNIST flag with more than 2 classes ({why}one of {multiclass_flags_2d()})"
 
 
 def scenario_names() -> list[str]:
@@ -116,7 +134,11 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
                                                   doc="deadlines swept, x the scenario's"),
         "bandwidth_factors": _POSITIVE_FACTORS.but(default=[0.05, 0.1, 0.2, 0.5, 1.0, 2.0], doc="all link bandwidths scaled by these"),
         "time_limit": Param("float", 30.0, "CBC time limit per solve (s)", (within(0, lo_open=True),)),
-        "measured_plans": Param("int", 8, "distinct plans pruned for real and evaluated on the test split", (within(1),)),
+        "n_candidates": Param("int", 4, "distinct level vectors measured on validation per instance whose optimum prunes; 1: no verification",
+                              (within(1, 20),)),
+        "surrogate_plans": Param("int", 30, "plans of the fixed design on which the surrogate's error is measured on test", (within(1),)),
+        "measure_scoring": Param("str", "fixed", "measured plans pruned with the unpruned model's scores (fixed, as 04 and 07) or re-scored per segment",
+                                 (one_of(("fixed", "rescored")),)),
         "scaling_sizes": Param("list[list[int]]", [[3, 3, 4], [4, 4, 6], [5, 4, 10], [5, 8, 10], [5, 14, 10], [8, 8, 10]],
                                "(segments, devices, levels) of the solve-time study",
                                (nonempty, each(length(3)), each(each(within(2))))),
@@ -152,6 +174,37 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
         "heartbeat_s": Param("float", 0.1, "heartbeat period of the workers (s)", (within(0, lo_open=True),)),
         "dead_after_s": Param("float", 1.0, "silence after which a worker is declared dead (s)", (within(0, lo_open=True),)),
     },
+    "08_dyfip": {
+        "profile": SHARED["profile"],
+        "dyfip_flag": Param("str", "retinamnist", "a multi-class 2D MedMNIST flag, its own: the study's flag parameter does not reach it",
+                            (_multiclass_flag,)),
+        **_pick("size", "data_root", "seed", "n_per_class",  # profile keeps its place, first
+                seed="seed of the base model's training, the reference draw, the branch and the random filters",
+                n_per_class="reference images per class from the validation split (capped at the class's count)"),
+        "arch": Param("str", "vgg16_bn", "base classifier (trained and cached like 02's): vgg16_bn, resnet18, small_cnn",
+                      (one_of(ARCHS),)),
+        "epochs": Param("int", 8, "training epochs of the base classifier", (within(1),)),
+        "method": Param("str", "deeplift", "explanation method of the class-specific relevance: deeplift, lrp, ig, gradxact",
+                        (one_of(XAI_METHODS),)),
+        "aggregate": Param("str", "max", "a filter's score for a candidate set: max or sum over its classes", (one_of(("max", "sum")),)),
+        "branch_block": Param("int", 2, "the branch follows this segment (1-based; at least one segment must follow it)", (within(1),)),
+        "branch_width": Param("int", 128, "filters of the branch's 1x1 conv", (within(1),)),
+        "branch_epochs": Param("int", 20, "training epochs of the branch on the frozen features", (within(1),)),
+        "k": Param("int", 2, "candidate classes when the branch does not exit (at least 1, fewer than the classes)", (within(1),)),
+        "keep": Param("float", 0.4, "fraction of every post-branch layer's filters a sub-network keeps", (within(0, 1, lo_open=True),)),
+        "tau_exit": Param("float", 0.9, "exit at the branch when its top-1 probability is at least this; 1.0 never exits",
+                          (within(0, 1, lo_open=True),)),
+        "bn_refresh": Param("str", "candidates", "BN statistics of a sub-network re-estimated on the reference images of its "
+                            "candidate classes, of all classes, or none (the plain reconstruction)",
+                            (one_of(("candidates", "all", "none")),)),
+        "keeps": Param("list[float]", [0.3, 0.4, 0.5, 0.6, 0.8], "keep values of the Pareto curve",
+                       (nonempty, unique, each(within(0, 1, lo_open=True)))),
+        "taus": Param("list[float]", [0.5, 0.7, 0.8, 0.9, 1.0], "exit thresholds of the Pareto curve",
+                      (nonempty, unique, each(within(0, 1, lo_open=True)))),
+        "cache_size": Param("int", 6, "sub-networks held at once in the LRU cache", (within(1),)),
+        "latency_images": Param("int", 100, "test images served one at a time (latency, cache hit rate); 0 serves all",
+                                (within(0),)),
+    },
 }
 
 
@@ -165,7 +218,7 @@ def _data_file(v: dict) -> list[str]:
     root = Path(v["data_root"]).expanduser()
     if not root.is_dir():
         return [f"data_root={v['data_root']!r}: expected an existing folder holding the MedMNIST npz; {root} does not exist"]
-    want = root / data.file_name(v["flag"], v["size"])
+    want = root / data.file_name(v["dyfip_flag"] if "dyfip_flag" in v else v["flag"], v["size"])
     return [] if want.is_file() else [f"data_root={v['data_root']!r}: expected the file {want}; it is not there"]
 
 
@@ -177,12 +230,25 @@ def _same_devices(v: dict) -> list[str]:
                                         f"as scenario={v['scenario']!r} ({home.n}); it has {away.n}"]
 
 
+def _dyfip_setting(v: dict) -> list[str]:
+    """08_dyfip: k below the flag's number of classes, and at least one segment after the branch."""
+    n, segments, out = len(INFO[v["dyfip_flag"]]["label"]), SEGMENTS[v["arch"]], []
+    if v["k"] >= n:
+        out.append(f"k={v['k']}: expected 1 <= k < {n}, the number of classes of dyfip_flag={v['dyfip_flag']!r} "
+                   "(k = all classes prunes nothing)")
+    if v["branch_block"] >= segments:
+        out.append(f"branch_block={v['branch_block']}: expected 1 <= branch_block < {segments}, the segments of "
+                   f"arch={v['arch']!r} (at least one must follow the branch)")
+    return out
+
+
 RULES: dict[str, list[Callable[[dict], list[str]]]] = {
     "04_pruning_comparison": [
         lambda v: [] if 0.0 in v["ratios"] else [f"ratios={v['ratios']}: expected 0.0 among them (the unpruned reference "
                                                  "of the sensitivity table and of every curve)"],
     ],
     "06_rl": [_same_devices],
+    "08_dyfip": [_dyfip_setting],
     "07_distributed": [
         lambda v: [] if v["fault_at"] < v["fault_requests"] else [
             f"fault_at={v['fault_at']}: expected a request index below fault_requests={v['fault_requests']}"],
