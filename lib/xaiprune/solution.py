@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from xaiprune.system import Evaluation, Plan, Profiles, Scenario
+from xaiprune.system import Evaluation, Plan, Profiles, Scenario, transfer_seconds
 
 REL = 1e-7  # relative tolerance of lexicographic comparisons
 FEASIBLE = "feasible (time limit)"  # a plan, but the time limit stopped the search before a proof
@@ -62,11 +62,8 @@ def same(a: tuple, b: tuple, rel: float = 1e-6) -> bool:
 
 
 def hop(scenario: Scenario, a: int, b: int, nbytes: float) -> float:
-    """Seconds to send ``nbytes`` from device ``a`` to device ``b`` (0 on the same device)."""
-    if a == b:
-        return 0.0
-    lat = 0.0 if scenario.link_latency is None else scenario.link_latency[a, b]
-    return nbytes / scenario.bandwidth[a, b] + lat
+    """Seconds to send ``nbytes`` from device ``a`` to device ``b``: :func:`xaiprune.system.transfer_seconds`."""
+    return transfer_seconds(scenario, a, b, nbytes)
 
 
 def check_instance(scenario: Scenario, profiles: Profiles, fix_devices, fix_levels) -> list[int]:
