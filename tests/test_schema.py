@@ -151,7 +151,7 @@ def test_from_reuses_only_outputs_made_with_this_runs_parameters(project, capsys
     assert "outputs of 02_train were made with other parameters" in err and "epochs=2 -> 1" in err
     assert "rerun from 02_train" in err and project == []
     assert pipeline.main(["--profile", "smoke", "--no-progress", "--from", "05_nlp"]) == 0
-    assert [s for s, _ in project] == ["05_nlp", "06_rl", "07_distributed"]
+    assert [s for s, _ in project] == [nb.stem for nb in NOTEBOOKS if nb.stem >= "05_nlp"]
     assert pipeline.main(["--profile", "nope-never-run", "--from", "03_xai_scores"]) == 2  # no such profile file
 
 
