@@ -186,24 +186,6 @@ def test_recalibrate_batchnorm_uses_reference_statistics():
     assert all(torch.equal(p, q) for p, q in zip(recal.parameters(), model.parameters()))
 
 
-def test_xai_against_baselines_reads_the_intervals():
-    import pandas as pd
-
-    rows = []
-    for draw in range(5):
-        jitter = 0.001 * draw
-        rows += [{"criterion": "lrp", "draw": draw, "ratio": 0.3, "auc": 0.95 + jitter},
-                 {"criterion": "taylor", "draw": draw, "ratio": 0.3, "auc": 0.80 + jitter},
-                 {"criterion": "lrp", "draw": draw, "ratio": 0.5, "auc": 0.70 + 0.2 * (draw % 2)},
-                 {"criterion": "l1", "draw": draw, "ratio": 0.5, "auc": 0.78},
-                 {"criterion": "lrp", "draw": draw, "ratio": 0.7, "auc": 0.50 + jitter},
-                 {"criterion": "l1", "draw": draw, "ratio": 0.7, "auc": 0.90}]
-    got = {v["ratio"]: (v["outcome"], v["best_xai"], v["best_baseline"])
-           for v in prune.xai_against_baselines(pd.DataFrame(rows), "auc")}
-    assert got == {0.3: ("XAI better", "lrp", "taylor"), 0.5: ("tie", "lrp", "l1"),
-                   0.7: ("baseline better", "lrp", "l1")}
-
-
 @pytest.mark.parametrize("criterion", ["lrp", "l1", "taylor"])
 @pytest.mark.parametrize("segment", ["block1", "block2"])
 def test_fixed_scores_prune_one_segment_as_prune_segment_does(criterion, segment):

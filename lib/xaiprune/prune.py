@@ -19,7 +19,9 @@ layer by the layer's sum, so that global ranking treats them alike; ``random`` d
 global random ratio removes about that fraction of every layer) and ``lamp`` uses its own normaliser. The classifier is never pruned, every layer keeps at least one
 filter, and nothing is fine-tuned. BatchNorm re-estimation on the reference set is a separate,
 clearly named variant (:func:`recalibrate_batchnorm`), never part of the main comparison.
-Used by ``04_pruning_comparison.ipynb`` and the system model of the later notebooks.
+Sweeps over many ratios use :mod:`xaiprune.ranking` (score once, prune with fixed scores; the same
+models) through :mod:`xaiprune.comparison`. Used by ``04_pruning_comparison.ipynb`` and the system
+model of the later notebooks.
 """
 
 from __future__ import annotations
@@ -165,12 +167,20 @@ def weight_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
 
 
-def profile(model: models.SegmentedModel, input_shape: tuple[int, int, int]) -> dict:
-    """Per-segment MACs, weight bytes, output bytes and peak activation bytes for one image."""
-    x = torch.zeros(1, *input_shape)
-    out = {"segment_macs": {}, "segment_weight_bytes": {}, "segment_out_bytes": {}, "segment_peak_bytes": {}}
-    with torch.no_grad():
-        for name, segment in model.segments.items():
+_SEGMENT_PROFILES: dict[tuple, tuple] = {}  # (segment's repr and dtype, input shape) -> (profile, output shape)
+
+
+def _segment_profile(segment: nn.Module, shape: tuple[int, ...]) -> tuple[dict, tuple[int, ...]]:
+    """MACs, weight, output and peak activation bytes of one segment for an input of ``shape``.
+
+    Memoised by the segment's ``repr`` (every layer's type, channels, kernel, stride, padding, bias),
+    its dtype and the input shape, which fix all four numbers: a sweep prices each segment structure once.
+    """
+    dtype = next(segment.parameters()).dtype if any(True for _ in segment.parameters()) else torch.float32
+    key = (repr(segment), str(dtype), tuple(shape))
+    if key not in _SEGMENT_PROFILES:
+        x = torch.zeros(*shape, dtype=dtype)
+        with torch.no_grad():
             macs, _ = tp.utils.count_ops_and_params(segment, x)
             peak = [x.numel() * x.element_size()]
             hooks = [m.register_forward_hook(lambda m, i, o: peak.append(o.numel() * o.element_size()))
@@ -178,11 +188,20 @@ def profile(model: models.SegmentedModel, input_shape: tuple[int, int, int]) -> 
             y = segment(x)
             for h in hooks:
                 h.remove()
-            out["segment_macs"][name] = int(macs)
-            out["segment_weight_bytes"][name] = weight_bytes(segment)
-            out["segment_out_bytes"][name] = y.numel() * y.element_size()
-            out["segment_peak_bytes"][name] = max(peak)
-            x = y
+        _SEGMENT_PROFILES[key] = ({"segment_macs": int(macs), "segment_weight_bytes": weight_bytes(segment),
+                                   "segment_out_bytes": y.numel() * y.element_size(), "segment_peak_bytes": max(peak)},
+                                  tuple(y.shape))
+    return _SEGMENT_PROFILES[key]
+
+
+def profile(model: models.SegmentedModel, input_shape: tuple[int, int, int]) -> dict:
+    """Per-segment MACs, weight bytes, output bytes and peak activation bytes for one image."""
+    out = {"segment_macs": {}, "segment_weight_bytes": {}, "segment_out_bytes": {}, "segment_peak_bytes": {}}
+    shape = (1, *input_shape)
+    for name, segment in model.segments.items():
+        numbers, shape = _segment_profile(segment, shape)
+        for k, v in numbers.items():
+            out[k][name] = v
     return out
 
 
@@ -300,120 +319,6 @@ def criterion_scores(model: models.SegmentedModel, criterion: str, reference: da
     return out
 
 
-def fingerprint(model: nn.Module) -> tuple:
-    """A cheap identity of a model's weights: shapes and float64 sums of every tensor of its state."""
-    return tuple((name, tuple(t.shape), float(t.double().sum())) for name, t in model.state_dict().items())
-
-
-def precompute(model: models.SegmentedModel, criterion: str, reference: data.Split | None, **options) -> dict:
-    """Keyword arguments for :func:`prune` that score an XAI criterion once (``scores=``) for many ratios."""
-    make = CRITERIA[criterion]
-    if not hasattr(make, "xai_method"):
-        return dict(options)
-    method, defaults = make.xai_method
-    return {"scores": xai.filter_scores(model, reference, method, **{**defaults, **options})}
-
-
-def sweep(model: models.SegmentedModel, test: data.Split, criteria: list[str], ratios: list[float],
-          references: list[data.Split], scope: str = "global", progress: bool = True, **options):
-    """Test ACC/AUC and costs of ``model`` pruned by each criterion at each ratio, for each reference draw.
-
-    Data-dependent criteria (XAI, Taylor) are scored once per draw and pruned at every ratio; ``random``
-    uses the draw index as its seed; data-free criteria (``l1``, ``bn_scale``, ``lamp``) give one
-    deterministic row per ratio. Ratio 0 is the unpruned model, evaluated once. Returns a DataFrame
-    with columns criterion, draw, ratio, acc, auc, macs, params, weight_bytes, out_bytes (bytes leaving
-    every segment but the last, summed).
-    """
-    import pandas as pd
-    from tqdm import tqdm
-
-    from xaiprune import train
-
-    for c in criteria:
-        _check(c, 0.0, scope, references[0] if references else None)
-    for r in ratios:
-        _check(criteria[0], r, scope, references[0] if references else None)
-    base_eval = train.evaluate(model, test)
-    evaluated: dict[tuple, dict] = {}  # identical pruned models (e.g. eps-LRP and Grad x Act) are evaluated once
-    jobs = []
-    for criterion in criteria:
-        deterministic = not getattr(CRITERIA[criterion], "needs_reference", False) and criterion != "random"
-        for draw, ref in enumerate(references[:1] if deterministic else references):
-            jobs.append((criterion, draw, ref))
-    rows = []
-    bar = tqdm(total=len(jobs) * len(ratios), desc="prune+evaluate", mininterval=2.0, disable=not progress)
-    for criterion, draw, ref in jobs:
-        kwargs = precompute(model, criterion, ref, **options)
-        for ratio in ratios:
-            pruned, rep = prune(model, criterion, ratio, scope=scope, reference=ref, seed=draw,
-                                input_shape=tuple(test.x.shape[1:]), **kwargs)
-            key = fingerprint(pruned)
-            if ratio == 0:
-                ev = base_eval
-            elif key in evaluated:
-                ev = evaluated[key]
-            else:
-                ev = evaluated[key] = train.evaluate(pruned, test)
-            rows.append({"criterion": criterion, "draw": draw, "ratio": ratio, **ev, "macs": rep.macs,
-                         "params": rep.params, "weight_bytes": rep.weight_bytes,
-                         "out_bytes": sum(list(rep.segment_out_bytes.values())[:-1])})
-            bar.update()
-    bar.close()
-    return pd.DataFrame(rows)
-
-
-def segment_sensitivity(model: models.SegmentedModel, test: data.Split, levels: list[float],
-                        references: list[data.Split], criterion: str = "lrp", progress: bool = True):
-    """Prune one segment at a time at each level; measure test ACC/AUC and the segment's costs.
-
-    Returns one row per (segment, level, draw) with acc, auc and the segment's measured profile:
-    macs, weight_bytes, peak_bytes (largest activation inside it) and out_bytes (activation it sends
-    on), all per image. The system model of ``05_nlp.ipynb`` builds its accuracy surrogate and
-    its F, W, P, O tables from this.
-    """
-    import pandas as pd
-    from tqdm import tqdm
-
-    from xaiprune import train
-
-    base_eval = train.evaluate(model, test)
-    rows = []
-    draws = references if getattr(CRITERIA[criterion], "needs_reference", False) or criterion == "random" \
-        else references[:1]
-    bar = tqdm(total=len(draws) * len(model.segments) * len(levels), desc="segment sensitivity",
-               mininterval=2.0, disable=not progress)
-    for draw, ref in enumerate(draws):
-        kwargs = precompute(model, criterion, ref)
-        for segment in model.segments:
-            for level in levels:
-                pruned, rep = prune_segment(model, segment, level, criterion, reference=ref, seed=draw,
-                                            input_shape=tuple(test.x.shape[1:]), **kwargs)
-                ev = base_eval if level == 0 else train.evaluate(pruned, test)
-                rows.append({"segment": segment, "level": level, "draw": draw, **ev,
-                             "macs": rep.segment_macs[segment], "weight_bytes": rep.segment_weight_bytes[segment],
-                             "peak_bytes": rep.segment_peak_bytes[segment], "out_bytes": rep.segment_out_bytes[segment]})
-                bar.update()
-    bar.close()
-    return pd.DataFrame(rows)
-
-
-def mean_ci(frame, by: list[str], value: str, level: float = 0.95):
-    """Mean of ``value`` per group with a two-sided Student-t confidence interval over the draws.
-
-    Groups with a single row (deterministic criteria) get a zero-width interval.
-    """
-    from scipy import stats
-
-    def one(s):
-        n, m = len(s), s.mean()
-        half = float(stats.t.ppf(0.5 + level / 2, n - 1) * s.std(ddof=1) / n ** 0.5) if n > 1 else 0.0
-        return {"mean": m, "lo": m - half, "hi": m + half, "n": n}
-
-    import pandas as pd
-    return pd.DataFrame([{**dict(zip(by, key if isinstance(key, tuple) else (key,))), **one(g[value])}
-                         for key, g in frame.groupby(by, sort=False)])
-
-
 def prune_plan(model: models.SegmentedModel, levels: "dict[str, float]", criterion: str = "lrp",
                reference: data.Split | None = None, seed: int = 0) -> models.SegmentedModel:
     """Really prune a model as a plan says: each segment at its own level, one segment after another.
@@ -463,28 +368,3 @@ def prune_with_scores(model: models.SegmentedModel, levels: "dict[str, float]", 
         tp.pruner.MetaPruner(pruned, torch.zeros(1, *input_shape), importance=importance, global_pruning=True,
                              pruning_ratio=level, ignored_layers=ignored).step()
     return pruned
-
-
-def xai_against_baselines(frame, value: str = "auc") -> list[dict]:
-    """At each ratio, the best XAI criterion against the best baseline (L1, Taylor, random, ...).
-
-    ``frame`` is a :func:`sweep` result. Each side is the criterion with the best mean ``value`` over
-    the draws; the outcome is ``"XAI better"`` or ``"baseline better"`` when one 95% interval lies
-    entirely above the other, else ``"tie"``. Picking the best of several XAI methods after the fact
-    favours the XAI side slightly; the per-criterion sweep shows each method on its own.
-    Used by ``04_pruning_comparison.ipynb`` for its verdict.
-    """
-    out = []
-    for r, g in mean_ci(frame, ["ratio", "criterion"], value).groupby("ratio"):
-        xai_rows = g[g["criterion"].isin(XAI_CRITERIA)].sort_values("mean", ascending=False)
-        base_rows = g[~g["criterion"].isin(XAI_CRITERIA)].sort_values("mean", ascending=False)
-        if r == 0 or xai_rows.empty or base_rows.empty:
-            continue
-        x, b = xai_rows.iloc[0], base_rows.iloc[0]
-        outcome = "XAI better" if x["lo"] > b["hi"] else "baseline better" if b["lo"] > x["hi"] else "tie"
-        out.append({"ratio": round(float(r), 3), "metric": value, "outcome": outcome,
-                    "best_xai": x["criterion"], "xai_mean": round(float(x["mean"]), 4),
-                    "xai_ci": [round(float(x["lo"]), 4), round(float(x["hi"]), 4)],
-                    "best_baseline": b["criterion"], "baseline_mean": round(float(b["mean"]), 4),
-                    "baseline_ci": [round(float(b["lo"]), 4), round(float(b["hi"]), 4)]})
-    return out

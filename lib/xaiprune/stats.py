@@ -1,0 +1,185 @@
+"""Intervals for the pruning comparison: reference-set draws, test-set sampling, and both.
+
+Notebook ``04_pruning_comparison`` measures each criterion at each ratio on K reference draws, all on one
+fixed test split. Two sources of error follow:
+
+- **reference draws**: :func:`mean_ci`, the Student-t interval of the mean over the K draws,
+  ``mean +- t_{0.975, K-1} s / sqrt(K)``. It says nothing about the test images;
+- **test images**: a bootstrap over the test split (Efron & Tibshirani, *An Introduction to the
+  Bootstrap*, 1993). :func:`resample_weights` draws B resamples of the N test images (seeded, with
+  replacement) as multiplicities; the same B resamples serve every model, so comparisons between
+  criteria are paired. :func:`resampled_metrics` recomputes ACC and AUC of every stored model on every
+  resample from its per-image probabilities (weighted forms of MedMNIST's ``getACC``/``getAUC``: with
+  unit weights they return the same numbers), and the percentile interval of the mean over draws
+  is the test-set interval.
+
+:func:`intervals` gives both and their combination: the two half-widths (each side separately,
+since the bootstrap interval need not be symmetric) add in quadrature, as the errors of two
+independent sources do, so the combined interval reduces to either one when the other is zero.
+:func:`xai_against_baselines` states the verdict on the combined intervals and also reports the
+draw-only outcome and the paired difference. Used by ``04_pruning_comparison.ipynb``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from xaiprune import prune
+
+MULTILABEL, BINARY = "multi-label, binary-class", "binary-class"
+
+
+def mean_ci(frame: pd.DataFrame, by: list[str], value: str, level: float = 0.95) -> pd.DataFrame:
+    """Mean of ``value`` per group with a two-sided Student-t confidence interval over the draws.
+
+    Groups with a single row (deterministic criteria) get a zero-width interval.
+    """
+    def one(s):
+        n, m = len(s), s.mean()
+        half = float(sps.t.ppf(0.5 + level / 2, n - 1) * s.std(ddof=1) / n ** 0.5) if n > 1 else 0.0
+        return {"mean": m, "lo": m - half, "hi": m + half, "n": n}
+
+    return pd.DataFrame([{**dict(zip(by, key if isinstance(key, tuple) else (key,))), **one(g[value])}
+                         for key, g in frame.groupby(by, sort=False)])
+
+
+def resample_weights(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """(n_boot, n) multiplicities of the n test images in ``n_boot`` bootstrap resamples (each row sums to n)."""
+    if n < 1 or n_boot < 1:
+        raise ValueError(f"n={n}, n_boot={n_boot}: expected positive integers")
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    return np.stack([np.bincount(row, minlength=n) for row in idx]).astype(np.float64)
+
+
+def _weighted_binary_auc(y: np.ndarray, score: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """ROC AUC for each row of weights: P(score_pos > score_neg) + P(tie) / 2, pairs weighted by w_i w_j."""
+    order = np.argsort(score, kind="stable")
+    score, y, w = score[order], y[order].astype(bool), w[:, order]
+    starts = np.flatnonzero(np.r_[True, score[1:] != score[:-1]])  # blocks of tied scores
+    pos = np.add.reduceat(w * y, starts, axis=1)
+    neg = np.add.reduceat(w * ~y, starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (pos * (below + 0.5 * neg)).sum(1) / (pos.sum(1) * neg.sum(1))
+
+
+def weighted_auc(y: np.ndarray, probs: np.ndarray, task: str, w: np.ndarray) -> np.ndarray:
+    """MedMNIST's ``getAUC`` under each row of weights ``w`` (B, N): binary uses the last column,
+    multi-class averages one-vs-rest, multi-label averages the labels. NaN where a class is absent."""
+    y = y.reshape(len(y), -1)
+    if task == BINARY:
+        return _weighted_binary_auc(y[:, 0], probs[:, -1], w)
+    if task == MULTILABEL:
+        return np.mean([_weighted_binary_auc(y[:, i], probs[:, i], w) for i in range(probs.shape[1])], axis=0)
+    return np.mean([_weighted_binary_auc(y[:, 0] == i, probs[:, i], w) for i in range(probs.shape[1])], axis=0)
+
+
+def weighted_acc(y: np.ndarray, probs: np.ndarray, task: str, w: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """MedMNIST's ``getACC`` under each row of weights ``w`` (B, N)."""
+    y = y.reshape(len(y), -1)
+    if task == MULTILABEL:
+        correct = ((probs > threshold) == y.astype(bool)).mean(axis=1)
+    elif task == BINARY:
+        correct = (probs[:, -1] > threshold) == y[:, 0].astype(bool)
+    else:
+        correct = np.argmax(probs, axis=-1) == y[:, 0]
+    return w @ correct.astype(np.float64) / w.sum(1)
+
+
+def resampled_metrics(scores: list[np.ndarray], y: np.ndarray, task: str, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """ACC and AUC of every model (its per-image probabilities ``scores[i]``) on every resample: (models, B) each."""
+    return {"acc": np.stack([weighted_acc(y, p, task, weights) for p in scores]),
+            "auc": np.stack([weighted_auc(y, p, task, weights) for p in scores])}
+
+
+def _combine(mean: float, half_draws: float, lo_test: float, hi_test: float) -> tuple[float, float]:
+    return (mean - float(np.hypot(half_draws, max(mean - lo_test, 0.0))),
+            mean + float(np.hypot(half_draws, max(hi_test - mean, 0.0))))
+
+
+def _one(observed: np.ndarray, resampled: np.ndarray, level: float) -> dict:
+    """Intervals of the mean over draws: observed (K,) metrics, resampled (K, B) on the test resamples."""
+    k, m = len(observed), float(np.mean(observed))
+    half = float(sps.t.ppf(0.5 + level / 2, k - 1) * np.std(observed, ddof=1) / k ** 0.5) if k > 1 else 0.0
+    lo_t, hi_t = np.nanquantile(resampled.mean(0), [0.5 - level / 2, 0.5 + level / 2])
+    lo, hi = _combine(m, half, float(lo_t), float(hi_t))
+    return {"mean": m, "lo_draws": m - half, "hi_draws": m + half, "lo_test": float(lo_t), "hi_test": float(hi_t),
+            "lo": lo, "hi": hi, "n": k}
+
+
+def intervals(frame: pd.DataFrame, resampled: dict[str, np.ndarray], value: str, by: tuple = ("criterion", "ratio"),
+              level: float = 0.95) -> pd.DataFrame:
+    """Per group: mean over draws and its intervals over draws (t), test images (bootstrap) and both.
+
+    ``frame`` is a :func:`xaiprune.comparison.sweep` result (one row per draw, its ``model`` column
+    indexing ``resampled[value]``). Columns: ``by``, mean, lo_draws/hi_draws, lo_test/hi_test, lo/hi
+    (both sources), n (draws).
+    """
+    rows = []
+    for key, g in frame.groupby(list(by), sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append({**dict(zip(by, key)), **_one(g[value].to_numpy(), resampled[value][g["model"].to_numpy()], level)})
+    return pd.DataFrame(rows)
+
+
+def _paired_difference(rows: pd.DataFrame, resampled: np.ndarray, value: str, a: str, b: str, level: float) -> dict:
+    """Criterion ``a`` minus ``b`` at one ratio: draw k against draw k (a deterministic criterion's single
+    row stands for every draw), with its interval from both sources on the shared resamples."""
+    ga, gb = (rows[rows["criterion"] == c].sort_values("draw") for c in (a, b))
+    k = max(len(ga), len(gb))
+    if {len(ga), len(gb)} - {1, k}:
+        raise ValueError(f"{a} has {len(ga)} draws and {b} {len(gb)}: expected equal counts, or one of them 1")
+    ia, ib = (np.resize(np.arange(len(g)), k) for g in (ga, gb))
+    observed = ga[value].to_numpy(np.float64)[ia] - gb[value].to_numpy(np.float64)[ib]
+    diff = resampled[ga["model"].to_numpy()[ia]] - resampled[gb["model"].to_numpy()[ib]]
+    out = _one(observed, diff, level)
+    return {"diff": round(out["mean"], 4), "diff_ci": [round(out["lo"], 4), round(out["hi"], 4)]}
+
+
+def _outcome(x: pd.Series, b: pd.Series, lo: str, hi: str) -> str:
+    return "XAI better" if x[lo] > b[hi] else "baseline better" if b[lo] > x[hi] else "tie"
+
+
+def xai_against_baselines(frame: pd.DataFrame, value: str = "auc", resampled: dict[str, np.ndarray] | None = None,
+                          level: float = 0.95) -> list[dict]:
+    """At each ratio, the best XAI criterion against the best baseline (L1, Taylor, random, ...).
+
+    ``frame`` is a sweep result. Each side is the criterion with the best mean ``value`` over the draws,
+    picked after the fact among the XAI criteria and among the baselines the sweep compares (so the
+    XAI side, usually with more members, is favoured slightly). The outcome is ``"XAI better"`` or
+    ``"baseline better"`` when one 95% interval lies entirely above the other, else ``"tie"``.
+    With ``resampled`` (from :func:`resampled_metrics`) the intervals cover reference draws *and*
+    test images and decide ``outcome``; ``outcome_draws`` is the verdict with draw-only intervals, and
+    ``diff``/``diff_ci`` the paired difference (best XAI minus best baseline) with its interval from both
+    sources. Without it, only draw-only intervals exist and decide ``outcome``.
+    Used by ``04_pruning_comparison.ipynb`` for its verdict.
+    """
+    if resampled is None:
+        summary = mean_ci(frame, ["ratio", "criterion"], value, level)
+        summary = summary.assign(lo_draws=summary["lo"], hi_draws=summary["hi"])
+    else:
+        summary = intervals(frame, resampled, value, ("ratio", "criterion"), level)
+    out = []
+    for r, g in summary.groupby("ratio"):
+        xai_rows = g[g["criterion"].isin(prune.XAI_CRITERIA)].sort_values("mean", ascending=False)
+        base_rows = g[~g["criterion"].isin(prune.XAI_CRITERIA)].sort_values("mean", ascending=False)
+        if r == 0 or xai_rows.empty or base_rows.empty:
+            continue
+        x, b = xai_rows.iloc[0], base_rows.iloc[0]
+        row = {"ratio": round(float(r), 3), "metric": value, "outcome": _outcome(x, b, "lo", "hi"),
+               "best_xai": x["criterion"], "xai_mean": round(float(x["mean"]), 4),
+               "xai_ci": [round(float(x["lo"]), 4), round(float(x["hi"]), 4)],
+               "best_baseline": b["criterion"], "baseline_mean": round(float(b["mean"]), 4),
+               "baseline_ci": [round(float(b["lo"]), 4), round(float(b["hi"]), 4)],
+               "n_xai": len(xai_rows), "n_baselines": len(base_rows),
+               "intervals": "draws" if resampled is None else "draws and test images"}
+        if resampled is not None:
+            row.update(outcome_draws=_outcome(x, b, "lo_draws", "hi_draws"),
+                       xai_ci_draws=[round(float(x["lo_draws"]), 4), round(float(x["hi_draws"]), 4)],
+                       baseline_ci_draws=[round(float(b["lo_draws"]), 4), round(float(b["hi_draws"]), 4)],
+                       **_paired_difference(frame[np.isclose(frame["ratio"], r)], resampled[value], value,
+                                            x["criterion"], b["criterion"], level))
+        out.append(row)
+    return out

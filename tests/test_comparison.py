@@ -1,0 +1,98 @@
+"""The experiments of notebook 04 against the slow path they replace: every number the same."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import small, split
+from xaiprune import comparison, prune, train
+
+CRITERIA = ["lrp", "gradxact", "taylor", "l1", "random"]
+RATIOS = [0.0, 0.3, 0.6]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model, test = small(), split(48, seed=5)
+    refs = [split(6, seed=s) for s in (1, 2)]
+    return model, test, refs
+
+
+def slow_row(model, test, criterion, ratio, ref, draw, **kwargs):
+    """What the old per-ratio path computed: prune (rescoring) and train.evaluate at batch 64."""
+    pruned, rep = prune.prune(model, criterion, ratio, reference=ref, seed=draw, input_shape=(1, 28, 28), **kwargs)
+    return pruned, rep, train.evaluate(pruned, test)
+
+
+def test_sweep_gives_the_numbers_of_pruning_and_evaluating_each_model(setup):
+    model, test, refs = setup
+    ev = comparison.Evaluator(model, test)
+    frame = comparison.sweep(model, test, CRITERIA, RATIOS, refs, progress=False, evaluator=ev, steps=2)
+    assert len(frame) == (4 * len(refs) + 1) * len(RATIOS)  # l1 is deterministic: one draw
+    for row in frame.itertuples():
+        pruned, rep, ev_slow = slow_row(model, test, row.criterion, row.ratio, refs[row.draw], row.draw, steps=2)
+        assert (row.acc, row.auc) == (ev_slow["acc"], ev_slow["auc"])  # the same numbers as train.evaluate
+        assert (row.macs, row.params, row.weight_bytes) == (rep.macs, rep.params, rep.weight_bytes)
+        assert row.out_bytes == sum(list(rep.segment_out_bytes.values())[:-1])
+        np.testing.assert_array_equal(ev.scores[row.model], train.predict(pruned, test.x, test.flag))
+
+
+def test_each_distinct_model_is_evaluated_once(setup):
+    model, test, refs = setup
+    ev = comparison.Evaluator(model, test)
+    first = comparison.sweep(model, test, ["lrp", "l1"], RATIOS, refs, progress=False, evaluator=ev)
+    n = len(ev.scores)
+    again = comparison.sweep(model, test, ["lrp"], RATIOS, refs[:1], progress=False, evaluator=ev)
+    assert len(ev.scores) == n  # the same draw again: nothing new to evaluate
+    assert again["model"].tolist() == first.query("criterion == 'lrp' and draw == 0")["model"].tolist()
+    assert first.query("ratio == 0")["model"].nunique() == 1  # the unpruned model, once for every criterion
+    with pytest.raises(ValueError, match="another model"):
+        comparison.sweep(small(), test, ["l1"], RATIOS, refs, progress=False, evaluator=ev)
+
+
+def test_small_batches_and_cached_prefixes_give_the_same_probabilities(setup):
+    """Batches of 7 (the last one short); segment inputs of the unpruned model reused: the same
+    probabilities as running the whole pruned model on the same batches."""
+    model, test, refs = setup
+    ev = comparison.Evaluator(model, test, batch_size=7)
+    frame = comparison.segment_sensitivity(model, test, [0.0, 0.5], refs[:1], "lrp", progress=False, evaluator=ev)
+    assert sorted(ev._segment_inputs()) == [0, 1, 2]
+    for row in frame.itertuples():
+        pruned, _ = prune.prune_segment(model, row.segment, row.level, "lrp", reference=refs[0], seed=0)
+        np.testing.assert_array_equal(ev.scores[row.model], train.predict(pruned, test.x, test.flag, batch_size=7))
+
+
+def test_sensitivity_gives_the_numbers_of_prune_segment(setup):
+    model, test, refs = setup
+    ev = comparison.Evaluator(model, test)
+    levels = [0.0, 0.4, 0.8]
+    frame = comparison.segment_sensitivity(model, test, levels, refs, "taylor", progress=False, evaluator=ev)
+    assert len(frame) == len(refs) * len(model.segments) * len(levels)
+    for row in frame.itertuples():
+        pruned, rep = prune.prune_segment(model, row.segment, row.level, "taylor", reference=refs[row.draw], seed=row.draw)
+        assert (row.acc, row.auc) == tuple(train.evaluate(pruned, test).values())
+        assert (row.macs, row.weight_bytes, row.peak_bytes, row.out_bytes) == (
+            rep.segment_macs[row.segment], rep.segment_weight_bytes[row.segment],
+            rep.segment_peak_bytes[row.segment], rep.segment_out_bytes[row.segment])
+    l1 = comparison.segment_sensitivity(model, test, levels, refs, "l1", progress=False, evaluator=ev)
+    assert set(l1["draw"]) == {0}  # data-free: one draw
+
+
+def test_evaluate_runs_any_model_in_full(setup):
+    model, test, refs = setup
+    ev = comparison.Evaluator(model, test)
+    recal = prune.recalibrate_batchnorm(model, refs[0])
+    got = ev.evaluate(recal)
+    assert (got["acc"], got["auc"]) == tuple(train.evaluate(recal, test).values())
+    assert ev.evaluate(recal)["model"] == got["model"] + 1  # never cached: a new id each time
+
+
+def test_spread_is_zero_for_a_model_that_answers_every_image_alike(setup):
+    model, test, refs = setup
+    ev = comparison.Evaluator(model, test)
+    constant = ev._record(np.tile([[0.3, 0.7]], (len(test), 1)).astype(np.float32))["model"]
+    assert ev.spread(constant) == 0.0
+    unpruned = ev.evaluate(model)["model"]
+    probs = ev.scores[unpruned]
+    assert ev.spread(unpruned) == pytest.approx(max(probs[:, 0].max() - probs[:, 0].min(), probs[:, 1].max() - probs[:, 1].min()))
