@@ -33,6 +33,7 @@ def no_execution(monkeypatch):
     ("smoke", ["archs=small_cnn"], "archs='small_cnn': expected a list of str"),
     ("smoke", ["novalue"], "expected name=value"),
     ("smoke", ["profile=other"], "chosen with --profile"),
+    ("smoke", ["03_xai_scores.profile=other"], "chosen with --profile"),
     # found by hand in issue 11: each used to be accepted or to fail only inside a notebook
     ("default", ["06_rl.penalty=-1"], "06_rl: penalty=-1.0: expected a value in (0, inf)"),
     ("default", ["scenario=nope"], "scenario='nope': expected one of ['constrained'"),

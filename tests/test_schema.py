@@ -130,6 +130,12 @@ def metrics_files(profile: str) -> dict[str, str]:
     return {p.parent.name: p.read_text() for p in (paths.ARTIFACTS / profile).glob("*/metrics.json")}
 
 
+def test_a_profile_key_in_a_params_file_is_refused(tmp_path):
+    (tmp_path / "odd.yaml").write_text("shared:\n  profile: other\n")
+    with pytest.raises(pipeline.PipelineError, match="'profile' is chosen with --profile"):
+        pipeline.plan(pipeline.discover(), pipeline.load_profile("odd", tmp_path), [])
+
+
 def test_smoke_after_default_leaves_default_intact_and_its_report_builds(project, capsys):
     assert pipeline.main(["--profile", "default", "--no-progress"]) == 0
     before = metrics_files("default")
@@ -153,6 +159,11 @@ def test_from_reuses_only_outputs_made_with_this_runs_parameters(project, capsys
     assert pipeline.main(["--profile", "smoke", "--no-progress", "--from", "05_nlp"]) == 0
     assert [s for s, _ in project] == [nb.stem for nb in NOTEBOOKS if nb.stem >= "05_nlp"]
     assert pipeline.main(["--profile", "nope-never-run", "--from", "03_xai_scores"]) == 2  # no such profile file
+    (paths.REPORTS / "smoke" / "02_train.ipynb").unlink()  # outputs without the executed notebook: refused up front
+    project.clear()
+    assert pipeline.main(["--profile", "smoke", "--no-progress", "--from", "05_nlp"]) == 2
+    assert "reports/smoke/02_train.ipynb for profile 'smoke'; rerun from 02_train" in capsys.readouterr().err
+    assert project == []
 
 
 def test_the_report_refuses_stale_or_foreign_metrics(project):

@@ -5,8 +5,9 @@ Files are loaded through the ``medmnist`` dataset classes with ``download=False`
 download path imports torchvision, which cannot load against the CPU torch build); this module
 finds the file, verifies its MD5 and, when online, downloads it with urllib.
 
-Search order for ``<flag>[_<size>].npz``: the ``data_root`` argument, ``$MEDMNIST_ROOT``,
-``data/medmnist/`` of the project, else a download from ``INFO[flag]`` into ``data/medmnist/``.
+Search order for ``<flag>[_<size>].npz``: an explicit ``data_root`` argument alone (it must exist;
+nothing is downloaded into it); else ``$MEDMNIST_ROOT``, ``data/medmnist/`` of the project, else a
+download from ``INFO[flag]`` into ``data/medmnist/``.
 
 Used by every notebook; ``01_data.ipynb`` shows what it loads.
 Reference: Yang et al., "MedMNIST v2", Scientific Data 10, 41 (2023), https://doi.org/10.1038/s41597-022-01721-8
@@ -164,7 +165,8 @@ def resolve(flag: str, size: int = 28, data_root: str | os.PathLike | None = Non
     raise DataError(
         f"MedMNIST file {name} not found; searched:\n{where}\n({problem}).\n"
         f"Get it from {url(flag, size)} (MD5 {expected_md5(flag, size)}) and put it in one of "
-        f"those folders, or point ${ENV_ROOT} or the data_root parameter at the folder that holds it."
+        + ("that folder." if data_root else f"those folders, or point ${ENV_ROOT} or the data_root parameter at the folder "
+                                             "that holds it.")
     )
 
 

@@ -26,8 +26,8 @@ from xaiprune import paths
 from xaiprune.schema import (Param, ParameterError, Run, check_values, each, fingerprint, length, nonempty, one_of,
                              optional, unique, within)
 
-# Names the library registers (prune.CRITERIA, prune.SCOPES, models.ARCHS, data.SIZES), repeated here so
-# that checking parameters imports no torch; tests/test_schema.py checks that they agree.
+# Names the library registers (prune.CRITERIA, prune.SCOPES, models.ARCHS, data.SIZES, xai.METHODS), repeated
+# here so that the declarations read as a table; tests/test_schema.py checks that they agree with the library.
 CRITERIA = ("bn_scale", "deeplift", "gradxact", "ig", "l1", "lamp", "lrp", "lrp_zplus", "random", "taylor")
 SCOPES = ("global", "per-layer")
 ARCHS = ("resnet18", "small_cnn", "vgg16_bn")
@@ -213,7 +213,7 @@ def _data_file(v: dict) -> list[str]:
     """An explicit ``data_root`` must be a folder that holds the file (no silent fall-through)."""
     if not v.get("data_root"):
         return []
-    from xaiprune import data  # torch is imported only when a data_root is given
+    from xaiprune import data
 
     root = Path(v["data_root"]).expanduser()
     if not root.is_dir():
@@ -353,7 +353,7 @@ def begin(stem: str, namespace: dict) -> Run:
 
 
 def markdown() -> str:
-    """The README's parameter tables, one per notebook (``python -m xaiprune.schema`` prints them)."""
+    """The README's parameter tables, one per notebook (``python -m xaiprune.parameters`` prints them)."""
     out = []
     for stem, spec in NOTEBOOKS.items():
         out += [f"**{stem}**", "", "| parameter | type | default | meaning |", "|---|---|---|---|"]

@@ -86,8 +86,6 @@ def parse_overrides(items: list[str]) -> tuple[dict, dict]:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError as exc:
             raise PipelineError(f"-p {item!r}: the value is not valid YAML ({exc.problem})") from None
-        if key.split(".")[-1] == "profile":
-            raise PipelineError(f"-p {item!r}: the profile is chosen with --profile, not as a parameter")
         if "." in key:
             stem, name = key.split(".", 1)
             per_nb.setdefault(stem, {})[name] = value
@@ -110,7 +108,12 @@ def plan(steps: list[Step], spec: dict, overrides: list[str]) -> list[Step]:
     layers = [("shared", spec["shared"]), ("notebooks", spec["notebooks"]),
               ("shared", o_shared), ("notebooks", o_per_nb)]
 
-    errors = [f"parameter {n!r} is declared by no notebook"
+    errors = [f"{where}: 'profile' is chosen with --profile, not as a parameter"
+              for where, layer in (("params/<profile>.yaml shared", spec["shared"]), ("-p", o_shared)) if "profile" in layer]
+    errors += [f"{where} {stem}: 'profile' is chosen with --profile, not as a parameter"
+               for where, layer in (("params/<profile>.yaml notebooks", spec["notebooks"]), ("-p", o_per_nb))
+               for stem, values in layer.items() if "profile" in (values or {})]
+    errors += [f"parameter {n!r} is declared by no notebook"
               for kind, values in layers if kind == "shared" for n in values if n not in declared_anywhere]
     for kind, source in layers:
         if kind != "notebooks":
@@ -146,27 +149,29 @@ def plan(steps: list[Step], spec: dict, overrides: list[str]) -> list[Step]:
 
 
 def data_note(steps: list[Step]) -> str:
-    """Where the data file of this run is (an explicit ``data_root`` was checked by the schema)."""
-    first = next((s.parameters for s in steps if "flag" in s.parameters), None)
-    if first is None:
-        return ""
+    """Where each data file of this run is (an explicit ``data_root`` was checked by the schema)."""
     from xaiprune import data
 
-    name = data.file_name(first["flag"], first["size"])
-    for folder in data.candidate_dirs(first["data_root"] or None):
-        if (folder / name).is_file():
-            return f"data: {folder / name}"
-    return (f"data: {name} is in none of {[str(d) for d in data.candidate_dirs(first['data_root'] or None)]}; "
-            "01_data will try to download it")
+    wanted = {(p.get("dyfip_flag", p.get("flag")), p["size"], p["data_root"]) for p in (s.parameters for s in steps)
+              if "size" in p and "data_root" in p}
+    lines = []
+    for flag, size, root in sorted(wanted):
+        name, dirs = data.file_name(flag, size), data.candidate_dirs(root or None)
+        found = next((d / name for d in dirs if (d / name).is_file()), None)
+        lines.append(f"data: {found}" if found else
+                     f"data: {name} is in none of {[str(d) for d in dirs]}; the first notebook that needs it will try to download it")
+    return "\n".join(lines)
 
 
 def check_reused(steps: list[Step], first: int, profile: str) -> None:
     """``--from``: every earlier notebook's outputs must come from exactly this run's parameters."""
     for step in steps[:first]:
         prov = report.provenance(step.stem, profile)
-        if prov is None:
-            raise PipelineError(f"--from {steps[first].stem}: {step.stem} has no outputs for profile {profile!r} "
-                                f"({paths.relative(paths.stage_dir(step.stem, profile))}); rerun from {step.stem}")
+        executed = paths.REPORTS / profile / step.notebook.name
+        if prov is None or not executed.is_file():
+            missing = paths.stage_dir(step.stem, profile) / "metrics.json" if prov is None else executed
+            raise PipelineError(f"--from {steps[first].stem}: {step.stem} has no {paths.relative(missing)} for profile "
+                                f"{profile!r}; rerun from {step.stem}")
         if prov["params_sha256"] != step.sha256:
             was = report.recorded_parameters(step.stem, profile)
             changed = sorted(k for k in step.parameters if k != "profile" and was.get(k) != step.parameters[k])

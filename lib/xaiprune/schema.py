@@ -18,8 +18,6 @@ from typing import Callable
 
 Check = Callable[[object], "str | None"]  # returns what was expected when the value fails, else None
 
-# Names the library registers (prune.CRITERIA, prune.SCOPES, models.ARCHS, data.SIZES); kept here so
-# that checking parameters imports no torch. tests/test_schema.py checks that they agree.
 class ParameterError(ValueError):
     """One or more parameters are invalid; the message lists every problem, one per line."""
 
@@ -81,7 +79,7 @@ _SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
 
 
 def conform(type_: str, value, where: str):
-    """``value`` as ``type_`` (an int is accepted for a float and becomes one), or a :class:`TypeError`-like message."""
+    """``value`` as ``type_`` (an int is accepted for a float and becomes one); raises :class:`_Mismatch` naming ``where``."""
     inner = re.fullmatch(r"list\[(.+)\]", type_)
     if inner:
         if not isinstance(value, list):
