@@ -58,10 +58,10 @@ def split(n: int = 6, seed: int = 1) -> data.Split:
     return data.Split(x=x, y=torch.arange(n) % 2, flag="pneumoniamnist", split="val", size=28)
 
 
-def small() -> models.SegmentedModel:
+def small(in_channels: int = 1, n_classes: int = 2) -> models.SegmentedModel:
     """small_cnn (16, 32, 64 filters) with non-trivial BatchNorm statistics and affine parameters, as after training."""
     torch.manual_seed(0)
-    model = models.small_cnn(1, 2)
+    model = models.small_cnn(in_channels, n_classes)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.normal_(0, 0.1)

@@ -11,21 +11,14 @@ from torch import nn
 
 from xaiprune import data, dyfip, dyfip_subnets, models, parameters, pipeline, xai
 from xaiprune.schema import ParameterError
+from conftest import small
 
 N_CLASSES = 5
 
 
 def five_class_cnn() -> models.SegmentedModel:
-    """small_cnn for 5 classes with non-trivial BatchNorm statistics and affine parameters, as after training."""
-    torch.manual_seed(0)
-    model = models.small_cnn(3, N_CLASSES)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.normal_(1.0, 0.2)
-            m.bias.data.normal_(0.0, 0.1)
-    return model.eval()
+    """small_cnn for 5 RGB classes with non-trivial BatchNorm statistics and affine parameters, as after training."""
+    return small(3, N_CLASSES)
 
 
 def random_relevance(model: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
