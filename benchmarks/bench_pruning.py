@@ -70,7 +70,7 @@ def load_model(arch: str, flag: str, size: int, checkpoint: str | None) -> tuple
     """The trained model and its checkpoint path (relative to the project), else an untrained one."""
     info = data.check_flag_size(flag, size)
     candidates = [Path(checkpoint)] if checkpoint else []
-    listing = paths.ARTIFACTS / "02_train" / "checkpoints.json"
+    listing = paths.stage_dir("02_train", "default") / "checkpoints.json"  # the default profile's last 02 run
     if not checkpoint and listing.is_file():
         entry = json.loads(listing.read_text()).get(arch)
         if entry and entry.get("checkpoint"):

@@ -346,7 +346,7 @@ def prune_with_scores(model: models.SegmentedModel, levels: "dict[str, float]", 
     keeps do not depend on the other segments' levels: a device can build its segments for any plan
     from the checkpoint and one small scores file, and every device builds the same ones. A segment
     pruned alone gives exactly :func:`prune_segment`'s model for the XAI criteria (whose scores are
-    also taken on the unpruned model). Used by :mod:`xaiprune.distributed`.
+    also taken on the unpruned model). Used by :mod:`xaiprune.serving`.
     """
     unknown = set(levels) - set(model.segments)
     if unknown:
