@@ -41,7 +41,7 @@ import torch
 from bench_pruning import load_model
 from xaiprune import comparison, data, prune, stats, train
 
-CRITERIA = ["lrp", "lrp_zplus", "deeplift", "ig", "gradxact", "taylor", "l1", "random"]
+CRITERIA = ["lrp", "lrp_epsilon", "deeplift", "ig", "gradxact", "taylor", "l1", "random"]
 RATIOS = [round(0.1 * i, 1) for i in range(10)]
 PARTS = ("sweep", "sensitivity", "study", "variant", "bootstrap")
 

@@ -1,4 +1,4 @@
-"""Filter relevance from Captum: LRP conservation, hand-computed scores, batch and seed invariance, errors."""
+"""Filter relevance from Captum and zennit: LRP conservation, hand-computed scores, batch and seed invariance, errors."""
 
 from __future__ import annotations
 
@@ -50,17 +50,20 @@ def test_lrp_conserves_relevance_layer_to_layer():
 
 def test_lrp_per_class_sums_equal_captum():
     model, ref = tiny(), split()
-    scores = xai.filter_scores(model, ref, "lrp")
+    scores = xai.filter_scores(model, ref, "lrp_epsilon")
     for name, r in zip(scores.layers, captum_lrp(model, ref.x, ref.y)):
         per_image = r.abs().sum(dim=(2, 3))
         expected = torch.stack([per_image[ref.y == c].sum(0) for c in (0, 1)])
         torch.testing.assert_close(scores.per_class[name], expected, rtol=1e-5, atol=1e-8)
 
 
-def test_lrp_last_conv_score_by_hand():
-    """Below a linear head, R[c, h, w] = relu(z[c, h, w]) * w[target, c] / (H W): score = |w| x pooled ReLU."""
+@pytest.mark.parametrize("method", ["lrp", "lrp_epsilon"])
+def test_lrp_last_conv_score_by_hand(method):
+    """Below a linear head, R[c, h, w] = relu(z[c, h, w]) * w[target, c] / (H W): score = |w| x pooled ReLU.
+
+    The composite's rules (Norm on the pooling, epsilon on the dense layer) agree with epsilon there."""
     model, ref = tiny(), split()
-    scores = xai.filter_scores(model, ref, "lrp")
+    scores = xai.filter_scores(model, ref, method, epsilon=1e-12)
     with torch.no_grad():
         pooled = torch.relu(model.segments.b[0](model.segments.a(ref.x))).mean(dim=(2, 3))  # (N, 6)
     w = model.segments.b[2].fc.weight.abs()  # (2, 6)
@@ -113,8 +116,9 @@ def test_totals_normalisation_and_frame():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"method": "shap"}, r"'shap'.*\['deeplift', 'gradxact', 'ig', 'lrp'\]"),
-    ({"method": "lrp", "rule": "alpha2beta1"}, "'alpha2beta1'"),
+    ({"method": "shap"}, r"'shap'.*\['deeplift', 'gradxact', 'ig', 'lrp', 'lrp_epsilon'\]"),
+    ({"method": "lrp_epsilon", "rule": "alpha2beta1"}, "'alpha2beta1'"),
+    ({"method": "lrp", "conv": "epsilon"}, "conv='epsilon'"),
     ({"method": "ig", "steps": 0}, "steps=0"),
 ])
 def test_bad_options_raise(kwargs, match):
@@ -132,9 +136,9 @@ def test_empty_reference_raises():
 def test_epsilon_lrp_equals_gradient_times_activation_and_zplus_differs():
     """Ancona et al. (ICLR 2018): for ReLU networks, epsilon-LRP with epsilon -> 0 is gradient x input."""
     model, ref = small(), split(5)
-    eps = xai.filter_scores(model, ref, "lrp", epsilon=1e-12)
+    eps = xai.filter_scores(model, ref, "lrp_epsilon", epsilon=1e-12)
     gxa = xai.filter_scores(model, ref, "gradxact")
-    zplus = xai.filter_scores(model, ref, "lrp", rule="zplus")
+    zplus = xai.filter_scores(model, ref, "lrp_epsilon", rule="zplus")
     for name in eps.layers:
         torch.testing.assert_close(eps.per_class[name], gxa.per_class[name], rtol=1e-4, atol=1e-7)
     first, last = eps.layers[0], eps.layers[-1]
@@ -143,17 +147,18 @@ def test_epsilon_lrp_equals_gradient_times_activation_and_zplus_differs():
     torch.testing.assert_close(zplus.per_class[last], eps.per_class[last], rtol=1e-5, atol=1e-8)
 
 
-@pytest.mark.parametrize("rule", ["epsilon", "zplus"])
-def test_lrp_leaves_model_untouched(rule):
+@pytest.mark.parametrize("method,options", [("lrp_epsilon", {"rule": "epsilon"}), ("lrp_epsilon", {"rule": "zplus"}),
+                                            ("lrp", {}), ("lrp", {"conv": "alpha2beta1"})])
+def test_lrp_leaves_model_untouched(method, options):
     model, ref = small(), split(3)
     before = copy.deepcopy(model.state_dict())
-    xai.filter_scores(model, ref, "lrp", rule=rule)
+    xai.filter_scores(model, ref, method, **options)
     after = model.state_dict()
     assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
     assert not any(hasattr(m, "rule") for m in model.modules())
 
 
-@pytest.mark.parametrize("method", ["lrp", "gradxact", "ig", "deeplift"])
+@pytest.mark.parametrize("method", ["lrp", "lrp_epsilon", "gradxact", "ig", "deeplift"])
 def test_no_attribute_is_left_on_the_model(method):
     model, ref = small(), split(3)
     before = {name: set(vars(m)) for name, m in model.named_modules()}

@@ -8,7 +8,7 @@ Every experiment prunes copies of one trained model and measures them on the tes
   :func:`xaiprune.prune.prune` builds, without re-tracing or re-scoring;
 - a plan (the channels removed) identifies the pruned model exactly, so each distinct model is
   built, costed and evaluated once, however many criteria, draws or sections ask for it (e.g.
-  epsilon-LRP and Gradient x Activation, which choose the same filters, or the reference draws
+  ``lrp_epsilon`` and Gradient x Activation, which choose the same filters, or the reference draws
   shared by the sweep, the reference-size study and the BatchNorm variant);
 - segments a plan leaves untouched are not recomputed: the unpruned model's activation entering the
   first changed segment is cached (one pass over the test split), and the pruned model runs from

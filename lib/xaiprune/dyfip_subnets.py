@@ -37,7 +37,7 @@ from torch import nn
 
 from xaiprune import data, models, paths, prune, ranking, xai
 
-RELEVANCE_VERSION = 1  # bump when the relevance computation changes what a key produces
+RELEVANCE_VERSION = 2  # bump when the relevance computation changes what a key produces
 AGGREGATES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "max": lambda rows: rows.max(dim=0).values,
     "sum": lambda rows: rows.sum(dim=0),

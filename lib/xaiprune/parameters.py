@@ -28,11 +28,11 @@ from xaiprune.schema import (Param, ParameterError, Run, check_values, each, fin
 
 # Names the library registers (prune.CRITERIA, prune.SCOPES, models.ARCHS, data.SIZES, xai.METHODS), repeated
 # here so that the declarations read as a table; tests/test_schema.py checks that they agree with the library.
-CRITERIA = ("bn_scale", "deeplift", "gradxact", "ig", "l1", "lamp", "lrp", "lrp_zplus", "random", "taylor")
+CRITERIA = ("bn_scale", "deeplift", "gradxact", "ig", "l1", "lamp", "lrp", "lrp_epsilon", "random", "taylor")
 SCOPES = ("global", "per-layer")
 ARCHS = ("resnet18", "small_cnn", "vgg16_bn")
 SIZES = (28, 64, 128, 224)
-XAI_METHODS = ("deeplift", "gradxact", "ig", "lrp")  # xai.METHODS
+XAI_METHODS = ("deeplift", "gradxact", "ig", "lrp", "lrp_epsilon")  # xai.METHODS
 SEGMENTS = {"resnet18": 4, "small_cnn": 3, "vgg16_bn": 5}  # segments of each architecture of models.ARCHS
 
 
@@ -99,14 +99,14 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
     },
     "03_xai_scores": {
         **_pick(*_DATA, "seed", "archs", "n_per_class", archs="architectures trained by 02_train to score"),
-        "criteria": _CRITERIA_LIST.but(default=["lrp", "lrp_zplus", "deeplift", "ig", "gradxact", "taylor", "l1"],
+        "criteria": _CRITERIA_LIST.but(default=["lrp", "lrp_epsilon", "deeplift", "ig", "gradxact", "taylor", "l1"],
                                        doc="criteria to score and compare"),
         "ig_steps": Param("int", 8, "Riemann steps of integrated gradients", (within(1),)),
         "n_heatmaps": Param("int", 4, "X-rays per class shown with their input-level LRP heatmaps", (within(0),)),
     },
     "04_pruning_comparison": {
         **_pick(*_DATA, "seed", "archs", "n_per_class", seed="first seed of the reference-set draws (draw k uses seed + k)"),
-        "criteria": _CRITERIA_LIST.but(default=["lrp", "lrp_zplus", "deeplift", "ig", "gradxact", "taylor", "l1", "random"],
+        "criteria": _CRITERIA_LIST.but(default=["lrp", "lrp_epsilon", "deeplift", "ig", "gradxact", "taylor", "l1", "random"],
                                        doc="criteria compared"),
         "ratios": _FRACTIONS.but(default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
                                  doc="fractions of filters removed; 0.0 (the unpruned model) must be one of them"),

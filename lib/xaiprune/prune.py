@@ -5,7 +5,7 @@ and a :class:`PruneReport` (parameters, MACs/FLOPs, weight bytes, the activation
 segment, measured CPU latency). Criteria, in :data:`CRITERIA` keyed by the notebook parameter, are all
 ``torch_pruning`` Importance objects:
 
-- the XAI methods of :mod:`xaiprune.xai` (``lrp``, ``lrp_zplus``, ``deeplift``, ``ig``, ``gradxact``):
+- the XAI methods of :mod:`xaiprune.xai` (``lrp``, ``lrp_epsilon``, ``deeplift``, ``ig``, ``gradxact``):
   per-layer-normalised relevance on the reference set (Yeom et al. 2021; Baccour et al. 2023);
 - ``l1``: L1 norm of each filter's weights (Li et al., "Pruning filters for efficient ConvNets",
   ICLR 2017, https://arxiv.org/abs/1608.08710);
@@ -116,7 +116,7 @@ def _static(factory: Callable[[], tp.importance.Importance]) -> Callable:
 
 CRITERIA: dict[str, Callable[..., tp.importance.Importance]] = {
     "lrp": _xai("lrp"),
-    "lrp_zplus": _xai("lrp", rule="zplus"),
+    "lrp_epsilon": _xai("lrp_epsilon"),
     "deeplift": _xai("deeplift"),
     "ig": _xai("ig"),
     "gradxact": _xai("gradxact"),
@@ -126,7 +126,7 @@ CRITERIA: dict[str, Callable[..., tp.importance.Importance]] = {
     "bn_scale": _static(lambda: tp.importance.BNScaleImportance(group_reduction="first", normalizer="sum")),
     "lamp": _static(lambda: tp.importance.LAMPImportance(p=2, group_reduction="first")),
 }
-XAI_CRITERIA = ("lrp", "lrp_zplus", "deeplift", "ig", "gradxact")
+XAI_CRITERIA = ("lrp", "lrp_epsilon", "deeplift", "ig", "gradxact")
 
 
 @dataclass
@@ -247,7 +247,7 @@ def prune(model: models.SegmentedModel, criterion: str, ratio: float, scope: str
         seed: seeds the random criterion.
         latency_batches: batch sizes at which to measure CPU latency in the report.
         input_shape: (C, H, W); defaults to the reference images' shape, else (1, 28, 28).
-        options: criterion options (``steps`` for ig, ``rule`` for lrp), or ``scores=`` precomputed
+        options: criterion options (``steps`` for ig, ``conv`` for lrp, ``rule`` for lrp_epsilon), or ``scores=`` precomputed
             :class:`xaiprune.xai.FilterScores` for an XAI criterion (scoring once, pruning at many ratios).
     """
     _check(criterion, ratio, scope, reference)

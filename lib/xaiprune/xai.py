@@ -11,9 +11,12 @@ Yeom et al., "Pruning by explaining: a novel criterion for deep neural network p
 Recognition 115 (2021), https://doi.org/10.1016/j.patcog.2021.107899, used by Baccour et al. (ICC 2023).
 
 Methods, in :data:`METHODS` keyed by the notebook parameter:
-``lrp`` (LayerLRP, epsilon rule; ``rule="zplus"`` uses alpha1-beta0 on conv layers), ``deeplift``
-(LayerDeepLift, zero baseline), ``ig`` (LayerIntegratedGradients, ``steps``), ``gradxact``
-(LayerGradientXActivation). Used by ``03_xai_scores.ipynb`` and the XAI criteria of :mod:`xaiprune.prune`.
+``lrp`` (composite LRP through zennit, :mod:`xaiprune.lrp`: BatchNorm merged into each convolution, z+ on
+convolutions, epsilon on the dense layer), ``lrp_epsilon`` (Captum's LayerLRP with the epsilon rule everywhere,
+which on a ReLU network equals gradient x activation: a labelled variant, kept to show it;
+``rule="zplus"`` uses alpha1-beta0 on conv layers), ``deeplift`` (LayerDeepLift, zero baseline), ``ig``
+(LayerIntegratedGradients, ``steps``), ``gradxact`` (LayerGradientXActivation). Used by
+``03_xai_scores.ipynb`` and the XAI criteria of :mod:`xaiprune.prune`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from captum.attr import LayerDeepLift, LayerGradientXActivation, LayerIntegrated
 from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule
 from torch import nn
 
-from xaiprune import data, models
+from xaiprune import data, lrp, models
 
 
 def _targets(y: torch.Tensor) -> torch.Tensor:
@@ -60,11 +63,18 @@ def with_lrp_rules(model: nn.Module, rule: str = "epsilon", epsilon: float = 1e-
     return model
 
 
-def _lrp(model: nn.Module, layers: list[str], x: torch.Tensor, target: torch.Tensor,
-         rule: str = "epsilon", epsilon: float = 1e-9, **_) -> list[torch.Tensor]:
-    """Layer-wise relevance propagation (Bach et al. 2015) at the output of each layer (rules: :func:`with_lrp_rules`)."""
+def _lrp_captum(model: nn.Module, layers: list[str], x: torch.Tensor, target: torch.Tensor,
+                rule: str = "epsilon", epsilon: float = 1e-9, **_) -> list[torch.Tensor]:
+    """Layer-wise relevance propagation (Bach et al. 2015) at the output of each layer, Captum's rules
+    (:func:`with_lrp_rules`): with ``rule="epsilon"`` it equals gradient x activation on a ReLU network."""
     model = with_lrp_rules(model, rule, epsilon)
     return list(LayerLRP(model, _modules(model, layers)).attribute(x, target=target))
+
+
+def _lrp_composite(model: nn.Module, layers: list[str], x: torch.Tensor, target: torch.Tensor,
+                   conv: str = "zplus", epsilon: float = 1e-6, **_) -> list[torch.Tensor]:
+    """Composite LRP (Yeom et al. 2021) at the output of each layer: :func:`xaiprune.lrp.layer_relevance`."""
+    return lrp.layer_relevance(model, layers, x, target, conv=conv, epsilon=epsilon)
 
 
 def _deeplift(model: nn.Module, layers: list[str], x: torch.Tensor, target: torch.Tensor,
@@ -102,7 +112,8 @@ def _gradxact(model: nn.Module, layers: list[str], x: torch.Tensor, target: torc
 
 
 METHODS: dict[str, Callable[..., list[torch.Tensor]]] = {
-    "lrp": _lrp,
+    "lrp": _lrp_composite,
+    "lrp_epsilon": _lrp_captum,
     "deeplift": _deeplift,
     "ig": _ig,
     "gradxact": _gradxact,
@@ -181,9 +192,15 @@ def filter_scores(model: nn.Module, reference: data.Split, method: str = "lrp", 
                         n_images=len(reference), seconds=time.perf_counter() - start, options=options)
 
 
-def input_relevance(model: nn.Module, x: torch.Tensor, target: torch.Tensor, rule: str = "epsilon") -> torch.Tensor:
-    """Pixel-level LRP heatmaps (N x C x H x W) for the given targets, for display in ``03_xai_scores``."""
+def input_relevance(model: nn.Module, x: torch.Tensor, target: torch.Tensor, rule: str = "composite") -> torch.Tensor:
+    """Pixel-level LRP heatmaps (N x C x H x W) for the given targets, for display in ``03_xai_scores``.
+
+    ``rule="composite"``: the ``lrp`` criterion's rules (:func:`xaiprune.lrp.input_relevance`, flat rule on the
+    first layer); ``"epsilon"`` or ``"zplus"``: Captum's rules of :func:`with_lrp_rules`.
+    """
     from captum.attr import LRP
 
+    if rule == "composite":
+        return lrp.input_relevance(model, x, target)
     model = with_lrp_rules(model.eval(), rule)
     return LRP(model).attribute(x.clone().requires_grad_(True), target=target).detach()
