@@ -11,7 +11,7 @@ import sys
 import nbformat
 import pytest
 
-from xaiprune import data, paths, pipeline
+from xaiprune import data, paths, pipeline, serving
 from conftest import needs_real_data, real_root
 
 NOTEBOOKS = sorted(paths.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
@@ -133,11 +133,13 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     art = tmp_path / "artifacts" / "smoke"
     for rel in ("04_pruning_comparison/sensitivity_small_cnn.csv", "05_nlp/profiles_small_cnn.json",
                 "06_rl/agent_ward-4.zip", "06_rl/agent_ward-4.json", "07_distributed/summary.csv",
-                "07_distributed/policies/requests.jsonl", "07_distributed/fault/events.jsonl"):
+                "07_distributed/policies/requests.jsonl", "07_distributed/faults/events.jsonl"):
         assert (art / rel).is_file(), rel
     m7 = m["07_distributed"]
-    assert len(m7["policies"]) == 7 and all(p["requests"] == 24 for p in m7["policies"].values())
-    assert m7["fault"]["lost"] == 0 and m7["fault"]["duplicated"] == 0 and m7["fault"]["detected"]
+    assert len(m7["policies"]) == 8 and all(p["requests"] == 24 for p in m7["policies"].values())
+    assert set(m7["faults"]) == set(serving.FAULTS) and set(m7["throughput_rps"]) == {"window_1", "window_4"}
+    assert all(f["lost"] == 0 and f["duplicated"] == 0 and f["answered_once"] + f["failed"] == f["requests"]
+               for f in m7["faults"].values())
     page = (out / "report.html").read_text()
     assert "Claims against evidence" in page and "data:image/png;base64," in page and "07_distributed.html" in page
 
@@ -169,4 +171,4 @@ def test_smoke_chain_on_a_synthetic_multiclass_flag(tmp_path):
     assert m["01_data"]["counts"]["test"] == {c: 20 for c in names}
     assert set(m["01_data"]["reference_counts"]["biased"]) == set(names)
     assert m["02_train"]["small_cnn"]["test_auc"] > 0.6  # the classes are separable: it learned something
-    assert set(m["07_distributed"]["policies"]) and m["07_distributed"]["fault"]["lost"] == 0
+    assert set(m["07_distributed"]["policies"]) and all(f["lost"] == 0 for f in m["07_distributed"]["faults"].values())

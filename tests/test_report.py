@@ -22,8 +22,9 @@ def policy(acc=0.85, auc=0.95, hit=1.0, saved=0.0, pruning=0.0, err=0.05, bytes_
 
 def m07(**policies) -> dict:
     return {"requests_per_policy": 100, "policies": policies,
-            "fault": {"device": "d1", "at_request": 4, "answered": 10, "requests": 10, "lost": 0, "duplicated": 0,
-                      "replanned_requests": 1, "detected": True}}
+            "faults": {kind: {"kind": kind, "device": "d1", "at_request": 4, "answered_once": 10, "failed": 0,
+                              "requests": 10, "lost": 0, "duplicated": 0, "replanned": 1, "triggered": True,
+                              "recovery_s": 0.8} for kind in ("kill", "hang")}}
 
 
 def verdicts(metrics: dict) -> dict[str, str]:
@@ -59,29 +60,32 @@ def test_accuracy_bytes_and_latency_claims_follow_their_rules():
     assert c[4]["verdict"] == claims.PARTLY
 
 
-@pytest.mark.parametrize("err, lost, duplicated, detected, expected", [
-    (0.05, 0, 0, True, claims.SUPPORTED),
-    (0.05, 1, 0, True, claims.NOT),        # a lost request fails the claim, whatever the latency
-    (0.05, 0, 1, True, claims.NOT),        # so does a request answered twice
-    (0.05, 2, 3, True, claims.NOT),
-    (0.40, 0, 1, True, claims.NOT),
-    (0.40, 0, 0, True, claims.PARTLY),     # the fault part holds, the latency part does not
-    (0.05, 0, 0, False, claims.PARTLY),    # the fault never fired: that part is not shown
-    (0.40, 0, 0, False, claims.NOT),
+@pytest.mark.parametrize("err, lost, duplicated, triggered, recovery_s, expected", [
+    (0.05, 0, 0, True, 0.8, claims.SUPPORTED),
+    (0.05, 1, 0, True, 0.8, claims.NOT),        # a lost request fails the claim, whatever the latency
+    (0.05, 0, 1, True, 0.8, claims.NOT),        # so does a request answered twice
+    (0.05, 2, 3, True, 0.8, claims.NOT),
+    (0.40, 0, 1, True, 0.8, claims.NOT),
+    (0.40, 0, 0, True, 0.8, claims.PARTLY),     # the fault part holds, the latency part does not
+    (0.05, 0, 0, False, 0.8, claims.PARTLY),    # a fault that never acted: that part is not shown
+    (0.05, 0, 0, True, 2.5, claims.PARTLY),     # recovered, but not within 2 s
+    (0.40, 0, 0, False, 0.8, claims.NOT),
 ])
-def test_latency_and_fault_claim_tests_each_part(err, lost, duplicated, detected, expected):
+def test_latency_and_fault_claim_tests_each_part(err, lost, duplicated, triggered, recovery_s, expected):
     m = m07(**{"XAI + NLP": policy(err=err), "XAI + RL": policy(err=-err)})
-    m["fault"].update(lost=lost, duplicated=duplicated, detected=detected, answered=10 - lost)
+    m["faults"]["hang"].update(lost=lost, duplicated=duplicated, triggered=triggered, recovery_s=recovery_s,
+                               answered_once=10 - lost - duplicated)
     claim = claims.claims({"07_distributed": m})[4]
     assert claim["verdict"] == expected
-    assert f"{lost} lost, {duplicated} answered more than once" in claim["evidence"]
-    rule = "not supported when any request is lost or answered more than once, whatever the latency"
+    assert f"{lost} lost, {duplicated} answered twice" in claim["evidence"]
+    assert "kill (d1, request 4): 10 of 10 answered once, 0 failed with a reason, 0 lost" in claim["evidence"]
+    rule = "not supported when any request is lost or answered twice under any fault, whatever the latency"
     assert rule in claim["evidence"]
 
 
 def test_latency_claim_without_a_fault_run_is_at_most_partly_supported():
     m = m07(**{"XAI + NLP": policy()})
-    del m["fault"]
+    del m["faults"]
     claim = claims.claims({"07_distributed": m})[4]
     assert claim["verdict"] == claims.PARTLY and "No fault run" in claim["evidence"]
 
@@ -122,3 +126,18 @@ def test_stress_run_counts_in_the_accuracy_and_bytes_claims():
     c = claims.claims({"07_distributed": m})
     assert c[1]["verdict"] == claims.PARTLY and "constrained (50 test images" in c[1]["evidence"]
     assert c[2]["verdict"] == claims.SUPPORTED and "constrained: XAI + NLP 40.0%" in c[2]["evidence"]
+
+
+@pytest.mark.parametrize("flops, acc, random_acc, expected", [
+    (0.456, 0.5175, 0.45, claims.SUPPORTED),
+    (0.456, 0.5175, 0.5175, claims.PARTLY),   # this repository's run: random filters do as well
+    (0.600, 0.5175, 0.45, claims.NOT),        # over half the FLOPs
+    (0.456, 0.4800, 0.45, claims.NOT),        # more than 2 points below the full model
+])
+def test_dyfip_claim_needs_efficiency_and_the_xai_selection(flops, acc, random_acc, expected):
+    m = {"full": {"test_acc": 0.5225, "test_majority_acc": 0.435},
+         "dyfip": {"test_acc": acc, "mean_flops_ratio": flops, "max_flops_ratio": flops + 0.03},
+         "dyfip_no_refresh": {"test_acc": 0.4075}, "random": {"test_acc": random_acc},
+         "static_l1": {"test_acc": 0.435}}
+    claim = next(c for c in claims.claims({"08_dyfip": m}) if c["notebooks"] == "08")
+    assert claim["verdict"] == expected and "random filters" in claim["evidence"]

@@ -136,13 +136,18 @@ def test_failed_requests_are_reported_apart_from_lost_ones(tmp_path):
     for t in (0, 1, 3):
         ledger.received(0, t)
         ledger.accept(0, {"request": t})
-    ledger.received(0, 3)                         # a repeat: duplicated, discarded
+    ledger.received(0, 3)                         # a repeat: received twice, discarded
     ledger.fail(0, 2, "ranks [2] dead")
     s = ledger.summary(0, "p", 5, [])             # request 4: neither answered nor failed
-    assert (s["answered"], s["failed"], s["lost"], s["duplicated"], s["late_discarded"]) == (3, 1, 1, 1, 1)
+    assert (s["answered"], s["answered_once"], s["failed"], s["lost"], s["duplicated"], s["received_twice"],
+            s["late_discarded"]) == (3, 3, 1, 1, 0, 1, 1)
+    assert s["failures"] == {"2": "ranks [2] dead"}
     ledger.write()
     rows = [json.loads(line) for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
     assert [r["answers"] for r in rows] == [1, 1, 2]
+    ledger.accept(0, {"request": 1})              # a request answered twice is counted, whatever its receipts
+    s = ledger.summary(0, "p", 5, [])
+    assert (s["answered"], s["answered_once"], s["duplicated"], s["late_discarded"]) == (3, 2, 1, 0)
 
 
 def test_bytes_saved_is_zero_when_nothing_crosses_a_link(setup):
@@ -154,6 +159,111 @@ def test_bytes_saved_is_zero_when_nothing_crosses_a_link(setup):
                           "answers": [1, 3]})
     row = serving.summarise(local, "pneumoniamnist", profiles=profiles).loc["one device"]
     assert row["bytes_saved_by_pruning"] == 0.0 and row["acc"] == 1.0 and row["deadline_hit_rate"] == 1.0
-    assert row["duplicated"] == 1 and row["replanned"] == 0
+    assert row["received_twice"] == 1 and row["duplicated"] == 0 and row["replanned"] == 0
     assert np.isclose(serving.unpruned_bytes([784 * 4, 0, 0, 8], profiles),
                       profiles.input_bytes + profiles.out_bytes[2, 0])
+
+
+# ----- what the planner knows: the estimate, the oracle, cut links, devices back -----------------------
+def test_the_estimate_is_an_ewma_of_measured_bandwidth_from_a_nominal_prior():
+    from xaiprune.serving.estimation import CUT, LinkEstimator
+
+    ward = system.parse_scenario(scenario(3))          # 50 Mbit/s = 6.25e6 B/s on every link, no latency
+    est = LinkEstimator(ward, alpha=0.5)
+    assert (est.multipliers() == 1).all()               # the prior: nominal bandwidth
+    est.observe(0, 1, 6.25e5, 0.2)                      # measured at half the nominal rate
+    est.observe(0, 1, 6.25e5, 0.2)
+    m = est.multipliers()
+    assert m[0, 1] == pytest.approx(0.625) and m[1, 0] == 1 and m[0, 2] == 1   # 1 -> 0.75 -> 0.625; others untouched
+    est.observe_route([0, 2, 2, 0], [100, 0, 6.25e4], [0.0, 0.0, 0.1])     # an unused hop (0 bytes) says nothing
+    assert est.multipliers()[2, 2] == 1 and est.multipliers()[2, 0] == pytest.approx(0.55)
+    est.cut(0, 1)
+    est.observe(0, 1, 6.25e5, 0.1)
+    assert est.multipliers()[0, 1] == CUT               # a cut link stays cut
+
+
+def test_the_oracle_reads_the_trace_and_the_estimate_only_what_was_measured(setup):
+    ward = system.parse_scenario(scenario(3))
+    profiles = system.load_profiles(Path(setup["profiles"]))
+    trace = np.stack([np.full((3, 3), 1.0), np.full((3, 3), 0.1)])
+    oracle = planning.Planner(ward, profiles, {"name": "o", "planner": "nlp", "view": "oracle"}, [0, 1, 2], trace, 4)
+    estimate = planning.Planner(ward, profiles, {"name": "e", "planner": "nlp"}, [0, 1, 2], trace, 4)
+    assert (oracle.multipliers(1) == 0.1).all() and (estimate.multipliers(1) == 1).all()
+    assert estimate.truth(1).bandwidth[0, 1] == pytest.approx(0.1 * ward.bandwidth[0, 1])   # predictions use the truth
+    estimate.observe(system.Plan([1, 1, 1], [0, 0, 0]), [1000, 0, 0, 8], [1600, 0, 0, 1])  # 1000 B in 1.6 ms on 0 -> 1
+    assert estimate.multipliers(1)[0, 1] == pytest.approx(0.5 + 0.5 * 1000 / 1.6e-3 / ward.bandwidth[0, 1])
+
+
+def test_a_plan_over_a_cut_link_is_replaced_and_a_device_back_is_planned_on_again(setup):
+    p = planner(setup, lambda env, obs: env.action_of(system.Plan([1, 2, 2], [0, 0, 0])))
+    p.cut_link(1, 2)
+    plan, how, _, problems = p.decide()
+    assert how == "fallback: optimum" and problems == ["link d1 -> d2 is cut"]
+    route = [0, *plan.devices, 0]
+    assert not {(1, 2), (2, 1)} & set(zip(route, route[1:]))
+    p.lose({1})
+    assert not p.conditions().devices[1].available and p.decide()[0].devices.count(1) == 0
+    p.regain(1)
+    assert p.conditions().devices[1].available and 1 not in p.excluded
+    assert p.decide(avoid={1})[0].devices.count(1) == 0 and 1 not in p.excluded   # avoided this time only
+
+
+# ----- the per-hop deadline ----------------------------------------------------------------------------
+def flight(holder: int, at: int, since: float, hops=(0.1, 0.2, 0.3), devices=(1, 2, 2)) -> "Flight":
+    from xaiprune.serving.flights import Flight
+
+    msg = wire.Message(wire.ACTIVATION, request=0, devices=list(devices), levels=[0, 0, 0])
+    f = Flight(0, system.Plan(list(devices), [0, 0, 0]), "policy", msg, None, list(hops), 0.0)
+    f.holder, f.at, f.since = holder, at, since
+    return f
+
+
+def test_a_hop_deadline_covers_the_holders_run_of_segments_and_restarts_with_its_progress():
+    from xaiprune.serving.flights import late_holders
+
+    f = flight(holder=2, at=1, since=10.0)                 # rank 2 runs segments 1 and 2: 0.5 s expected
+    assert f.allowance(3.0, 0.5) == pytest.approx(3 * 0.5 + 0.5)
+    assert late_holders([f], {}, 3.0, 0.5, now=11.9) == {}
+    assert late_holders([f], {}, 3.0, 0.5, now=12.1) == {2: [f]}
+    assert late_holders([f], {2: 11.0}, 3.0, 0.5, now=12.1) == {}       # it made progress at 11.0: a queue, not a hang
+    g = flight(holder=1, at=0, since=0.0)
+    g.awaiting = {2}                                        # rank 2 is building segments for another request
+    assert 2 not in late_holders([f, g], {}, 3.0, 0.5, now=20.0)
+    assert f.ahead() == {2} and g.ahead() == {1, 2}
+
+
+def test_config_checks_every_fault_kind_and_the_window(setup):
+    bad = config(setup, 3, [{"name": "a", "planner": "nlp", "window": 0, "view": "psychic"}],
+                 fault=[{"policy": "a", "device": "d1", "request": 0, "kind": "partition"},
+                        {"policy": "a", "device": "d1", "request": 0, "kind": "straggler", "delay_s": -1},
+                        {"policy": "a", "device": "d2", "request": 0, "kind": "rejoin", "down_s": 2, "when": 3},
+                        {"policy": "a", "device": "d2", "request": 0, "at_s": 1.0, "kind": "hang"}],
+                 window=0, strikes=0, ewma=1.5)
+    with pytest.raises(ValueError) as err:
+        bad.validate()
+    text = str(err.value)
+    for expected in ("policies[0].window=0", "policies[0].view='psychic'", "fault[0].peer=None",
+                     "fault[1].delay_s=-1", "fault[2]: unknown keys ['when']",
+                     "fault[3]: expected a request index 'request' or a time 'at_s', one of them", "window=0",
+                     "strikes=0", "ewma=1.5"):
+        assert expected in text
+    good = config(setup, 3, [{"name": "a", "planner": "nlp"}],
+                  fault=[{"policy": "a", "device": d, "request": 1, "kind": k} for d, k in (("d1", "hang"), ("d2", "kill"))])
+    assert good.validate().faults()[1]["kind"] == "kill"
+
+
+def test_a_faults_outcome_counts_its_requests_and_bounds_the_recovery():
+    requests = pd.DataFrame({"policy": "rejoin", "request": [0, 1, 2, 3], "attempts": [1, 2, 1, 1],
+                             "latency_ms": [20.0, 900.0, 30.0, 25.0], "sent_s": [0.0, 0.1, 1.0, 2.0],
+                             "devices": [["d2"], ["d1"], ["d1"], ["d2"]]})
+    events = pd.DataFrame({"policy": "rejoin", "event": ["device dead", "device rejoined"], "device": ["d2", "d2"],
+                           "t_s": [0.6, 1.5]})
+    summary = {"requests": 5, "answered_once": 4, "failed": 1, "failures": {"4": "ranks [2] dead"}, "lost": 0,
+               "duplicated": 0, "received_twice": 0}
+    out = serving.fault_outcome(summary, requests, events, {"policy": "rejoin", "device": "d2", "request": 1,
+                                                            "kind": "rejoin"})
+    assert (out["answered_once"], out["failed"], out["failure_reasons"], out["replanned"]) == (4, 1, ["ranks [2] dead"], 1)
+    assert out["recovery_s"] == pytest.approx(0.9) and out["triggered"] and out["rejoined"] and out["used_again"]
+    quiet = serving.fault_outcome(summary, requests.assign(attempts=1), events.iloc[:0],
+                                  {"policy": "rejoin", "device": "d2", "request": 1, "kind": "hang"})
+    assert not quiet["triggered"] and quiet["recovery_s"] == 0.0   # nothing shows the fault: it never acted

@@ -33,6 +33,7 @@ SCOPES = ("global", "per-layer")
 ARCHS = ("resnet18", "small_cnn", "vgg16_bn")
 SIZES = (28, 64, 128, 224)
 XAI_METHODS = ("deeplift", "gradxact", "ig", "lrp", "lrp_epsilon")  # xai.METHODS
+XAI_CRITERIA = ("deeplift", "gradxact", "ig", "lrp", "lrp_epsilon")  # prune.XAI_CRITERIA
 SEGMENTS = {"resnet18": 4, "small_cnn": 3, "vgg16_bn": 5}  # segments of each architecture of models.ARCHS
 
 
@@ -169,10 +170,20 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
         "stress_scenario": SHARED["scenario"].but(default="constrained", checks=(optional(one_of(scenario_names)),),
                                                   doc="a second ward where the fade forces pruning (\"\" skips it)"),
         "stress_requests": Param("int", 60, "requests per policy on the stress scenario", (within(1),)),
-        "fault_requests": Param("int", 120, "requests of the fault run", (within(1),)),
-        "fault_at": Param("int", 40, "request at which a worker dies", (within(0),)),
+        "fault_requests": Param("int", 60, "requests per policy of the load-and-faults run (each window, each fault kind)",
+                                (within(1),)),
+        "fault_at": Param("int", 10, "request at which each fault acts", (within(0),)),
         "heartbeat_s": Param("float", 0.1, "heartbeat period of the workers (s)", (within(0, lo_open=True),)),
         "dead_after_s": Param("float", 1.0, "silence after which a worker is declared dead (s)", (within(0, lo_open=True),)),
+        "window": Param("int", 4, "requests in flight at once in the load-and-faults run (compared with 1; at least 2)",
+                        (within(2),)),
+        "hop_margin_s": Param("float", 0.5, "a hop's deadline: 3 x its expected time plus this margin (s)",
+                              (within(0, lo_open=True),)),
+        "strikes": Param("int", 2, "missed hop deadlines in a row after which a device is excluded", (within(1),)),
+        "ewma": Param("float", 0.5, "weight of the newest measured transfer in the bandwidth estimate",
+                      (within(0, 1, lo_open=True),)),
+        "straggler_delay_s": Param("float", 1.0, "seconds the straggler adds to every activation", (within(0, lo_open=True),)),
+        "down_s": Param("float", 1.5, "seconds the rejoining device stays dark", (within(0, lo_open=True),)),
     },
     "08_dyfip": {
         "profile": SHARED["profile"],
@@ -204,6 +215,56 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
         "cache_size": Param("int", 6, "sub-networks held at once in the LRU cache", (within(1),)),
         "latency_images": Param("int", 100, "test images served one at a time (latency, cache hit rate); 0 serves all",
                                 (within(0),)),
+    },
+    "09_compression": {
+        **_pick(*_DATA, "seed", "archs", "n_per_class", seed="first seed of the reference-set draws (draw k uses seed + k)",
+                archs="the first one is compressed (trained by 02_train)"),
+        "draws": Param("int", 3, "reference-set draws (at least 2 for an interval)", (within(2),)),
+        "filter_ratios": _FRACTIONS.but(default=[0.1, 0.2, 0.3, 0.4],
+                                        doc="fractions of filters removed by DeepLIFT and its baselines (technique 1)"),
+        "filter_baselines": _CRITERIA_LIST.but(default=["l1", "taylor", "random"], doc="non-XAI filter criteria of technique 1"),
+        "sparsities": _FRACTIONS.but(default=[0.7, 0.8, 0.9, 0.95], doc="fractions of conv and linear weights removed (technique 2)"),
+        "share_bits": Param("list[int]", [1, 2, 3, 4], "bits of a shared weight's index, 2^bits centres per layer (technique 3)",
+                            (nonempty, unique, each(within(1, 16)))),
+        "budget_bits": Param("list[int]", [2, 3, 4], "average bits per weight of mixed precision, each layer 2..8 (technique 4)",
+                             (nonempty, unique, each(within(2, 8)))),
+        "combo_sparsities": _FRACTIONS.but(default=[0.8, 0.9], doc="weight sparsities of the combined pipeline (technique 5)"),
+        "combo_bits": Param("list[int]", [3, 4], "bits after pruning in the combined pipeline (index bits, or average bits if mixed)",
+                            (nonempty, unique, each(within(1, 16)))),
+        "combo_stage": Param("str", "share", "what follows pruning in the combined pipeline: share (k-means) or mixed (mixed precision)",
+                             (one_of(("share", "mixed")),)),
+        "bn_correction": Param("bool", True, "shift BatchNorm means by the change compression makes on the reference images "
+                               "(no weights change); false: the plain reconstruction"),
+    },
+    "10_agilenn": {
+        **_pick(*_DATA, "seed", "archs", "scenario", seed="seed of the reference network's and AgileNN's training",
+                archs="the first one is the study's model (local only, offload, split), trained by 02_train",
+                scenario="the ward: its source is the device, its links and speeds are emulated"),
+        "remote": Param("str", "", "the remote device, a device of the scenario other than its source; empty picks the fastest"),
+        "channels": Param("int", 24, "feature channels of the device's extractor", (within(2),)),
+        "stride": Param("int", 2, "stride of the extractor's first convolution (28x28 images give 14x14 features)", (within(1, 4),)),
+        "split_ratio": Param("float", 0.2, "share of the feature channels kept on the device (k: split_ratio x channels, rounded)",
+                             (within(0, 1, lo_open=True, hi_open=True),)),
+        "centroids": Param("int", 8, "quantiser centroids (8: 3 bits per offloaded value)", (within(2),)),
+        "rho": Param("float", 0.8, "skewness target: the share of importance the local channels should hold", (within(0, 1, lo_open=True),)),
+        "klambda": Param("float", 0.8, "weight of the cross-entropy; the skewness and disorder losses get 1 - klambda", (within(0, 1, lo_open=True),)),
+        "epochs": Param("int", 6, "training epochs of AgileNN (smoke: 1)", (within(1),)),
+        "ref_epochs": Param("int", 3, "training epochs of the reference network", (within(1),)),
+        "batch_size": Param("int", 128, "images per step", (within(1),)),
+        "lr": Param("float", 0.001, "Adam learning rate at the start of the cosine schedule", (within(0, lo_open=True),)),
+        "extractor_lr": Param("float", 0.03, "the same for the device's extractor, whose few weights must move far", (within(0, lo_open=True),)),
+        "max_train": Param("int", 0, "0 trains on the whole train split, n > 0 on its first n images only", (within(0),)),
+        "codec": Param("str", "zlib", "lossless compression of the packed indices: zlib or lzma", (one_of(("zlib", "lzma")),)),
+        "jpeg_quality": Param("int", 90, "JPEG quality of the lossy full-offload variant", (within(1, 95),)),
+        "bandwidth_factors": _POSITIVE_FACTORS.but(default=[0.01, 0.1, 1.0],
+                                                   doc="the device-remote link's bandwidth x these (1.0, the scenario's, must be one)"),
+        "latency_images": Param("int", 40, "test images served per method and bandwidth", (within(1),)),
+        "ablation_epochs": Param("int", 2, "training epochs of every ablation (and of the default setting beside them)", (within(1),)),
+        "ablation_ratios": _FRACTIONS.but(default=[0.1, 0.4], checks=(unique, each(within(0, 1, lo_open=True, hi_open=True))),
+                                          doc="other split ratios trained for the ablation (empty: none)"),
+        "ablation_centroids": Param("list[int]", [4, 16], "other centroid counts trained for the ablation (empty: none)",
+                                    (unique, each(within(2)))),
+        "emulate": Param("bool", True, "emulate the scenario's device speeds and links (False on real hardware)"),
     },
 }
 
@@ -242,6 +303,26 @@ def _dyfip_setting(v: dict) -> list[str]:
     return out
 
 
+def _agilenn_setting(v: dict) -> list[str]:
+    """10_agilenn: at least one feature channel on each side for every split ratio, a remote device that exists, 1.0 swept."""
+    from xaiprune import system
+
+    out = []
+    for name, ratio in [("split_ratio", v["split_ratio"]), *(("ablation_ratios", r) for r in v["ablation_ratios"])]:
+        k = round(ratio * v["channels"])
+        if not 1 <= k < v["channels"]:
+            out.append(f"{name}: {ratio} x channels={v['channels']} rounds to {k} device channels; expected 1..{v['channels'] - 1}")
+    scn = system.load_scenario(v["scenario"])
+    names = [d.name for d in scn.devices]
+    if v["remote"] and (v["remote"] not in names or names.index(v["remote"]) == scn.source):
+        out.append(f"remote={v['remote']!r}: expected a device of scenario {v['scenario']!r} other than its source "
+                   f"{names[scn.source]!r} (one of {[n for n in names if n != names[scn.source]]}), or '' for the fastest")
+    if 1.0 not in v["bandwidth_factors"]:
+        out.append(f"bandwidth_factors={v['bandwidth_factors']}: expected 1.0 among them (the scenario's own bandwidth, "
+                   "where the targets are judged)")
+    return out
+
+
 RULES: dict[str, list[Callable[[dict], list[str]]]] = {
     "04_pruning_comparison": [
         lambda v: [] if 0.0 in v["ratios"] else [f"ratios={v['ratios']}: expected 0.0 among them (the unpruned reference "
@@ -249,11 +330,24 @@ RULES: dict[str, list[Callable[[dict], list[str]]]] = {
     ],
     "06_rl": [_same_devices],
     "08_dyfip": [_dyfip_setting],
+    "09_compression": [
+        lambda v: [] if v["combo_stage"] == "share" or all(2 <= b <= 8 for b in v["combo_bits"]) else [
+            f"combo_bits={v['combo_bits']}: expected average bits in [2, 8] when combo_stage='mixed' (each layer gets 2..8)"],
+        lambda v: [f"filter_baselines={v['filter_baselines']}: expected non-XAI criteria (none of {list(XAI_CRITERIA)})"]
+        if set(v["filter_baselines"]) & set(XAI_CRITERIA) else [],
+    ],
+    "10_agilenn": [_agilenn_setting],
     "07_distributed": [
         lambda v: [] if v["fault_at"] < v["fault_requests"] else [
             f"fault_at={v['fault_at']}: expected a request index below fault_requests={v['fault_requests']}"],
         lambda v: [] if v["dead_after_s"] > v["heartbeat_s"] else [
             f"dead_after_s={v['dead_after_s']}: expected more than heartbeat_s={v['heartbeat_s']}"],
+        lambda v: [] if v["straggler_delay_s"] > v["hop_margin_s"] else [
+            f"straggler_delay_s={v['straggler_delay_s']}: expected more than hop_margin_s={v['hop_margin_s']} "
+            "(a slower straggler never misses a deadline)"],
+        lambda v: [] if v["down_s"] > v["dead_after_s"] else [
+            f"down_s={v['down_s']}: expected more than dead_after_s={v['dead_after_s']} (the device must be "
+            "declared dead before it comes back)"],
     ],
 }
 
@@ -297,9 +391,25 @@ def _agent_scenario(by: dict[str, dict]) -> list[str]:
             f"{by['06_rl']['scenario']!r}, the scenario the agent is trained on"]
 
 
+def _agilenn_arch(by: dict[str, dict]) -> list[str]:
+    """10_agilenn compares AgileNN with the first of its archs, which 02_train must have trained."""
+    if "10_agilenn" not in by or "02_train" not in by:
+        return []
+    arch, have = by["10_agilenn"]["archs"][0], by["02_train"]["archs"]
+    return [] if arch in have else [f"10_agilenn.archs: {arch!r} expected among 02_train.archs={have}"]
+
+
+def _compression_arch(by: dict[str, dict]) -> list[str]:
+    """09_compression compresses the first of its archs, which 02_train must have trained."""
+    if "09_compression" not in by or "02_train" not in by:
+        return []
+    arch, have = by["09_compression"]["archs"][0], by["02_train"]["archs"]
+    return [] if arch in have else [f"09_compression.archs: {arch!r} expected among 02_train.archs={have}"]
+
+
 RUN_RULES: list[Callable[[dict[str, dict]], list[str]]] = [
     lambda by: [p for name in ("profile", *_DATA) for p in _agree(by, name)],
-    _first_arch, _levels, _agent_scenario,
+    _first_arch, _levels, _agent_scenario, _agilenn_arch, _compression_arch,
 ]
 
 

@@ -8,18 +8,26 @@ The modules, lowest layer first (a module imports only modules above it in this 
 - :mod:`~xaiprune.serving.segments`: one rank's pruned segments, built, cached, checked, run and sent on;
 - :mod:`~xaiprune.serving.liveness`: heartbeats and failure detection;
 - :mod:`~xaiprune.serving.worker`: the serving loop of ranks r > 0 and fault injection;
-- :mod:`~xaiprune.serving.planning`: the plan for the next request, and re-planning after a loss;
-- :mod:`~xaiprune.serving.records`: the per-request record, the ledger of every request, the summary table;
-- :mod:`~xaiprune.serving.coordinator`: rank 0's loop;
+- :mod:`~xaiprune.serving.estimation`: each link's bandwidth estimated from past measured transfers;
+- :mod:`~xaiprune.serving.planning`: the plan for the next request, on estimates or (a baseline) the trace,
+  and re-planning after a loss;
+- :mod:`~xaiprune.serving.records`: the per-request record, the ledger of every request, the summary tables;
+- :mod:`~xaiprune.serving.flights`: the requests in flight and the deadline of each hop;
+- :mod:`~xaiprune.serving.dispatch`: what rank 0 does with each message it receives and each clock it checks;
+- :mod:`~xaiprune.serving.coordinator`: rank 0's pipelined loop;
 - :mod:`~xaiprune.serving.launcher`: the process entry point (``python -m xaiprune.serving``) and :func:`launch`.
+
+Beside them, for ``10_agilenn.ipynb``: :mod:`~xaiprune.serving.payload` (packed quantiser indices and images as
+bytes on the wire) and :mod:`~xaiprune.serving.offload` (a device and a remote worker, two processes, on the same
+wire and link emulation; ``python -m xaiprune.serving.offload``).
 
 Used by ``07_distributed.ipynb`` through the names below.
 """
 
-from xaiprune.serving.config import FAULTS, PLANNERS, RunConfig
+from xaiprune.serving.config import FAULTS, PLANNERS, VIEWS, RunConfig
 from xaiprune.serving.launcher import Outcome, free_port, launch
-from xaiprune.serving.records import summarise, unpruned_bytes
+from xaiprune.serving.records import fault_outcome, summarise, unpruned_bytes
 from xaiprune.serving.segments import write_scores
 
-__all__ = ["FAULTS", "PLANNERS", "Outcome", "RunConfig", "free_port", "launch", "summarise", "unpruned_bytes",
-           "write_scores"]
+__all__ = ["FAULTS", "PLANNERS", "VIEWS", "Outcome", "RunConfig", "fault_outcome", "free_port", "launch", "summarise",
+           "unpruned_bytes", "write_scores"]

@@ -12,9 +12,10 @@ import numpy as np
 from xaiprune import paths, system
 
 PLANNERS = ("nlp", "rl", "no_pruning", "static", "local", "fixed")
-FAULTS = ("kill", "duplicate", "bad_header", "bad_shape")  # what fault injection does (see RunConfig)
-POLICY_KEYS = {"name", "planner", "criterion", "agent", "level", "plan"}
-FAULT_KEYS = {"policy", "device", "request", "kind"}
+FAULTS = ("kill", "hang", "straggler", "partition", "rejoin", "duplicate", "bad_header", "bad_shape")
+VIEWS = ("estimate", "oracle")  # what a planner sees of the links (see xaiprune.serving.planning)
+POLICY_KEYS = {"name", "planner", "criterion", "agent", "level", "plan", "view", "window"}
+FAULT_KEYS = {"policy", "device", "request", "at_s", "kind", "peer", "delay_s", "down_s"}
 
 
 def resolve(path: str | os.PathLike) -> Path:
@@ -37,15 +38,25 @@ class RunConfig:
     (``nlp`` the exact optimum per request, ``rl`` a saved agent, ``no_pruning`` the best placement
     unpruned, ``static`` every segment at ``level`` with the best placement, ``local`` the whole
     unpruned model on the source, ``fixed`` the ``plan`` ``{"devices": [names], "levels": [fractions]}``
-    for every request). Whatever the planner, a plan that names a device the ward does not have, a dead
-    or an unavailable one, is replaced by the exact optimum on the live ones. ``trace`` is a (T, N, N)
-    list of bandwidth multipliers, request t seeing ``trace[t % T]``. ``fault`` is
-    ``{"policy", "device", "request", "kind"}``; the device acts at the first activation of that policy
-    it receives at or after that request. With kind ``kill`` (the default) its process kills itself
-    (SIGKILL); with ``duplicate`` it sends the first result it returns to the source twice (duplicates
-    must be counted); with ``bad_header`` it sends its next message once with a header field out of
-    range, and with ``bad_shape`` once with a tensor of the wrong shape (bad input must be refused and
-    the request served again).
+    for every request). ``view`` (default ``estimate``) is what the planner knows of the links: an
+    estimate from past measured transfers, or ``oracle``, the exact trace (a baseline no real coordinator
+    has). ``window`` (default: the config's) overrides the config's ``window`` for this policy. Whatever
+    the planner, a plan that names a device the ward does not have, a dead, excluded or unavailable one,
+    or a cut link, is replaced by the exact optimum on the live ones. ``trace`` is a
+    (T, N, N) list of bandwidth multipliers, request t seeing ``trace[t % T]``. ``window``: requests in
+    flight at once (1: one after the other).
+
+    ``fault`` is one dict or a list of them, ``{"policy", "device", "request" or "at_s", "kind", ...}``;
+    the device acts at the first activation of that policy it receives at or after that request (or at
+    least ``at_s`` seconds after the policy began, by the wall clocks of rank 0 and the device), and
+    (except ``kill`` and ``hang``, which are for good) only on that policy's messages. Kinds: ``kill``
+    (the default): its process kills itself (SIGKILL); ``hang``: it stops serving while its heartbeat
+    thread still beats (only a per-hop deadline can tell); ``straggler``: it waits ``delay_s`` (default
+    1) before every activation; ``partition``: the link between it and the worker ``peer`` is cut both
+    ways (sends over it fail); ``rejoin``: it goes dark for ``down_s`` (default 2: no heartbeat, every
+    message dropped), then reboots (its built segments are gone) and beats again; ``duplicate``: it
+    sends the first result it returns to the source twice; ``bad_header`` / ``bad_shape``: it sends its
+    next message once with a header field out of range / a tensor of the wrong shape.
     """
 
     arch: str
@@ -65,8 +76,17 @@ class RunConfig:
     dead_after_s: float = 1.0
     request_timeout_s: float = 5.0    # an attempt unanswered this long is sent again; also every send's limit
     max_attempts: int = 4
-    fault: dict | None = None
+    fault: dict | list | None = None
     threads: int = 1                  # torch threads per process (one request runs at a time)
+    window: int = 1                   # requests in flight at once
+    hop_slack: float = 3.0            # a hop's deadline: hop_slack x its expected time + hop_margin_s
+    hop_margin_s: float = 0.5
+    strikes: int = 2                  # missed hop deadlines in a row after which a device is excluded
+    ewma: float = 0.5                 # weight of the newest measured transfer in the bandwidth estimate
+
+    def faults(self) -> list[dict]:
+        """The faults to inject, as a list (``fault`` may be one dict)."""
+        return [] if self.fault is None else [self.fault] if isinstance(self.fault, dict) else list(self.fault)
 
     def validate(self) -> "RunConfig":
         """Check the config before any process starts; errors name the field."""
@@ -87,10 +107,19 @@ class RunConfig:
         if self.dead_after_s < 3 * self.heartbeat_s:
             errors.append(f"config field dead_after_s={self.dead_after_s}: expected at least 3 heartbeats "
                           f"({3 * self.heartbeat_s} s)")
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            errors.append(f"config field max_attempts={self.max_attempts!r}: expected a positive integer")
-        if self.fault is not None:
-            errors += self._fault(scenario)
+        for name in ("max_attempts", "window", "strikes"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                errors.append(f"config field {name}={getattr(self, name)!r}: expected a positive integer")
+        if not self.hop_slack >= 1 or not self.hop_margin_s > 0:
+            errors.append(f"config fields hop_slack={self.hop_slack}, hop_margin_s={self.hop_margin_s}: expected "
+                          "a slack of at least 1 and a positive margin (s)")
+        if not 0 < self.ewma <= 1:
+            errors.append(f"config field ewma={self.ewma}: expected a weight in (0, 1]")
+        if self.fault is not None and not isinstance(self.fault, (dict, list)):
+            errors.append(f"config field fault={self.fault!r}: expected a dict or a list of dicts")
+        else:
+            for i, f in enumerate(self.faults()):
+                errors += self._fault(scenario, f, "fault" if isinstance(self.fault, dict) else f"fault[{i}]")
         if errors:
             raise ValueError("distributed run config rejected:\n  " + "\n  ".join(errors))
         return self
@@ -113,6 +142,10 @@ class RunConfig:
             here = f"config field policies[{i}]"
             if set(p) - POLICY_KEYS:
                 errors.append(f"{here}: unknown keys {sorted(set(p) - POLICY_KEYS)}")
+            if not isinstance(p.get("window", 1), int) or p.get("window", 1) < 1:
+                errors.append(f"{here}.window={p.get('window')!r}: expected a positive integer")
+            if p.get("view", "estimate") not in VIEWS:
+                errors.append(f"{here}.view={p.get('view')!r}: expected one of {VIEWS}")
             if p.get("planner") not in PLANNERS:
                 errors.append(f"{here}.planner={p.get('planner')!r}: expected one of {PLANNERS}")
             if p.get("criterion", "lrp") not in self.scores:
@@ -132,20 +165,34 @@ class RunConfig:
                 errors.append(f"{here}.agent: no agent file {p.get('agent')!r}")
         return errors
 
-    def _fault(self, scenario: system.Scenario) -> list[str]:
+    def _fault(self, scenario: system.Scenario, f, here: str) -> list[str]:
+        if not isinstance(f, dict):
+            return [f"config field {here}={f!r}: expected a dict"]
         errors, devices = [], [d.name for d in scenario.devices]
         names = [p.get("name") for p in self.policies]
-        if self.fault.get("policy") not in names:
-            errors.append(f"config field fault.policy={self.fault.get('policy')!r}: expected one of {names}")
-        if self.fault.get("device") not in devices or self.fault.get("device") == devices[scenario.source]:
-            errors.append(f"config field fault.device={self.fault.get('device')!r}: expected a device other "
+        workers = [d for d in devices if d != devices[scenario.source]]
+        if f.get("policy") not in names:
+            errors.append(f"config field {here}.policy={f.get('policy')!r}: expected one of {names}")
+        if f.get("device") not in workers:
+            errors.append(f"config field {here}.device={f.get('device')!r}: expected a device other "
                           f"than the source {devices[scenario.source]!r}, one of {devices}")
-        if not isinstance(self.fault.get("request"), int) or self.fault["request"] < 0:
-            errors.append(f"config field fault.request={self.fault.get('request')!r}: expected a request index")
-        if self.fault.get("kind", "kill") not in FAULTS:
-            errors.append(f"config field fault.kind={self.fault.get('kind')!r}: expected one of {FAULTS}")
-        if set(self.fault) - FAULT_KEYS:
-            errors.append(f"config field fault: unknown keys {sorted(set(self.fault) - FAULT_KEYS)}")
+        if ("request" in f) == ("at_s" in f):
+            errors.append(f"config field {here}: expected a request index 'request' or a time 'at_s', one of them")
+        elif "request" in f and (not isinstance(f["request"], int) or f["request"] < 0):
+            errors.append(f"config field {here}.request={f.get('request')!r}: expected a request index")
+        elif "at_s" in f and (not isinstance(f["at_s"], (int, float)) or f["at_s"] < 0):
+            errors.append(f"config field {here}.at_s={f['at_s']!r}: expected seconds after the policy began")
+        kind = f.get("kind", "kill")
+        if kind not in FAULTS:
+            errors.append(f"config field {here}.kind={kind!r}: expected one of {FAULTS}")
+        if kind == "partition" and (f.get("peer") not in workers or f.get("peer") == f.get("device")):
+            errors.append(f"config field {here}.peer={f.get('peer')!r}: a partition cuts the link to another "
+                          f"worker, one of {[w for w in workers if w != f.get('device')]}")
+        for key in ("delay_s", "down_s"):
+            if key in f and not (isinstance(f[key], (int, float)) and f[key] > 0):
+                errors.append(f"config field {here}.{key}={f[key]!r}: expected a positive number of seconds")
+        if set(f) - FAULT_KEYS:
+            errors.append(f"config field {here}: unknown keys {sorted(set(f) - FAULT_KEYS)}")
         return errors
 
     def to_json(self) -> str:

@@ -4,7 +4,8 @@ On one machine every link and device is equally fast, so with ``emulate=True`` a
 compute of the segments it runs for a request to FLOPs / speed (the FLOPs of the segments it really
 built, the speed from the scenario), and a sender waits :func:`xaiprune.system.transfer_seconds` of the
 bytes of the tensor it really sends, with the scenario's bandwidth times the trace's multiplier at that
-request, before sending. With ``emulate=False`` (real hardware) nothing is padded.
+request, before sending. With ``emulate=False`` (real hardware) nothing is padded. A link cut by fault
+injection (a partition) carries nothing: :meth:`Emulator.is_cut`, whatever ``emulate`` says.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ class Emulator:
                  enabled: bool):
         self.scenario, self.order, self.rank, self.trace, self.enabled = scenario, order, rank, trace, enabled
         self.device = order[rank]
+        self.cut: set[int] = set()  # ranks the links from this rank to are cut (a partition)
+
+    def is_cut(self, dst_rank: int) -> bool:
+        """The link from this rank to ``dst_rank`` is cut: a send over it fails."""
+        return dst_rank in self.cut
 
     def multiplier(self, a: int, b: int, step: int) -> float:
         """The trace's bandwidth factor for link a -> b (device indices) at request ``step``."""

@@ -5,8 +5,9 @@ it could not start) and ``xaiprune/bye/<rank>`` when it shuts down cleanly. Both
 live here too. A worker runs :func:`start_heartbeat`: a thread that adds 1 to
 ``xaiprune/hb/<rank>`` every ``heartbeat_s`` and ends the process when the store (and so the
 coordinator) is gone, which bounds the worker's otherwise unbounded wait for work. The coordinator's
-:class:`Liveness` reads the counters; a rank whose counter has not moved for ``dead_after_s``, or that a
-peer could not send to, is dead for the rest of the run.
+:class:`Liveness` reads the counters; a rank whose counter has not moved for ``dead_after_s`` is dead,
+and comes back (rejoins) if its counter moves again; a rank the source could not send to is dead for
+the rest of the run.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ def failed_key(rank: int) -> str:
     return f"xaiprune/failed/{rank}"
 
 
+def policy_key(policy: int) -> str:
+    """Rank 0's wall-clock time (``time.time()``) when it began serving policy ``policy``."""
+    return f"xaiprune/policy/{policy}"
+
+
 def wait_started(store, ranks, timeout: float) -> None:
     """Wait until every rank is up; RuntimeError naming a rank that failed to start, or those late."""
     waiting, end = set(ranks), time.monotonic() + timeout
@@ -60,21 +66,28 @@ def wait_shut_down(store, ranks, timeout: float) -> None:
             time.sleep(0.02)
 
 
-def _beat(host: str, port: int, rank: int, every: float, stop: threading.Event) -> None:
+class Quiet:
+    """Until ``until`` (a ``time.monotonic()`` value) the heartbeat is silent (fault injection: a device gone dark)."""
+
+    until: float = 0.0
+
+
+def _beat(host: str, port: int, rank: int, every: float, stop: threading.Event, quiet: Quiet | None) -> None:
     try:
         store = dist.TCPStore(host, port, is_master=False, timeout=STORE_TIMEOUT, wait_for_workers=False)
         while not stop.is_set():
-            store.add(heartbeat_key(rank), 1)
+            if quiet is None or time.monotonic() >= quiet.until:
+                store.add(heartbeat_key(rank), 1)
             stop.wait(every)
     except Exception as exc:  # rank 0 and its store are gone: nobody will ever send us anything
         print(f"rank {rank}: lost the coordinator's store ({type(exc).__name__}); exiting", flush=True)
         os._exit(3)
 
 
-def start_heartbeat(host: str, port: int, rank: int, every: float) -> threading.Event:
-    """Beat every ``every`` s in a daemon thread; set the returned event to stop."""
+def start_heartbeat(host: str, port: int, rank: int, every: float, quiet: Quiet | None = None) -> threading.Event:
+    """Beat every ``every`` s in a daemon thread (not while ``quiet`` says so); set the returned event to stop."""
     stop = threading.Event()
-    threading.Thread(target=_beat, args=(host, port, rank, every, stop), daemon=True, name="heartbeat").start()
+    threading.Thread(target=_beat, args=(host, port, rank, every, stop, quiet), daemon=True, name="heartbeat").start()
     return stop
 
 
@@ -86,12 +99,15 @@ class Liveness:
         ranks: the worker ranks to watch.
         dead_after_s: silence after which a rank is dead.
         on_death: called once per rank declared dead, with the rank and the reason.
+        on_rejoin: called with the rank when a rank declared dead for its silence beats again.
     """
 
-    def __init__(self, store, ranks, dead_after_s: float, on_death: Callable[[int, str], None]):
-        self.store, self.dead_after_s, self.on_death = store, dead_after_s, on_death
+    def __init__(self, store, ranks, dead_after_s: float, on_death: Callable[[int, str], None],
+                 on_rejoin: Callable[[int], None] | None = None):
+        self.store, self.dead_after_s, self.on_death, self.on_rejoin = store, dead_after_s, on_death, on_rejoin
         self.alive = {r: True for r in ranks}
         self.beats = {r: (-1, time.monotonic()) for r in ranks}
+        self.silent: set[int] = set()  # dead for their silence: they may come back
 
     @property
     def dead(self) -> set[int]:
@@ -101,19 +117,35 @@ class Liveness:
         return self.alive.get(rank, True)
 
     def check(self) -> list[int]:
-        """Ranks whose heartbeat counter has not moved for ``dead_after_s``; they are marked dead."""
+        """Ranks whose heartbeat counter has not moved for ``dead_after_s``; they are marked dead.
+
+        A rank dead for its silence whose counter moves again is alive again (``on_rejoin``).
+        """
         now, dead = time.monotonic(), []
-        for r, ok in self.alive.items():
-            if not ok:
+        for r, ok in list(self.alive.items()):
+            if not ok and r not in self.silent:
                 continue
             count = self.store.add(heartbeat_key(r), 0)
             last, since = self.beats[r]
             if count != last:
                 self.beats[r] = (count, now)
-            elif now - since > self.dead_after_s:
+                if not ok:
+                    self.silent.discard(r)
+                    self.alive[r] = True
+                    if self.on_rejoin:
+                        self.on_rejoin(r)
+            elif ok and now - since > self.dead_after_s:
                 self.mark_dead(r, f"no heartbeat for {now - since:.2f} s")
+                self.silent.add(r)
                 dead.append(r)
         return dead
+
+    def fresh(self, rank: int, within: float) -> bool:
+        """The rank's heartbeat counter moved within the last ``within`` s (read now)."""
+        now, count = time.monotonic(), self.store.add(heartbeat_key(rank), 0)
+        if count != self.beats[rank][0]:
+            self.beats[rank] = (count, now)
+        return now - self.beats[rank][1] <= within
 
     def mark_dead(self, rank: int, reason: str) -> None:
         """Declare a worker dead (rank 0, unknown and already dead ranks are ignored)."""

@@ -1,14 +1,18 @@
 """Planning: which plan serves the next request, and what changes after a device is lost.
 
 A :class:`Planner` serves one policy. It keeps a view of the ward, a :class:`xaiprune.env.WardEnv`
-that replays the run's bandwidth trace one request per step with no random dynamics, and asks the
-policy for a plan on it. The view is an *oracle*: at request t the planner sees exactly the bandwidths
-the emulated links will have (``trace[t % T]``). A planner that estimates bandwidth from measured
-transfers would replace the multipliers this view replays; the choice, the checks and the fallback stay.
+with no random dynamics stepped once per request, and asks the policy for a plan on it. What the view
+holds of the links depends on the policy's ``view``: ``estimate`` (the default, what a real coordinator
+can know) puts in the bandwidths :class:`xaiprune.serving.estimation.LinkEstimator` estimates from the
+transfers of requests already answered; ``oracle`` (a labelled baseline) puts in exactly the bandwidths
+the emulated links will have at request t (``trace[t % T]``), reading the future. Devices excluded
+(dead, or missing their hop deadlines too often) are unavailable in the view until they come back;
+a cut link carries nothing in either view.
 
 Every plan is checked before it is used (:func:`check_plan`): one device and one level per segment,
-devices the ward has, alive and available, levels that were profiled. A plan that fails is logged with
-its reason and replaced by the exact optimum on the live devices, so no request is lost to a bad plan.
+devices the ward has, alive and available, levels that were profiled, no cut link. A plan that fails is
+logged with its reason and replaced by the exact optimum on the live devices (and if even that fails,
+by the whole model on the source), so no request is lost to a bad plan.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 
 from xaiprune import system
 from xaiprune.serving.config import resolve
+from xaiprune.serving.estimation import CUT, LinkEstimator
 
 
 def policy_function(policy: dict, scenario: system.Scenario, profiles: system.Profiles):
@@ -48,8 +53,9 @@ def policy_function(policy: dict, scenario: system.Scenario, profiles: system.Pr
     return lambda env, obs: env.action_of(system.Plan([scenario.source] * S, [0] * S))
 
 
-def check_plan(plan: system.Plan, conditions: system.Scenario, profiles: system.Profiles) -> list[str]:
-    """Why ``plan`` cannot be served on ``conditions`` (empty when it can)."""
+def check_plan(plan: system.Plan, conditions: system.Scenario, profiles: system.Profiles,
+               cut: set[tuple[int, int]] = frozenset()) -> list[str]:
+    """Why ``plan`` cannot be served on ``conditions`` (empty when it can); ``cut``: device pairs cut."""
     S, problems = profiles.S, []
     if len(plan.devices) != S or len(plan.levels) != S:
         return [f"{len(plan.devices)} devices and {len(plan.levels)} levels for {S} segments"]
@@ -60,7 +66,21 @@ def check_plan(plan: system.Plan, conditions: system.Scenario, profiles: system.
             problems.append(f"segment {profiles.segments[s]} on {conditions.devices[j].name}, which is dead or unavailable")
         if not 0 <= lv < profiles.L:
             problems.append(f"segment {profiles.segments[s]} at level index {lv}: {profiles.L} levels were profiled")
+    route = [conditions.source, *plan.devices, conditions.source]
+    problems += [f"link {conditions.devices[a].name} -> {conditions.devices[b].name} is cut"
+                 for a, b in zip(route, route[1:]) if (a, b) in cut]
     return problems
+
+
+def hop_seconds(plan: system.Plan, conditions: system.Scenario, profiles: system.Profiles) -> list[float]:
+    """Expected seconds of each segment of ``plan``: its compute, plus sending its output on if it leaves the device.
+
+    The source holds the device of segment s to a deadline built from the sum over its run of segments.
+    """
+    route = [*plan.devices, conditions.source]
+    return [profiles.flops[s, lv] / conditions.devices[j].speed
+            + system.transfer_seconds(conditions, j, route[s + 1], profiles.out_bytes[s, lv])
+            for s, (j, lv) in enumerate(zip(plan.devices, plan.levels))]
 
 
 class Planner:
@@ -69,40 +89,85 @@ class Planner:
     Args:
         scenario: the ward; ``order[r]`` is the scenario's device index of rank r.
         profiles: measured per-segment costs (notebook 05).
-        policy: one entry of the config's ``policies``.
+        policy: one entry of the config's ``policies`` (its ``view``: ``estimate`` or ``oracle``).
         trace: (T, N, N) bandwidth multipliers or None; n_requests: requests the view steps through.
         seed: seeds the view (it has no randomness with these dynamics, but Gymnasium wants one).
         choose: the policy function; by default :func:`policy_function` of ``policy``.
+        alpha: the estimator's weight of the newest measurement.
     """
 
     def __init__(self, scenario: system.Scenario, profiles: system.Profiles, policy: dict, order: list[int],
-                 trace: np.ndarray | None, n_requests: int, seed: int = 0, choose=None):
+                 trace: np.ndarray | None, n_requests: int, seed: int = 0, choose=None, alpha: float = 0.5):
         from xaiprune import env as ward_env
 
-        self.scenario, self.profiles, self.order = scenario, profiles, order
+        self.scenario, self.profiles, self.order, self.trace = scenario, profiles, order, trace
+        self.view = policy.get("view", "estimate")
         dyn = ward_env.Dynamics(p_drop=0.0, p_return=0.0, load_step=0.0, priority_probs=(0, 1, 0))
         self.env = ward_env.WardEnv(scenario, profiles, dyn, episode_length=max(n_requests, 1), trace=trace)
         self.env.reset(seed=seed)
         self.choose = choose or policy_function(policy, scenario, profiles)
-        self.lost: set[int] = set()
+        self.estimator = LinkEstimator(scenario, alpha)
+        self.excluded: dict[int, str] = {}        # rank -> why it is not planned on
+        self.cut: set[tuple[int, int]] = set()    # device pairs whose link is cut
 
-    def conditions(self) -> system.Scenario:
-        """The ward as the planner sees it for the current request."""
+    @property
+    def lost(self) -> set[int]:
+        return set(self.excluded)
+
+    def multipliers(self, t: int) -> np.ndarray:
+        """The link multipliers the planner sees for request ``t`` (see the module docstring)."""
+        if self.view == "oracle":
+            m = np.ones((self.scenario.n,) * 2) if self.trace is None else self.trace[t % len(self.trace)].copy()
+        else:
+            m = self.estimator.multipliers()
+        for a, b in self.cut:
+            m[a, b] = CUT
+        return m
+
+    def _view(self, t: int, avoid=()) -> None:
+        names = tuple(self.scenario.devices[self.order[r]].name for r in set(self.excluded) | set(avoid))
+        self.env.scenario = self.scenario.with_changes(unavailable=names)
+        self.env.state.available = np.array([d.available for d in self.env.scenario.devices])
+        self.env.state.available[self.scenario.source] = True
+        self.env.state.bandwidth_mult = self.multipliers(t)
+
+    def conditions(self, t: int | None = None) -> system.Scenario:
+        """The ward as the planner sees it for request ``t`` (default: the current one)."""
+        self._view(self.env.t if t is None else t)
         return self.env.instance()
 
-    def lose(self, ranks) -> None:
-        """Remove dead ranks' devices from the planner's view of the ward."""
-        new = set(ranks) - self.lost
-        if not new:
-            return
-        self.lost |= new
-        names = tuple(self.scenario.devices[self.order[r]].name for r in new)
-        self.env.scenario = self.env.scenario.with_changes(unavailable=names)
-        for r in new:
-            self.env.state.available[self.order[r]] = False
+    def truth(self, t: int) -> system.Scenario:
+        """The ward as the emulated links really are at request ``t`` (for the predicted latency)."""
+        cond = self.conditions(t)
+        m = np.ones((self.scenario.n,) * 2) if self.trace is None else self.trace[t % len(self.trace)]
+        bw = self.scenario.bandwidth * m
+        np.fill_diagonal(bw, np.inf)
+        return system.Scenario(cond.name, cond.devices, bw, cond.source, cond.deadline, cond.link_latency)
 
-    def decide(self, dead=()) -> tuple[system.Plan, str, float, list[str]]:
-        """The policy's plan on the current view; if it cannot be served, the exact optimum on the live devices.
+    def lose(self, ranks, why: str = "dead") -> None:
+        """Remove ranks' devices from the planner's view of the ward (until :meth:`regain`)."""
+        for r in ranks:
+            self.excluded.setdefault(r, why)
+
+    def regain(self, rank: int) -> None:
+        """A device back in the ward (it rejoined)."""
+        self.excluded.pop(rank, None)
+
+    def cut_link(self, a_rank: int, b_rank: int) -> None:
+        """The link between two ranks is cut, both ways (a partition is seldom one-way)."""
+        a, b = self.order[a_rank], self.order[b_rank]
+        self.cut |= {(a, b), (b, a)}
+        self.estimator.cut(a, b)
+        self.estimator.cut(b, a)
+
+    def observe(self, plan: system.Plan, link_bytes: list[int], link_us: list[int]) -> None:
+        """The measured transfers of an answered request feed the estimate."""
+        route = [self.scenario.source, *plan.devices, self.scenario.source]
+        self.estimator.observe_route(route, link_bytes, [u / 1e6 for u in link_us])
+
+    def decide(self, dead=(), t: int | None = None, avoid=()) -> tuple[system.Plan, str, float, list[str]]:
+        """The policy's plan for request ``t`` (default: the current one); if it cannot be served, the exact
+        optimum on the live devices. ``dead``: ranks to lose for good; ``avoid``: ranks not to use this time.
 
         Returns the plan, how it was chosen, the decision time (s) and the problems of the policy's plan.
         """
@@ -110,11 +175,16 @@ class Planner:
 
         start = time.perf_counter()
         self.lose(dead)
+        self._view(self.env.t if t is None else t, avoid)
+        conditions = self.env.instance()
         plan = self.env.plan_of(self.choose(self.env, self.env.observation()))
-        problems, how = check_plan(plan, self.conditions(), self.profiles), "policy"
+        problems, how = check_plan(plan, conditions, self.profiles, self.cut), "policy"
         if problems:
             plan = self.env.plan_of(rl.nlp_policy("enumeration")(self.env, self.env.observation()))
             how = "fallback: optimum"
+            if check_plan(plan, conditions, self.profiles, self.cut):
+                plan, how = system.Plan([self.scenario.source] * self.profiles.S, [0] * self.profiles.S), \
+                    "fallback: the source alone"
         return plan, how, time.perf_counter() - start, problems
 
     def step(self, plan: system.Plan) -> None:

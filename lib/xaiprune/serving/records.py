@@ -3,9 +3,9 @@
 ``requests.jsonl`` has one line per answered request: plan, prediction, logits, measured latency (from
 the first send of the request to its answer, so a re-planned request carries its detection and
 re-planning time; ``attempt_latency_ms`` is that of the last attempt alone) and predicted latency,
-per-segment and per-link times and bytes, energy per device (modelled: the scenario's J/FLOP times the
-FLOPs run, and radio power times the emulated send time), and ``answers``: the well-formed results
-received for its request id until the end of the run, used or not.
+per-segment and per-link times and bytes, energy per device (**modelled, not measured**: the scenario's
+J/FLOP times the FLOPs run, and radio power times the emulated send time), and ``answers``: the
+well-formed results received for its request id until the end of the run, used or not.
 """
 
 from __future__ import annotations
@@ -24,14 +24,19 @@ from xaiprune.serving import wire
 def request_row(scenario: system.Scenario, profiles: system.Profiles, order: list[int], policy: dict, request: int,
                 attempts: int, plan: system.Plan, how: str, decision_s: float, prepare_s: float,
                 conditions: system.Scenario, out: wire.Message, measured: tuple[float, float],
-                test_index: int, label: int) -> dict:
+                test_index: int, label: int, truth: system.Scenario | None = None,
+                times: tuple[float, float] = (0.0, 0.0)) -> dict:
     """One line of ``requests.jsonl`` for an accepted answer ``out`` (a RESULT carrying the logits).
 
     ``measured`` is (seconds since the first send of the request, seconds of its last attempt);
-    ``conditions`` the ward the plan was chosen on, on which the latency is predicted.
+    ``conditions`` the ward as the planner saw it when it chose the plan (``planned_latency_ms``);
+    ``truth`` the ward as the emulated links really were (default ``conditions``), on which the latency
+    is predicted (``predicted_latency_ms``); ``times`` (first send, answer) in seconds since the policy began.
     """
     S = profiles.S
-    predicted = system.evaluate(plan, conditions, profiles)
+    truth = conditions if truth is None else truth
+    predicted = system.evaluate(plan, truth, profiles)
+    planned = system.evaluate(plan, conditions, profiles)
     ranks = [order.index(j) for j in plan.devices]
     energy = np.zeros(scenario.n)
     for s, r in enumerate(ranks):
@@ -49,7 +54,8 @@ def request_row(scenario: system.Scenario, profiles: system.Profiles, order: lis
             "plan": plan.describe(scenario, profiles), "devices": [scenario.devices[j].name for j in plan.devices],
             "levels": [profiles.levels[lv] for lv in plan.levels],
             "latency_ms": measured[0] * 1e3, "attempt_latency_ms": measured[1] * 1e3,
-            "predicted_latency_ms": predicted.latency * 1e3,
+            "predicted_latency_ms": predicted.latency * 1e3, "planned_latency_ms": planned.latency * 1e3,
+            "sent_s": times[0], "answered_s": times[1],
             "deadline_ms": conditions.deadline * 1e3, "predicted_violations": predicted.violations,
             "surrogate_accuracy": predicted.accuracy,
             "compute_ms": [c / 1e3 for c in out.compute_us[:S]], "flops": out.flops[:S],
@@ -67,6 +73,7 @@ class Ledger:
         self.path = Path(path)
         self.rows: list[tuple[int, dict]] = []           # (policy index, row) of every accepted answer
         self.answers: Counter = Counter()                 # (policy index, request) -> well-formed results received
+        self.accepted: Counter = Counter()                # (policy index, request) -> answers accepted (used)
         self.answered: dict[int, set[int]] = {}           # policy index -> requests whose answer was accepted
         self.failed: dict[int, dict[int, str]] = {}       # policy index -> {request: why it was given up}
 
@@ -81,6 +88,7 @@ class Ledger:
 
     def accept(self, p: int, row: dict) -> None:
         self.rows.append((p, row))
+        self.accepted[(p, row["request"])] += 1
         self.answered[p].add(row["request"])
 
     def fail(self, p: int, request: int, reason: str) -> None:
@@ -89,16 +97,21 @@ class Ledger:
     def summary(self, p: int, name: str, n: int, dead: list[str]) -> dict:
         """One policy's counts over its ``n`` requests.
 
-        ``answered``: an answer accepted; ``failed``: given up after ``max_attempts`` with a reason (in
-        events.jsonl); ``lost``: neither (must be 0); ``duplicated``: requests the source received more than
-        one result for (``answers`` > 1, the extra ones accepted or discarded); ``late_discarded``: results
-        received but not used.
+        ``answered``: an answer accepted; ``answered_once``: exactly one; ``failed``: given up after
+        ``max_attempts`` with a reason (``failures``; also in events.jsonl); ``lost``: neither (must be 0);
+        ``duplicated``: requests answered (an answer accepted) more than once (must be 0);
+        ``received_twice``: requests the source received more than one result for (``answers`` > 1: a
+        late answer of an abandoned attempt, or a repeat), the extra ones discarded; ``late_discarded``:
+        results received but not used.
         """
         answered, failed = self.answered.get(p, set()), self.failed.get(p, {})
         counts = [self.answers[(p, t)] for t in range(n)]
-        return {"policy": name, "requests": n, "answered": len(answered), "failed": len(failed),
-                "lost": n - len(answered) - len(set(failed) - answered), "duplicated": sum(c > 1 for c in counts),
-                "late_discarded": sum(counts) - len(answered), "dead": dead}
+        accepted = [self.accepted[(p, t)] for t in range(n)]
+        return {"policy": name, "requests": n, "answered": len(answered),
+                "answered_once": sum(a == 1 for a in accepted), "failed": len(failed),
+                "lost": n - len(answered) - len(set(failed) - answered), "duplicated": sum(a > 1 for a in accepted),
+                "received_twice": sum(c > 1 for c in counts), "late_discarded": sum(counts) - sum(accepted),
+                "failures": {str(t): why for t, why in sorted(failed.items())}, "dead": dead}
 
     def write(self) -> None:
         """(Re)write ``requests.jsonl`` with every accepted answer so far and its request's current ``answers``."""
@@ -107,6 +120,42 @@ class Ledger:
             for p, row in self.rows:
                 f.write(json.dumps({**row, "answers": self.answers[(p, row["request"])]}) + "\n")
         tmp.replace(self.path)
+
+
+def fault_outcome(summary: dict, requests, events, fault: dict) -> dict:
+    """What one fault did to its policy's requests (one row of 07's fault table; ``metrics.json``).
+
+    ``requests``/``events``: the run's logs (pandas); ``summary``: the policy's :meth:`Ledger.summary`;
+    ``fault``: its entry of the config. ``answered_once``, ``failed`` (each with its reason in
+    ``failure_reasons``), ``lost`` and ``duplicated`` (answered more than once) come from the ledger, which
+    counts answers per request id at the source. ``triggered``: the run shows the fault (an event about it,
+    or a repeat received). ``recovery_s``: the longest time from the first send of a request the fault
+    caught (one sent again) to its answer: the fault cannot have acted before that send, so this bounds the
+    time from the fault to the first answer after it (wall clock, emulated devices and links); 0 when no
+    request had to be sent again.
+    """
+    name, kind, device = fault["policy"], fault.get("kind", "kill"), fault["device"]
+    r = requests[requests["policy"] == name] if len(requests) else requests
+    e = events[events["policy"] == name] if len(events) else events
+    shown = {"kill": ("device dead",), "hang": ("missed hop deadline",), "straggler": ("missed hop deadline",),
+             "partition": ("link cut",), "rejoin": ("device dead", "missed hop deadline"),
+             "bad_header": ("malformed message", "worker error"), "bad_shape": ("rejected", "worker error")}
+    triggered = summary["received_twice"] > 0 if kind == "duplicate" else \
+        bool(len(e)) and bool(e["event"].isin(shown[kind]).any())
+    caught = r[r["attempts"] > 1] if len(r) else r
+    out = {"kind": kind, "device": device, "at_request": fault.get("request"), "at_s": fault.get("at_s"),
+           "requests": summary["requests"],
+           "answered_once": summary["answered_once"], "failed": summary["failed"],
+           "failure_reasons": sorted(set(summary["failures"].values())), "lost": summary["lost"],
+           "duplicated": summary["duplicated"], "received_twice": summary["received_twice"],
+           "replanned": int(len(caught)), "triggered": triggered,
+           "recovery_s": float(caught["latency_ms"].max() / 1e3) if len(caught) else 0.0}
+    if kind == "rejoin":
+        back = e[e["event"] == "device rejoined"] if len(e) else e
+        back = back[back["device"] == device] if len(back) else back
+        out["rejoined"] = bool(len(back))
+        out["used_again"] = bool(len(back)) and any(device in d for d in r[r["sent_s"] > back["t_s"].iloc[0]]["devices"])
+    return out
 
 
 def unpruned_bytes(link_bytes: list[int], profiles: system.Profiles) -> int:
@@ -121,13 +170,21 @@ def _saved(g, profiles: system.Profiles) -> float:
     return float(1 - g["bytes"].sum() / unpruned) if unpruned else 0.0
 
 
+def _throughput(g) -> float:
+    span = g["answered_s"].max() - g["sent_s"].min()
+    return float(len(g) / span) if span > 0 else float("nan")
+
+
 def summarise(requests, flag: str, order: list[str] | None = None, profiles: system.Profiles | None = None):
     """One row per policy from ``requests.jsonl``: accuracy, latency, deadline hits, bytes and energy.
 
     ACC and AUC use MedMNIST's metric functions on the softmax of the logits the system returned;
-    ``latency_error`` is mean measured / mean predicted latency - 1; energies are J per request (modelled);
-    ``duplicated`` is the number of requests the source received more than one result for (``answers`` > 1,
-    whether the extra one was used or discarded), ``replanned`` of those sent more than once. With
+    ``latency_error`` is mean measured / mean predicted latency - 1; energies are J per request,
+    **modelled** (scenario J/FLOP x FLOPs run, radio W x emulated send time), not measured;
+    ``duplicated`` is the number of requests answered more than once (must be 0), ``received_twice`` of
+    those the source received more than one result for (``answers`` > 1, the extra one discarded),
+    ``replanned`` of those sent more than once; ``throughput_rps`` answers per second from the first
+    send to the last answer. With
     ``profiles``, ``bytes_saved_by_pruning`` is 1 - bytes sent / bytes the same routes would send
     unpruned (:func:`unpruned_bytes`): the effect of pruning alone, placement held equal.
     Used by ``07_distributed.ipynb``.
@@ -152,7 +209,9 @@ def summarise(requests, flag: str, order: list[str] | None = None, profiles: sys
                      **({"bytes_saved_by_pruning": _saved(g, profiles)} if profiles is not None else {}),
                      "mean_pruning": float(np.mean([np.mean(lv) for lv in g["levels"]])),
                      "distinct_plans": int(g["plan"].nunique()), "replanned": int((g["attempts"] > 1).sum()),
-                     "duplicated": int((g["answers"] > 1).sum()),
+                     "duplicated": int(g["request"].duplicated().sum()) if "request" in g else 0,
+                     "received_twice": int((g["answers"] > 1).sum()),
+                     **({"throughput_rps": _throughput(g)} if "answered_s" in g else {}),
                      "energy_j": float(energy.sum(axis=1).mean()),
                      **{f"energy_j.{k}": float(v) for k, v in energy.mean().items()}})
     out = pd.DataFrame(rows).set_index("policy")

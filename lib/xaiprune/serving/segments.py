@@ -159,6 +159,8 @@ class Node:
         ``tamper(header)``, if given, edits the header tensor in place before it is sent (fault injection).
         Raises :class:`xaiprune.serving.wire.LinkError` when the send fails.
         """
+        if self.emulator.is_cut(dst):
+            raise wire.LinkError(dst, "the link is cut (emulated partition)")
         nbytes = msg.payload.numel() * msg.payload.element_size()
         start = time.perf_counter()
         pad(start, self.emulator.transfer_seconds(dst, nbytes, msg.step))

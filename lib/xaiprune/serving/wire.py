@@ -28,9 +28,11 @@ HEADER = 80                      # int64 values per header
 MAX_SEGMENTS = 8
 MAX_PAYLOAD = 1 << 26            # float32 elements (256 MB): anything larger is refused
 TAG_HEADER, TAG_PAYLOAD = 1, 2
-PREPARE, READY, ACTIVATION, RESULT, SHUTDOWN, ERROR = 1, 2, 3, 4, 5, 6
+PREPARE, READY, ACTIVATION, RESULT, SHUTDOWN, ERROR, PROGRESS = 1, 2, 3, 4, 5, 6, 7
 KINDS = {PREPARE: "prepare", READY: "ready", ACTIVATION: "activation", RESULT: "result",
-         SHUTDOWN: "shutdown", ERROR: "error"}
+         SHUTDOWN: "shutdown", ERROR: "error", PROGRESS: "progress"}
+# PROGRESS: a worker tells the source it has sent request/attempt on (``detail``: the rank it went to,
+# ``start``: the segment that rank runs next), so the source can hold every hop to a deadline
 # error codes: a header refused; a peer that could not be sent to (detail: its rank); a request whose
 # segments failed to run; a payload refused (a tensor of the wrong shape for the segment it is sent to)
 MALFORMED, UNREACHABLE, FAILED, REJECTED = 1, 2, 3, 4
@@ -155,7 +157,7 @@ class Message:
                   flops=v[_F["flops"]:_F["flops"] + MAX_SEGMENTS],
                   link_us=v[_F["link_us"]:_F["link_us"] + MAX_SEGMENTS + 1],
                   link_bytes=v[_F["link_bytes"]:_F["link_bytes"] + MAX_SEGMENTS + 1])
-        if kind in (ACTIVATION, PREPARE) and S == 0:
+        if kind in (ACTIVATION, PREPARE, PROGRESS) and S == 0:
             raise ProtocolError(f"header field n_segments=0: a {KINDS[kind]} message needs the plan")
         needs = kind in (ACTIVATION, RESULT)
         if needs != (shape is not None):

@@ -1,5 +1,8 @@
 """A worker (rank r > 0): build segments on PREPARE, run them on ACTIVATION, send the tensor on.
 
+A receiving thread always has a receive posted (gloo sends wait for one), so two peers sending to each
+other never block each other, and the main thread serves one message at a time. After forwarding an
+activation to another worker it tells the source (PROGRESS), which holds every hop to a deadline.
 Bad input never stops a worker: a refused header is answered with ERROR ``MALFORMED``, a tensor its
 segment cannot take with ERROR ``REJECTED``, segments that fail with ERROR ``FAILED`` (the last two name
 the request and attempt, so the coordinator serves the request again at once), and a peer it cannot
@@ -11,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
+import threading
 import time
 
 import torch
@@ -19,38 +24,73 @@ import torch
 from xaiprune.serving import wire
 from xaiprune.serving.config import RunConfig
 from xaiprune.serving.emulation import us
-from xaiprune.serving.liveness import bye_key, start_heartbeat, up_key
+from xaiprune.serving.liveness import Quiet, bye_key, policy_key, start_heartbeat, up_key
 from xaiprune.serving.segments import Node, PayloadError
 
 
 class Fault:
-    """The fault this rank injects, if the config's ``fault`` names its device; it acts once."""
+    """The faults of the config that concern this rank (its device, or the peer of a partition)."""
 
-    def __init__(self, cfg: RunConfig, node: Node):
-        f = cfg.fault
-        mine = f is not None and node.scenario.index(f["device"]) == node.device
-        self.kind = f.get("kind", "kill") if mine else None
-        self.policy = [p["name"] for p in cfg.policies].index(f["policy"]) if mine else -1
-        self.request = f["request"] if mine else 0
+    ONCE = ("rejoin", "duplicate", "bad_header", "bad_shape")  # act once; the others from their request on
 
-    def hits(self, msg: wire.Message) -> bool:
-        return self.kind is not None and msg.policy == self.policy and msg.request >= self.request
+    def __init__(self, cfg: RunConfig, node: Node, store=None):
+        names = [p["name"] for p in cfg.policies]
+        self.node, self.store, self.items, self.starts = node, store, [], {}
+        for f in cfg.faults():
+            kind = f.get("kind", "kill")
+            ends = [f["device"]] + ([f["peer"]] if kind == "partition" else [])
+            me = node.scenario.devices[node.device].name
+            if me in ends:
+                other = [node.order.index(node.scenario.index(e)) for e in ends if e != me]
+                self.items.append({**f, "kind": kind, "p": names.index(f["policy"]), "other": other, "done": False})
+
+    def active(self, msg: wire.Message, kind: str) -> dict | None:
+        """The fault of this kind that acts on ``msg``, if any (a once-only fault is used up)."""
+        for f in self.items:
+            if f["kind"] == kind and not f["done"] and msg.policy == f["p"] and self._due(f, msg):
+                f["done"] = kind in self.ONCE
+                return f
+        return None
+
+    def _due(self, f: dict, msg: wire.Message) -> bool:
+        if "at_s" not in f:
+            return msg.request >= f["request"]
+        if msg.policy not in self.starts:  # rank 0 wrote it before sending anything of that policy
+            self.starts[msg.policy] = float(self.store.get(policy_key(msg.policy)).decode())
+        return time.time() >= self.starts[msg.policy] + f["at_s"]
+
+
+def _receive_loop(node: Node, cfg: RunConfig, inbox: queue.Queue) -> None:
+    """Always have a receive posted (gloo sends wait for one), so peers sending to each other never block."""
+    while True:
+        try:
+            src, msg = wire.receive(node.limits, cfg.request_timeout_s)
+        except RuntimeError as exc:  # the wait itself failed: say so and wait again (liveness ends a lost cause)
+            print(f"rank {node.rank}: receive failed: {str(exc).splitlines()[0][:160]}", flush=True)
+            time.sleep(0.5)
+            continue
+        inbox.put((time.monotonic(), src, msg))
 
 
 def serve(cfg: RunConfig, rank: int, store, host: str, port: int) -> int:
     """Serve until SHUTDOWN; returns the exit code."""
     node = Node(cfg, rank)
     torch.set_num_threads(cfg.threads)
-    fault = Fault(cfg, node)
-    stop = start_heartbeat(host, port, rank, cfg.heartbeat_s)
+    fault, quiet = Fault(cfg, node, store), Quiet()
+    stop = start_heartbeat(host, port, rank, cfg.heartbeat_s, quiet)
+    inbox: queue.Queue = queue.Queue()
+    threading.Thread(target=_receive_loop, args=(node, cfg, inbox), daemon=True, name="receive").start()
     store.set(up_key(rank), "1")
     print(f"rank {rank}: device {node.scenario.devices[node.device].name} ready", flush=True)
+    rebooting = False
     while True:
-        try:
-            src, msg = wire.receive(node.limits, cfg.request_timeout_s)
-        except RuntimeError as exc:  # the wait itself failed: say so and wait again (liveness ends a lost cause)
-            print(f"rank {rank}: receive failed: {str(exc).splitlines()[0][:160]}", flush=True)
-            time.sleep(0.5)
+        arrived, src, msg = inbox.get()
+        if rebooting and time.monotonic() >= quiet.until:
+            node.built.clear()
+            rebooting = False
+            print(f"rank {rank}: fault injection: back after going dark; segments must be built again", flush=True)
+        if arrived < quiet.until:  # dark: whatever arrives is lost
+            print(f"rank {rank}: dark: dropped a {wire.KINDS.get(getattr(msg, 'kind', 0), 'bad')} message", flush=True)
             continue
         if isinstance(msg, wire.ProtocolError):
             print(f"rank {rank}: refused a message from rank {src}: {msg}", flush=True)
@@ -67,6 +107,12 @@ def serve(cfg: RunConfig, rank: int, store, host: str, port: int) -> int:
                                      sender=rank, devices=msg.devices, levels=msg.levels, criterion=msg.criterion,
                                      extra_us=us(time.perf_counter() - start)))
         elif msg.kind == wire.ACTIVATION:
+            f = fault.active(msg, "rejoin")
+            if f:
+                quiet.until, rebooting = time.monotonic() + f.get("down_s", 2.0), True
+                print(f"rank {rank}: fault injection: dark for {f.get('down_s', 2.0)} s from request {msg.request} "
+                      "(no heartbeat, every message dropped)", flush=True)
+                continue
             activation(cfg, node, src, msg, fault)
         else:
             print(f"rank {rank}: refused a {wire.KINDS[msg.kind]} message from rank {src}: workers take "
@@ -79,11 +125,20 @@ def serve(cfg: RunConfig, rank: int, store, host: str, port: int) -> int:
 
 
 def activation(cfg: RunConfig, node: Node, src: int, msg: wire.Message, fault: Fault) -> None:
-    """Run this rank's segments of one request and send the tensor on; report what goes wrong."""
-    rank, hit = node.rank, fault.hits(msg)
-    if hit and fault.kind == "kill":
+    """Run this rank's segments of one request, send the tensor on, tell the source; report what goes wrong."""
+    rank = node.rank
+    if fault.active(msg, "kill"):
         print(f"rank {rank}: fault injection: dying mid-request {msg.request} (SIGKILL)", flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
+    if fault.active(msg, "hang"):
+        print(f"rank {rank}: fault injection: hanging at request {msg.request} (the heartbeat goes on)", flush=True)
+        while True:
+            time.sleep(3600)
+    slow = fault.active(msg, "straggler")
+    if slow:
+        time.sleep(slow.get("delay_s", 1.0))
+    cut = fault.active(msg, "partition")
+    node.emulator.cut = set(cut["other"]) if cut else set()
     try:
         dst = node.run(msg, msg.payload)
     except PayloadError as exc:
@@ -95,23 +150,24 @@ def activation(cfg: RunConfig, node: Node, src: int, msg: wire.Message, fault: F
         _error(cfg, rank, msg, wire.FAILED, rank)
         return
     tamper = None
-    if hit and fault.kind == "bad_shape":
+    if fault.active(msg, "bad_shape"):
         print(f"rank {rank}: fault injection: request {msg.request} sent on with an extra channel", flush=True)
         msg.payload = torch.cat([msg.payload, msg.payload[:, :1]], dim=1)
-        fault.kind = None
-    elif hit and fault.kind == "bad_header":
+    elif fault.active(msg, "bad_header"):
         print(f"rank {rank}: fault injection: request {msg.request} sent on with level index 10**6", flush=True)
         tamper = _bad_level
-        fault.kind = None
     try:
         node.hop(msg, dst, tamper)
-        if hit and fault.kind == "duplicate" and msg.kind == wire.RESULT:
+        if msg.kind == wire.RESULT and fault.active(msg, "duplicate"):
             print(f"rank {rank}: fault injection: sending the result of request {msg.request} twice", flush=True)
             wire.send(msg, dst, cfg.request_timeout_s)
-            fault.kind = None
-    except wire.LinkError as exc:  # the next device is gone: tell the coordinator which
+    except wire.LinkError as exc:  # the next device is gone, or the link to it: tell the coordinator which
         print(f"rank {rank}: send to rank {dst} failed: {exc}", flush=True)
         _error(cfg, rank, msg, wire.UNREACHABLE, dst)
+        return
+    if msg.kind == wire.ACTIVATION and dst != 0:  # the source holds every hop to a deadline
+        _reply(cfg, wire.Message(wire.PROGRESS, request=msg.request, attempt=msg.attempt, policy=msg.policy,
+                                 devices=msg.devices, levels=msg.levels, start=msg.start, sender=rank, detail=dst))
 
 
 def _bad_level(header: torch.Tensor) -> None:
