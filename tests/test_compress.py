@@ -1,0 +1,250 @@
+"""XAI-guided compression (notebook 09): weighted k-means, exact bit counts, the file round trip, zero relevance of dead
+weights, zeros kept by quantisation, bad settings refused."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from xaiprune import claims, compress, compress_io, compress_study, data, models, parameters, prune
+from xaiprune.schema import ParameterError
+from conftest import small, split
+
+
+def tiny() -> models.SegmentedModel:
+    """One 3x3 conv (2 -> 3 filters, no bias), BatchNorm, ReLU, then the head: hand-countable."""
+    torch.manual_seed(0)
+    return models.SegmentedModel(OrderedDict(block1=nn.Sequential(*models.conv_bn_relu(2, 3), models.Head(3, 2)))).eval()
+
+
+def test_weighted_kmeans_with_equal_weights_equals_unweighted():
+    w = torch.randn(16, 8, 3, 3, generator=torch.Generator().manual_seed(0))
+    for bits in (1, 2, 4):
+        plain = compress.share(w, bits)
+        equal = compress.share(w, bits, sample_weight=torch.full_like(w, 3.7))
+        np.testing.assert_allclose(compress.decode(equal), compress.decode(plain), rtol=0, atol=1e-7)
+        assert len(plain.table) == 2 ** bits and plain.values.max() < 2 ** bits
+
+
+def test_relevance_moves_the_centres_toward_the_relevant_weights():
+    w = torch.cat([torch.linspace(-1, -0.5, 50), torch.linspace(0.5, 1, 50)])
+    relevant = torch.cat([torch.zeros(50), torch.ones(50)])  # only the positive half matters
+    plain, weighted = compress.share(w, 1), compress.share(w, 1, sample_weight=relevant)
+    err = lambda code: float(((compress.decode(code) - w.numpy())[50:] ** 2).mean())  # noqa: E731
+    assert err(weighted) < 0.5 * err(plain)
+
+
+def test_sizes_in_bits_by_hand_on_a_tiny_model():
+    model = tiny()
+    assert compress_io.size_bits(model, {})["total"] == 8 * prune.weight_bytes(model)
+    other = 8 * prune.weight_bytes(model) - 32 * (3 * 2 * 9 + 2 * 3)  # BatchNorm (4 x 3 float32 + int64) and fc bias
+    assert other == 32 * (4 * 3 + 2) + 64
+    conv, fc = "segments.block1.0.weight", "segments.block1.3.fc.weight"
+    # 4-bit sharing, nothing pruned: 54 + 6 codes of 4 bits, two codebooks (16 and 6 centres: fc has 6 weights)
+    shared = compress.compress(model, "share", 4)
+    assert compress_io.size_bits(model, shared)["total"] == 60 * 4 + 32 * (16 + 6) + other
+    # 3-bit quantisation: 60 codes of 3 bits and one float32 scale per output channel (3 + 2)
+    quant = compress.compress(model, "quant", 3)
+    assert compress_io.size_bits(model, quant)["total"] == 60 * 3 + 32 * 5 + other
+    # the conv pruned to its first 6 of 54 weights, stored raw: gaps of g bits (6 symbols, the trailing zeros implied)
+    mask = torch.zeros(3, 2, 3, 3, dtype=torch.bool)
+    mask.view(-1)[:6] = True
+    code = compress.raw(model.segments.block1[0].weight, mask)
+    assert compress_io.index_layout(code.mask) == ("gaps", 1, 6)
+    assert compress_io.layout(code)["total"] == 6 * 32 + 6
+    # a 2-bit quantised conv with one weight in nine kept: gaps (4-bit symbols) beat a bitmap (54 bits) and dense codes
+    mask = torch.zeros(54, dtype=torch.bool)
+    mask[::9] = True
+    code = compress.quantise(model.segments.block1[0].weight, 2, mask.view(3, 2, 3, 3))
+    assert compress_io.index_layout(code.mask) == ("gaps", 4, 4 * 6)  # 0 or 8 zeros before each: one 4-bit symbol
+    assert compress_io.layout(code) == {"layout": "gaps", "g": 4, "codes": 6 * 2, "table": 32 * 3, "index": 24,
+                                        "total": 12 + 96 + 24}
+    assert compress_io.gap_symbols(code.mask, 3) == 6 + 5  # with 3-bit symbols, a run of 8 needs one escape (7)
+    assert compress_io.layout(compress.compress(model, "raw")[fc])["total"] == 6 * 32
+
+
+@pytest.mark.parametrize("kind,bits,sparsity", [("share", 3, 0.7), ("quant", 4, 0.5), ("quant", 2, 0.05), ("raw", None, 0.9),
+                                                ("share", 1, 0.0)])
+def test_saved_file_round_trips_to_the_same_logits_and_its_size_is_the_counted_one(tmp_path, kind, bits, sparsity):
+    model = small()
+    ref = split(8)
+    masks = compress.WeightRanking(compress.magnitude(model)).masks(sparsity) if sparsity else None
+    relevance = compress.weight_relevance(model, ref, cache=False)
+    codes = compress.compress(model, kind, bits, masks=masks, sample_weights=relevance if kind == "share" else None)
+    path = compress_io.save(tmp_path / "m.xpc", model, codes, "small_cnn")
+    back = compress_io.load(path)
+    x = torch.randn(5, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(back(x), compress.apply(model, codes)(x))
+    counted = compress_io.size_bits(model, codes)["total"]
+    report = compress_io.file_report(path, counted)
+    streams = 3 * len(codes) + len(model.state_dict()) - len(codes)
+    assert 0 <= report["file_bytes"] - report["header_bytes"] - counted / 8 <= streams  # padding only
+
+
+def test_a_structurally_pruned_model_is_saved_and_rebuilt_with_its_shapes(tmp_path):
+    model = small()
+    pruned, _ = prune.prune(model, "l1", 0.5)
+    codes = compress.compress(pruned, "quant", 6)
+    back = compress_io.load(compress_io.save(tmp_path / "p.xpc", pruned, codes, "small_cnn"))
+    assert [c.out_channels for c in models.conv_layers(back).values()] == [c.out_channels for c in models.conv_layers(pruned).values()]
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(back(x), compress.apply(pruned, codes)(x))
+
+
+def test_gap_index_round_trips_with_escapes():
+    rng = np.random.default_rng(0)
+    for p in (0.001, 0.05, 0.5, 0.99):
+        mask = rng.random(5000) < p
+        mask[0] = True
+        for g in (1, 3, 8):
+            symbols = compress_io._encode_gaps(mask, g)
+            assert len(symbols) == compress_io.gap_symbols(mask, g)
+            assert np.array_equal(compress_io._decode_gaps(symbols, g, mask.size), mask)
+    values = rng.integers(0, 2 ** 5, 1001)
+    assert np.array_equal(compress_io.unpack(compress_io.pack(values, 5), 5, 1001), values)
+
+
+def test_a_weight_that_never_affects_the_output_has_zero_relevance():
+    # at a 1x1 input a padded 3x3 conv uses only its centre tap: the eight others never affect the output
+    model = tiny()
+    ref = data.Split(x=torch.randn(6, 2, 1, 1), y=torch.arange(6) % 2, flag="pneumoniamnist", split="val", size=28)
+    r = compress.weight_relevance(model, ref, cache=False)["segments.block1.0.weight"]
+    centre = torch.zeros(3, 3, dtype=torch.bool)
+    centre[1, 1] = True
+    assert torch.all(r[:, :, ~centre] == 0) and torch.all(r[:, :, centre] > 0)
+    masks = compress.WeightRanking(compress.weight_relevance(model, ref, cache=False)).masks(0.75)  # 45 of 60 weights
+    assert masks["segments.block1.0.weight"][:, :, centre].all() and masks["segments.block1.3.fc.weight"].all()
+    assert int(masks["segments.block1.0.weight"].sum()) == 60 - 45 - 6  # only dead taps went
+    assert compress.magnitude(model)["segments.block1.0.weight"][:, :, ~centre].gt(0).all()  # magnitude cannot tell
+
+
+def test_relevance_by_hand_on_a_linear_layer():
+    head = models.SegmentedModel(OrderedDict(h=models.Head(2, 2))).eval()
+    with torch.no_grad():
+        head.segments.h.fc.weight.copy_(torch.tensor([[1.0, -2.0], [0.5, 3.0]]))
+    x = torch.tensor([[[[2.0]], [[1.0]]], [[[-1.0]], [[4.0]]]])  # two 2-channel 1x1 images
+    ref = data.Split(x=x, y=torch.tensor([0, 1]), flag="pneumoniamnist", split="val", size=28)
+    r = compress.weight_relevance(head, ref, cache=False)["segments.h.fc.weight"]
+    # dR/dw for the target row is the input: row 0 from image 0 |w * x| = [2, 2]; row 1 from image 1 = [0.5, 12]
+    assert torch.allclose(r, torch.tensor([[2.0, 2.0], [0.5, 12.0]]))
+
+
+@pytest.mark.parametrize("kind,bits", [("share", 3), ("quant", 2), ("quant", 1), ("quant", 8)])
+def test_pruned_weights_stay_zero_after_sharing_or_quantisation(kind, bits):
+    model = small()
+    masks = compress.WeightRanking(compress.magnitude(model)).masks(0.6)
+    out = compress.apply(model, compress.compress(model, kind, bits, masks=masks))
+    for key, layer in compress.weight_layers(out).items():
+        assert torch.all(layer.weight[~masks[key]] == 0)
+        assert masks[key].any()  # every layer keeps a weight
+    total = sum(m.numel() for m in masks.values())
+    assert abs(sum(int((~m).sum()) for m in masks.values()) - 0.6 * total) <= len(masks)
+
+
+def test_quantisation_is_symmetric_per_channel_and_exact_on_its_grid():
+    w = torch.tensor([[-3.0, 0.0, 1.0, 3.0], [0.1, -0.2, 0.2, 0.0]])
+    code = compress.quantise(w, 3)  # 7 levels, L = 3
+    np.testing.assert_allclose(compress.decode(code)[0], [-3, 0, 1, 3], atol=1e-6)
+    assert code.table[1] < code.table[0] and code.values.max() <= 6
+
+
+def test_mixed_precision_allocation_follows_relevance_within_the_budget():
+    counts = {"a": 100, "b": 1000, "c": 10}
+    bits = compress.allocate_bits(counts, {"a": 1.0, "b": 1.0, "c": 1.0}, 4)
+    assert sum(bits[k] * counts[k] for k in counts) <= 4 * sum(counts.values())
+    assert bits["c"] >= bits["a"] >= bits["b"] and all(2 <= b <= 8 for b in bits.values())
+    flipped = compress.allocate_bits(counts, {"a": 1.0, "b": 1e6, "c": 1e-6}, 4)
+    assert flipped["b"] > bits["b"] and flipped["c"] < bits["c"]  # relevance moves bits to b, away from c
+    assert compress.allocate_bits(counts, {"a": 1, "b": 1, "c": 1}, 2) == {"a": 2, "b": 2, "c": 2}
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda m, r: compress.share(m.segments.block1[0].weight, 0), "bits=0"),
+    (lambda m, r: compress.quantise(m.segments.block1[0].weight, 17), "bits=17"),
+    (lambda m, r: compress.compress(m, "share", 2.5), r"bits\[.*\]=2.5"),
+    (lambda m, r: compress.WeightRanking(compress.magnitude(m)).masks(1.0), "sparsity=1.0"),
+    (lambda m, r: compress.WeightRanking(compress.magnitude(m)).masks(-0.1), "sparsity=-0.1"),
+    (lambda m, r: compress.weight_relevance(m, data.Split(r.x[:0], r.y[:0], r.flag, "val", 28)), "reference set is empty"),
+    (lambda m, r: compress.allocate_bits({"a": 1}, {"a": 1.0}, 9), "average=9"),
+    (lambda m, r: compress.compress(m, "zip", 2), "kind='zip'"),
+])
+def test_bad_settings_are_refused_before_any_work(call, match, monkeypatch):
+    monkeypatch.setattr(compress, "KMeans", None)           # any clustering would fail differently
+    monkeypatch.setattr(compress.torch.autograd, "grad", None)  # so would any backward pass
+    with pytest.raises(ValueError, match=match):
+        call(small(), split(4))
+
+
+def test_the_schema_of_09_refuses_bad_settings_and_names_the_xai_criteria_as_prune_does():
+    assert parameters.XAI_CRITERIA == tuple(sorted(prune.XAI_CRITERIA))
+    good = parameters.defaults("09_compression")
+    for change, match in [({"share_bits": [0, 2]}, "share_bits"), ({"budget_bits": [9]}, "budget_bits"),
+                          ({"sparsities": [1.0]}, "sparsities"), ({"filter_baselines": ["l1", "deeplift"]}, "non-XAI"),
+                          ({"combo_stage": "mixed", "combo_bits": [1, 3]}, "combo_bits"), ({"draws": 1}, "draws")]:
+        with pytest.raises(ParameterError, match=match):
+            parameters.validate("09_compression", {**good, **change})
+    assert parameters.validate("09_compression", good)["combo_stage"] == "share"
+
+
+def test_curve_summaries_and_the_compression_claim_follow_their_rules():
+    curve = pd.DataFrame({"bits": [100.0, 200.0, 400.0], "ratio": [40.0, 20.0, 10.0], "acc": [0.80, 0.845, 0.86]})
+    assert compress_study.ratio_at(curve, 0.825, 1) == 20.0 and compress_study.ratio_at(curve, 0.825, 3) == 40.0
+    assert compress_study.ratio_at(curve, 0.99, 1) is None
+    base = pd.DataFrame({"bits": [100.0, 400.0], "acc": [0.70, 0.90]})
+    xai = pd.DataFrame({"bits": [50.0, 100.0, 200.0, 400.0], "acc": [0.9, 0.72, 0.70, 0.90]})
+    # 50 bits lies outside the baseline's sizes; at 200 bits the baseline interpolates (log bits) to 0.80
+    assert compress_study.equal_size(xai, base) == {"better": 1, "tie": 1, "worse": 1, "compared": 3, "matches_most": True}
+    assert compress_study.equal_size(xai.iloc[:1], base)["matches_most"] is None
+
+    def technique(x1, b1, matches):
+        return {"xai": {"variant": "x", "ratio_at_1pt": x1}, "baseline": {"variant": "b", "ratio_at_1pt": b1},
+                "equal_size_acc": {"better": 1, "tie": 0, "worse": 0, "matches_most": matches}}
+
+    def m09(x1, b1, matches):  # technique "a" as given, technique "b" always at least as good
+        return {"techniques": {"a": technique(x1, b1, matches), "b": technique(20.0, 10.0, True)},
+                "combined": {"ratio_at_1pt": 17.0, "file_bytes": 123}, "bn_correction": True}
+    row = lambda m: next(c for c in claims.claims({"09_compression": m}) if "compression" in c["claim"])  # noqa: E731
+    assert row(None)["verdict"] == claims.MISSING
+    assert row(m09(20.0, 10.0, True))["verdict"] == claims.SUPPORTED
+    assert row(m09(20.0, 10.0, None))["verdict"] == claims.SUPPORTED  # no common size: the ratio decides
+    assert row(m09(5.0, 10.0, True))["verdict"] == claims.PARTLY
+    assert row(m09(None, 10.0, False))["verdict"] == claims.PARTLY and "Rule:" in row(m09(None, 10.0, False))["evidence"]
+    bad = m09(1.0, 2.0, False)
+    bad["techniques"]["b"] = technique(30.0, 10.0, False)  # a better ratio, but worse at most sizes
+    assert row(bad)["verdict"] == claims.NOT
+
+
+def test_a_study_compares_variants_at_equal_size_and_caches_the_relevance(isolated):
+    model, test = small(), split(32, seed=3)
+    refs = [split(6, seed=1), split(6, seed=2)]
+    plain = compress_study.Study(model, test, refs, correct=False, progress=False)
+    assert len(list((isolated / "artifacts" / "relevance").glob("weights-*.pt"))) == 2  # one file per draw
+    plain.sharing([2])
+    plain.combined([0.5], [3])
+    rows = plain.frame()
+    shared = rows[rows["technique"] == "sharing"]
+    assert sorted(shared["variant"]) == ["k-means", "weighted k-means", "weighted k-means"]  # no correction: one plain draw
+    assert shared["bits"].nunique() == 1  # same bits: 2-bit codes and four centres per layer either way
+    curves = compress_study.summary(rows)
+    assert set(curves.loc[curves["technique"] == "combined", "setting"]) == {(0.5, 3)}
+    corrected = compress_study.Study(model, test, refs, progress=False)
+    corrected.weight_pruning([0.5])
+    assert len(corrected.frame()) == 4 and corrected.frame()["corrected"].all()
+    unchanged = compress.correct_means(model, compress.apply(model, compress.compress(model, "raw")), refs[0])
+    assert all(torch.equal(a, b) for a, b in zip(unchanged.state_dict().values(), model.state_dict().values()))
+
+
+def test_ties_of_relevance_are_broken_by_the_tiebreak_then_by_position():
+    scores = {"a": torch.tensor([0.0, 0.0, 0.0, 2.0]), "b": torch.tensor([0.0, 1.0])}
+    size = {"a": torch.tensor([3.0, 1.0, 2.0, 0.1]), "b": torch.tensor([0.5, 9.0])}
+    masks = compress.WeightRanking(scores, tiebreak=size).masks(0.5)  # three of six go: the zeros with the smallest |w|
+    assert masks["a"].tolist() == [True, False, False, True] and masks["b"].tolist() == [False, True]
+    plain = compress.WeightRanking(scores).masks(0.5)  # by position: a's first three zeros
+    assert plain["a"].tolist() == [False, False, False, True] and plain["b"].tolist() == [True, True]
