@@ -1,0 +1,228 @@
+"""AgileNN (notebook 10): the quantiser, the two losses, the trapezoid IG, the wire payload, training, serving, bad input."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+from captum.attr import IntegratedGradients
+from torch import nn
+
+from xaiprune import agilenn, agilenn_train, data, parameters, paths, train
+from xaiprune.schema import ParameterError
+from xaiprune.serving import offload, payload
+from conftest import needs_real_data, small
+
+
+def test_the_quantiser_outputs_only_centroids_and_passes_the_soft_gradient():
+    q = agilenn.SoftToHardQuantizer(4)
+    x = torch.rand(3, 5, 2, 2, generator=torch.Generator().manual_seed(0)) * 6
+    x.requires_grad_(True)
+    y, idx = q(x)
+    c = q.centroids().detach()
+    assert torch.isin(y.detach(), c).all() and torch.equal(y.detach(), c[idx])
+    assert torch.equal(idx, (x.detach().unsqueeze(-1) - c).abs().argmin(-1))  # the nearest centroid
+    w = torch.randn_like(x)
+    (gx,) = torch.autograd.grad((y * w).sum(), x)
+    xs = x.detach().clone().requires_grad_(True)
+    d = (xs.unsqueeze(-1) - c).square()
+    soft = (torch.softmax(-d, -1) * c).sum(-1)
+    (want,) = torch.autograd.grad((soft * w).sum(), xs)
+    assert torch.allclose(gx, want, atol=1e-6) and gx.abs().sum() > 0
+    assert torch.allclose(q.dequantize(idx), y.detach())
+
+
+def test_the_losses_vanish_on_ordered_skewed_importance_and_are_positive_otherwise():
+    k = 2
+    good = torch.tensor([[5.0, 4.0, 0.5, 0.3, 0.2], [9.0, 3.0, 1.0, 0.0, 0.0]])
+    assert agilenn.skewness_loss(good, k, 0.8) == 0 and agilenn.disorder_loss(good, k) == 0
+    skewed_but_disordered = torch.tensor([[9.0, 0.1, 0.5, 0.2, 0.2]])  # a remote channel outranks a local one
+    assert agilenn.skewness_loss(skewed_but_disordered, k, 0.8) == 0
+    assert agilenn.disorder_loss(skewed_but_disordered, k) == pytest.approx((0.5 - 0.1) / 10.0)
+    ordered_not_skewed = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0]])
+    assert agilenn.skewness_loss(ordered_not_skewed, k, 0.8) == pytest.approx(0.8 - 0.4)
+    assert agilenn.disorder_loss(ordered_not_skewed, k) == 0
+    assert agilenn.skewness(good, k).tolist() == pytest.approx([9 / 10, 12 / 13])
+
+
+def test_the_trapezoid_ig_equals_captums_ig_with_two_steps():
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8), nn.SiLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 3)).eval()
+    body[1].running_mean.normal_(0, 0.3)
+    f, y = torch.rand(5, 6, 4, 4) * 6, torch.tensor([0, 2, 1, 2, 0])
+    base = agilenn.BaselineGradient(body, (6, 4, 4), 3)
+    mine = agilenn.channel_importance(body, f, y, base)
+    ig = IntegratedGradients(lambda z, labels: agilenn.per_sample_loss(body(z), labels))  # the loss as the output
+    theirs = ig.attribute(f, baselines=torch.zeros_like(f), additional_forward_args=(y,), n_steps=2,
+                          method="riemann_trapezoid")
+    # Captum's trapezoid weights are 1/n with halved ends (they sum to (n-1)/n): with 2 steps, 1/4 and 1/4, half of the
+    # two-point trapezoid's 1/2 and 1/2. The factor cancels in every share (skewness, losses, ranking).
+    assert torch.allclose(mine, 2 * theirs.abs().sum((2, 3)), rtol=1e-5, atol=1e-7)
+    # with create_graph the importance is differentiable with respect to the features (double backpropagation)
+    fg = f.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(agilenn.channel_importance(body, fg, y, base, create_graph=True)[:, :2].sum(), fg)
+    assert g.abs().sum() > 0
+
+
+def test_the_payload_round_trips_in_fewer_bytes_than_one_per_value():
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, 8, (19, 14, 14), generator=gen)
+    for codec in payload.CODECS:
+        buf = payload.encode_indices(idx, 3, codec)
+        assert torch.equal(payload.decode_indices(buf, 3, (19, 14, 14), codec), idx)
+        assert len(buf) < idx.numel()  # 3 bits (random, so barely compressible) against 8 per value
+    assert len(payload.pack_indices(idx, 3)) == -(-idx.numel() * 3 // 8)
+    odd = torch.tensor([5, 0, 7, 1, 2])  # a count that does not fill the last byte
+    assert payload.unpack_indices(payload.pack_indices(odd, 3), 3, 5).tolist() == [5, 0, 7, 1, 2]
+    with pytest.raises(ValueError, match="do not fit in 3 bits"):
+        payload.pack_indices(torch.tensor([8]), 3)
+    raw = bytes(np.random.default_rng(0).integers(0, 256, 1001, dtype=np.uint8))  # NaN bit patterns included
+    t = payload.to_tensor(raw)
+    assert t.dtype == torch.float32 and t.numel() == 251 and payload.from_tensor(t.clone(), len(raw)) == raw
+    x = torch.rand(1, 28, 28) * 2 - 1
+    x = torch.round((x * 0.5 + 0.5) * 255) / 255 / 0.5 - 1  # on MedMNIST's uint8 grid
+    assert torch.allclose(payload.decode_image(payload.encode_image(x, "png")), x, atol=1e-6)
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"split_ratio": 0.0}, "10_agilenn: split_ratio=0.0: expected a value in (0, 1)"),
+    ({"split_ratio": 1.0}, "10_agilenn: split_ratio=1.0: expected a value in (0, 1)"),
+    ({"split_ratio": 0.01}, "10_agilenn: split_ratio: 0.01 x channels=24 rounds to 0 device channels; expected 1..23"),
+    ({"centroids": 1}, "10_agilenn: centroids=1: expected a value in [2, inf)"),
+    ({"ablation_centroids": [4, 1]}, "10_agilenn: ablation_centroids=[4, 1]: expected every element a value in [2, inf)"),
+    ({"remote": "icu-server"}, "10_agilenn: remote='icu-server': expected a device of scenario 'ward-4' other than its source"),
+    ({"bandwidth_factors": [0.1]}, "10_agilenn: bandwidth_factors=[0.1]: expected 1.0 among them"),
+])
+def test_bad_settings_are_refused_by_the_schema(change, match):
+    with pytest.raises(ParameterError) as info:
+        parameters.validate("10_agilenn", {**parameters.defaults("10_agilenn"), **change})
+    assert match in str(info.value)
+
+
+def test_bad_settings_are_refused_by_the_library():
+    with pytest.raises(ValueError, match=r"split_ratio=1.2: expected a fraction in \(0, 1\)"):
+        agilenn.AgileNN(1, 2, split_ratio=1.2)
+    with pytest.raises(ValueError, match="centroids=1: expected an integer >= 2"):
+        agilenn.AgileNN(1, 2, centroids=1)
+    with pytest.raises(offload.OffloadError, match="remote='icu-server': no such device in scenario 'ward-4'"):
+        offload.OffloadConfig("pneumoniamnist", 28, "a", "b", remote="icu-server").validate()
+    with pytest.raises(offload.OffloadError, match="remote='gateway' is the source device"):
+        offload.OffloadConfig("pneumoniamnist", 28, "a", "b", remote="gateway").validate()
+
+
+def checkpoints(folder):
+    """A small_cnn 'study model' checkpoint and an untrained AgileNN checkpoint, as 02 and agilenn_train write them."""
+    study = train.save(train.Trained(small(1, 2), train.TrainConfig(arch="small_cnn")), folder / "study.pt")
+    torch.manual_seed(0)
+    model = agilenn.AgileNN(1, 2).eval()
+    torch.save({"config": asdict(agilenn_train.AgileConfig()), "state_dict": model.state_dict(), "history": []},
+               folder / "agile.pt")
+    return str(study), str(folder / "agile.pt"), model
+
+
+def test_a_device_whose_remote_worker_never_joins_fails_with_a_clear_error(tmp_path):
+    study, agile, _ = checkpoints(tmp_path)
+    cfg = offload.OffloadConfig("pneumoniamnist", 28, study, agile, jobs=[["agilenn", 0, 1.0, 0]], connect_timeout_s=1.0)
+    with pytest.raises(offload.OffloadError, match=r"rank 0: no remote worker \(rank 1\) joined .* within 1 s"):
+        offload.run(cfg, tmp_path / "run", progress=False, ranks=(0,))
+
+
+@needs_real_data
+def test_every_method_is_served_over_two_processes_with_the_batched_answers(tmp_path):
+    study, agile, model = checkpoints(tmp_path)
+    jobs = [[m, i, f, 2 if m == "split" else 0] for i in (0, 1) for f in (0.001, 1.0) for m in offload.METHODS]
+    cfg = offload.OffloadConfig("pneumoniamnist", 28, study, agile, jobs=jobs)
+    got = offload.run(cfg, tmp_path / "run", progress=False)
+    assert len(got) == len(jobs) and got["method"].tolist() == [j[0] for j in jobs]
+    x = data.load_split("pneumoniamnist", "test", 28).x[:2]
+    with torch.no_grad():
+        want_study, want_agile = small(1, 2)(x).argmax(1), model(x).argmax(1)
+    for r in got.itertuples():
+        want = want_agile if r.method == "agilenn" else want_study
+        if r.method != "offload_jpeg":  # lossy
+            assert r.pred == int(want[r.image]), r
+    ag = got[got["method"] == "agilenn"]
+    with torch.no_grad():
+        idx = model.outputs(x)["indices"]
+    assert ag["bytes"].tolist() == [len(payload.encode_indices(idx[i], 3)) for i in ag["image"]]
+    assert (got.loc[got["method"] == "local", "bytes"] == 0).all()
+    slow = got[(got["method"] == "offload_png") & (got["multiplier"] == 0.001)]["latency_ms"].min()
+    fast = got[(got["method"] == "offload_png") & (got["multiplier"] == 1.0)]["latency_ms"].min()
+    assert slow > fast + 40  # 1000x less bandwidth: about 80 ms more for a PNG of about 600 bytes
+
+
+def test_training_is_cached_and_reused(synthetic, isolated, monkeypatch):
+    path = synthetic("pneumoniamnist", n={"train": 96, "val": 32, "test": 32})
+    monkeypatch.setenv(data.ENV_ROOT, str(path.parent))
+    cfg = agilenn_train.AgileConfig(epochs=2, ref_epochs=1, batch_size=32, lr=0.01)
+    first = agilenn_train.train_or_load(cfg, progress=False)
+    assert not first.cached and first.path.is_file() and first.path.is_relative_to(paths.models_dir())
+    assert len(first.history) == 2 and all(0 <= h["train_skewness"] <= 1 for h in first.history)
+    again = agilenn_train.train_or_load(cfg, progress=False)
+    assert again.cached and all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(),
+                                                                   again.model.state_dict().values()))
+    other = agilenn_train.checkpoint_path(agilenn_train.AgileConfig(epochs=2, ref_epochs=1, batch_size=32, lr=0.01, rho=0.9))
+    assert other != first.path  # another setting is another checkpoint
+    m = agilenn_train.evaluate(first, data.load_split("pneumoniamnist", "test"))
+    assert 0 <= m["skewness"] <= 1 and 0 <= m["local_acc"] <= 1 and 0 <= m["ordered"] <= 1
+
+
+def test_the_skewness_loss_trains_the_extractor_through_the_gradients():
+    """Steps on the skewness loss alone (double backpropagation into the extractor) raise the local channels' share."""
+    torch.manual_seed(0)
+    ref, model = agilenn.Reference(1, 2).eval(), agilenn.AgileNN(1, 2)
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    model.extractor.load_state_dict(ref.stem.state_dict())
+    base = agilenn.BaselineGradient(ref.body, (24, 14, 14), 2)
+    x, y = torch.randn(16, 1, 28, 28), torch.arange(16) % 2
+    opt = torch.optim.Adam(model.extractor.parameters(), lr=0.01)
+    model.extractor.eval()  # fixed BatchNorm statistics: the same function before and after, but for the weights
+    shares = []
+    for _ in range(6):
+        imp = agilenn.channel_importance(ref.body, model.extractor(x), y, base, create_graph=True)
+        shares.append(float(agilenn.skewness(imp.detach(), model.k).mean()))
+        opt.zero_grad()
+        agilenn.skewness_loss(imp, model.k, 0.99).backward()
+        opt.step()
+    assert shares[-1] > shares[0] + 0.02, shares
+
+
+@pytest.mark.parametrize("agile_ms,agile_acc,verdict", [
+    (5.0, 0.85, "supported"),           # 8x faster than the fastest other scheme, 0.5 points lost
+    (10.0, 0.85, "partly supported"),   # faster than every scheme, but 4x only
+    (5.0, 0.80, "partly supported"),    # 8x faster, 5.5 points lost
+    (50.0, 0.85, "not supported"),      # slower than full offload
+])
+def test_the_agilenn_claim_follows_its_rule(agile_ms, agile_acc, verdict):
+    from xaiprune import claims
+
+    row = lambda ms, acc=0.855: {"latency_ms_p50": ms, "test_acc": acc}  # noqa: E731
+    m10 = {"local_only": row(70.0), "full_offload": row(40.0), "split": row(55.0), "link": {"mbps": 60.0},
+           "agilenn": {**row(agile_ms, agile_acc), "skewness": 0.8, "device_flops_ratio": 0.001}}
+    got = [c for c in claims.claims({"10_agilenn": m10}) if c["notebooks"] == "10"][0]
+    assert got["verdict"] == verdict and "Rule: supported when" in got["evidence"]
+    assert [c for c in claims.claims({}) if c["notebooks"] == "10"][0]["verdict"] == claims.MISSING
+
+
+def test_remapping_renumbers_the_channels_of_the_same_function():
+    torch.manual_seed(0)
+    ref = agilenn.Reference(1, 2).eval()
+    for m in ref.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.2)
+            m.weight.data.normal_(1.0, 0.2)
+    order = torch.randperm(24)
+    new = agilenn.permute_channels(ref, order)
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 1, 0])
+    assert torch.allclose(new(x), ref(x), atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(new.stem(x), ref.stem(x)[:, order])
+    base, base_new = (agilenn.BaselineGradient(r.body, (24, 14, 14), 2) for r in (ref, new))
+    with torch.no_grad():
+        f, f_new = ref.stem(x), new.stem(x)
+    imp, imp_new = agilenn.channel_importance(ref.body, f, y, base), agilenn.channel_importance(new.body, f_new, y, base_new)
+    assert torch.allclose(imp_new, imp[:, order], rtol=1e-4, atol=1e-7)
