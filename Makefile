@@ -36,7 +36,7 @@ report: $(STAMP)  ## run the notebooks with PROFILE (default) and build reports/
 check: $(STAMP)  ## check PROFILE's parameters, the kernel and the data file; run nothing
 	$(PY) -m xaiprune.pipeline --check --profile $(PROFILE)
 
-smoke: $(STAMP)  ## the whole chain with the small CNN in about a minute
+smoke: $(STAMP)  ## the whole chain (01-10) with the small CNN in a few minutes
 	$(PY) -m xaiprune.pipeline --profile smoke
 
 test: $(STAMP)  ## the test suite (the end-to-end smoke test needs MEDMNIST_ROOT or data/medmnist)
