@@ -8,8 +8,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -59,9 +61,17 @@ def setup(tmp_path_factory):
 
 
 def config(setup, n_devices: int, policies: list[dict], **kw) -> serving.RunConfig:
+    """A run config of the small CNN, emulation off.
+
+    With emulation off a hop is expected to take milliseconds, so its deadline is almost all ``hop_margin_s``:
+    the margins here are generous (2 s, a death after 3 s of silence), so a worker that is only slow because the
+    machine is loaded (CI runs the whole suite on 2 cores) is never taken for a hung or dead one. They cost no
+    time unless a deadline is missed. Tests of deadlines and deaths pass their own (``test_serving_faults``).
+    """
     fields = dict(arch="small_cnn", flag="pneumoniamnist", size=28, checkpoint=setup["checkpoint"],
                   scores=setup["scores"], scenario=scenario(n_devices), profiles=setup["profiles"],
-                  policies=policies, data_root=str(real_root() or ""), emulate=False, n_requests=6)
+                  policies=policies, data_root=str(real_root() or ""), emulate=False, n_requests=6,
+                  hop_margin_s=2.0, dead_after_s=3.0)
     return serving.RunConfig(**{**fields, **kw})
 
 
@@ -84,6 +94,26 @@ def process(rank: int, world: int, port: int, log: Path, *args: str) -> subproce
     with open(log, "w") as out:  # the child keeps its own copy of the file
         return subprocess.Popen([sys.executable, "-m", "xaiprune.serving", *args], env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
+
+
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Wait until ``proc`` (a rank 0) listens on ``port``, so a store client connects at once.
+
+    A TCPStore client that finds nobody listening retries with a growing back-off; on a loaded machine rank 0
+    may start listening (after its imports) late, and a short ``--connect-timeout`` window could pass in the
+    client's back-off. A bare connection that closes at once does not count as a client of the store.
+    """
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"rank 0 ended (code {proc.returncode}) before it listened on port {port}")
+            if time.monotonic() > end:
+                pytest.fail(f"rank 0 did not listen on port {port} within {timeout:g} s")
+            time.sleep(0.02)
 
 
 @contextmanager

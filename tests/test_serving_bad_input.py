@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from conftest import needs_real_data
-from serving_setup import as_rank0, config, gone, pids, process, setup  # noqa: F401 (setup is a fixture)
+from serving_setup import as_rank0, config, gone, pids, process, setup, wait_listening  # noqa: F401 (setup: fixture)
 from xaiprune import prune, serving
 from xaiprune.serving import wire
 from xaiprune.serving.launcher import EXIT_STARTUP
@@ -60,6 +60,7 @@ def test_a_peer_that_never_joins_the_group_ends_the_coordinator_with_the_reason(
                    "--config", str(tmp_path / "config.json"))
     import datetime as dt
 
+    wait_listening(port, proc)  # then the client joins within rank 0's 3 s, however late rank 0 started
     store = dist.TCPStore("127.0.0.1", port, 2, is_master=False, timeout=dt.timedelta(seconds=60))
     assert finished(proc) == EXIT_STARTUP
     assert "rank 0: could not connect to every other rank within 3 s" in (tmp_path / "rank0.log").read_text()

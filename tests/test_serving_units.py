@@ -232,6 +232,34 @@ def test_a_hop_deadline_covers_the_holders_run_of_segments_and_restarts_with_its
     assert f.ahead() == {2} and g.ahead() == {1, 2}
 
 
+def test_a_malformed_message_that_overtakes_the_progress_before_it_still_has_its_attempt_served_again():
+    """d1 -> d2 -> d2: rank 2's malformed result can reach the source before rank 1's PROGRESS (no order between
+    senders), while the source still has rank 1 as the holder; the attempt must be served again at once."""
+    from collections import deque
+
+    from xaiprune.serving.dispatch import Dispatch
+
+    class Source(Dispatch):
+        def __init__(self, flights):
+            self.flights, self.redo, self.events = {f.request: f for f in flights}, deque(), []
+
+        def event(self, what, **detail):
+            self.events.append(what)
+
+    f = flight(holder=1, at=0, since=0.0)                   # its PROGRESS (to rank 2) has not arrived yet
+    other = flight(holder=1, at=0, since=0.0, devices=(1, 1, 1))
+    other.request = other.msg.request = 1                  # rank 2 has no part in it
+    source = Source([f, other])
+    source._handle(2, wire.ProtocolError("header field levels=[1000000, 0, 0]"))
+    assert source.events == ["malformed message"]
+    assert list(source.redo) == [(0, 0, "rank 0 refused a malformed header from rank 2", set())]
+    source.redo.clear()                                    # a worker's refusal, before the PROGRESS of the sender
+    g = flight(holder=1, at=0, since=0.0, devices=(1, 2, 3))
+    source = Source([g])
+    source._handle(3, wire.Message(wire.ERROR, error=wire.MALFORMED, sender=3, detail=2))
+    assert [r[:3] for r in source.redo] == [(0, 0, "rank 3 refused a malformed header from rank 2")]
+
+
 def test_config_checks_every_fault_kind_and_the_window(setup):
     bad = config(setup, 3, [{"name": "a", "planner": "nlp", "window": 0, "view": "psychic"}],
                  fault=[{"policy": "a", "device": "d1", "request": 0, "kind": "partition"},
