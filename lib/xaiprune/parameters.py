@@ -1,9 +1,10 @@
-"""Every notebook's parameters, declared once, and the rules that span notebooks.
+"""Every notebook's parameters, declared once, and the entry points that check them.
 
 Every notebook's ``parameters`` cell declares exactly the names, types and defaults listed in
 :data:`NOTEBOOKS` (tests/test_schema.py reads the cells), and its next cell calls :func:`begin`,
 which checks the values papermill injected. The pipeline checks the same declarations, plus
-:data:`RUN_RULES` across notebooks, before it starts any kernel, so a typo fails in the first second
+:data:`~xaiprune.parameter_rules.RUN_RULES` across notebooks (:mod:`xaiprune.parameter_rules` holds the name
+tables and the rules), before it starts any kernel, so a typo fails in the first second
 instead of after twenty minutes of training:
 
     python -m xaiprune.pipeline --check --profile default -p ratios=[0.1,0.5]
@@ -17,49 +18,13 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
-from typing import Callable
-
-from medmnist import INFO
 
 from xaiprune import paths
+from xaiprune.parameter_rules import (ARCHS, CRITERIA, DATA, RULES, RUN_RULES, SCOPES, SEGMENTS, SIZES,  # noqa: F401
+                                      XAI_CRITERIA, XAI_METHODS, _data_file, _multiclass_flag, flags_2d,
+                                      multiclass_flags_2d, scenario_names)
 from xaiprune.schema import (Param, ParameterError, Run, check_values, each, fingerprint, length, nonempty, one_of,
                              optional, unique, within)
-
-# Names the library registers (prune.CRITERIA, prune.SCOPES, models.ARCHS, data.SIZES, xai.METHODS), repeated
-# here so that the declarations read as a table; tests/test_schema.py checks that they agree with the library.
-CRITERIA = ("bn_scale", "deeplift", "gradxact", "ig", "l1", "lamp", "lrp", "lrp_epsilon", "random", "taylor")
-SCOPES = ("global", "per-layer")
-ARCHS = ("resnet18", "small_cnn", "vgg16_bn")
-SIZES = (28, 64, 128, 224)
-XAI_METHODS = ("deeplift", "gradxact", "ig", "lrp", "lrp_epsilon")  # xai.METHODS
-XAI_CRITERIA = ("deeplift", "gradxact", "ig", "lrp", "lrp_epsilon")  # prune.XAI_CRITERIA
-SEGMENTS = {"resnet18": 4, "small_cnn": 3, "vgg16_bn": 5}  # segments of each architecture of models.ARCHS
-
-
-def flags_2d() -> list[str]:
-    return [f for f, info in INFO.items() if not info["python_class"].endswith("3D")]
-
-
-def multiclass_flags_2d() -> list[str]:
-    """2D single-label flags with more than two classes: those where DyFiP's top-k candidates can prune anything."""
-    return [f for f in flags_2d() if INFO[f]["task"] != "multi-label, binary-class" and len(INFO[f]["label"]) > 2]
-
-
-def _multiclass_flag(v: str) -> str | None:
-    if v in multiclass_flags_2d():
-        return None
-    why = ""
-    if v in INFO:
-        n = len(INFO[v]["label"])
-        why = (f"{v} is multi-label; " if INFO[v]["task"] == "multi-label, binary-class"
-               else f"{v} has {n} classes: top-k of {n} classes prunes nothing; " if n <= 2 else f"{v} is 3D; ")
-    return f"a single-label 2D MedMNIST flag with more than 2 classes ({why}one of {multiclass_flags_2d()})"
-
-
-def scenario_names() -> list[str]:
-    """Scenario files in ``params/scenarios/``."""
-    return sorted(p.stem for p in (paths.PARAMS / "scenarios").glob("*.yaml"))
 
 
 _CRITERIA_LIST = Param("list[str]", [], "", (nonempty, unique, each(one_of(CRITERIA))))
@@ -82,7 +47,7 @@ def _pick(*names: str, **docs: str) -> dict[str, Param]:
     return {n: SHARED[n].but(doc=docs[n]) if n in docs else SHARED[n] for n in ("profile", *names)}
 
 
-_DATA = ("flag", "size", "data_root")
+_DATA = DATA
 NOTEBOOKS: dict[str, dict[str, Param]] = {
     "01_data": {
         **_pick(*_DATA, "seed", "n_per_class", n_per_class="reference images per class (the ward's scarce labelled data)"),
@@ -269,148 +234,6 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
 }
 
 
-# ----- rules over several parameters of one notebook, and across notebooks -------------------------
-def _data_file(v: dict) -> list[str]:
-    """An explicit ``data_root`` must be a folder that holds the file (no silent fall-through)."""
-    if not v.get("data_root"):
-        return []
-    from xaiprune import data
-
-    root = Path(v["data_root"]).expanduser()
-    if not root.is_dir():
-        return [f"data_root={v['data_root']!r}: expected an existing folder holding the MedMNIST npz; {root} does not exist"]
-    want = root / data.file_name(v["dyfip_flag"] if "dyfip_flag" in v else v["flag"], v["size"])
-    return [] if want.is_file() else [f"data_root={v['data_root']!r}: expected the file {want}; it is not there"]
-
-
-def _same_devices(v: dict) -> list[str]:
-    from xaiprune import system
-
-    home, away = system.load_scenario(v["scenario"]), system.load_scenario(v["other_scenario"])
-    return [] if home.n == away.n else [f"other_scenario={v['other_scenario']!r}: expected a scenario with as many devices "
-                                        f"as scenario={v['scenario']!r} ({home.n}); it has {away.n}"]
-
-
-def _dyfip_setting(v: dict) -> list[str]:
-    """08_dyfip: k below the flag's number of classes, and at least one segment after the branch."""
-    n, segments, out = len(INFO[v["dyfip_flag"]]["label"]), SEGMENTS[v["arch"]], []
-    if v["k"] >= n:
-        out.append(f"k={v['k']}: expected 1 <= k < {n}, the number of classes of dyfip_flag={v['dyfip_flag']!r} "
-                   "(k = all classes prunes nothing)")
-    if v["branch_block"] >= segments:
-        out.append(f"branch_block={v['branch_block']}: expected 1 <= branch_block < {segments}, the segments of "
-                   f"arch={v['arch']!r} (at least one must follow the branch)")
-    return out
-
-
-def _agilenn_setting(v: dict) -> list[str]:
-    """10_agilenn: at least one feature channel on each side for every split ratio, a remote device that exists, 1.0 swept."""
-    from xaiprune import system
-
-    out = []
-    for name, ratio in [("split_ratio", v["split_ratio"]), *(("ablation_ratios", r) for r in v["ablation_ratios"])]:
-        k = round(ratio * v["channels"])
-        if not 1 <= k < v["channels"]:
-            out.append(f"{name}: {ratio} x channels={v['channels']} rounds to {k} device channels; expected 1..{v['channels'] - 1}")
-    scn = system.load_scenario(v["scenario"])
-    names = [d.name for d in scn.devices]
-    if v["remote"] and (v["remote"] not in names or names.index(v["remote"]) == scn.source):
-        out.append(f"remote={v['remote']!r}: expected a device of scenario {v['scenario']!r} other than its source "
-                   f"{names[scn.source]!r} (one of {[n for n in names if n != names[scn.source]]}), or '' for the fastest")
-    if 1.0 not in v["bandwidth_factors"]:
-        out.append(f"bandwidth_factors={v['bandwidth_factors']}: expected 1.0 among them (the scenario's own bandwidth, "
-                   "where the targets are judged)")
-    return out
-
-
-RULES: dict[str, list[Callable[[dict], list[str]]]] = {
-    "04_pruning_comparison": [
-        lambda v: [] if 0.0 in v["ratios"] else [f"ratios={v['ratios']}: expected 0.0 among them (the unpruned reference "
-                                                 "of the sensitivity table and of every curve)"],
-    ],
-    "06_rl": [_same_devices],
-    "08_dyfip": [_dyfip_setting],
-    "09_compression": [
-        lambda v: [] if v["combo_stage"] == "share" or all(2 <= b <= 8 for b in v["combo_bits"]) else [
-            f"combo_bits={v['combo_bits']}: expected average bits in [2, 8] when combo_stage='mixed' (each layer gets 2..8)"],
-        lambda v: [f"filter_baselines={v['filter_baselines']}: expected non-XAI criteria (none of {list(XAI_CRITERIA)})"]
-        if set(v["filter_baselines"]) & set(XAI_CRITERIA) else [],
-    ],
-    "10_agilenn": [_agilenn_setting],
-    "07_distributed": [
-        lambda v: [] if v["fault_at"] < v["fault_requests"] else [
-            f"fault_at={v['fault_at']}: expected a request index below fault_requests={v['fault_requests']}"],
-        lambda v: [] if v["dead_after_s"] > v["heartbeat_s"] else [
-            f"dead_after_s={v['dead_after_s']}: expected more than heartbeat_s={v['heartbeat_s']}"],
-        lambda v: [] if v["straggler_delay_s"] > v["hop_margin_s"] else [
-            f"straggler_delay_s={v['straggler_delay_s']}: expected more than hop_margin_s={v['hop_margin_s']} "
-            "(a slower straggler never misses a deadline)"],
-        lambda v: [] if v["down_s"] > v["dead_after_s"] else [
-            f"down_s={v['down_s']}: expected more than dead_after_s={v['dead_after_s']} (the device must be "
-            "declared dead before it comes back)"],
-    ],
-}
-
-
-def _agree(by: dict[str, dict], name: str) -> list[str]:
-    seen = {stem: v[name] for stem, v in by.items() if name in v}
-    if len({json.dumps(x) for x in seen.values()}) <= 1:
-        return []
-    return [f"{name} differs between notebooks ({seen}): expected one value for the whole run"]
-
-
-def _first_arch(by: dict[str, dict]) -> list[str]:
-    """05-07 plan, train an agent for and serve the first of ``archs``: it must be the same and trained."""
-    out, firsts = [], {s: by[s]["archs"][0] for s in ("05_nlp", "06_rl", "07_distributed") if s in by}
-    if len(set(firsts.values())) > 1:
-        out.append(f"archs: the first architecture differs between {firsts}: expected the same (05 profiles it, "
-                   "06 trains the agent on those profiles, 07 serves it)")
-    for stem, need in [("03_xai_scores", by.get("03_xai_scores", {}).get("archs", [])),
-                       ("04_pruning_comparison", by.get("04_pruning_comparison", {}).get("archs", [])),
-                       *((s, [a]) for s, a in firsts.items())]:
-        for source in ("02_train", *(["04_pruning_comparison"] if stem in firsts else [])):
-            have = by.get(source, {}).get("archs")
-            missing = [a for a in need if have is not None and a not in have]
-            if missing:
-                out.append(f"{stem}.archs: {missing} expected among {source}.archs={have}")
-    return out
-
-
-def _levels(by: dict[str, dict]) -> list[str]:
-    if "07_distributed" not in by or "04_pruning_comparison" not in by:
-        return []
-    level, ratios = by["07_distributed"]["static_level"], by["04_pruning_comparison"]["ratios"]
-    return [] if level in ratios else [f"07_distributed.static_level={level}: expected one of the levels profiled by "
-                                       f"04_pruning_comparison.ratios={ratios}"]
-
-
-def _agent_scenario(by: dict[str, dict]) -> list[str]:
-    if "07_distributed" not in by or "06_rl" not in by or by["07_distributed"]["scenario"] == by["06_rl"]["scenario"]:
-        return []
-    return [f"07_distributed.scenario={by['07_distributed']['scenario']!r}: expected 06_rl.scenario="
-            f"{by['06_rl']['scenario']!r}, the scenario the agent is trained on"]
-
-
-def _agilenn_arch(by: dict[str, dict]) -> list[str]:
-    """10_agilenn compares AgileNN with the first of its archs, which 02_train must have trained."""
-    if "10_agilenn" not in by or "02_train" not in by:
-        return []
-    arch, have = by["10_agilenn"]["archs"][0], by["02_train"]["archs"]
-    return [] if arch in have else [f"10_agilenn.archs: {arch!r} expected among 02_train.archs={have}"]
-
-
-def _compression_arch(by: dict[str, dict]) -> list[str]:
-    """09_compression compresses the first of its archs, which 02_train must have trained."""
-    if "09_compression" not in by or "02_train" not in by:
-        return []
-    arch, have = by["09_compression"]["archs"][0], by["02_train"]["archs"]
-    return [] if arch in have else [f"09_compression.archs: {arch!r} expected among 02_train.archs={have}"]
-
-
-RUN_RULES: list[Callable[[dict[str, dict]], list[str]]] = [
-    lambda by: [p for name in ("profile", *_DATA) for p in _agree(by, name)],
-    _first_arch, _levels, _agent_scenario, _agilenn_arch, _compression_arch,
-]
 
 
 # ----- the entry points -----------------------------------------------------------------------------
