@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from xaiprune import claims, compress, compress_io, compress_study, data, models, parameters, prune
+from xaiprune import claims, compress, compress_io, compress_study, data, models, parameters, prune, repairs
 from xaiprune.schema import ParameterError
 from conftest import small, split
 
@@ -44,7 +44,7 @@ def test_sizes_in_bits_by_hand_on_a_tiny_model():
     assert compress_io.size_bits(model, {})["total"] == 8 * prune.weight_bytes(model)
     other = 8 * prune.weight_bytes(model) - 32 * (3 * 2 * 9 + 2 * 3)  # BatchNorm (4 x 3 float32 + int64) and fc bias
     assert other == 32 * (4 * 3 + 2) + 64
-    conv, fc = "segments.block1.0.weight", "segments.block1.3.fc.weight"
+    fc = "segments.block1.3.fc.weight"
     # 4-bit sharing, nothing pruned: 54 + 6 codes of 4 bits, two codebooks (16 and 6 centres: fc has 6 weights)
     shared = compress.compress(model, "share", 4)
     assert compress_io.size_bits(model, shared)["total"] == 60 * 4 + 32 * (16 + 6) + other
@@ -237,7 +237,7 @@ def test_a_study_compares_variants_at_equal_size_and_caches_the_relevance(isolat
     corrected = compress_study.Study(model, test, refs, progress=False)
     corrected.weight_pruning([0.5])
     assert len(corrected.frame()) == 4 and corrected.frame()["corrected"].all()
-    unchanged = compress.correct_means(model, compress.apply(model, compress.compress(model, "raw")), refs[0])
+    unchanged = repairs.correct_means(model, compress.apply(model, compress.compress(model, "raw")), refs[0])
     assert all(torch.equal(a, b) for a, b in zip(unchanged.state_dict().values(), model.state_dict().values()))
 
 

@@ -35,7 +35,7 @@ import torch
 from sklearn.cluster import KMeans
 from torch import nn
 
-from xaiprune import data, paths, xai
+from xaiprune import data, paths, repairs, xai
 
 RELEVANCE_VERSION = 1   # bump when weight_relevance changes what it computes
 HIST_BINS = 4096        # k-means runs on a weighted histogram of this many bins per layer (see share)
@@ -368,40 +368,11 @@ def compress(model: nn.Module, kind: str = "raw", bits: "int | dict[str, int] | 
 def apply(model: nn.Module, codes: "dict[str, Code]", reference: data.Split | None = None) -> nn.Module:
     """A copy of ``model`` whose conv and linear weights are the decoded ``codes`` (everything else as is).
 
-    With ``reference``, the BatchNorm means are then corrected (:func:`correct_means`).
+    With ``reference``, the BatchNorm means are then corrected (:func:`xaiprune.repairs.correct_means`).
     """
     out = copy.deepcopy(model).eval()
     state = out.state_dict()
     with torch.no_grad():
         for k, code in codes.items():
             state[k].copy_(torch.from_numpy(decode(code)))
-    return out if reference is None else correct_means(model, out, reference)
-
-
-@torch.no_grad()
-def correct_means(original: nn.Module, compressed: nn.Module, reference: data.Split) -> nn.Module:
-    """Empirical bias correction: shift each BatchNorm's running mean by the change of its input's mean.
-
-    Compression shifts the mean of every conv output (Nagel et al., "Data-free quantization through weight
-    equalization and bias correction", ICCV 2019), and without fine-tuning the BatchNorm after it keeps
-    normalising with the old mean. Here, in one pass over the reference images (no labels), each
-    BatchNorm's running mean becomes ``mu + (m_compressed - m_original)``, with ``m`` the per-channel mean
-    of its input over the images and positions, layer after layer (each correction sees the corrected layers
-    before it). Variances, weights and the classifier are unchanged. Modifies and returns ``compressed``.
-    """
-    check_reference(reference)
-    bns = [n for n, m in original.named_modules() if isinstance(m, nn.BatchNorm2d)]
-    seen: dict[str, torch.Tensor] = {}
-    hooks = [original.get_submodule(n).register_forward_pre_hook(
-        lambda m, i, n=n: seen.__setitem__(n, i[0].mean(dim=(0, 2, 3)))) for n in bns]
-    original.eval()(reference.x)
-    for h in hooks:
-        h.remove()
-
-    def shift(m, i, n):
-        m.running_mean += i[0].mean(dim=(0, 2, 3)) - seen[n]
-    hooks = [compressed.get_submodule(n).register_forward_pre_hook(lambda m, i, n=n: shift(m, i, n)) for n in bns]
-    compressed.eval()(reference.x)
-    for h in hooks:
-        h.remove()
-    return compressed
+    return out if reference is None else repairs.correct_means(model, out, check_reference(reference))

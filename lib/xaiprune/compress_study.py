@@ -17,7 +17,7 @@ technique              XAI variant                             non-XAI counterpa
 Every row has the exact size in bits (:func:`xaiprune.compress_io.size_bits`), the compression ratio
 against the 32-bit model (``8 x prune.weight_bytes``) and test ACC/AUC (the shared evaluator of
 :mod:`xaiprune.comparison`, MedMNIST's metrics). With ``correct`` (the default), each compressed copy's
-BatchNorm means are corrected on the draw's reference images (:func:`xaiprune.compress.correct_means`);
+BatchNorm means are corrected on the draw's reference images (:func:`xaiprune.repairs.correct_means`);
 the counterparts get the same correction from the same draw, so they too vary with the draw.
 :func:`summary`, :func:`ratio_at` and :func:`equal_size` turn the rows into the notebook's curves and
 verdicts. Filter pruning (technique 1) is :func:`xaiprune.comparison.sweep`, turned into rows by

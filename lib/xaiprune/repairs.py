@@ -10,7 +10,9 @@ each applied identically to every criterion, each stating what it uses:
 - :func:`reestimate_batchnorm` replaces every BatchNorm's running mean and variance by the statistics of
   unlabelled local images (a ward has many unlabelled scans): one forward pass, **no labels**;
 - :func:`compensate` folds each removed channel's mean contribution into the bias of the layer that consumed
-  it, so that layer's mean pre-activation on the reference images is unchanged: **no labels**.
+  it, so that layer's mean pre-activation on the reference images is unchanged: **no labels**;
+- :func:`correct_means` (for compressed weights, notebook 09) shifts each BatchNorm's running mean by the change
+  compression made to its input's mean on the reference images: **no labels**.
 
 "No fine-tuning" here means no gradient step on any weight; the decision recalibration solves a small
 convex problem over the final bias only.
@@ -181,3 +183,34 @@ def compensate(graph: ranking.PruningGraph, plan: ranking.Plan, pruned: nn.Modul
             else:
                 target.bias.add_(shift)
     return repaired
+
+
+@torch.no_grad()
+def correct_means(original: nn.Module, compressed: nn.Module, reference: data.Split) -> nn.Module:
+    """Empirical bias correction: shift each BatchNorm's running mean by the change of its input's mean.
+
+    Compression shifts the mean of every conv output (Nagel et al., "Data-free quantization through weight
+    equalization and bias correction", ICCV 2019), and without fine-tuning the BatchNorm after it keeps
+    normalising with the old mean. Here, in one pass over the reference images (no labels), each
+    BatchNorm's running mean becomes ``mu + (m_compressed - m_original)``, with ``m`` the per-channel mean
+    of its input over the images and positions, layer after layer (each correction sees the corrected layers
+    before it). Variances, weights and the classifier are unchanged. No labels. Modifies and returns ``compressed``;
+    used by :mod:`xaiprune.compress` after compressing the weights.
+    """
+    if len(reference) == 0:
+        raise ValueError("the reference set is empty: BatchNorm means need at least one image")
+    bns = [n for n, m in original.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [original.get_submodule(n).register_forward_pre_hook(
+        lambda m, i, n=n: seen.__setitem__(n, i[0].mean(dim=(0, 2, 3)))) for n in bns]
+    original.eval()(reference.x)
+    for h in hooks:
+        h.remove()
+
+    def shift(m, i, n):
+        m.running_mean += i[0].mean(dim=(0, 2, 3)) - seen[n]
+    hooks = [compressed.get_submodule(n).register_forward_pre_hook(lambda m, i, n=n: shift(m, i, n)) for n in bns]
+    compressed.eval()(reference.x)
+    for h in hooks:
+        h.remove()
+    return compressed
