@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 
 from bench_pruning import load_model
-from xaiprune import comparison, data, prune, stats, train
+from xaiprune import comparison, data, prune, repairs, stats, train
 
 CRITERIA = ["lrp", "lrp_epsilon", "deeplift", "ig", "gradxact", "taylor", "l1", "random"]
 RATIOS = [round(0.1 * i, 1) for i in range(10)]
@@ -140,7 +140,7 @@ def run_parts(path: str, model, val, test, args) -> tuple[dict, dict]:
             for r in args.ratios:
                 pruned = ranked.prune(r)[0] if ev else prune.prune(model, c, r, reference=refs[0], seed=0, **kwargs)[0]
                 plain = ev.measure(ranked, r) if ev else train.evaluate(pruned, test)
-                recal = prune.recalibrate_batchnorm(pruned, refs[0])
+                recal = repairs.reestimate_batchnorm(pruned, refs[0].x)
                 rows.append((c, r, plain["acc"], (ev.evaluate(recal) if ev else train.evaluate(recal, test))["acc"]))
         return rows
     timed("variant", variant)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import small, split
-from xaiprune import comparison, prune, train
+from xaiprune import comparison, prune, repairs, train
 
 CRITERIA = ["lrp", "gradxact", "taylor", "l1", "random"]
 RATIOS = [0.0, 0.3, 0.6]
@@ -82,7 +83,7 @@ def test_sensitivity_gives_the_numbers_of_prune_segment(setup):
 def test_evaluate_runs_any_model_in_full(setup):
     model, test, refs = setup
     ev = comparison.Evaluator(model, test)
-    recal = prune.recalibrate_batchnorm(model, refs[0])
+    recal = repairs.reestimate_batchnorm(model, refs[0].x)
     got = ev.evaluate(recal)
     assert (got["acc"], got["auc"]) == tuple(train.evaluate(recal, test).values())
     assert ev.evaluate(recal)["model"] == got["model"] + 1  # never cached: a new id each time
@@ -91,8 +92,18 @@ def test_evaluate_runs_any_model_in_full(setup):
 def test_spread_is_zero_for_a_model_that_answers_every_image_alike(setup):
     model, test, refs = setup
     ev = comparison.Evaluator(model, test)
-    constant = ev._record(np.tile([[0.3, 0.7]], (len(test), 1)).astype(np.float32))["model"]
+    constant = ev.record(torch.tensor([[0.3, 1.7]]).repeat(len(test), 1))["model"]
     assert ev.spread(constant) == 0.0
     unpruned = ev.evaluate(model)["model"]
     probs = ev.scores[unpruned]
     assert ev.spread(unpruned) == pytest.approx(max(probs[:, 0].max() - probs[:, 0].min(), probs[:, 1].max() - probs[:, 1].min()))
+
+
+def test_rankings_are_scored_once_per_criterion_and_reference_images(setup):
+    model, test, refs = setup
+    ev = comparison.Evaluator(model, test)
+    first = ev.ranking("taylor", refs[0], seed=0)
+    same_images = split(6, seed=1)  # another Split object holding the same images and labels
+    assert ev.ranking("taylor", same_images, seed=0) is first
+    assert ev.ranking("taylor", refs[1], seed=0) is not first
+    assert ev.ranking("taylor", refs[0], seed=0, scope="per-layer") is not first

@@ -171,21 +171,6 @@ def test_resnet18_residual_groups_prune_and_run(criterion):
     assert stage2.conv2.out_channels == stage2.shortcut[0].out_channels  # coupled through the residual sum
 
 
-def test_recalibrate_batchnorm_uses_reference_statistics():
-    model, ref = small(), split(6)
-    before = copy.deepcopy(model.state_dict())
-    recal = prune.recalibrate_batchnorm(model, ref)
-    bn, bn0 = recal.segments.block1[1], model.segments.block1[1]
-    with torch.no_grad():
-        z = model.segments.block1[0](ref.x)
-    torch.testing.assert_close(bn.running_mean, z.mean(dim=(0, 2, 3)))
-    torch.testing.assert_close(bn.running_var, z.var(dim=(0, 2, 3), unbiased=True))
-    assert not torch.allclose(bn.running_mean, bn0.running_mean)
-    assert not recal.training
-    assert same_state(model.state_dict(), before)
-    assert all(torch.equal(p, q) for p, q in zip(recal.parameters(), model.parameters()))
-
-
 @pytest.mark.parametrize("criterion", ["lrp", "l1", "taylor"])
 @pytest.mark.parametrize("segment", ["block1", "block2"])
 def test_fixed_scores_prune_one_segment_as_prune_segment_does(criterion, segment):

@@ -28,6 +28,18 @@ def test_parameters_cell_declares_exactly_the_schema(notebook):
         assert schema.conform(p.type, p.default, name) == p.default  # every default passes its own type
 
 
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebooks_are_valid_and_their_text_has_no_stray_control_characters(notebook):
+    """A Python string edit can turn "\\frac" into a form feed and "\\bar" into a backspace: the equation then
+    renders as garbage. Every cell has an id (nbformat 4.5)."""
+    nb = nbformat.read(notebook, as_version=4)
+    nbformat.validate(nb)
+    for i, cell in enumerate(nb.cells):
+        bad = sorted({hex(ord(ch)) for ch in cell.source if ord(ch) < 32 and ch not in "\n\t"})
+        assert not bad, f"cell {i} holds control characters {bad}"
+        assert cell.get("id"), f"cell {i} has no id"
+
+
 def test_every_default_passes_its_checks_and_the_run_rules():
     checked = parameters.validate_run({stem: parameters.defaults(stem) for stem in parameters.NOTEBOOKS})
     assert set(checked) == {nb.stem for nb in NOTEBOOKS}

@@ -14,13 +14,16 @@ Every experiment prunes copies of one trained model and measures them on the tes
   first changed segment is cached (one pass over the test split), and the pruned model runs from
   there;
 - evaluation runs under ``torch.inference_mode`` in batches of 64 images (as ``train.predict``: the
-  same numbers), and keeps each model's per-image probabilities for the bootstrap of
-  :mod:`xaiprune.stats`.
+  same numbers), and keeps each model's per-image logits and probabilities for the bootstrap of
+  :mod:`xaiprune.stats` and the repairs of :mod:`xaiprune.repair_study`;
+- a criterion scores a given reference set once (:meth:`Evaluator.ranking` remembers its rankings).
 
 Metrics are MedMNIST's ``getACC``/``getAUC``, as in :func:`xaiprune.train.evaluate`.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import pandas as pd
@@ -58,13 +61,30 @@ class Evaluator:
         self.batch_size = batch_size
         self.y = split.y.numpy() if split.y.ndim == 2 else split.y.numpy()[:, None]
         self.task = INFO[split.flag]["task"]
+        self.multilabel = train.is_multilabel(split.flag)
         self.scores: list[np.ndarray] = []  # per-image probabilities of model id i, (N, n_classes)
+        self.logits: list[np.ndarray] = []  # per-image logits of model id i (repairs shift them)
         self._seen: dict[tuple, dict] = {}  # plan key -> measurement
         self._inputs: dict[int, list[torch.Tensor]] | None = None  # segment index -> input chunks
+        self._rankings: dict[tuple, ranking.Ranking] = {}
 
     def ranking(self, criterion: str, reference: data.Split | None = None, **kwargs) -> ranking.Ranking:
-        """Score the unpruned model once with ``criterion`` (kwargs: scope, segments, seed, criterion options)."""
-        return ranking.Ranking(self.graph, criterion, reference, **kwargs)
+        """Score the unpruned model with ``criterion`` (kwargs: scope, segments, seed, criterion options).
+
+        Scored once per criterion, reference images, scope, segments, seed and options: asking again (e.g. the
+        repairs of ``04`` revisiting the sweep's draws) returns the same :class:`~xaiprune.ranking.Ranking`.
+        Options that cannot be hashed (precomputed ``scores=``) are never cached.
+        """
+        try:
+            key = (criterion, _content(reference), kwargs.get("scope", "global"), tuple(kwargs.get("segments") or ()),
+                   kwargs.get("seed", 0), tuple(sorted((k, v) for k, v in kwargs.items()
+                                                       if k not in ("scope", "segments", "seed"))))
+            hash(key)
+        except TypeError:
+            return ranking.Ranking(self.graph, criterion, reference, **kwargs)
+        if key not in self._rankings:
+            self._rankings[key] = ranking.Ranking(self.graph, criterion, reference, **kwargs)
+        return self._rankings[key]
 
     def _segment_inputs(self) -> dict[int, list[torch.Tensor]]:
         """Inputs of every segment of the unpruned model, per batch, as far as :data:`CACHE_BUDGET` allows."""
@@ -79,20 +99,32 @@ class Evaluator:
                     chunks = [segment(c) for c in chunks]
         return self._inputs
 
-    def _predict(self, model: models.SegmentedModel, start: int = 0) -> np.ndarray:
-        """Per-image probabilities (softmax, or sigmoid for multi-label) running segments ``start`` onwards."""
+    def _predict(self, model: models.SegmentedModel, start: int = 0) -> torch.Tensor:
+        """Per-image logits of the test split, running segments ``start`` onwards."""
         inputs = self._segment_inputs()
         start = max(s for s in inputs if s <= start)
         model.eval()
         with torch.inference_mode():
-            logits = torch.cat([model.run_segments(chunk, start) for chunk in inputs[start]])
-        probs = torch.sigmoid(logits) if train.is_multilabel(self.split.flag) else torch.softmax(logits, dim=1)
-        return probs.numpy()
+            return torch.cat([model.run_segments(chunk, start) for chunk in inputs[start]])
 
-    def _record(self, probs: np.ndarray) -> dict:
+    def record(self, logits: torch.Tensor) -> dict:
+        """Store a model's test logits and probabilities (softmax, or sigmoid for multi-label) under a new model
+        id; returns the id with its test ACC and AUC."""
+        probs = (torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)).numpy()
+        self.logits.append(logits.numpy())
         self.scores.append(probs)
         return {"model": len(self.scores) - 1, "acc": float(getACC(self.y, probs, self.task)),
                 "auc": float(getAUC(self.y, probs, self.task))}
+
+    def plan_key(self, ranked: ranking.Ranking, plan: ranking.Plan) -> tuple:
+        """What identifies a pruned model: the channels removed from each group's root."""
+        return tuple(sorted((ranked.groups[g].root, removed) for g, removed in plan))
+
+    def first_touched(self, plan: ranking.Plan, segments: list[str] | None = None) -> int:
+        """Index of the first segment whose weights ``plan`` changes (the last one for an empty plan)."""
+        touched = self.graph.touched_segments(plan, segments)
+        names = list(self.model.segments)
+        return names.index(touched[0]) if touched else len(names) - 1
 
     def spread(self, model_id: int) -> float:
         """Largest gap between two test images' probabilities of one class under model ``model_id``.
@@ -102,26 +134,35 @@ class Evaluator:
         """
         return float(np.ptp(self.scores[model_id], axis=0).max())
 
-    def evaluate(self, model: models.SegmentedModel) -> dict:
-        """ACC and AUC of any model (e.g. a BatchNorm-re-estimated one), always run in full; never cached."""
-        return self._record(self._predict(model))
+    def evaluate(self, model: models.SegmentedModel, start: int = 0) -> dict:
+        """ACC and AUC of any model (e.g. a repaired one) under a new id; never cached.
+
+        ``start``: the first segment whose weights differ from the unpruned model's (earlier ones are read
+        from the cache); 0 runs the model in full.
+        """
+        return self.record(self._predict(model, start))
 
     def measure(self, ranked: ranking.Ranking, ratio: float) -> dict:
         """``ranked``'s model at ``ratio``: model id, test acc and auc, and its :class:`~xaiprune.prune.PruneReport`."""
         if ranked.graph is not self.graph:
             raise ValueError("ranked was scored on another PruningGraph; use Evaluator.ranking")
         plan = ranked.plan(ratio)
-        groups = ranked.groups
-        key = tuple(sorted((groups[g].root, removed) for g, removed in plan))
+        key = self.plan_key(ranked, plan)
         if key not in self._seen:
             pruned = self.graph.apply(plan, ranked.segments, share=True)  # run once, then dropped
-            touched = self.graph.touched_segments(plan, ranked.segments)
-            names = list(self.model.segments)
-            start = names.index(touched[0]) if touched else len(names) - 1
-            result = self._record(self._predict(pruned, start))
+            result = self.evaluate(pruned, self.first_touched(plan, ranked.segments))
             result["report"] = prune.report_for(pruned, self.input_shape, ranked.criterion, ratio)
             self._seen[key] = result
         return self._seen[key]
+
+
+def _content(reference: data.Split | None) -> str | None:
+    """A digest of a reference set's images and labels (what a criterion's scores depend on)."""
+    if reference is None:
+        return None
+    digest = hashlib.sha1(reference.x.numpy().tobytes())
+    digest.update(reference.y.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _draws(criterion: str, references: list[data.Split]) -> list[data.Split]:

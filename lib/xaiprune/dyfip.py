@@ -36,7 +36,7 @@ from medmnist import INFO
 from medmnist.evaluator import getACC, getAUC
 from torch import nn
 
-from xaiprune import data, dyfip_subnets as subnets, models, prune, train
+from xaiprune import data, dyfip_subnets as subnets, models, prune, repairs, train
 
 REFRESH = ("candidates", "all", "none")  # BN statistics of a sub-network from the candidates' reference images, all, or none
 
@@ -243,7 +243,7 @@ class Engine:
             inside = torch.isin(self.reference.y, torch.as_tensor(classes))
             x = x[inside] if int(inside.sum()) >= 2 else x  # a BN needs two values per channel
         ref = data.Split(x=x, y=torch.zeros(len(x), dtype=torch.long), flag=self.split.flag, split="val", size=self.split.size)
-        return prune.recalibrate_batchnorm(subnet, ref)
+        return repairs.reestimate_batchnorm(subnet, ref.x)
 
     def _run(self, net: nn.Module, idx: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

@@ -111,6 +111,8 @@ RULES: dict[str, list[Callable[[dict], list[str]]]] = {
     "04_pruning_comparison": [
         lambda v: [] if 0.0 in v["ratios"] else [f"ratios={v['ratios']}: expected 0.0 among them (the unpruned reference "
                                                  "of the sensitivity table and of every curve)"],
+        lambda v: [] if v["repair_draws"] <= v["draws"] else [
+            f"repair_draws={v['repair_draws']}: expected at most draws={v['draws']} (the repairs reuse the sweep's draws)"],
     ],
     "06_rl": [_same_devices],
     "08_dyfip": [_dyfip_setting],

@@ -88,6 +88,12 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
         "study_draws": Param("int", 3, "reference draws per setting of the size and bias studies", (within(2),)),
         "bias": Param("float", 0.9, "share of class 0 in the biased reference set, the rest split evenly over the other classes",
                       (within(0, 1, lo_open=True, hi_open=True),)),
+        "unlabelled": Param("int", 256, "unlabelled validation images on which the BatchNorm repair re-estimates statistics",
+                            (within(2),)),
+        "repair_draws": Param("int", 3, "reference draws on which the BatchNorm and compensation repairs run (recalibration: all)",
+                              (within(1),)),
+        "unlabelled_sizes": Param("list[int]", [16, 64, 256], "unlabelled images in the BatchNorm scaling study",
+                                  (nonempty, unique, each(within(2)))),
     },
     "05_nlp": {
         **_pick(*_DATA, "seed", "archs", "n_per_class", seed="reference draw used to prune the measured plans",

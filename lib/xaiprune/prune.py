@@ -17,8 +17,8 @@ segment, measured CPU latency). Criteria, in :data:`CRITERIA` keyed by the noteb
 The XAI, L1, Taylor and BN-scale criteria score a group by its root conv layer and are normalised per
 layer by the layer's sum, so that global ranking treats them alike; ``random`` draws uniform scores (so a
 global random ratio removes about that fraction of every layer) and ``lamp`` uses its own normaliser. The classifier is never pruned, every layer keeps at least one
-filter, and nothing is fine-tuned. BatchNorm re-estimation on the reference set is a separate,
-clearly named variant (:func:`recalibrate_batchnorm`), never part of the main comparison.
+filter, and nothing is fine-tuned (the repairs that train nothing, such as BatchNorm re-estimation, are
+:mod:`xaiprune.repairs`, applied separately in notebook 04).
 Sweeps over many ratios use :mod:`xaiprune.ranking` (score once, prune with fixed scores; the same
 models) through :mod:`xaiprune.comparison`. Used by ``04_pruning_comparison.ipynb`` and the system
 model of the later notebooks.
@@ -281,23 +281,6 @@ def prune_segment(model: models.SegmentedModel, segment: str, level: float, crit
     Pruning a segment's last conv also shrinks the activation it sends to the next device.
     """
     return prune(model, criterion, level, scope="global", reference=reference, segments=[segment], **kwargs)
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, reference: data.Split) -> nn.Module:
-    """VARIANT, not part of the main comparison: re-estimate BatchNorm statistics on the reference set.
-
-    Returns a copy whose BN running mean/variance are the reference set's batch statistics
-    (cumulative average, one pass); weights are unchanged, nothing is trained.
-    """
-    model = copy.deepcopy(model)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    model(reference.x)
-    return model.eval()
 
 
 def criterion_scores(model: models.SegmentedModel, criterion: str, reference: data.Split | None = None,

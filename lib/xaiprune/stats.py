@@ -143,7 +143,7 @@ def _outcome(x: pd.Series, b: pd.Series, lo: str, hi: str) -> str:
 
 
 def xai_against_baselines(frame: pd.DataFrame, value: str = "auc", resampled: dict[str, np.ndarray] | None = None,
-                          level: float = 0.95) -> list[dict]:
+                          level: float = 0.95, baselines: tuple[str, ...] | None = None) -> list[dict]:
     """At each ratio, the best XAI criterion against the best baseline (L1, Taylor, random, ...).
 
     ``frame`` is a sweep result. Each side is the criterion with the best mean ``value`` over the draws,
@@ -153,7 +153,8 @@ def xai_against_baselines(frame: pd.DataFrame, value: str = "auc", resampled: di
     With ``resampled`` (from :func:`resampled_metrics`) the intervals cover reference draws *and*
     test images and decide ``outcome``; ``outcome_draws`` is the verdict with draw-only intervals, and
     ``diff``/``diff_ci`` the paired difference (best XAI minus best baseline) with its interval from both
-    sources. Without it, only draw-only intervals exist and decide ``outcome``.
+    sources. Without it, only draw-only intervals exist and decide ``outcome``. ``baselines`` restricts the
+    baseline side to these criteria (e.g. ``("l1", "taylor")``); by default every non-XAI criterion.
     Used by ``04_pruning_comparison.ipynb`` for its verdict.
     """
     if resampled is None:
@@ -164,7 +165,8 @@ def xai_against_baselines(frame: pd.DataFrame, value: str = "auc", resampled: di
     out = []
     for r, g in summary.groupby("ratio"):
         xai_rows = g[g["criterion"].isin(prune.XAI_CRITERIA)].sort_values("mean", ascending=False)
-        base_rows = g[~g["criterion"].isin(prune.XAI_CRITERIA)].sort_values("mean", ascending=False)
+        base_side = g["criterion"].isin(baselines) if baselines else ~g["criterion"].isin(prune.XAI_CRITERIA)
+        base_rows = g[base_side].sort_values("mean", ascending=False)
         if r == 0 or xai_rows.empty or base_rows.empty:
             continue
         x, b = xai_rows.iloc[0], base_rows.iloc[0]
