@@ -10,7 +10,8 @@ Dynamics (all seeded through ``reset(seed=...)``):
 
 - bandwidth of every link: a mean-reverting log-normal random walk on a multiplier of the scenario's
   value, ``log m' = (1 - kappa) log m + sigma * N(0, 1)``, clipped to [m_min, m_max]; or replayed from
-  a trace array (T x N x N multipliers) given as ``trace``;
+  a trace array (T x N x N multipliers) given as ``trace``; an ``overlay`` (T x N x N, e.g. the fades of
+  :mod:`xaiprune.fades`) multiplies either at request t (``overlay[t % T]``);
 - devices other than the source drop out with probability ``p_drop`` per step and come back with
   ``p_return``;
 - background load per device: a clipped random walk in [0, load_max]; speed = c_j (1 - load);
@@ -18,7 +19,9 @@ Dynamics (all seeded through ``reset(seed=...)``):
   by its battery fraction below ``low_battery``; batteries recharge by ``recharge`` of capacity per step;
 - request priority (urgent, routine, background) with its deadline multiplier.
 
-Registered as ``xaiprune/Ward-v0``. Used by ``06_rl.ipynb`` and :mod:`xaiprune.rl`.
+Registered as ``xaiprune/Ward-v0``. This is the ward process of the sequential agent's environment
+(:mod:`xaiprune.seqenv`) and the environment of the earlier MultiDiscrete agent (:mod:`xaiprune.rl`, kept
+as 06's labelled baseline).
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ class WardEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, scenario: Scenario, profiles: Profiles, dynamics: Dynamics | None = None,
-                 episode_length: int = 200, trace: np.ndarray | None = None):
+                 episode_length: int = 200, trace: np.ndarray | None = None, overlay: np.ndarray | None = None):
         super().__init__()
         self.scenario, self.profiles = scenario, profiles
         self.dynamics = (dynamics or Dynamics()).validate()
@@ -92,6 +95,9 @@ class WardEnv(gym.Env):
         if trace is not None and (trace.ndim != 3 or trace.shape[1:] != (n, n) or (trace <= 0).any()):
             raise ValueError(f"trace: expected a positive array of shape (T, {n}, {n}), got {getattr(trace, 'shape', None)}")
         self.trace = trace
+        if overlay is not None and (overlay.ndim != 3 or overlay.shape[1:] != (n, n) or (overlay <= 0).any()):
+            raise ValueError(f"overlay: expected a positive array of shape (T, {n}, {n}), got {getattr(overlay, 'shape', None)}")
+        self.overlay = overlay
         S, L = profiles.S, profiles.L
         self.action_space = spaces.MultiDiscrete([n] * S + [L] * S)
         self.obs_size = n * n + 3 * n + 1 + len(PRIORITIES)
@@ -126,6 +132,11 @@ class WardEnv(gym.Env):
         st.priority = self._draw_priority()
 
     # ----- what the agent faces -------------------------------------------------------------
+    def multiplier(self) -> np.ndarray:
+        """(N, N) bandwidth multipliers at this request: the walk (or trace), times the overlay if any."""
+        m = self.state.bandwidth_mult
+        return m if self.overlay is None else m * self.overlay[self.t % len(self.overlay)]
+
     def instance(self) -> Scenario:
         """The scenario as it is at this step (speeds, availability, budgets, bandwidths, deadline)."""
         st, d = self.state, self.dynamics
@@ -135,14 +146,14 @@ class WardEnv(gym.Env):
             devices.append(Device(dev.name, dev.speed * (1 - st.load[j]), dev.memory,
                                   dev.energy_budget * max(budget_scale, 1e-3), dev.energy_per_flop,
                                   dev.radio_power, bool(st.available[j])))
-        bw = self.scenario.bandwidth * st.bandwidth_mult
+        bw = self.scenario.bandwidth * self.multiplier()
         np.fill_diagonal(bw, np.inf)
         deadline = self.scenario.deadline * d.priority_deadline[st.priority]
         return Scenario(self.scenario.name, devices, bw, self.scenario.source, deadline, self.scenario.link_latency)
 
     def observation(self) -> np.ndarray:
         st, d = self.state, self.dynamics
-        log_m = np.log(st.bandwidth_mult) / max(abs(np.log(d.m_min)), np.log(d.m_max))
+        log_m = np.log(self.multiplier()) / max(abs(np.log(d.m_min)), np.log(d.m_max))
         log_m = np.where(self._finite, log_m, 0.0)
         deadline = np.log(d.priority_deadline[st.priority]) / np.log(4.0)
         onehot = np.eye(len(PRIORITIES))[st.priority]
@@ -187,7 +198,7 @@ class WardEnv(gym.Env):
 
     def config(self) -> dict:
         return {"scenario": self.scenario.name, "episode_length": self.episode_length,
-                "dynamics": asdict(self.dynamics), "trace": self.trace is not None}
+                "dynamics": asdict(self.dynamics), "trace": self.trace is not None, "overlay": self.overlay is not None}
 
 
 def fade_trace(T: int, n: int, low: float = 0.05) -> np.ndarray:

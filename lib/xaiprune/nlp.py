@@ -31,6 +31,7 @@ import time
 import numpy as np
 import pulp
 
+from xaiprune.feasibility import Tables
 from xaiprune.solution import FEASIBLE, REL, Result, better, check_instance, hop, same  # noqa: F401 (re-exported)
 from xaiprune.system import Plan, Profiles, Scenario, evaluate
 
@@ -40,20 +41,25 @@ FAMILIES = ("deadline", "memory", "energy")
 
 def solve_enumeration(scenario: Scenario, profiles: Profiles, time_limit: float = 60.0,
                       fix_devices: list[int] | None = None, fix_levels: list[int] | None = None) -> Result:
-    """Exact solution by depth-first enumeration with lexicographic bounding (small instances)."""
+    """Exact solution by depth-first enumeration with lexicographic bounding (small instances).
+
+    A branch is cut when even the least latency of the rest (:class:`xaiprune.feasibility.Tables`'s
+    ``togo``, the floor the sequential agent's masks use too) misses the deadline, or when its bound on
+    the key cannot beat the best plan found. Here, unlike in :func:`solve_milp`, an entry ``None`` of
+    ``fix_devices`` or ``fix_levels`` leaves that segment free (a fixed prefix: the best completion).
+    """
     start = time.perf_counter()
     avail = check_instance(scenario, profiles, fix_devices, fix_levels)
     S, src = profiles.S, scenario.source
     logr = np.log(profiles.retention)
     best_rest_acc = np.concatenate([np.cumsum(logr.max(1)[::-1])[::-1], [0.0]])
     speed = {j: scenario.devices[j].speed for j in avail}
-    min_compute = np.array([min(profiles.flops[s, l] / speed[j] for j in avail for l in range(profiles.L))
-                            if avail else np.inf for s in range(S)])
-    rest_compute = np.concatenate([np.cumsum(min_compute[::-1])[::-1], [0.0]])
+    togo = Tables(scenario, profiles).togo  # least latency after (s, j, l): the rest, the label back
     choices = []
     for s in range(S):
-        js = [fix_devices[s]] if fix_devices is not None else avail
-        ls = [fix_levels[s]] if fix_levels is not None else sorted(range(profiles.L), key=lambda l: (-logr[s, l], l))
+        js = [fix_devices[s]] if fix_devices is not None and fix_devices[s] is not None else avail
+        ls = [fix_levels[s]] if fix_levels is not None and fix_levels[s] is not None else \
+            sorted(range(profiles.L), key=lambda l: (-logr[s, l], l))
         choices.append([(j, l) for l in ls for j in js])
 
     best = {"key": None, "plan": None}
@@ -82,13 +88,13 @@ def solve_enumeration(scenario: Scenario, profiles: Profiles, time_limit: float 
             energy[prev] -= scenario.devices[prev].radio_power * back
             return
         for j, l in choices[s]:
-            bound = (-(acc + logr[s, l] + best_rest_acc[s + 1]), prune + profiles.levels[l],
-                     lat + profiles.flops[s, l] / speed[j] + rest_compute[s + 1], 0.0)
-            if best["key"] is not None and better(best["key"], bound):
-                continue
             t_hop = hop(scenario, prev, j, prev_out)
             dt = t_hop + profiles.flops[s, l] / speed[j]
-            if lat + dt + rest_compute[s + 1] > deadline:
+            floor = lat + dt + togo[s, j, l]
+            if floor > deadline:
+                continue
+            bound = (-(acc + logr[s, l] + best_rest_acc[s + 1]), prune + profiles.levels[l], floor, 0.0)
+            if best["key"] is not None and better(best["key"], bound):
                 continue
             dm = profiles.weight_bytes[s, l] + profiles.peak_bytes[s, l]
             de_tx = scenario.devices[prev].radio_power * t_hop

@@ -67,12 +67,10 @@ def _data_file(v: dict) -> list[str]:
     return [] if want.is_file() else [f"data_root={v['data_root']!r}: expected the file {want}; it is not there"]
 
 
-def _same_devices(v: dict) -> list[str]:
-    from xaiprune import system
-
-    home, away = system.load_scenario(v["scenario"]), system.load_scenario(v["other_scenario"])
-    return [] if home.n == away.n else [f"other_scenario={v['other_scenario']!r}: expected a scenario with as many devices "
-                                        f"as scenario={v['scenario']!r} ({home.n}); it has {away.n}"]
+def _second_ward(v: dict) -> list[str]:
+    """06_rl: the second ward is another ward (or "" to skip it)."""
+    return [] if v["second_scenario"] != v["scenario"] else [
+        f"second_scenario={v['second_scenario']!r}: expected another ward than scenario (or \"\" to skip it)"]
 
 
 def _dyfip_setting(v: dict) -> list[str]:
@@ -114,7 +112,7 @@ RULES: dict[str, list[Callable[[dict], list[str]]]] = {
         lambda v: [] if v["repair_draws"] <= v["draws"] else [
             f"repair_draws={v['repair_draws']}: expected at most draws={v['draws']} (the repairs reuse the sweep's draws)"],
     ],
-    "06_rl": [_same_devices],
+    "06_rl": [_second_ward],
     "08_dyfip": [_dyfip_setting],
     "09_compression": [
         lambda v: [] if v["combo_stage"] == "share" or all(2 <= b <= 8 for b in v["combo_bits"]) else [

@@ -257,8 +257,9 @@ KEY_METRICS = {  # what the report shows per notebook (the index has everything)
     "02_train": lambda m: {f"{a} test {k}": v[f"test_{k}"] for a, v in m.items() for k in ("acc", "auc")},
     "05_nlp": lambda m: {**{f"CBC solve time {k} (s)": v for k, v in m.get("solve_seconds", {}).items()},
                          **{f"surrogate error {k}": v for k, v in m.get("surrogate_error", {}).items()}},
-    "06_rl": lambda m: {k: m[k] for k in ("agent_accuracy_fraction_of_optimum", "agent_violation_rate",
-                                           "agent_decision_ms", "cbc_decision_ms") if k in m},
+    "06_rl": lambda m: {f"agent {w} {k}": m[w][k] for w in ("nominal", "fade") if w in m
+                        for k in ("acc_vs_optimum", "violation_rate")}
+    | {k: m[k] for k in ("decision_ms", "enumeration_ms", "cbc_ms") if k in m},
 }
 
 

@@ -1,10 +1,12 @@
-"""Training, saving and judging the RL agent that plans placement and pruning online.
+"""The earlier MultiDiscrete agent (06's labelled baseline) and the per-request policies both agents are judged against.
 
-The agent is Stable-Baselines3's PPO (Schulman et al. 2017) with an MLP policy over the
+The earlier agent is Stable-Baselines3's PPO (Schulman et al. 2017) with an MLP policy over the
 :class:`xaiprune.env.WardEnv` observation and its MultiDiscrete action (a device and a level per
-segment). :func:`evaluate_policies` runs the agent and the baselines (the NLP optimum solved per step,
-a greedy heuristic, random, no pruning) on the same seeded held-out episodes and records accuracy,
-violations, latency, energy and decision time per request. Used by ``06_rl.ipynb``.
+segment, all at once), trained with discount 0 and no masks; the sequential agent that replaced it is
+:mod:`xaiprune.agent`. The policies here map ``(env, observation)`` to a WardEnv action: the NLP optimum
+solved per request, a greedy heuristic, random, no pruning, the earlier agent; :mod:`xaiprune.judging`
+turns them into planners judged on identical requests, and 07's planner calls them.
+:func:`evaluate_policies` runs policies on seeded episodes each with its own battery drain.
 """
 
 from __future__ import annotations

@@ -35,9 +35,10 @@ def policy_function(policy: dict, scenario: system.Scenario, profiles: system.Pr
         return rl.nlp_policy("enumeration")
     if kind == "no_pruning":
         return rl.no_pruning_policy
-    if kind == "rl":
-        model, _ = rl.load(resolve(policy["agent"]))
-        return rl.agent_policy(model)
+    if kind == "rl":  # the sequential agent of 06 (or an earlier MultiDiscrete one: its metadata says which)
+        from xaiprune import agent
+
+        return agent.load_policy(resolve(policy["agent"]), scenario, profiles)
     if kind == "static":
         level = profiles.levels.index(min(profiles.levels, key=lambda lv: abs(lv - policy["level"])))
 
