@@ -150,6 +150,9 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
         "stress_scenario": SHARED["scenario"].but(default="constrained", checks=(optional(one_of(scenario_names)),),
                                                   doc="a second ward where the fade forces pruning (\"\" skips it)"),
         "stress_requests": Param("int", 60, "requests per policy on the stress scenario", (within(1),)),
+        "stress_fade_low": Param("float", 0.05, "bandwidth multiplier at the bottom of the stress scenario's fade (its emulated "
+                                 "links really wait: deeper makes the unpruned policy take seconds per request)",
+                                 (within(0, 1, lo_open=True),)),
         "fault_requests": Param("int", 60, "requests per policy of the load-and-faults run (each window, each fault kind)",
                                 (within(1),)),
         "fault_at": Param("int", 10, "request at which each fault acts", (within(0),)),
