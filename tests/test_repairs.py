@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from conftest import small, split
-from xaiprune import data, models, ranking, repairs
+from xaiprune import data, ranking, repairs
 
 SHAPE = (1, 28, 28)
 

@@ -13,7 +13,6 @@ nbconvert and writes, in ``reports/<profile>/``:
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import html
