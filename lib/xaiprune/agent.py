@@ -29,6 +29,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from tqdm import tqdm
 
 from xaiprune import imitation, paths
+from xaiprune.rl import save  # noqa: F401 (both agents share one file layout: <path>.zip and <path>.json)
 from xaiprune.env import WardEnv
 from xaiprune.feasibility import Tables
 from xaiprune.seqenv import SegmentEnv, fallback_mask, features
@@ -248,15 +249,6 @@ def criterion_of_profiles() -> str:
 def agent_file(scenario: str, criterion: str) -> Path:
     """``artifacts/<profile>/06_rl/agent_<scenario>_<criterion>`` (.zip, .json): the agent 07 serves."""
     return paths.stage_dir("06_rl") / f"agent_{scenario}_{criterion}"
-
-
-def save(model, path: str | Path, metadata: dict) -> Path:
-    """The policy as ``<path>.zip`` and its metadata as ``<path>.json``; the .zip path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(path.with_suffix(".zip"))
-    path.with_suffix(".json").write_text(json.dumps(metadata, indent=2, default=str))
-    return path.with_suffix(".zip")
 
 
 def load(path: str | Path) -> tuple[MaskablePPO, dict]:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from stable_baselines3 import PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.monitor import Monitor
 from tqdm import tqdm
@@ -73,8 +74,9 @@ def train_ppo(make_env: Callable[[], WardEnv], timesteps: int, seed: int = 0, ev
     return model, episodes, pd.DataFrame(callback.curve)
 
 
-def save(model: PPO, path: str | Path, metadata: dict) -> Path:
-    """Save the policy (``<path>.zip``) with its metadata (``<path>.json``: env config, training, versions)."""
+def save(model: BaseAlgorithm, path: str | Path, metadata: dict) -> Path:
+    """Save a policy (``<path>.zip``) with its metadata (``<path>.json``: env config, training, versions); the .zip
+    path. Used for this baseline and for the sequential agent of :mod:`xaiprune.agent`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path.with_suffix(".zip"))
