@@ -70,7 +70,7 @@ def test_criterion_claim_names_the_repair_and_its_labels(met, expected):
         name = min(met, key=lambda r: (met[r], r != "none"))
         assert f"Under '{name}'" in claim["evidence"] and "0.900" in claim["evidence"]
     else:
-        assert "Under no repair" in claim["evidence"]
+        assert "With none of the repairs measured" in claim["evidence"]
 
 
 def test_accuracy_bytes_and_latency_claims_follow_their_rules():

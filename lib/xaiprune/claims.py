@@ -24,8 +24,9 @@ def _repair_text(study: dict) -> tuple[str, str | None]:
     verdicts = study.get("verdicts", {})
     met = {r: v for r, v in verdicts.items() if v.get("target") and r != "best"}
     if not met:
-        return (f"Under no repair ({', '.join(r for r in verdicts if r != 'best')}) does an XAI criterion keep test ACC "
-                ">= 0.85 at >= 50% pruned, 5 points above the better of L1 and Taylor with separate 95% intervals.", None)
+        return (f"With none of the repairs measured ({', '.join(r for r in verdicts if r != 'best')}) does an XAI "
+                "criterion keep test ACC >= 0.85 at >= 50% pruned, 5 points above the better of L1 and Taylor with "
+                "separate 95% intervals.", None)
     name = min(met, key=lambda r: (met[r]["labels"], r != "none"))
     t = met[name]["target"]
     labels = met[name]["labels"]
