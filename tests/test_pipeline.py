@@ -133,11 +133,15 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     art = tmp_path / "artifacts" / "smoke"
     for rel in ("04_pruning_comparison/sensitivity_small_cnn.csv", "05_nlp/profiles_small_cnn.json",
                 "06_rl/agent_ward-4_lrp.zip", "06_rl/agent_ward-4_lrp.json", "06_rl/baseline_ward-4.zip",
-                "07_distributed/summary.csv",
+                "07_distributed/summary.csv", "07_distributed/replayed.csv",
                 "07_distributed/policies/requests.jsonl", "07_distributed/faults/events.jsonl"):
         assert (art / rel).is_file(), rel
     m7 = m["07_distributed"]
-    assert len(m7["policies"]) == 8 and all(p["requests"] == 24 for p in m7["policies"].values())
+    assert len(m7["policies"]) == 6 and all(p["requests"] == 24 for p in m7["policies"].values())
+    replayed = m7["replayed"][m7["scenario"]]  # the baselines on XAI + RL's served plans, replayed offline
+    assert {r["plans_of"] for r in replayed.values()} == {"XAI + RL"} and len(replayed) == 2
+    assert all(r["requests"] == 24 and r["max_abs_logit_difference"] < 1e-3 for w in m7["replayed"].values()
+               for r in w.values())
     assert set(m7["faults"]) == set(serving.FAULTS) and set(m7["throughput_rps"]) == {"window_1", "window_4"}
     assert all(f["lost"] == 0 and f["duplicated"] == 0 and f["answered_once"] + f["failed"] == f["requests"]
                for f in m7["faults"].values())
