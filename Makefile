@@ -11,7 +11,7 @@ STAMP := $(VENV)/.install-stamp
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
-	@echo "  variables: PROFILE=smoke|default|full (report), PYTHON=$(PYTHON), TORCH_INDEX=<pip index of the torch build>"
+	@echo "  variables: PROFILE=smoke|default|budget|full (report), PYTHON=$(PYTHON), TORCH_INDEX=<pip index of the torch build>"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

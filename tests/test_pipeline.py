@@ -67,6 +67,12 @@ def test_check_validates_and_runs_nothing(no_execution, capsys):
     assert "parameters valid" in out and "nothing was run" in out and "07_distributed" in out
 
 
+@pytest.mark.parametrize("profile", sorted(f.stem for f in paths.PARAMS.glob("*.yaml")))
+def test_every_profile_passes_its_check(profile, no_execution, capsys):
+    assert pipeline.main(["--profile", profile, "--check"]) == 0, capsys.readouterr().err
+    assert f"profile '{profile}': parameters valid" in capsys.readouterr().out
+
+
 def test_unknown_profile_lists_known_ones(no_execution, capsys):
     assert pipeline.main(["--profile", "huge"]) == 2
     err = capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Run the numbered notebooks in order with papermill and build the report.
 
-    python -m xaiprune.pipeline --profile smoke|default|full [-p name=value ...] [-p 02_train.epochs=3]
+    python -m xaiprune.pipeline --profile smoke|default|budget|full [-p name=value ...] [-p 02_train.epochs=3]
 
     python -m xaiprune.pipeline --check --profile default -p ratios=[0.1,0.5]   # check, run nothing
     python -m xaiprune.pipeline --profile default --from 05_nlp                 # reuse 01-04's outputs
@@ -215,7 +215,7 @@ def execute(steps: list[Step], out_dir: Path, kernel: str = KERNEL, progress: bo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m xaiprune.pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="default", help="params/<profile>.yaml (smoke, default, full)")
+    parser.add_argument("--profile", default="default", help="params/<profile>.yaml (smoke, default, budget, full)")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                         help="override a parameter (repeatable); STEM.NAME=VALUE for one notebook")
     parser.add_argument("--check", action="store_true",
