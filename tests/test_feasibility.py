@@ -104,7 +104,11 @@ def test_the_enumeration_with_a_fixed_prefix_completes_it_optimally():
     assert prefix.plan.levels == full.plan.levels and prefix.accuracy == pytest.approx(full.accuracy)
     other = (full.plan.devices[0] + 1) % 3
     forced = nlp.solve_enumeration(scenario, profiles, fix_devices=[other, None, None])
-    assert forced.plan is None or forced.plan.devices[0] == other
+    feasible = [ev.accuracy for devices in itertools.product(range(3), repeat=3) if devices[0] == other
+                for levels in itertools.product(range(profiles.L), repeat=3)
+                if (ev := system.evaluate(system.Plan(list(devices), list(levels)), scenario, profiles)).feasible]
+    assert feasible, "the instance must leave the forced first device some feasible plan, or this checks nothing"
+    assert forced.plan.devices[0] == other and forced.accuracy == pytest.approx(max(feasible))
 
 
 def test_masks_agree_with_the_exact_enumeration_on_random_faded_states():

@@ -5,8 +5,9 @@ over ``length`` requests from ``start``. Either every link fades together (``lin
 access point is congested or the ward moves) or one pair of devices (both directions: a bedside device
 behind a door). Shapes, in log space over the event's fraction x in [0, 1]:
 
-- ``ramp``: geometric fall over the first 30%, a hold, geometric recovery over the last 25% (the shape
-  of :func:`xaiprune.env.fade_trace`, replayed by 06's trace figure and by 07);
+- ``ramp``: geometric fall over the first 30%, a hold, geometric recovery over the last 25% (the kind of
+  fade of :func:`xaiprune.env.fade_trace`, which 06's trace figure and 07 replay; its breakpoints are fractions
+  of the whole trace, these of the event);
 - ``cosine``: log m = log(depth) * (1 - cos 2 pi x) / 2, a smooth trough;
 - ``dip``: a V, geometric down to ``depth`` at the middle and back;
 - ``step``: an abrupt drop to ``depth`` for the whole event.

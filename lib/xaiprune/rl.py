@@ -5,8 +5,8 @@ The earlier agent is Stable-Baselines3's PPO (Schulman et al. 2017) with an MLP 
 segment, all at once), trained with discount 0 and no masks; the sequential agent that replaced it is
 :mod:`xaiprune.agent`. The policies here map ``(env, observation)`` to a WardEnv action: the NLP optimum
 solved per request, a greedy heuristic, random, no pruning, the earlier agent; :mod:`xaiprune.judging`
-turns them into planners judged on identical requests, and 07's planner calls them.
-:func:`evaluate_policies` runs policies on seeded episodes each with its own battery drain.
+turns them into planners judged on identical requests, and 07's planner calls them. :func:`rollout`
+runs one policy on seeded episodes (the baseline's training curve).
 """
 
 from __future__ import annotations
@@ -160,12 +160,3 @@ def rollout(env: WardEnv, policy: Policy, seeds: tuple[int, ...] | list[int], na
                          "pruning": float(np.mean([env.profiles.levels[l] for l in info["plan"].levels])),
                          "priority": info["priority"]})
     return pd.DataFrame(rows)
-
-
-def evaluate_policies(make_env: Callable[[], WardEnv], policies: dict[str, Policy], seeds: list[int],
-                      progress: bool = True) -> pd.DataFrame:
-    """Every policy on the same seeded held-out episodes (same dynamics, same requests)."""
-    frames = []
-    for name, policy in tqdm(policies.items(), desc="policies", disable=not progress):
-        frames.append(rollout(make_env(), policy, seeds, name))
-    return pd.concat(frames, ignore_index=True)

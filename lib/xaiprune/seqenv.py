@@ -98,7 +98,7 @@ def features(nominal: Scenario, conditions: Scenario, priority: int, tables: Tab
     obs = np.concatenate([seg, tables.eye[part.prev], [part.elapsed / conditions.deadline], request,
                           part.memory / cap_m, part.energy / cap_e, [np.log10(max(part.out_bytes, 1.0)) / 6],
                           slack, [acc]])
-    return np.clip(obs, -1, 1).astype(np.float32)  # every part is finite but elapsed and slack, which clip to +-1
+    return np.clip(obs, -1, 1).astype(np.float32)  # elapsed, slack and a cut link's log rate (-inf) clip to +-1
 
 
 def fallback_mask(tables: Tables) -> np.ndarray:
