@@ -31,13 +31,13 @@ endif
 install: $(STAMP)  ## create .venv with the pinned set and register the Jupyter kernel "xaiprune"
 
 report: $(STAMP)  ## run the notebooks with PROFILE (default) and build reports/$(PROFILE)/report.html
-	$(PY) -m xaiprune.pipeline --profile $(PROFILE)
+	$(PY) -m xaiprune.study.pipeline --profile $(PROFILE)
 
 check: $(STAMP)  ## check PROFILE's parameters, the kernel and the data file; run nothing
-	$(PY) -m xaiprune.pipeline --check --profile $(PROFILE)
+	$(PY) -m xaiprune.study.pipeline --check --profile $(PROFILE)
 
 smoke: $(STAMP)  ## the whole chain (01-10) with the small CNN in a few minutes
-	$(PY) -m xaiprune.pipeline --profile smoke
+	$(PY) -m xaiprune.study.pipeline --profile smoke
 
 test: $(STAMP)  ## the test suite (the end-to-end smoke test needs MEDMNIST_ROOT or data/medmnist)
 	$(PY) -m pytest

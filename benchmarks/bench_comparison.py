@@ -9,7 +9,7 @@ Parts, with the default profile's parameters of ``04_pruning_comparison`` (overr
 4. ``variant``: BatchNorm re-estimation, draw 0 (section 6);
 5. ``bootstrap``: ACC and AUC of every stored model on the test resamples (new path only).
 
-``--path new`` runs the library (:mod:`xaiprune.comparison`: score once per draw, prune with fixed scores,
+``--path new`` runs the library (:mod:`xaiprune.pruning.comparison`: score once per draw, prune with fixed scores,
 each distinct model evaluated once, in one batch, from the first changed segment). ``--path legacy`` runs
 the loops notebook 04 ran before (kept here, verbatim in effect, as the reference): ``prune.prune`` with
 rescoring at every ratio, ``train.evaluate`` in batches of 64, identical models found by a weight
@@ -39,7 +39,8 @@ import pandas as pd
 import torch
 
 from bench_pruning import load_model
-from xaiprune import comparison, data, prune, repairs, stats, train
+from xaiprune import data, stats, train
+from xaiprune.pruning import comparison, prune, repairs
 
 CRITERIA = ["lrp", "lrp_epsilon", "deeplift", "ig", "gradxact", "taylor", "l1", "random"]
 RATIOS = [round(0.1 * i, 1) for i in range(10)]
@@ -57,7 +58,7 @@ def _legacy_precompute(model, criterion, reference, **options) -> dict:
     if not hasattr(make, "xai_method"):
         return dict(options)
     method, defaults = make.xai_method
-    from xaiprune import xai
+    from xaiprune.pruning import xai
     return {"scores": xai.filter_scores(model, reference, method, **{**defaults, **options})}
 
 

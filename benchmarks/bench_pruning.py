@@ -38,7 +38,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from xaiprune import data, models, paths, prune, train, xai
+from xaiprune import data, models, paths, train
+from xaiprune.pruning import prune, xai
 
 # (label, xai method, options): the scoring methods timed in part 1.
 SCORING = (("lrp", "lrp", {}), ("lrp_epsilon", "lrp_epsilon", {}), ("deeplift", "deeplift", {}),

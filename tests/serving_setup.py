@@ -21,7 +21,9 @@ import torch
 import torch.distributed as dist
 
 from conftest import real_root, small, split
-from xaiprune import prune, serving, system, train
+from xaiprune import serving, train
+from xaiprune.planning import system
+from xaiprune.pruning import prune
 
 LEVELS = [0.0, 0.25, 0.5]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xaiprune import agent, fades, imitation, judging, nlp, rl, seqenv, system
-from xaiprune.env import WardEnv
+from xaiprune.planning import agent, fades, imitation, judging, nlp, rl, seqenv, system
+from xaiprune.planning.env import WardEnv
 
 
 def toy():

@@ -10,9 +10,12 @@ import torch
 from captum.attr import IntegratedGradients
 from torch import nn
 
-from xaiprune import agilenn, agilenn_train, data, parameters, paths, train
-from xaiprune.schema import ParameterError
-from xaiprune.serving import offload, payload
+from xaiprune import data, paths, train
+from xaiprune.agilenn import model as agilenn, training as agilenn_train
+from xaiprune.study import parameters
+from xaiprune.study.schema import ParameterError
+from xaiprune.agilenn import offload
+from xaiprune.serving import payload
 from conftest import needs_real_data, small
 
 
@@ -198,7 +201,7 @@ def test_the_skewness_loss_trains_the_extractor_through_the_gradients():
     (50.0, 0.85, "not supported"),      # slower than full offload
 ])
 def test_the_agilenn_claim_follows_its_rule(agile_ms, agile_acc, verdict):
-    from xaiprune import claims
+    from xaiprune.study import claims
 
     row = lambda ms, acc=0.855: {"latency_ms_p50": ms, "test_acc": acc}  # noqa: E731
     m10 = {"local_only": row(70.0), "full_offload": row(40.0), "split": row(55.0), "link": {"mbps": 60.0},

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from conftest import small, split
-from xaiprune import candidates, models, nlp, prune, system, train
+from xaiprune import models, train
+from xaiprune.planning import candidates, nlp, system
+from xaiprune.pruning import prune
 
 
 def ranked_level_vectors(scenario, profiles) -> list[nlp.Result]:

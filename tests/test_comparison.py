@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import small, split
-from xaiprune import comparison, prune, repairs, train
+from xaiprune import train
+from xaiprune.pruning import comparison, prune, repairs
 
 CRITERIA = ["lrp", "gradxact", "taylor", "l1", "random"]
 RATIOS = [0.0, 0.3, 0.6]

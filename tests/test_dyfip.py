@@ -9,8 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from xaiprune import data, dyfip, dyfip_subnets, models, parameters, pipeline, xai
-from xaiprune.schema import ParameterError
+from xaiprune import data, models
+from xaiprune.dyfip import core as dyfip, subnets as dyfip_subnets
+from xaiprune.pruning import xai
+from xaiprune.study import parameters, pipeline
+from xaiprune.study.schema import ParameterError
 from conftest import small
 
 N_CLASSES = 5

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from xaiprune import env as ward_env
-from xaiprune import nlp, rl, system
+from xaiprune.planning import env as ward_env
+from xaiprune.planning import nlp, rl, system
 
 
 def make(seed: int = 0, **kwargs) -> ward_env.WardEnv:

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from xaiprune import feasibility, nlp, system
+from xaiprune.planning import feasibility, nlp, system
 
 
 def brute_force(scenario, profiles) -> dict[tuple, bool]:

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from conftest import small, split
-from xaiprune import lrp, models, xai
+from xaiprune import models
+from xaiprune.pruning import lrp, xai
 
 
 def zero_biases(model: nn.Module) -> nn.Module:
@@ -80,7 +81,7 @@ def test_model_is_left_as_it_was():
 
 
 def test_zennit_is_imported_without_leaving_a_torchvision_module_behind():
-    code = ("import sys; from xaiprune import lrp; lrp.composite(); "
+    code = ("import sys; from xaiprune.pruning import lrp; lrp.composite(); "
             "assert 'zennit' in sys.modules and not any(m.startswith('torchvision') for m in sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
 

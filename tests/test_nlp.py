@@ -7,7 +7,8 @@ import pulp
 import pytest
 import yaml
 
-from xaiprune import nlp, paths, system
+from xaiprune import paths
+from xaiprune.planning import nlp, system
 
 
 def tiny() -> tuple[system.Scenario, system.Profiles]:

@@ -11,7 +11,8 @@ import sys
 import nbformat
 import pytest
 
-from xaiprune import data, paths, pipeline, serving
+from xaiprune import data, paths, serving
+from xaiprune.study import pipeline
 from conftest import needs_real_data, real_root
 
 NOTEBOOKS = sorted(paths.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
@@ -108,7 +109,7 @@ def run_smoke(root, data_root, *args, **env):
     for folder in ("notebooks", "params"):
         shutil.copytree(paths.ROOT / folder, root / folder)
     env = {**os.environ, "XAIPRUNE_HOME": str(root), "MEDMNIST_ROOT": str(data_root), **env}
-    proc = subprocess.run([sys.executable, "-m", "xaiprune.pipeline", "--profile", "smoke", "--no-progress", *args],
+    proc = subprocess.run([sys.executable, "-m", "xaiprune.study.pipeline", "--profile", "smoke", "--no-progress", *args],
                           cwd=root, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root / "reports" / "smoke"

@@ -12,7 +12,8 @@ import torch_pruning as tp
 from torch import nn
 
 from conftest import small, split
-from xaiprune import models, prune, xai
+from xaiprune import models
+from xaiprune.pruning import prune, xai
 
 X = torch.zeros(1, 1, 28, 28)
 

@@ -7,7 +7,8 @@ import torch
 
 from conftest import small, split
 from test_prune import same_state
-from xaiprune import models, prune, ranking, xai
+from xaiprune import models
+from xaiprune.pruning import prune, ranking, xai
 
 SHAPE = (1, 28, 28)
 RATIOS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import small, split
-from xaiprune import comparison, data, repair_study, repairs, train
+from xaiprune import data, train
+from xaiprune.pruning import comparison, repair_study, repairs
 
 CRITERIA = ["lrp", "taylor", "l1"]
 RATIOS = [0.0, 0.5]

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from conftest import small, split
-from xaiprune import data, ranking, repairs
+from xaiprune import data
+from xaiprune.pruning import ranking, repairs
 
 SHAPE = (1, 28, 28)
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import small, split
-from xaiprune import prune, replay
+from xaiprune.pruning import prune
+from xaiprune.serving import replay
 
 SHAPE = (1, 28, 28)
 PLANS = [(0.0, 0.0, 0.0), (0.0, 0.5, 0.25), (0.0, 0.0, 0.0), (0.25, 0.5, 0.75), (0.0, 0.5, 0.25), (0.0, 0.0, 0.0)]

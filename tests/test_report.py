@@ -7,7 +7,7 @@ import base64
 import nbformat
 import pytest
 
-from xaiprune import claims, report
+from xaiprune.study import claims, report
 
 
 def winners(xai: int, tie: int, base: int, metric: str) -> list[dict]:

@@ -10,8 +10,10 @@ import nbformat
 import papermill as pm
 import pytest
 
-from xaiprune import data, models, parameters, paths, pipeline, prune, report, schema
-from xaiprune.schema import ParameterError
+from xaiprune import data, models, paths
+from xaiprune.pruning import prune
+from xaiprune.study import parameters, pipeline, report, schema
+from xaiprune.study.schema import ParameterError
 
 NOTEBOOKS = sorted(paths.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 
@@ -55,7 +57,7 @@ def test_names_repeated_for_speed_agree_with_the_library():
 
 def test_readme_parameter_tables_are_the_schema():
     readme = (paths.ROOT / "README.md").read_text()
-    assert parameters.markdown() in readme, "README is stale: paste `python -m xaiprune.parameters` into it"
+    assert parameters.markdown() in readme, "README is stale: paste `python -m xaiprune.study.parameters` into it"
 
 
 @pytest.mark.parametrize("type_,value,expected", [

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from xaiprune import fades, judging, nlp, rl, seqenv, system
-from xaiprune.env import WardEnv
+from xaiprune.planning import fades, judging, nlp, rl, seqenv, system
+from xaiprune.planning.env import WardEnv
 
 
 def make(seed: int = 0, episode_length: int = 10, **kwargs) -> seqenv.SegmentEnv:

@@ -16,7 +16,8 @@ import torch.distributed as dist
 
 from conftest import needs_real_data
 from serving_setup import as_rank0, config, gone, pids, process, setup, wait_listening  # noqa: F401 (setup: fixture)
-from xaiprune import prune, serving
+from xaiprune import serving
+from xaiprune.pruning import prune
 from xaiprune.serving import wire
 from xaiprune.serving.launcher import EXIT_STARTUP
 

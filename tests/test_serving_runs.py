@@ -16,7 +16,9 @@ import torch
 
 from conftest import needs_real_data, real_root
 from serving_setup import config, gone, pids, setup  # noqa: F401 (setup is a fixture)
-from xaiprune import data, prune, serving, system
+from xaiprune import data, serving
+from xaiprune.planning import system
+from xaiprune.pruning import prune
 
 
 # ----- real processes ------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from serving_setup import config, scenario, setup  # noqa: F401 (setup is a fixture)
-from xaiprune import serving, system
+from xaiprune import serving
+from xaiprune.planning import system
 from xaiprune.serving import planning, wire
 from xaiprune.serving.records import Ledger
 

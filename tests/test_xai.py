@@ -12,7 +12,8 @@ from captum.attr._utils.lrp_rules import EpsilonRule
 from torch import nn
 
 from conftest import small, split
-from xaiprune import data, models, xai
+from xaiprune import data, models
+from xaiprune.pruning import xai
 
 METHODS = sorted(xai.METHODS)
 OPTIONS = {"ig": {"steps": 4}}

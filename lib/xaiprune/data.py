@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from medmnist import INFO
 
-from xaiprune import paths
+from xaiprune import names, paths
+from xaiprune.names import flags_2d  # noqa: F401 (data.flags_2d: the flags this loader accepts)
 
-SIZES = (28, 64, 128, 224)
+SIZES = names.SIZES
 SPLITS = ("train", "val", "test")
 ENV_ROOT = "MEDMNIST_ROOT"
 
@@ -39,9 +40,6 @@ class DataError(RuntimeError):
     """A MedMNIST file cannot be found, downloaded or trusted; the message says what to do."""
 
 
-def flags_2d() -> list[str]:
-    """All 2D MedMNIST flags (the 3D volumes are out of scope)."""
-    return [f for f, info in INFO.items() if not info["python_class"].endswith("3D")]
 
 
 def check_flag_size(flag: str, size: int) -> dict:

@@ -39,7 +39,7 @@ def relative(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-PROFILE: str = "default"  # set by xaiprune.parameters.begin in each notebook (the pipeline names profiles explicitly)
+PROFILE: str = "default"  # set by xaiprune.study.parameters.begin in each notebook (the pipeline names profiles explicitly)
 
 
 def use_profile(profile: str) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from xaiprune import prune
+from xaiprune.names import XAI_CRITERIA
 
 MULTILABEL, BINARY = "multi-label, binary-class", "binary-class"
 
@@ -113,7 +113,7 @@ def intervals(frame: pd.DataFrame, resampled: dict[str, np.ndarray], value: str,
               level: float = 0.95) -> pd.DataFrame:
     """Per group: mean over draws and its intervals over draws (t), test images (bootstrap) and both.
 
-    ``frame`` is a :func:`xaiprune.comparison.sweep` result (one row per draw, its ``model`` column
+    ``frame`` is a :func:`xaiprune.pruning.comparison.sweep` result (one row per draw, its ``model`` column
     indexing ``resampled[value]``). Columns: ``by``, mean, lo_draws/hi_draws, lo_test/hi_test, lo/hi
     (both sources), n (draws).
     """
@@ -164,8 +164,8 @@ def xai_against_baselines(frame: pd.DataFrame, value: str = "auc", resampled: di
         summary = intervals(frame, resampled, value, ("ratio", "criterion"), level)
     out = []
     for r, g in summary.groupby("ratio"):
-        xai_rows = g[g["criterion"].isin(prune.XAI_CRITERIA)].sort_values("mean", ascending=False)
-        base_side = g["criterion"].isin(baselines) if baselines else ~g["criterion"].isin(prune.XAI_CRITERIA)
+        xai_rows = g[g["criterion"].isin(XAI_CRITERIA)].sort_values("mean", ascending=False)
+        base_side = g["criterion"].isin(baselines) if baselines else ~g["criterion"].isin(XAI_CRITERIA)
         base_rows = g[base_side].sort_values("mean", ascending=False)
         if r == 0 or xai_rows.empty or base_rows.empty:
             continue

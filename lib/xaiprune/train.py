@@ -17,9 +17,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import platform
 import random
 import warnings
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -330,3 +332,18 @@ def trained_models(archs: list[str], flag: str, size: int) -> dict[str, models.S
     Used by notebooks 03-07.
     """
     return {a: load(paths.ROOT / p).model for a, p in trained_checkpoints(archs, flag, size).items()}
+
+
+PACKAGES = ("xaiprune", "torch", "numpy", "medmnist", "captum", "torch-pruning", "pulp", "gymnasium",
+            "stable-baselines3", "papermill", "nbconvert", "pandas", "scikit-learn")
+
+
+def package_versions() -> dict[str, str]:
+    """Python's and the study's packages' versions (``"not installed"`` for a missing one): part of every cache key."""
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out

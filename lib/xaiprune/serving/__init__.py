@@ -18,8 +18,8 @@ The modules, lowest layer first (a module imports only modules above it in this 
 - :mod:`~xaiprune.serving.launcher`: the process entry point (``python -m xaiprune.serving``) and :func:`launch`.
 
 Beside them, for ``10_agilenn.ipynb``: :mod:`~xaiprune.serving.payload` (packed quantiser indices and images as
-bytes on the wire) and :mod:`~xaiprune.serving.offload` (a device and a remote worker, two processes, on the same
-wire and link emulation; ``python -m xaiprune.serving.offload``).
+bytes on the wire) and :mod:`~xaiprune.agilenn.offload` (a device and a remote worker, two processes, on the same
+wire and link emulation; ``python -m xaiprune.agilenn.offload``).
 
 Used by ``07_distributed.ipynb`` through the names below.
 """

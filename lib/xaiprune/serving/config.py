@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from xaiprune import paths, system
+from xaiprune import paths
+from xaiprune.planning import system
 
 PLANNERS = ("nlp", "rl", "no_pruning", "static", "local", "fixed")
 FAULTS = ("kill", "hang", "straggler", "partition", "rejoin", "duplicate", "bad_header", "bad_shape")

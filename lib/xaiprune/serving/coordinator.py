@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xaiprune import system
+from xaiprune.planning import system
 from xaiprune.serving import wire
 from xaiprune.serving.config import RunConfig, resolve
 from xaiprune.serving.dispatch import Dispatch

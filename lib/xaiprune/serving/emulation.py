@@ -2,7 +2,7 @@
 
 On one machine every link and device is equally fast, so with ``emulate=True`` a device pads the
 compute of the segments it runs for a request to FLOPs / speed (the FLOPs of the segments it really
-built, the speed from the scenario), and a sender waits :func:`xaiprune.system.transfer_seconds` of the
+built, the speed from the scenario), and a sender waits :func:`xaiprune.planning.system.transfer_seconds` of the
 bytes of the tensor it really sends, with the scenario's bandwidth times the trace's multiplier at that
 request, before sending. With ``emulate=False`` (real hardware) nothing is padded. A link cut by fault
 injection (a partition) carries nothing: :meth:`Emulator.is_cut`, whatever ``emulate`` says.
@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from xaiprune import system
+from xaiprune.planning import system
 
 
 def us(seconds: float) -> int:

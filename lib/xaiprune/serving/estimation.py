@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xaiprune import system
+from xaiprune.planning import system
 
 M_MIN, M_MAX = 1e-3, 10.0  # a measured multiplier is clipped to this range (timer noise on tiny sends)
 CUT = 1e-9                 # the multiplier of a cut link: finite (the solvers need numbers), never worth it

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from xaiprune import system
+from xaiprune.planning import system
 from xaiprune.serving import wire
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from xaiprune import system
+from xaiprune.planning import system
 from xaiprune.serving.config import RunConfig
 from xaiprune.serving.coordinator import coordinate
 from xaiprune.serving.liveness import failed_key

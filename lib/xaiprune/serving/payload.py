@@ -10,7 +10,7 @@
   reinterpreted, never converted), because the wire (:mod:`xaiprune.serving.wire`) carries float32
   payloads; the true byte count travels in the header, and the link emulation charges those bytes.
 
-Used by :mod:`xaiprune.serving.offload` and ``10_agilenn.ipynb``.
+Used by :mod:`xaiprune.agilenn.offload` and ``10_agilenn.ipynb``.
 """
 
 from __future__ import annotations

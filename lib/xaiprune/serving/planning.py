@@ -1,6 +1,6 @@
 """Planning: which plan serves the next request, and what changes after a device is lost.
 
-A :class:`Planner` serves one policy. It keeps a view of the ward, a :class:`xaiprune.env.WardEnv`
+A :class:`Planner` serves one policy. It keeps a view of the ward, a :class:`xaiprune.planning.env.WardEnv`
 with no random dynamics stepped once per request, and asks the policy for a plan on it. What the view
 holds of the links depends on the policy's ``view``: ``estimate`` (the default, what a real coordinator
 can know) puts in the bandwidths :class:`xaiprune.serving.estimation.LinkEstimator` estimates from the
@@ -21,14 +21,14 @@ import time
 
 import numpy as np
 
-from xaiprune import system
+from xaiprune.planning import system
 from xaiprune.serving.config import resolve
 from xaiprune.serving.estimation import CUT, LinkEstimator
 
 
 def policy_function(policy: dict, scenario: system.Scenario, profiles: system.Profiles):
     """The ``(env, observation) -> action`` of a config policy (see :class:`xaiprune.serving.config.RunConfig`)."""
-    from xaiprune import nlp, rl
+    from xaiprune.planning import nlp, rl
 
     S, kind = profiles.S, policy["planner"]
     if kind == "nlp":
@@ -36,7 +36,7 @@ def policy_function(policy: dict, scenario: system.Scenario, profiles: system.Pr
     if kind == "no_pruning":
         return rl.no_pruning_policy
     if kind == "rl":  # the sequential agent of 06 (or an earlier MultiDiscrete one: its metadata says which)
-        from xaiprune import agent
+        from xaiprune.planning import agent
 
         return agent.load_policy(resolve(policy["agent"]), scenario, profiles)
     if kind == "static":
@@ -99,7 +99,7 @@ class Planner:
 
     def __init__(self, scenario: system.Scenario, profiles: system.Profiles, policy: dict, order: list[int],
                  trace: np.ndarray | None, n_requests: int, seed: int = 0, choose=None, alpha: float = 0.5):
-        from xaiprune import env as ward_env
+        from xaiprune.planning import env as ward_env
 
         self.scenario, self.profiles, self.order, self.trace = scenario, profiles, order, trace
         self.view = policy.get("view", "estimate")
@@ -172,7 +172,7 @@ class Planner:
 
         Returns the plan, how it was chosen, the decision time (s) and the problems of the policy's plan.
         """
-        from xaiprune import rl
+        from xaiprune.planning import rl
 
         start = time.perf_counter()
         self.lose(dead)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xaiprune import system
+from xaiprune.planning import system
 from xaiprune.serving import wire
 
 

@@ -2,7 +2,7 @@
 
 Every device loads the trained checkpoint and the criterion's per-filter scores (``torch.save`` of
 ``{conv name: scores}``, from :func:`write_scores`) and builds the segments a plan gives it with
-:func:`xaiprune.prune.prune_with_scores`: pruned, never retrained. Built segments are cached per
+:func:`xaiprune.pruning.prune.prune_with_scores`: pruned, never retrained. Built segments are cached per
 (criterion, levels, segments held); a tensor is checked against the input shape of the segment it is
 for before that segment runs (:class:`PayloadError` otherwise).
 """
@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xaiprune import models, paths, prune, system
+from xaiprune import models, paths
+from xaiprune.planning import system
+from xaiprune.pruning import prune
 from xaiprune.serving import wire
 from xaiprune.serving.config import RunConfig, rank_order, resolve
 from xaiprune.serving.emulation import Emulator, pad, us

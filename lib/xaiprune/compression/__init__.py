@@ -1,0 +1,9 @@
+"""XAI-guided compression: relevance decides pruning, sharing and bits. Notebook ``09_compression``.
+
+Reproduces Sabih, Hannig and Teich, "Utilizing Explainable AI for Quantization and Pruning of Deep Neural
+Networks" (2020). The full text is not available here: the techniques are this project's reconstruction.
+
+- :mod:`~xaiprune.compression.compress`: weight relevance, unstructured pruning, weight sharing, mixed precision;
+- :mod:`~xaiprune.compression.storage`: the exact size in bits, and the file a compressed model is written to;
+- :mod:`~xaiprune.compression.study`: each technique's XAI variant against its non-XAI counterpart.
+"""

@@ -1,0 +1,17 @@
+"""The distributed system model, the integer program and the RL agent: notebooks ``05_nlp`` and ``06_rl``.
+
+Reproduces Baccour et al. (ICC 2023; FGCS 2024): a pre-trained model cut into segments that run on a
+ward's devices in turn, pruned only when bandwidth, memory or energy make the deadline infeasible. The
+papers are not available in full: the system model (``docs/DESIGN.md``) is this project's reconstruction.
+
+- :mod:`~xaiprune.planning.system`: scenarios, devices, links, the transfer time and a plan's cost;
+- :mod:`~xaiprune.planning.feasibility`: the shared feasibility bounds every planner and mask uses;
+- :mod:`~xaiprune.planning.solution` and :mod:`~xaiprune.planning.nlp`: the integer program (PuLP/CBC) and the
+  exact enumeration;
+- :mod:`~xaiprune.planning.candidates`: the accuracy surrogate and measured verification of candidates;
+- :mod:`~xaiprune.planning.fades`, :mod:`~xaiprune.planning.env`, :mod:`~xaiprune.planning.seqenv`: bandwidth
+  traces and the two environments (one decision per request; one per segment, with exact masks);
+- :mod:`~xaiprune.planning.rl`, :mod:`~xaiprune.planning.imitation`, :mod:`~xaiprune.planning.agent`: the
+  MultiDiscrete baseline agent, behaviour cloning with DAgger, and the sequential MaskablePPO agent;
+- :mod:`~xaiprune.planning.judging`: paired held-out evaluation against the optimum.
+"""

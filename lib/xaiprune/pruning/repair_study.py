@@ -1,0 +1,179 @@
+"""The no-fine-tuning repairs of :mod:`xaiprune.pruning.repairs` applied to the pruned models of notebook 04's sweep.
+
+Every criterion's pruned model at every ratio, for each reference draw, is measured on the test split
+under each *repair*, a fixed combination of the repairs applied in order:
+
+============================  ==========================================================================
+``none``                      the pruned model as it is (the sweep of section 1)
+``recalibrate``               final bias refitted on the draw's labelled reference images
+``batchnorm``                 BatchNorm statistics re-estimated on ``n`` unlabelled validation images
+``compensate``                removed channels' mean contribution (on the draw's reference images) folded
+                              into the consuming layer's bias
+``batchnorm+recalibrate``     the first, then the final bias refitted on the re-estimated model's logits
+``compensate+recalibrate``    likewise after compensation
+============================  ==========================================================================
+
+What it costs: recalibration changes only the final bias, so the recalibrated test probabilities are the
+stored test logits plus the fitted shift (no test pass); it needs the pruned model's logits on the 20-odd
+reference images only. Re-estimation and compensation need one test pass per distinct pruned model (and
+re-estimation a pass over the unlabelled images), so they run on the first ``repair_draws`` draws; the
+BatchNorm repair depends on the plan only (its images are fixed), compensation on the plan and the draw,
+and each distinct model is evaluated once. Recalibration runs on every draw.
+
+The ``best`` repair is the single combination with the highest mean test ACC over every criterion and
+pruned ratio, picked after the fact (as the best criterion is) and then applied to every criterion alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from xaiprune import data
+from xaiprune.pruning import comparison, ranking, repairs
+
+REPAIRS = ("none", "recalibrate", "batchnorm", "compensate", "batchnorm+recalibrate", "compensate+recalibrate")
+REFITTED = {r for r in REPAIRS if r.endswith("recalibrate")}
+
+
+def labels_used(repair: str, reference_size: int) -> int:
+    """Labelled images a repair uses: the reference set's when it refits the decision, else none."""
+    return reference_size if repair in REFITTED else 0
+
+
+def unlabelled_images(val: data.Split, n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` validation images drawn without their labels (seeded): the ward's unlabelled local scans."""
+    if not 2 <= n <= len(val):
+        raise ValueError(f"unlabelled={n}: expected between 2 and the {len(val)} images of the validation split")
+    order = torch.randperm(len(val), generator=torch.Generator().manual_seed(seed))
+    return val.x[order[:n]]
+
+
+@torch.no_grad()
+def _logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.eval()(x)
+
+
+def _shifted(evaluator: comparison.Evaluator, model_id: int, shift: torch.Tensor) -> dict:
+    """The model's test logits plus ``shift`` on the final bias, recorded as a new model."""
+    return evaluator.record(torch.from_numpy(evaluator.logits[model_id]) + shift.to(torch.float32))
+
+
+def _refit(evaluator: comparison.Evaluator, model_id: int, ref_logits: torch.Tensor, reference: data.Split) -> dict:
+    """Decision recalibration of a measured model: the bias shift fitted on its reference logits, applied to its
+    stored test logits (equal to evaluating :func:`xaiprune.pruning.repairs.recalibrate_decision`'s copy)."""
+    shift = repairs.fit_bias(ref_logits, reference.y, multilabel=evaluator.multilabel)
+    return _shifted(evaluator, model_id, shift)
+
+
+def repair_sweep(evaluator: comparison.Evaluator, criteria: list[str], ratios: list[float],
+                 references: list[data.Split], unlabelled: torch.Tensor, repair_draws: int, scope: str = "global",
+                 progress: bool = True, **options) -> pd.DataFrame:
+    """Test ACC/AUC of every criterion's pruned model at every ratio under each repair of :data:`REPAIRS`.
+
+    ``references`` are the sweep's reference draws (recalibration runs on all of them; re-estimation and
+    compensation on the first ``repair_draws``); ``unlabelled`` the images of the BatchNorm repair.
+    Returns one row per repair, criterion, draw and ratio with acc, auc, model (the evaluator's id, for the
+    bootstrap of :mod:`xaiprune.stats`), labels (labelled images used) and unlabelled (images used).
+    Data-free criteria (L1) get a row per draw too, since the repairs use the draw's reference set.
+    """
+    if not 1 <= repair_draws <= len(references):
+        raise ValueError(f"repair_draws={repair_draws}: expected between 1 and the {len(references)} reference draws")
+    bn_done: dict[tuple, tuple[dict, list[torch.Tensor]]] = {}  # plan -> BN model's record, its reference logits
+    comp_done: dict[tuple, tuple[dict, torch.Tensor]] = {}  # (plan, draw) -> compensated record, reference logits
+    rows = []
+    jobs = [(c, d) for c in criteria for d in range(len(references))]
+    with tqdm(total=len(jobs) * len(ratios), desc="repairs", mininterval=2.0, disable=not progress) as bar:
+        for criterion, d in jobs:
+            ref = references[d]
+            ranked = evaluator.ranking(criterion, ref, scope=scope, seed=d, **options)
+            for ratio in ratios:
+                plan = ranked.plan(ratio)
+                key = evaluator.plan_key(ranked, plan)
+                pruned = evaluator.graph.apply(plan, ranked.segments, share=True)
+                start = evaluator.first_touched(plan, ranked.segments)
+                got = {"none": evaluator.measure(ranked, ratio)}
+                got["recalibrate"] = _refit(evaluator, got["none"]["model"], _logits(pruned, ref.x), ref)
+                if d < repair_draws:
+                    if key not in bn_done:
+                        fixed = repairs.reestimate_batchnorm(pruned, unlabelled)
+                        bn_done[key] = (evaluator.evaluate(fixed),
+                                        [_logits(fixed, r.x) for r in references[:repair_draws]])
+                    got["batchnorm"], bn_logits = bn_done[key]
+                    got["batchnorm+recalibrate"] = _refit(evaluator, got["batchnorm"]["model"], bn_logits[d], ref)
+                    if (key, d) not in comp_done:
+                        fixed = repairs.compensate(evaluator.graph, plan, pruned, ref, ranked.segments)
+                        comp_done[key, d] = (evaluator.evaluate(fixed, start), _logits(fixed, ref.x))
+                    got["compensate"], comp_logits = comp_done[key, d]
+                    got["compensate+recalibrate"] = _refit(evaluator, got["compensate"]["model"], comp_logits, ref)
+                for repair, m in got.items():
+                    rows.append({"repair": repair, "criterion": criterion, "draw": d, "ratio": ratio,
+                                 "acc": m["acc"], "auc": m["auc"], "model": m["model"],
+                                 "labels": labels_used(repair, len(ref)),
+                                 "unlabelled": len(unlabelled) if repair.startswith("batchnorm") else 0})
+                bar.update()
+    return pd.DataFrame(rows)
+
+
+def with_best(frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """``frame`` plus the rows of the ``best`` repair, and which combination it is.
+
+    The best is the repair (not ``none``) with the highest mean test ACC over every criterion and pruned
+    ratio; its rows are copied under ``repair="best"``, so every criterion gets the same repair.
+    """
+    pruned = frame[(frame["ratio"] > 0) & (frame["repair"] != "none")]
+    if pruned.empty:
+        raise ValueError("no pruned ratio under any repair: the sweep needs a ratio above 0")
+    best = str(pruned.groupby("repair")["acc"].mean().idxmax())
+    return pd.concat([frame, frame[frame["repair"] == best].assign(repair="best")], ignore_index=True), best
+
+
+def target(verdicts: list[dict], min_ratio: float = 0.5, min_acc: float = 0.85, margin: float = 0.05) -> dict | None:
+    """The first ratio of at least ``min_ratio`` where the best XAI criterion keeps test ACC >= ``min_acc``, at
+    least ``margin`` above the best baseline, with non-overlapping intervals (``outcome == "XAI better"``).
+
+    ``verdicts`` are :func:`xaiprune.stats.xai_against_baselines` rows for ACC under one repair. Returns that
+    row, or None when no ratio qualifies.
+    """
+    for v in sorted(verdicts, key=lambda v: v["ratio"]):
+        if (v["metric"] == "acc" and v["ratio"] >= min_ratio - 1e-9 and v["xai_mean"] >= min_acc
+                and v["xai_mean"] - v["baseline_mean"] >= margin and v["outcome"] == "XAI better"):
+            return v
+    return None
+
+
+def batchnorm_scaling(evaluator: comparison.Evaluator, rankings: dict[str, ranking.Ranking], ratio: float,
+                      reference: data.Split, pools: dict[int, torch.Tensor], progress: bool = True) -> pd.DataFrame:
+    """BatchNorm re-estimation on ``n`` unlabelled images for each ``n`` of ``pools``, at one ratio.
+
+    ``rankings``: criterion -> its ranking on ``reference``. Rows: criterion, unlabelled, repair
+    (``batchnorm`` or ``batchnorm+recalibrate``, refitted on ``reference``), acc, auc, model.
+    """
+    rows = []
+    with tqdm(total=len(rankings) * len(pools), desc="BatchNorm images", mininterval=2.0,
+              disable=not progress) as bar:
+        for criterion, ranked in rankings.items():
+            pruned = evaluator.graph.apply(ranked.plan(ratio), ranked.segments, share=True)
+            for n, images in pools.items():
+                fixed = repairs.reestimate_batchnorm(pruned, images)
+                got = evaluator.evaluate(fixed)
+                refit = _refit(evaluator, got["model"], _logits(fixed, reference.x), reference)
+                for repair, m in (("batchnorm", got), ("batchnorm+recalibrate", refit)):
+                    rows.append({"criterion": criterion, "unlabelled": n, "repair": repair, "acc": m["acc"],
+                                 "auc": m["auc"], "model": m["model"]})
+                bar.update()
+    return pd.DataFrame(rows)
+
+
+def unpruned_outputs(evaluator: comparison.Evaluator, frame: pd.DataFrame) -> pd.DataFrame:
+    """How far each repair moves the *unpruned* model: its mean test ACC and the largest change of a test
+    probability, per repair (re-estimation and recalibration change it by design; compensation must not)."""
+    base = frame[(frame["ratio"] == 0) & (frame["repair"] == "none")]["model"].iloc[0]
+    rows = []
+    for repair, g in frame[frame["ratio"] == 0].groupby("repair", sort=False):
+        change = max(float(np.abs(evaluator.scores[m] - evaluator.scores[base]).max()) for m in g["model"])
+        rows.append({"repair": repair, "acc": float(g["acc"].mean()), "max_prob_change": change,
+                     "labels": int(g["labels"].max()), "unlabelled": int(g["unlabelled"].max())})
+    return pd.DataFrame(rows)

@@ -1,0 +1,301 @@
+"""Run metadata, per-notebook metrics, the HTML index and the final report of a pipeline run.
+
+Each notebook writes its headline numbers to ``artifacts/<profile>/<stem>/metrics.json`` (through
+:func:`write_metrics`). After the run, :func:`build` renders every executed notebook to HTML with
+nbconvert and writes, in ``reports/<profile>/``:
+
+- ``report.html``: the one page to read. The run's metadata, the papers' claims against this run's
+  evidence with a verdict for each (:func:`claims`, rules written out in the page), then per notebook
+  its headline figures (code cells tagged ``headline``) and key numbers;
+- ``index.html``: every metric of every notebook, parameters and wall time per notebook;
+- ``summary.json``: all metrics and the metadata, for machines.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import html
+import json
+import math
+import platform
+import subprocess
+from pathlib import Path
+
+from xaiprune import paths, train
+from xaiprune.study.schema import Run, Step
+from xaiprune.study.claims import MISSING, NOT, PARTLY, SUPPORTED, claims
+
+MAX_ROWS = 40  # headline values shown per notebook on the index page
+
+
+
+def _jsonable(obj):
+    """Convert numpy scalars/arrays and tuples to plain JSON types; NaN must not sneak in silently."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "tolist"):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise ValueError(f"metric value {obj} is not finite")
+    return obj
+
+
+class ReportError(RuntimeError):
+    """The metrics of a run do not belong together (another profile, other parameters, missing)."""
+
+
+def write_metrics(run: Run, metrics: dict) -> Path:
+    """Write a notebook's headline numbers to ``artifacts/<profile>/<stem>/metrics.json`` (sorted keys).
+
+    The file holds ``provenance`` (stage, profile and the hash of the checked parameters ``run``
+    that produced it) and ``metrics``. Only computed, deterministic numbers belong there (no
+    timings), so that two runs of one profile give identical files. Beside it, ``meta.json``
+    records the parameters, git commit, package versions and the SHA-256 of the metrics file.
+    """
+    folder = paths.artifact_dir(run.stem)
+    payload = {"provenance": {"stage": run.stem, "profile": run.profile, "params_sha256": run.sha256},
+               "metrics": _jsonable(metrics)}
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    (folder / "metrics.json").write_text(text)
+    meta = {"stage": run.stem, "profile": run.profile, "params_sha256": run.sha256, "parameters": _jsonable(run.values),
+            "git_commit": git_commit(), "versions": train.package_versions(), "metrics_sha256": hashlib.sha256(text.encode()).hexdigest()}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return folder / "metrics.json"
+
+
+def _load(stage: str, profile: str, name: str) -> dict | None:
+    path = paths.stage_dir(stage, profile) / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def provenance(stage: str, profile: str) -> dict | None:
+    """``{"stage", "profile", "params_sha256"}`` of the stage's ``metrics.json`` for ``profile``, or None."""
+    found = _load(stage, profile, "metrics.json")
+    return None if found is None else found.get("provenance")
+
+
+def recorded_parameters(stage: str, profile: str) -> dict:
+    """The parameters ``meta.json`` says produced the stage's outputs (empty if unknown)."""
+    return (_load(stage, profile, "meta.json") or {}).get("parameters", {})
+
+
+def read_metrics(stage: str, profile: str, params_sha256: str | None = None) -> dict | None:
+    """The stage's metrics for ``profile`` (None if it wrote none), refusing another profile's or stale ones.
+
+    With ``params_sha256``, metrics made with other parameters are a :class:`ReportError`: a report
+    never mixes numbers of different runs.
+    """
+    found = _load(stage, profile, "metrics.json")
+    if found is None:
+        return None
+    prov = found.get("provenance") or {}
+    where = paths.relative(paths.stage_dir(stage, profile) / "metrics.json")
+    if prov.get("profile") != profile or prov.get("stage") != stage:
+        raise ReportError(f"{where} says it is {prov.get('stage')!r} of profile {prov.get('profile')!r}, "
+                          f"not {stage!r} of {profile!r}: rerun {stage} with --profile {profile}")
+    if params_sha256 is not None and prov.get("params_sha256") != params_sha256:
+        raise ReportError(f"{where} was made with parameters {prov.get('params_sha256')}, this run's are {params_sha256}: "
+                          f"it is stale; rerun from {stage}")
+    return found["metrics"]
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=paths.ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
+def run_metadata(profile: str, steps: list["Step"], wall_seconds: float) -> dict:
+    return {
+        "profile": profile,
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "machine": f"{platform.machine()} {platform.system()} {platform.release()}",
+        "versions": train.package_versions(),
+        "wall_seconds": round(wall_seconds, 1),
+        "notebooks": {s.stem: {"parameters": s.parameters, "params_sha256": s.sha256,
+                               "seconds": None if s.seconds is None else round(s.seconds, 1)}
+                      for s in steps},
+    }
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    """``{"a": {"b": 1}}`` to ``{"a.b": 1}`` for the headline table."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if isinstance(v, list) and len(v) > 12:
+        return html.escape(f"[{len(v)} values]")
+    return html.escape(str(v))
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
+td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
+th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
+code{background:#f4f4f4;padding:0 .2em}
+"""
+
+
+def render_index(meta: dict, metrics: dict[str, dict | None]) -> str:
+    rows = []
+    for stem, info in meta["notebooks"].items():
+        took = "reused" if info["seconds"] is None else f"{info['seconds']:.1f}"
+        rows.append(f"<tr><td><a href='{stem}.html'>{stem}</a></td><td class='num'>{took}</td>"
+                    f"<td><code>{html.escape(json.dumps(info['parameters']))}</code></td></tr>")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>xaiprune: {meta['profile']} run</title>"
+             f"<style>{_CSS}</style></head><body>",
+             f"<h1>xaiprune &mdash; profile <code>{html.escape(meta['profile'])}</code></h1>",
+             f"<p>Finished {meta['finished']} &middot; commit <code>{html.escape(meta['git_commit'])}</code>"
+             f" &middot; total wall time {meta['wall_seconds']:.1f} s &middot; {html.escape(meta['machine'])}</p>",
+             "<h2>Notebooks</h2><table><tr><th>notebook</th><th>seconds</th><th>parameters</th></tr>",
+             *rows, "</table>", "<h2>Headline numbers</h2>"]
+    for stem, m in metrics.items():
+        parts.append(f"<h3>{stem}</h3>")
+        if not m:
+            parts.append("<p>(this notebook wrote no metrics.json)</p>")
+            continue
+        flat = list(flatten(m).items())
+        parts.append("<table><tr><th>metric</th><th>value</th></tr>")
+        parts += [f"<tr><td>{html.escape(k)}</td><td class='num'>{_fmt(v)}</td></tr>"
+                  for k, v in flat[:MAX_ROWS]]
+        parts.append("</table>")
+        if len(flat) > MAX_ROWS:
+            parts.append(f"<p>{len(flat) - MAX_ROWS} more values in <code>summary.json</code> and the notebook.</p>")
+    parts.append("<h2>Package versions</h2><table>")
+    parts += [f"<tr><td>{k}</td><td>{html.escape(v)}</td></tr>" for k, v in meta["versions"].items()]
+    parts.append("</table></body></html>")
+    return "\n".join(parts)
+
+
+def notebook_to_html(notebook: Path, out: Path) -> Path:
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter(template_name="lab").from_filename(str(notebook))
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
+def build(profile: str, steps: list["Step"], out_dir: Path, wall_seconds: float) -> Path:
+    """Write ``<stem>.html`` per notebook, ``summary.json``, ``index.html`` and ``report.html``; return the report.
+
+    Every notebook's metrics must be of ``profile`` and of the step's parameters (:func:`read_metrics`),
+    so a report never mixes runs; a :class:`ReportError` says which notebook to rerun.
+    """
+    metrics = {s.stem: read_metrics(s.stem, profile, s.sha256) for s in steps}
+    missing = [s.stem for s in steps if s.output is None or not Path(s.output).is_file()]
+    if missing:
+        raise ReportError(f"no executed notebook in {paths.relative(out_dir)} for {missing}: rerun from {missing[0]}")
+    for step in steps:
+        notebook_to_html(step.output, out_dir / f"{step.stem}.html")
+    meta = run_metadata(profile, steps, wall_seconds)
+    (out_dir / "summary.json").write_text(json.dumps({"metadata": meta, "metrics": metrics}, indent=2))
+    index = out_dir / "index.html"
+    index.write_text(render_index(meta, metrics), encoding="utf-8")
+    figures = {s.stem: headline_figures(s.output) for s in steps}
+    (out_dir / "report.html").write_text(render_report(meta, metrics, figures), encoding="utf-8")
+    return out_dir / "report.html"
+
+
+def headline_figures(notebook: Path) -> list[str]:
+    """PNG images (base64) of the executed notebook's code cells tagged ``headline``."""
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    out = []
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "headline" in cell.metadata.get("tags", []):
+            out += [o["data"]["image/png"] for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+    return out
+
+
+_VERDICT_COLOUR = {SUPPORTED: "#1b7f3b", PARTLY: "#b26a00", NOT: "#b3261e", MISSING: "#666"}
+_REPORT_CSS = _CSS + """
+.verdict{font-weight:600;white-space:nowrap}.claims td{font-size:.95em}
+img{max-width:100%;border:1px solid #eee;margin:.4em 0}
+.meta td:first-child{color:#555;white-space:nowrap}
+"""
+KEY_METRICS = {  # what the report shows per notebook (the index has everything)
+    "02_train": lambda m: {f"{a} test {k}": v[f"test_{k}"] for a, v in m.items() for k in ("acc", "auc")},
+    "05_nlp": lambda m: {**{f"CBC solve time {k} (s)": v for k, v in m.get("solve_seconds", {}).items()},
+                         **{f"surrogate error {k}": v for k, v in m.get("surrogate_error", {}).items()}},
+    "06_rl": lambda m: {f"agent {w} {k}": m[w][k] for w in ("nominal", "fade") if w in m
+                        for k in ("acc_vs_optimum", "violation_rate")}
+    | {k: m[k] for k in ("decision_ms", "enumeration_ms", "cbc_ms") if k in m},
+}
+
+
+def _policy_table(m07: dict) -> str:
+    cols = [("acc", "ACC", "{:.3f}"), ("auc", "AUC", "{:.3f}"), ("p50_ms", "p50 ms", "{:.1f}"), ("p95_ms", "p95 ms", "{:.1f}"),
+            ("deadline_hit_rate", "deadline met", "{:.1%}"), ("bytes_per_inference", "bytes / inference", "{:,.0f}"),
+            ("energy_j", "J / request (modelled)", "{:.3f}"), ("predicted_ms", "predicted ms", "{:.1f}"),
+            ("latency_error", "measured vs predicted", "{:+.1%}")]
+    head = "".join(f"<th>{label}</th>" for _, label, _ in cols)
+    order = [p for p in m07.get("policy_order", []) if p in m07["policies"]] or list(m07["policies"])
+    rows = "".join(f"<tr><td>{html.escape(name)}</td>" + "".join(
+        f"<td class='num'>{fmt.format(m07['policies'][name][k]) if k in m07['policies'][name] else ''}</td>"
+        for k, _, fmt in cols) + "</tr>" for name in order)
+    return f"<table><tr><th>policy</th>{head}</tr>{rows}</table>"
+
+
+def render_report(meta: dict, metrics: dict[str, dict | None], figures: dict[str, list[str]]) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(c['claim'])}</td><td>{c['notebooks']}</td>"
+        f"<td class='verdict' style='color:{_VERDICT_COLOUR[c['verdict']]}'>{c['verdict']}</td>"
+        f"<td>{html.escape(c['evidence'])}</td></tr>" for c in claims(metrics))
+    took = sum(v["seconds"] or 0 for v in meta["notebooks"].values())
+    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v != "not installed")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>xaiprune report: {meta['profile']}</title>"
+             f"<style>{_REPORT_CSS}</style></head><body>",
+             "<h1>XAI-guided dynamic pruning for distributed inference: what this run shows</h1>",
+             "<table class='meta'>",
+             f"<tr><td>profile</td><td><code>{html.escape(meta['profile'])}</code></td></tr>",
+             f"<tr><td>finished</td><td>{meta['finished']}</td></tr>",
+             f"<tr><td>commit</td><td><code>{html.escape(meta['git_commit'])}</code></td></tr>",
+             f"<tr><td>machine</td><td>{html.escape(meta['machine'])}</td></tr>",
+             f"<tr><td>notebooks run</td><td>{len([v for v in meta['notebooks'].values() if v['seconds'] is not None])} "
+             f"of {len(meta['notebooks'])} ({took / 60:.1f} min; the others reused)</td></tr>",
+             f"<tr><td>versions</td><td>{html.escape(versions)}</td></tr></table>",
+             "<p>Every number on this page was computed by the notebooks of this run; the verdicts follow the rules "
+             "written in each row. <a href='index.html'>All metrics</a> &middot; the notebooks are linked below.</p>",
+             "<h2>Claims against evidence</h2>",
+             "<table class='claims'><tr><th>claim</th><th>notebooks</th><th>verdict</th><th>evidence from this run</th></tr>",
+             rows, "</table>"]
+    m07 = metrics.get("07_distributed")
+    if m07:
+        parts += [f"<h2>The real distributed system, per policy (07, {html.escape(str(m07.get('scenario', '')))})</h2>",
+                  _policy_table(m07)]
+        if m07.get("stress"):
+            parts += [f"<h3>Stress scenario: {html.escape(m07['stress']['scenario'])}</h3>", _policy_table(m07["stress"])]
+    for stem in meta["notebooks"]:
+        m = metrics.get(stem) or {}
+        key = KEY_METRICS.get(stem, lambda _: {})(m) if m else {}
+        if not figures.get(stem) and not key:
+            continue
+        parts.append(f"<h2><a href='{stem}.html'>{stem}</a></h2>")
+        if key:
+            parts.append("<table>" + "".join(f"<tr><td>{html.escape(k)}</td><td class='num'>{_fmt(v)}</td></tr>"
+                                             for k, v in key.items()) + "</table>")
+        parts += [f"<img alt='{stem} figure' src='data:image/png;base64,{png}'>" for png in figures.get(stem, [])]
+    parts.append("</body></html>")
+    return "\n".join(parts)
