@@ -35,7 +35,7 @@ def no_execution(monkeypatch):
     ("smoke", ["novalue"], "expected name=value"),
     ("smoke", ["profile=other"], "chosen with --profile"),
     ("smoke", ["03_xai_scores.profile=other"], "chosen with --profile"),
-    # found by hand in issue 11: each used to be accepted or to fail only inside a notebook
+    # each used to be accepted or to fail only inside a notebook
     ("default", ["06_rl.penalty=-1"], "06_rl: penalty=-1.0: expected a value in (0, inf)"),
     ("default", ["scenario=nope"], "scenario='nope': expected one of ['constrained'"),
     ("default", ["ratios=[1.5]"], "ratios=[1.5]: expected every element a value in [0, 1)"),
@@ -49,6 +49,8 @@ def no_execution(monkeypatch):
     ("default", ["ref_bias=[0.9,0.1]"], "ref_bias=[0.9, 0.1]: expected float, got list"),
     ("default", ["07_distributed.scenario=ward-4b"], "expected 06_rl.scenario='ward-4'"),
     ("default", ["06_rl.archs=[resnet18]"], "archs: the first architecture differs"),
+    ("default", ["07_distributed.fade_low=0.05"], "07_distributed.fade_low=0.05: expected 06_rl.fade_low=0.003"),
+    ("default", ["epochs=0"], "02_train: epochs=0"),  # 02's alone: 08 and 10 name their own epochs
 ])
 def test_bad_parameters_rejected_before_any_notebook_runs(profile, overrides, match, no_execution, capsys):
     assert pipeline.main(["--profile", profile, *(a for o in overrides for a in ("-p", o))]) == 2
@@ -85,12 +87,12 @@ def test_every_profile_is_valid_and_overrides_apply():
         steps = pipeline.plan(pipeline.discover(), pipeline.load_profile(profile), [])
         assert [s.stem for s in steps] == [nb.stem for nb in NOTEBOOKS]
     steps = pipeline.plan(pipeline.discover(), pipeline.load_profile("smoke"),
-                          ["seed=5", "02_train.epochs=1", "archs=[small_cnn, resnet18]", "07_distributed.fade_low=1"])
+                          ["seed=5", "02_train.epochs=1", "archs=[small_cnn, resnet18]", "07_distributed.ewma=1"])
     by = {s.stem: s.parameters for s in steps}
     assert by["01_data"]["seed"] == 5 and by["02_train"]["seed"] == 5
     assert by["02_train"]["epochs"] == 1 and by["02_train"]["archs"] == ["small_cnn", "resnet18"]
     assert "epochs" not in by["01_data"] and all(p["profile"] == "smoke" for p in by.values())
-    assert by["07_distributed"]["fade_low"] == 1.0 and isinstance(by["07_distributed"]["fade_low"], float)
+    assert by["07_distributed"]["ewma"] == 1.0 and isinstance(by["07_distributed"]["ewma"], float)
     assert by["03_xai_scores"]["ig_steps"] == 8  # a default of the schema, passed explicitly
 
 

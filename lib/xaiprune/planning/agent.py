@@ -28,7 +28,8 @@ from sb3_contrib import MaskablePPO
 from stable_baselines3.common.callbacks import BaseCallback
 from tqdm import tqdm
 
-from xaiprune import paths, train
+from xaiprune import paths
+from xaiprune.train import package_versions
 from xaiprune.planning import imitation
 from xaiprune.planning.rl import save  # noqa: F401 (both agents share one file layout: <path>.zip and <path>.json)
 from xaiprune.planning.env import WardEnv
@@ -215,7 +216,7 @@ def cache_key(scenario_file: Path, profiles: Profiles, settings: dict, env_confi
     payload = {"scenario": Path(scenario_file).read_text(), "settings": settings, "env": env_config, "kind": kind,
                "code": hashlib.sha256(code.encode()).hexdigest(),
                "profiles": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in profiles.__dict__.items()},
-               "versions": {k: v for k, v in train.package_versions().items()
+               "versions": {k: v for k, v in package_versions().items()
                             if k in ("python", "torch", "stable-baselines3", "sb3-contrib", "numpy", "gymnasium")}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

@@ -7,7 +7,7 @@ which checks the values papermill injected. The pipeline checks the same declara
 tables and the rules), before it starts any kernel, so a typo fails in the first second
 instead of after twenty minutes of training:
 
-    python -m xaiprune.study.pipeline --check --profile default -p ratios=[0.1,0.5]
+    python -m xaiprune.study.pipeline --check --profile default -p ratios=[0.0,0.1,0.5]
 
 ``profile`` is not set by hand: the pipeline passes ``--profile`` to every notebook, and
 :func:`begin` points :mod:`xaiprune.paths` at ``artifacts/<profile>/``. ``python -m
@@ -173,12 +173,11 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
         "profile": SHARED["profile"],
         "dyfip_flag": Param("str", "retinamnist", "a multi-class 2D MedMNIST flag, its own: the study's flag parameter does not reach it",
                             (_multiclass_flag,)),
-        **_pick("size", "data_root", "seed", "n_per_class",  # profile keeps its place, first
+        **_pick("size", "data_root", "seed", "archs", "n_per_class",  # profile keeps its place, first
                 seed="seed of the base model's training, the reference draw, the branch and the random filters",
+                archs="the first one is DyFiP's base classifier, trained on dyfip_flag and cached like 02's",
                 n_per_class="reference images per class from the validation split (capped at the class's count)"),
-        "arch": Param("str", "vgg16_bn", "base classifier (trained and cached like 02's): vgg16_bn, resnet18, small_cnn",
-                      (one_of(ARCHS),)),
-        "epochs": Param("int", 8, "training epochs of the base classifier", (within(1),)),
+        "base_epochs": Param("int", 8, "training epochs of the base classifier on dyfip_flag", (within(1),)),
         "method": Param("str", "deeplift", "explanation method of the class-specific relevance: deeplift, lrp, ig, gradxact",
                         (one_of(XAI_METHODS),)),
         "aggregate": Param("str", "max", "a filter's score for a candidate set: max or sum over its classes", (one_of(("max", "sum")),)),
@@ -232,16 +231,16 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
         "centroids": Param("int", 8, "quantiser centroids (8: 3 bits per offloaded value)", (within(2),)),
         "rho": Param("float", 0.8, "skewness target: the share of importance the local channels should hold", (within(0, 1, lo_open=True),)),
         "klambda": Param("float", 0.8, "weight of the cross-entropy; the skewness and disorder losses get 1 - klambda", (within(0, 1, lo_open=True),)),
-        "epochs": Param("int", 6, "training epochs of AgileNN (smoke: 1)", (within(1),)),
+        "agilenn_epochs": Param("int", 6, "training epochs of AgileNN (smoke: 1)", (within(1),)),
         "ref_epochs": Param("int", 3, "training epochs of the reference network", (within(1),)),
-        "batch_size": Param("int", 128, "images per step", (within(1),)),
-        "lr": Param("float", 0.001, "Adam learning rate at the start of the cosine schedule", (within(0, lo_open=True),)),
+        "agilenn_batch_size": Param("int", 128, "images per step of AgileNN's and the reference network's training", (within(1),)),
+        "agilenn_lr": Param("float", 0.001, "Adam learning rate of AgileNN at the start of the cosine schedule", (within(0, lo_open=True),)),
         "extractor_lr": Param("float", 0.03, "the same for the device's extractor, whose few weights must move far", (within(0, lo_open=True),)),
-        "max_train": Param("int", 0, "0 trains on the whole train split, n > 0 on its first n images only", (within(0),)),
+        "agilenn_max_train": Param("int", 0, "0 trains AgileNN on the whole train split, n > 0 on its first n images only", (within(0),)),
         "codec": Param("str", "zlib", "lossless compression of the packed indices: zlib or lzma", (one_of(("zlib", "lzma")),)),
         "jpeg_quality": Param("int", 90, "JPEG quality of the lossy full-offload variant", (within(1, 95),)),
-        "bandwidth_factors": _POSITIVE_FACTORS.but(default=[0.01, 0.1, 1.0],
-                                                   doc="the device-remote link's bandwidth x these (1.0, the scenario's, must be one)"),
+        "link_factors": _POSITIVE_FACTORS.but(default=[0.01, 0.1, 1.0],
+                                              doc="the device-remote link's bandwidth x these (1.0, the scenario's, must be one)"),
         "latency_images": Param("int", 40, "test images served per method and bandwidth", (within(1),)),
         "ablation_epochs": Param("int", 2, "training epochs of every ablation (and of the default setting beside them)", (within(1),)),
         "ablation_ratios": _FRACTIONS.but(default=[0.1, 0.4], checks=(unique, each(within(0, 1, lo_open=True, hi_open=True))),

@@ -51,13 +51,13 @@ def _second_ward(v: dict) -> list[str]:
 
 def _dyfip_setting(v: dict) -> list[str]:
     """08_dyfip: k below the flag's number of classes, and at least one segment after the branch."""
-    n, segments, out = len(INFO[v["dyfip_flag"]]["label"]), SEGMENTS[v["arch"]], []
+    n, segments, out = len(INFO[v["dyfip_flag"]]["label"]), SEGMENTS[v["archs"][0]], []
     if v["k"] >= n:
         out.append(f"k={v['k']}: expected 1 <= k < {n}, the number of classes of dyfip_flag={v['dyfip_flag']!r} "
                    "(k = all classes prunes nothing)")
     if v["branch_block"] >= segments:
         out.append(f"branch_block={v['branch_block']}: expected 1 <= branch_block < {segments}, the segments of "
-                   f"arch={v['arch']!r} (at least one must follow the branch)")
+                   f"archs[0]={v['archs'][0]!r} (at least one must follow the branch)")
     return out
 
 
@@ -72,8 +72,8 @@ def _agilenn_setting(v: dict) -> list[str]:
     if v["remote"] and (v["remote"] not in names or names.index(v["remote"]) == source):
         out.append(f"remote={v['remote']!r}: expected a device of scenario {v['scenario']!r} other than its source "
                    f"{names[source]!r} (one of {[n for n in names if n != names[source]]}), or '' for the fastest")
-    if 1.0 not in v["bandwidth_factors"]:
-        out.append(f"bandwidth_factors={v['bandwidth_factors']}: expected 1.0 among them (the scenario's own bandwidth, "
+    if 1.0 not in v["link_factors"]:
+        out.append(f"link_factors={v['link_factors']}: expected 1.0 among them (the scenario's own bandwidth, "
                    "where the targets are judged)")
     return out
 
@@ -164,7 +164,16 @@ def _compression_arch(by: dict[str, dict]) -> list[str]:
     return [] if arch in have else [f"09_compression.archs: {arch!r} expected among 02_train.archs={have}"]
 
 
+def _one_fade(by: dict[str, dict]) -> list[str]:
+    """07 serves the fade 06's agent was judged on: one depth, declared in both."""
+    if "06_rl" not in by or "07_distributed" not in by:
+        return []
+    six, seven = by["06_rl"]["fade_low"], by["07_distributed"]["fade_low"]
+    return [] if six == seven else [f"07_distributed.fade_low={seven}: expected 06_rl.fade_low={six} (07 serves the fade "
+                                    "06 judged its agent on; set both, e.g. -p fade_low=...)"]
+
+
 RUN_RULES: list[Callable[[dict[str, dict]], list[str]]] = [
     lambda by: [p for name in ("profile", *DATA) for p in _agree(by, name)],
-    _first_arch, _levels, _agent_scenario, _agilenn_arch, _compression_arch,
+    _first_arch, _levels, _agent_scenario, _agilenn_arch, _compression_arch, _one_fade,
 ]
