@@ -163,6 +163,11 @@ def test_from_an_unknown_notebook_is_refused(no_execution, capsys):
     assert "--from 99_nope: no such notebook" in capsys.readouterr().err
 
 
+def test_to_before_from_is_refused(no_execution, capsys):
+    assert pipeline.main(["--profile", "smoke", "--to", "99_nope"]) == 2
+    assert "--to 99_nope: expected a notebook at or after the first one run" in capsys.readouterr().err
+
+
 SITECUSTOMIZE = """
 # Test only: trust the synthetic file (its MD5 and split sizes) in every process of the run (pipeline, kernels, workers).
 import medmnist.info

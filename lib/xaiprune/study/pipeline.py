@@ -209,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="start", metavar="STEM",
                         help="start at this notebook (e.g. 04_pruning_comparison); the earlier ones' outputs are "
                              "reused only if they were made with this run's parameters")
+    parser.add_argument("--to", dest="stop", metavar="STEM",
+                        help="stop after this notebook (e.g. --from 04_pruning_comparison --to 04_pruning_comparison "
+                             "runs 04 alone); the report is then not built")
     args = parser.parse_args(argv)
 
     try:
@@ -220,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise PipelineError(f"--from {args.start}: no such notebook (known: {stems})")
             first = stems.index(args.start)
             check_reused(steps, first, args.profile)
+        last = len(steps)
+        if args.stop:
+            stems = [st.stem for st in steps]
+            if args.stop not in stems or stems.index(args.stop) < first:
+                raise PipelineError(f"--to {args.stop}: expected a notebook at or after the first one run (known: {stems})")
+            last = stems.index(args.stop) + 1
         kernel = kernel_name(args.kernel)
         print(data_note(steps), flush=True)
         if args.check:
@@ -232,7 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         for st in reused:  # earlier notebooks of this profile stay in the report, marked as reused
             st.output = out_dir / st.notebook.name
         start = time.perf_counter()
-        execute(steps[first:], out_dir, kernel, progress=not args.no_progress)
+        execute(steps[first:last], out_dir, kernel, progress=not args.no_progress)
+        if last < len(steps):
+            print(f"stopped after {steps[last - 1].stem} (--to): no report built")
+            return 0
         index = report.build(args.profile, steps, out_dir, wall_seconds=time.perf_counter() - start)
     except (PipelineError, report.ReportError) as exc:
         print(f"pipeline: {exc}", file=sys.stderr)
