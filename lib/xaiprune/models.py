@@ -11,7 +11,7 @@ Three architectures, built by name through :data:`ARCHS`:
 - ``small_cnn``: three conv blocks, for quick runs and tests.
 
 Every model is a :class:`SegmentedModel`: an ordered ``segments`` dict whose composition is the whole
-forward pass. The distributed issue cuts the model between segments, and pruning a segment's last
+forward pass. The distributed system cuts the model between segments, and pruning a segment's last
 conv layer shrinks the activation sent to the next device.
 
 LRP constraints (Captum has rules only for some module types): no ``nn.Flatten`` module (flatten is

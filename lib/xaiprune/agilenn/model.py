@@ -317,7 +317,7 @@ def skewness_loss(importance: torch.Tensor, k: int, rho: float) -> torch.Tensor:
 def disorder_loss(importance: torch.Tensor, k: int, eps: float = 1e-9) -> torch.Tensor:
     """mean over images of max(max remote - min local, 0) / total: zero when every local channel outranks every remote one.
 
-    Per channel, as the issue states the rule (the official code compares single feature values).
+    Per channel, as the reconstruction states the rule (the official code compares single feature values).
     """
     gap = importance[:, k:].max(1).values - importance[:, :k].min(1).values
     return (torch.relu(gap) / (importance.sum(1) + eps)).mean()

@@ -2,7 +2,7 @@
 
 The project's reconstruction of Sabih, Hannig and Teich, "Utilizing Explainable AI for Quantization and
 Pruning of Deep Neural Networks" (2020, https://arxiv.org/abs/2008.09072), whose full text is not
-available here (issue 14). Every conv and linear weight tensor of a trained model becomes a :class:`Code`:
+available here (see ``docs/DESIGN.md``). Every conv and linear weight tensor of a trained model becomes a :class:`Code`:
 
 - **weight relevance** (:func:`weight_relevance`): ``r_i = sum_n |w_i * dR_n/dw_i|`` over the reference
   images, with ``R_n`` the explained output (the logit of image n's true class); a weight that never

@@ -2,7 +2,7 @@
 
 Sabih, Hannig and Teich, "DyFiP: Explainable AI-based Dynamic Filter Pruning of Convolutional Neural
 Networks", EuroMLSys 2022, https://doi.org/10.1145/3517207.3526982. The full text is not available here;
-this is the reconstruction of issue 13, from the abstract and the authors' earlier work:
+this is the project's reconstruction, from the abstract and the authors' earlier work:
 
 1. a frozen base classifier (trained by :func:`xaiprune.train.train_or_load`), cut after block ``b``;
 2. a small **branch** (:class:`BranchHead`: 1x1 conv, BN, ReLU, global average pool, linear) trained on
