@@ -1,4 +1,4 @@
-# xaiprune: `make report` runs the study, `make test` runs the tests. `make` alone lists the targets.
+# xaiprune: `make report` runs the study, `make test` runs the tests. `make` alone lists the targets (README.md, docs/).
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -7,18 +7,20 @@ PROFILE ?= default
 STAMP := $(VENV)/.install-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install report check smoke test lab bench screenshot clean
+.PHONY: help install report check smoke test docs lab bench screenshot clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
-	@echo "  variables: PROFILE=smoke|default|budget|full (report), PYTHON=$(PYTHON), TORCH_INDEX=<pip index of the torch build>"
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/$$(PROFILE)/<PROFILE>/g' | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  variables: PROFILE=smoke|default|budget|full (report, check, docs, screenshot), PYTHON=$(PYTHON),"
+	@echo "             TORCH_INDEX=<pip index of the torch build> (https://download.pytorch.org/whl/cpu off the project's machines)"
+	@echo "  one notebook: $(PY) -m xaiprune.study.pipeline --profile $(PROFILE) --from STEM --to STEM"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, alone and pinned. Without TORCH_INDEX pip takes torch 2.13.0 from its configured sources
 	# (the CPU build on the project's machines; from PyPI elsewhere, the multi-GB CUDA build). With it, from that
-	# index: TORCH_INDEX=<PyTorch's CPU wheel index> gives the CPU build anywhere (README, "Set-up").
+	# index: TORCH_INDEX=https://download.pytorch.org/whl/cpu gives the CPU build anywhere (README, "On a fresh machine").
 ifdef TORCH_INDEX
 	$(PY) -m pip install --quiet -c constraints.txt --index-url $(TORCH_INDEX) torch==2.13.0 torchvision==0.28.0
 else
@@ -36,16 +38,19 @@ report: $(STAMP)  ## run the notebooks with PROFILE (default) and build reports/
 check: $(STAMP)  ## check PROFILE's parameters, the kernel and the data file; run nothing
 	$(PY) -m xaiprune.study.pipeline --check --profile $(PROFILE)
 
-smoke: $(STAMP)  ## the whole chain (01-10) with the small CNN in a few minutes
+smoke: $(STAMP)  ## the whole chain (01-10) with the small CNN in a few minutes; its numbers are not results
 	$(PY) -m xaiprune.study.pipeline --profile smoke
 
-test: $(STAMP)  ## the test suite (the end-to-end smoke test needs MEDMNIST_ROOT or data/medmnist)
+test: $(STAMP)  ## the test suite (the end-to-end test on real data needs MEDMNIST_ROOT or data/medmnist; docs/tests.md)
 	$(PY) -m pytest
+
+docs: $(STAMP)  ## docs/results.json and the generated tables of README.md and docs/, from reports/$(PROFILE)/summary.json
+	$(PY) -m xaiprune.study.readme --profile $(PROFILE)
 
 lab: $(STAMP)  ## JupyterLab on the notebooks
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
-bench: $(STAMP)  ## timing benchmarks (by hand; results in benchmarks/results/)
+bench: $(STAMP)  ## timing benchmarks, written to benchmarks/results/ (git-ignored: they belong to this machine)
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/bench_pruning.py
 

@@ -55,11 +55,6 @@ def test_names_repeated_for_speed_agree_with_the_library():
     assert parameters.flags_2d() == data.flags_2d()
 
 
-def test_readme_parameter_tables_are_the_schema():
-    readme = (paths.ROOT / "README.md").read_text()
-    assert parameters.markdown() in readme, "README is stale: paste `python -m xaiprune.study.parameters` into it"
-
-
 @pytest.mark.parametrize("type_,value,expected", [
     ("float", 1, 1.0), ("list[float]", [0, 0.5], [0.0, 0.5]), ("list[list[int]]", [[1, 2]], [[1, 2]]), ("bool", False, False),
 ])

@@ -17,11 +17,15 @@ The modules, lowest layer first (a module imports only modules above it in this 
 - :mod:`~xaiprune.serving.coordinator`: rank 0's pipelined loop;
 - :mod:`~xaiprune.serving.launcher`: the process entry point (``python -m xaiprune.serving``) and :func:`launch`.
 
-Beside them, for ``10_agilenn.ipynb``: :mod:`~xaiprune.serving.payload` (packed quantiser indices and images as
-bytes on the wire) and :mod:`~xaiprune.agilenn.offload` (a device and a remote worker, two processes, on the same
-wire and link emulation; ``python -m xaiprune.agilenn.offload``).
+Beside them: :mod:`~xaiprune.serving.replay` (a served policy's plans recomputed offline with other criteria's
+filters) and :mod:`~xaiprune.serving.payload` (packed quantiser indices and images as bytes on the wire, which
+:mod:`xaiprune.agilenn.offload` sends over the same wire and link emulation).
 
-Used by ``07_distributed.ipynb`` through the names below.
+For ``07_distributed.ipynb``, on top of them: :mod:`~xaiprune.serving.runs` (what its runs share, the policies
+each serves, who each fault hits, the replays), :mod:`~xaiprune.serving.analysis` (what it reads off the logs:
+tables, the estimate against the oracle, the pipelining bound), :mod:`~xaiprune.serving.plots` (its figures) and
+:mod:`~xaiprune.serving.verdict` (its ``metrics.json`` and targets). None of them is imported by the serving
+processes; the names below are.
 """
 
 from xaiprune.serving.config import FAULTS, PLANNERS, VIEWS, RunConfig

@@ -1,7 +1,8 @@
 """The names every parameter may take and the rules over several parameters, for :mod:`xaiprune.study.parameters`.
 
 The names every parameter may take come from the registry :mod:`xaiprune.names`, never from a system.
-:data:`RULES` check values within one notebook, :data:`RUN_RULES` across the notebooks of one run; each returns the problems it finds as sentences naming parameter, value and expectation.
+:data:`RULES` check values within one notebook, :data:`RUN_RULES` across the notebooks of one run; each returns
+the problems it finds as sentences naming parameter, value and expectation.
 """
 
 from __future__ import annotations
