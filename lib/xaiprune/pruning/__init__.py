@@ -11,5 +11,7 @@ The baselines are L1 norm (Li et al. 2017), first-order Taylor (Molchanov et al.
 - :mod:`~xaiprune.pruning.ranking`: fixed rankings, cached per reference set;
 - :mod:`~xaiprune.pruning.comparison`: the sweep of criteria x ratios x reference draws;
 - :mod:`~xaiprune.pruning.repairs` and :mod:`~xaiprune.pruning.repair_study`: repairs that train nothing
-  (BatchNorm re-estimation, decision recalibration, mean-activation compensation) and their study.
+  (BatchNorm re-estimation, decision recalibration, mean-activation compensation) and their study;
+- :mod:`~xaiprune.pruning.summaries` and :mod:`~xaiprune.pruning.plots`: the tables, sentences, metrics and
+  figures of notebook 04, computed from its sweeps.
 """

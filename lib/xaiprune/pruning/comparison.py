@@ -1,4 +1,5 @@
-"""The pruning experiments of ``04_pruning_comparison``: criteria against ratios, one segment at a time.
+"""The pruning experiments of ``04_pruning_comparison``: criteria against ratios, one segment at a time,
+reference sets of other sizes or with a class bias.
 
 Every experiment prunes copies of one trained model and measures them on the test split. An
 :class:`Evaluator` makes that cheap without changing any number:
@@ -238,3 +239,23 @@ def segment_sensitivity(model: models.SegmentedModel, test: data.Split, levels: 
                                  "out_bytes": rep.segment_out_bytes[segment], "model": m["model"]})
                     bar.update()
     return pd.DataFrame(rows)
+
+
+def reference_study(evaluator: Evaluator, val: data.Split, criteria: list[str], ratios: list[float],
+                    sizes: list[int], draws: int, n_per_class: int, bias: float, seed: int = 0,
+                    scope: str = "global", **options) -> pd.DataFrame:
+    """The :func:`sweep` of ``criteria`` at ``ratios`` on reference sets of each size, and on biased ones.
+
+    For each ``n`` of ``sizes``: ``draws`` reference sets of ``n`` images per class (seeds ``seed + k``), rows
+    labelled ``reference="<n>/class"``; then ``draws`` sets of ``n_per_class`` per class with the class fractions
+    of :func:`xaiprune.data.skewed_fractions` (``bias`` for class 0), ``reference="biased <bias>"``. Every row
+    also has ``n_per_class``; pruned models already measured by ``evaluator`` are not evaluated again.
+    """
+    fractions = data.skewed_fractions(len(data.class_names(val.flag)), bias)
+    settings = [(f"{n}/class", n, None) for n in sizes] + [(f"biased {bias}", n_per_class, fractions)]
+    frames = []
+    for label, n, fractions in settings:
+        refs = [data.reference_set(val, n_per_class=n, seed=seed + k, bias=fractions) for k in range(draws)]
+        frames.append(sweep(evaluator.model, evaluator.split, criteria, ratios, refs, scope=scope,
+                            evaluator=evaluator, **options).assign(reference=label, n_per_class=n))
+    return pd.concat(frames, ignore_index=True)
