@@ -1,4 +1,4 @@
-"""Classifiers for 28x28 (and larger) MedMNIST images, written so that Captum's LRP can explain them.
+"""Classifiers for 28x28 (and larger) MedMNIST images, written so that LRP (zennit's composite, Captum's epsilon) can explain them.
 
 Three architectures, built by name through :data:`ARCHS`:
 
@@ -14,7 +14,8 @@ Every model is a :class:`SegmentedModel`: an ordered ``segments`` dict whose com
 forward pass. The distributed system cuts the model between segments, and pruning a segment's last
 conv layer shrinks the activation sent to the next device.
 
-LRP constraints (Captum has rules only for some module types): no ``nn.Flatten`` module (flatten is
+LRP constraints (Captum, behind the ``lrp_epsilon`` variant, has rules only for some module types; zennit's composite
+merges BatchNorm and needs distinct modules): no ``nn.Flatten`` module (flatten is
 ``torch.flatten`` inside :class:`Head`), no empty ``nn.Sequential``, one ``nn.ReLU`` instance per
 use and never in place, and residual sums through Captum's ``Addition_Module``.
 Used by ``02_train.ipynb`` and every later notebook.
