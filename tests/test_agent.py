@@ -134,3 +134,46 @@ def test_the_agent_beats_greedy_in_paired_judging_on_a_faded_toy_ward(cloned):
     table = judging.summary(frame, by=("policy",))
     assert table.loc["agent", "violation_rate"] == 0.0
     assert table.loc["agent", "acc_vs_optimum"] >= table.loc["greedy", "acc_vs_optimum"] - 1e-9
+
+
+def test_the_cache_key_covers_every_training_module_including_the_notebooks_orchestration(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    assert "training" in agent.TRAINING_CODE
+    assert all((Path(agent.__file__).parent / f"{m}.py").is_file() for m in agent.TRAINING_CODE)
+    _, profiles = toy()
+    f = tmp_path / "s.yaml"
+    f.write_text("name: x\n")
+    base = agent.cache_key(f, profiles, {"a": 1}, {"env": 1})
+    read = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: read(self, *a, **k) + "#" * (self.name == "training.py"))
+    assert agent.cache_key(f, profiles, {"a": 1}, {"env": 1}) != base
+
+
+def test_train_ward_trains_both_agents_once_saves_them_and_says_what_it_did(tmp_path, monkeypatch):
+    from xaiprune import paths
+    from xaiprune.planning import training
+
+    monkeypatch.setattr(paths, "ARTIFACTS", tmp_path / "artifacts")
+    monkeypatch.setattr(training, "scenario_file", lambda name: tmp_path / f"{name}.yaml")
+    (tmp_path / "toy.yaml").write_text("name: toy\n")
+    scenario, profiles = toy()
+    env = training.env_factory(scenario, profiles, 10, penalty=2.0)()
+    assert env.randomise is not None and env.reward_weights.penalty == 2.0 and env.episode_length == 10
+    settings = agent.Training(demo_requests=10, bc_epochs=2, dagger_rounds=1, dagger_requests=4, timesteps=64,
+                              eval_every=32, eval_requests=4)
+    kwargs = dict(criterion="lrp", arch="toy_cnn", profiles_file=paths.ROOT / "p.json", episode_length=10, penalty=1.0,
+                  baseline_timesteps=64, out_dir=tmp_path / "out")
+    first = training.train_ward("toy", scenario, profiles, settings, **kwargs)
+    assert not first.cached and not first.baseline_cached
+    assert (tmp_path / "out" / "agent_toy_lrp.zip").is_file() and (tmp_path / "out" / "baseline_toy.zip").is_file()
+    assert first.meta["kind"] == agent.KIND and first.meta["profiles"] == "p.json" and first.meta["criterion"] == "lrp"
+    assert first.baseline_meta["kind"] == training.BASELINE_KIND and first.baseline_meta["timesteps"] == 64
+    assert [p["timesteps"] for p in first.record["curve"]] == [0, 32, 64] and len(first.record["dagger"]) == 1
+    again = training.train_ward("toy", scenario, profiles, settings, **kwargs)
+    assert again.cached and again.baseline_cached and again.record == first.record
+    assert again.agent.decide(scenario, 1) == first.agent.decide(scenario, 1)
+    text = training.describe("toy", again, 64)
+    assert "DAgger round 0" in text and text.count("(cached)") == 2 and "64 PPO steps" in text
+    assert "warm start) to" in training.fine_tuning("toy", first.record)
+    assert "no fine-tuning" in training.fine_tuning("toy", {"curve": []})

@@ -9,9 +9,14 @@ papers are not available in full: the system model (``docs/DESIGN.md``) is this 
 - :mod:`~xaiprune.planning.solution` and :mod:`~xaiprune.planning.nlp`: the integer program (PuLP/CBC) and the
   exact enumeration;
 - :mod:`~xaiprune.planning.candidates`: the accuracy surrogate and measured verification of candidates;
+- :mod:`~xaiprune.planning.sweep` and :mod:`~xaiprune.planning.verify`: notebook 05's studies (the deadline and
+  bandwidth sweep, heuristics, solve time; the surrogate's error and the verified answers, measured);
 - :mod:`~xaiprune.planning.fades`, :mod:`~xaiprune.planning.env`, :mod:`~xaiprune.planning.seqenv`: bandwidth
   traces and the two environments (one decision per request; one per segment, with exact masks);
 - :mod:`~xaiprune.planning.rl`, :mod:`~xaiprune.planning.imitation`, :mod:`~xaiprune.planning.agent`: the
   MultiDiscrete baseline agent, behaviour cloning with DAgger, and the sequential MaskablePPO agent;
-- :mod:`~xaiprune.planning.judging`: paired held-out evaluation against the optimum.
+- :mod:`~xaiprune.planning.training`: notebook 06's training of both agents per ward, cached;
+- :mod:`~xaiprune.planning.judging` and :mod:`~xaiprune.planning.evaluation`: paired held-out evaluation against
+  the optimum, and notebook 06's judgement (held-out wards, decision times, the replayed fade, targets);
+- :mod:`~xaiprune.planning.plots`: the figures of notebooks 05 and 06.
 """

@@ -38,7 +38,8 @@ from xaiprune.planning.seqenv import SegmentEnv, fallback_mask, features
 from xaiprune.planning.system import Plan, Profiles, Scenario
 
 KIND = "sequential-maskable-ppo"
-TRAINING_CODE = ("agent", "imitation", "seqenv", "feasibility", "fades", "env", "rl", "system", "nlp", "solution")
+TRAINING_CODE = ("agent", "imitation", "seqenv", "feasibility", "fades", "env", "rl", "system", "nlp", "solution",
+                 "training")  # modules (files of this package) whose source is part of the cache key
 
 
 @dataclass(frozen=True)

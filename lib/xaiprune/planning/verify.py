@@ -1,0 +1,188 @@
+"""Notebook ``05_nlp``'s measurements on really pruned models: the surrogate's error, and the verified answers.
+
+:func:`surrogate_checks` prunes the model as each plan of a fixed design says (:func:`xaiprune.planning.candidates.design`)
+and compares the measured accuracy with the surrogate's prediction; :func:`surrogate_error` summarises the
+error, :func:`describe_surrogate_error` says it in words. :func:`verify_sweep` verifies the optimum of every
+instance of the sweep (:mod:`xaiprune.planning.sweep`) that prunes: the best few candidates under the surrogate
+(:func:`xaiprune.planning.candidates.top_candidates`), measured on validation (:func:`~xaiprune.planning.candidates.choose`),
+both choices then measured on test; :func:`verification_summary` and :func:`describe_verification` report it,
+:func:`check_candidates` checks the candidates, :func:`metrics` assembles the notebook's ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from xaiprune.planning import candidates, nlp
+from xaiprune.planning.solution import Result
+from xaiprune.planning.system import Profiles, Scenario
+
+TARGET_POINTS = 2.0  # the surrogate's error target, in accuracy points
+
+
+def _levels_text(fractions) -> str:
+    return " ".join(f"{v:.1f}" for v in fractions)
+
+
+def surrogate_checks(meas: candidates.Measurements, profiles: Profiles, plan_design, metric: str = "acc",
+                     split: str = "test") -> pd.DataFrame:
+    """A row per plan of ``plan_design`` (level indices per segment): the surrogate's prediction (floored, and the
+    bare product of retentions) against the accuracy ``metric`` measured on ``split`` of the model pruned so, and
+    the error in points (positive: the surrogate is optimistic)."""
+    checks = []
+    for levels in plan_design:
+        fractions = [profiles.levels[l] for l in levels]
+        measured = meas.measure(fractions, split)[metric]
+        surrogate, product = profiles.accuracy(list(levels)), profiles.accuracy(list(levels), floored=False)
+        checks.append({"levels": _levels_text(fractions), "mean level": float(np.mean(fractions)),
+                       "kind": "uniform" if len(set(levels)) == 1 else "random", "surrogate": surrogate,
+                       "measured": measured, "error (points)": 100 * (surrogate - measured),
+                       "product only": product, "error without floor": 100 * (product - measured)})
+    return pd.DataFrame(checks)
+
+
+def surrogate_error(checks: pd.DataFrame, floor: float) -> dict:
+    """The error of :func:`surrogate_checks` over every plan, without the floor, and over the plans the surrogate
+    predicts above its ``floor`` (``None`` where there are none)."""
+    err, bare = checks["error (points)"], checks["error without floor"]
+    out = {"n_plans": int(len(checks)), "mean_abs_points": float(err.abs().mean()),
+           "max_abs_points": float(err.abs().max()), "mean_points": float(err.mean()),
+           "within_2_points": int((err.abs() <= TARGET_POINTS).sum()),
+           "share_within_2": float((err.abs() <= TARGET_POINTS).mean()),
+           "without_floor_mean_abs_points": float(bare.abs().mean()),
+           "without_floor_max_abs_points": float(bare.abs().max())}
+    above = checks["product only"] > floor  # plans the surrogate predicts above its floor (not collapsed)
+    some = bool(above.any())
+    out.update({"above_floor_plans": int(above.sum()),
+                "above_floor_mean_abs_points": float(err[above].abs().mean()) if some else None,
+                "above_floor_max_abs_points": float(err[above].abs().max()) if some else None,
+                "above_floor_within_2_points": int((err[above].abs() <= TARGET_POINTS).sum())})
+    return out
+
+
+def describe_surrogate_error(e: dict, floor: float, seconds: float) -> str:
+    """:func:`surrogate_error` in words (two sentences when some plans are predicted above the floor)."""
+    text = (f"surrogate error over {e['n_plans']} plans ({seconds:.0f} s to prune and evaluate): mean |error| "
+            f"{e['mean_abs_points']:.2f} points, max {e['max_abs_points']:.2f}, mean signed {e['mean_points']:+.2f}; "
+            f"{e['within_2_points']} of {e['n_plans']} plans ({e['share_within_2']:.0%}) within the 2-point target "
+            f"(without the floor: mean {e['without_floor_mean_abs_points']:.2f}, "
+            f"max {e['without_floor_max_abs_points']:.2f})")
+    if e["above_floor_plans"]:
+        text += (f"\nover the {e['above_floor_plans']} plans predicted above the floor {floor:.3f}: mean |error| "
+                 f"{e['above_floor_mean_abs_points']:.2f}, max {e['above_floor_max_abs_points']:.2f}; "
+                 f"{e['above_floor_within_2_points']} within 2 points")
+    return text
+
+
+@dataclass
+class Verification:
+    """The verified answers of a sweep: a row per instance with a plan, the candidates of each verified one."""
+
+    table: pd.DataFrame
+    candidates: dict[tuple, list[Result]]
+    models_pruned: int
+    seconds: float
+
+
+def verify_one(key: tuple, optimum: Result, scenario: Scenario, profiles: Profiles, meas: candidates.Measurements,
+               k: int, time_limit: float, metric: str) -> tuple[dict, list[Result] | None]:
+    """The row of one instance (and its candidates, ``None`` when the optimum prunes nothing: it is final)."""
+    val_opt = val_chosen = np.nan
+    chosen, choice, found = 0, optimum, None
+    if any(optimum.plan.levels):  # verify: the best candidates under the surrogate, measured on val
+        found = candidates.top_candidates(scenario, profiles, k, time_limit, explain_infeasible=False, first=optimum)
+        v = candidates.choose(found, profiles, meas.metric("val", metric))
+        chosen, choice, val_opt, val_chosen = v.chosen, v.result, v.measured[0], v.measured[v.chosen]
+    levels_opt = [profiles.levels[l] for l in optimum.plan.levels]
+    levels_chosen = [profiles.levels[l] for l in choice.plan.levels]
+    test_opt = meas.measure(levels_opt, "test")[metric]
+    test_chosen = meas.measure(levels_chosen, "test")[metric]
+    return {"scenario": key[0], "axis": key[1], "factor": key[2], "verified": found is not None,
+            "candidates": len(found) if found else 1, "chosen": chosen, "status": choice.status,
+            "optimum levels": _levels_text(levels_opt), "chosen levels": _levels_text(levels_chosen),
+            "surrogate optimum": optimum.accuracy, "surrogate chosen": choice.accuracy,
+            "val optimum": val_opt, "val chosen": val_chosen, "test optimum": test_opt,
+            "test chosen": test_chosen, "gain (points)": 100 * (test_chosen - test_opt)}, found
+
+
+def verify_sweep(optima: dict[tuple, Result], instances: dict[tuple, Scenario], profiles: Profiles,
+                 meas: candidates.Measurements, k: int, time_limit: float = 30.0, metric: str = "acc") -> Verification:
+    """:func:`verify_one` on every instance whose optimum has a plan (``k`` candidates, ``time_limit`` s per solve)."""
+    started, pruned_before = time.perf_counter(), meas.pruned
+    rows, found = [], {}
+    for key, optimum in optima.items():
+        if optimum.plan is None:
+            continue
+        r, cands = verify_one(key, optimum, instances[key], profiles, meas, k, time_limit, metric)
+        rows.append(r)
+        if cands is not None:
+            found[key] = cands
+    return Verification(pd.DataFrame(rows), found, meas.pruned - pruned_before, time.perf_counter() - started)
+
+
+def verification_summary(v: Verification, k: int) -> dict:
+    """How many instances were verified, changed, gained and lost on test, and the gains in points."""
+    if v.table.empty:
+        raise RuntimeError("no instance of the sweep has a plan: nothing to verify; "
+                           "widen deadline_factors or bandwidth_factors")
+    checked = v.table.query("verified")
+    gain = checked["gain (points)"]
+    some = len(gain) > 0
+    return {"instances": int(len(v.table)), "verified": int(len(checked)), "candidates_per_instance": k,
+            "changed": int((checked["chosen"] > 0).sum()), "instances_gained": int((gain > 0).sum()),
+            "instances_lost": int((gain < 0).sum()),
+            "mean_gain_points": float(gain.mean()) if some else None,
+            "max_gain_points": float(gain.max()) if some else None,
+            "min_gain_points": float(gain.min()) if some else None,
+            "mean_gain_points_all": float(v.table["gain (points)"].mean()),
+            "models_pruned": int(v.models_pruned), "seconds": round(v.seconds, 1)}
+
+
+def describe_verification(s: dict) -> str:
+    """:func:`verification_summary` in words."""
+    if not s["verified"]:
+        return f"none of the {s['instances']} instances with a plan prunes: every optimum is final, nothing to verify"
+    return (f"{s['verified']} of {s['instances']} instances with a plan prune and were verified "
+            f"({s['candidates_per_instance']} candidates each); the verified choice differs from the surrogate's "
+            f"optimum on {s['changed']}, and measured on test it gains on {s['instances_gained']} and loses on "
+            f"{s['instances_lost']}.\nAccuracy lost by trusting the surrogate alone (test, verified minus optimum): "
+            f"mean {s['mean_gain_points']:+.2f} points over the verified instances (largest "
+            f"{s['max_gain_points']:+.2f}, smallest {s['min_gain_points']:+.2f}), {s['mean_gain_points_all']:+.2f} "
+            f"over all. {s['models_pruned']} more models pruned, {s['seconds']:.0f} s.")
+
+
+def check_candidates(found: dict[tuple, list[Result]], profiles: Profiles) -> None:
+    """``RuntimeError`` unless every instance's candidates are distinct, feasible level vectors in the solver's order."""
+    for key, cands in found.items():
+        if len({tuple(r.plan.levels) for r in cands}) != len(cands):
+            raise RuntimeError(f"{key}: a level vector repeats")
+        if not all(r.evaluation.feasible for r in cands):
+            raise RuntimeError(f"{key}: an infeasible candidate")
+        if any(nlp.better(b.key(profiles), a.key(profiles)) for a, b in zip(cands, cands[1:]) if b.status == "optimal"):
+            raise RuntimeError(f"{key}: candidates out of the solver's order")
+
+
+def _rounded(d: dict, digits: int = 4) -> dict:
+    return {k: (round(v, digits) if isinstance(v, float) else v) for k, v in d.items()}
+
+
+def metrics(base: dict[str, Result], error: dict, verification: dict, heuristics: pd.DataFrame,
+            timing: pd.DataFrame) -> dict:
+    """05's ``metrics.json``: the scenarios' solves, the surrogate's error, the verification, the heuristics against
+    the optimum (:func:`xaiprune.planning.sweep.against_optimum`) and the solve-time study."""
+    return {
+        "solve_seconds": {name: round(r.seconds, 4) for name, r in base.items()},
+        "status": {name: r.status for name, r in base.items()},
+        "surrogate_accuracy": {name: (round(r.accuracy, 6) if r.plan else None) for name, r in base.items()},
+        "surrogate_error": _rounded(error), "verification": _rounded(verification),
+        "heuristics": {p: {"feasible_rate": round(float(v["feasible_rate"]), 4),
+                           "mean_gap_to_optimum": None if pd.isna(v["mean_gap_to_optimum"])
+                           else round(float(v["mean_gap_to_optimum"]), 6)}
+                       for p, v in heuristics.iterrows()},
+        "scaling": timing.assign(milp_s=timing["milp_s"].round(4),
+                                 enumeration_s=timing["enumeration_s"].round(4)).to_dict("records"),
+    }

@@ -1,0 +1,134 @@
+"""Notebook 06's judgement: held-out runs, the bound check, decision times, the replayed fade, the metrics and targets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from xaiprune.planning import evaluation, judging, rl, system
+from xaiprune.planning.env import WardEnv
+
+
+def toy():
+    return system.random_instance(3, 3, 4, seed=1, tightness=1.3)
+
+
+class Greedy:
+    """Stands in for a SequentialAgent: ``decide`` gives greedy's plan."""
+
+    def __init__(self, profiles):
+        self.profiles = profiles
+
+    def decide(self, conditions, priority):
+        from xaiprune.planning import nlp
+
+        return nlp.greedy(conditions, self.profiles).plan
+
+
+@pytest.fixture(scope="module")
+def judged():
+    scenario, profiles = toy()
+    planners = {evaluation.AGENT: judging.from_policy(rl.no_pruning_policy),
+                "greedy": judging.from_policy(rl.greedy_policy)}
+    frame = evaluation.held_out("w", scenario, profiles, planners, [10_000, 10_001], 16, 0.05, progress=False)
+    return frame, scenario, profiles
+
+
+def test_held_out_runs_judge_every_planner_on_the_same_requests_with_a_fade(judged):
+    frame, _, _ = judged
+    assert set(frame["policy"]) == {judging.OPTIMUM, evaluation.AGENT, "greedy"}
+    assert len(frame) == 2 * 16 * 3 and set(frame["seed"]) == {10_000, 10_001} and (frame["ward"] == "w").all()
+    assert set(frame["window"]) == {"nominal", "fade"} and frame["fade_shape"].notna().all()
+    per_request = frame.groupby(["seed", "t"])["optimum_accuracy"].nunique(dropna=False)
+    assert (per_request == 1).all(), "every planner is judged against the same optimum on a request"
+
+
+def test_the_bound_check_finds_a_plan_above_the_optimum(judged):
+    frame, _, _ = judged
+    bound = evaluation.optimum_bound(frame)
+    assert bound == {"requests": 32, "largest_accuracy_above_optimum": pytest.approx(bound["largest_accuracy_above_optimum"]),
+                     "feasible_where_optimum_has_no_plan": 0}
+    assert bound["largest_accuracy_above_optimum"] <= 1e-6
+    cheat = frame.copy()
+    hit = (cheat["policy"] == "greedy") & cheat["feasible"] & cheat["feasible_exists"]
+    assert hit.any()
+    cheat.loc[hit.idxmax(), "accuracy"] = cheat.loc[hit.idxmax(), "optimum_accuracy"] + 0.1
+    assert evaluation.optimum_bound(cheat)["largest_accuracy_above_optimum"] == pytest.approx(0.1)
+    cheat.loc[hit.idxmax(), "feasible_exists"] = False  # a feasible plan where the optimum has none
+    assert evaluation.optimum_bound(cheat)["feasible_where_optimum_has_no_plan"] == 1
+
+
+def test_ward_metrics_and_targets_come_from_the_summary(judged):
+    frame, _, _ = judged
+    results = judging.summary(frame, by=("ward", "window", "policy"))
+    timing = evaluation.decision_times(frame, [5.0, 7.0, 9.0], "w")
+    assert timing.loc["w", "CBC MILP"] == 7.0
+    m = evaluation.ward_metrics("w", results, frame, timing, 12.34)
+    for window in evaluation.WINDOWS:
+        r = results.loc[("w", window, evaluation.AGENT)]
+        assert m[window]["acc_vs_optimum"] == round(float(r["acc_vs_optimum"]), 4)
+        assert m[window]["requests"] == int(r["requests"])
+    assert m["greedy"] == m["policies"]["greedy"] and set(m["policies"]) == set(frame["policy"])
+    assert m["training_seconds"] == 12.3 and m["decision_ms"] == round(float(timing.loc["w", evaluation.AGENT]), 4)
+    targets = evaluation.targets_of(m)
+    assert set(targets) == set(evaluation.TARGETS) and all(isinstance(v, bool) for v in targets.values())
+    assert targets["training < 8 min"] and targets["decision faster than the enumeration"] == (
+        m["decision_ms"] < m["enumeration_ms"])
+    text = evaluation.describe_ward("w", m)
+    assert text.count("\n") == len(targets) and ("NOT met" in text) == (not all(targets.values()))
+
+
+def test_the_metrics_have_the_keys_the_study_reads(judged):
+    frame, _, _ = judged
+    results = judging.summary(frame, by=("ward", "window", "policy"))
+    timing = evaluation.decision_times(frame, [5.0], "w")
+    per_ward = {"w": evaluation.ward_metrics("w", results, frame, timing, 1.0)}
+    adapted = {judging.OPTIMUM: {"distinct_plans": 2, "mean_pruning_nominal": 0.0, "mean_pruning_fade_bottom": 0.3,
+                                 "violations_fade": 0, "fade_requests": 5, "pruning_after_recovery": 0.0}}
+    m = evaluation.metrics("w", per_ward, adapted, evaluation.optimum_bound(frame), {"w": 0.123456789}, [5.0, 6.0],
+                           criterion="lrp", timesteps=10, demo_requests=5, fade_low=0.003)
+    assert set(m) == {"scenario", "criterion", "timesteps", "demo_requests", "nominal", "fade", "greedy", "decision_ms",
+                      "enumeration_ms", "cbc_ms", "distinct_plans", "training_seconds", "wards", "unpruned_limit",
+                      "fade_low", "trace", "optimum_prunes_in_fade", "optimum_bound", "targets"}
+    assert m["cbc_ms"] == 5.5 and m["unpruned_limit"] == {"w": 0.12346} and m["optimum_prunes_in_fade"] is True
+    assert m["nominal"] == per_ward["w"]["nominal"] and set(m["targets"]["w"]) == set(evaluation.TARGETS)
+
+
+def test_adaptation_reads_pruning_at_nominal_bandwidth_at_the_bottom_and_after_recovery():
+    multiplier = np.array([1, 1, 0.5, 0.01, 0.01, 0.5, 1, 1, 1, 1, 1, 1.0])
+    pruning = np.array([0, 0, 0.1, 0.6, 0.6, 0.1, 0, 0, 0, 0, 0, 0.0])
+    traced = pd.DataFrame({"policy": "p", "t": np.arange(12)[::-1], "pruning": pruning[::-1],
+                           "plan": [f"x{v}" for v in pruning[::-1]], "feasible": [True] * 11 + [False]})
+    a = evaluation.adaptation(traced, multiplier, 0.01)["p"]
+    assert a == {"distinct_plans": 3, "mean_pruning_nominal": 0.0, "mean_pruning_fade_bottom": pytest.approx(0.6),
+                 "violations_fade": 0, "fade_requests": 4, "pruning_after_recovery": 0.0}
+    assert evaluation.prunes_in_fade(a) and "3 distinct plans" in evaluation.describe_adaptation("p", a)
+    assert not evaluation.prunes_in_fade({**a, "pruning_after_recovery": 0.2})
+    traced.loc[traced["t"] == 3, "feasible"] = False
+    assert evaluation.adaptation(traced, multiplier, 0.01)["p"]["violations_fade"] == 1
+
+
+def test_cbc_is_timed_on_the_requests_of_a_run_stepped_by_the_agent():
+    scenario, profiles = toy()
+    times = evaluation.cbc_times(scenario, profiles, Greedy(profiles), 10_000, 3, 20)
+    assert len(times) == 3 and all(t > 0 for t in times)
+
+
+def test_the_unpruned_limit_is_said_in_words():
+    assert "even the nominal ward needs pruning" in evaluation.describe_limit("w", 1.0, 0.003)
+    assert "no fade needs pruning" in evaluation.describe_limit("w", 0.0, 0.003)
+    assert "deep enough" in evaluation.describe_limit("w", 0.01, 0.003)
+    assert "NOT deep enough" in evaluation.describe_limit("w", 0.001, 0.003)
+
+
+def test_the_judged_planners_are_the_agent_the_baseline_and_three_rules():
+    scenario, profiles = toy()
+    old, _, _ = rl.train_ppo(lambda: WardEnv(scenario, profiles, episode_length=20), 64, seed=0, eval_every=10**9,
+                             progress=False, n_steps=32, batch_size=16)
+    planners = evaluation.planners(Greedy(profiles), old)
+    assert list(planners) == [evaluation.AGENT, "MultiDiscrete PPO (baseline)", "greedy", "no pruning", "random"]
+    ward = WardEnv(scenario, profiles, episode_length=5)
+    ward.reset(seed=0)
+    assert planners[evaluation.AGENT](ward) == Greedy(profiles).decide(ward.instance(), 1)
+    assert all(len(p(ward).levels) == profiles.S for p in planners.values())
