@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from xaiprune import data, models
-from xaiprune.compression import compress, storage as compress_io, study as compress_study
+from xaiprune.compression import compress, results as compress_results, storage as compress_io, study as compress_study
 from xaiprune.pruning import prune, repairs
 from xaiprune.study import claims, parameters
 from xaiprune.study.schema import ParameterError
@@ -251,3 +251,65 @@ def test_ties_of_relevance_are_broken_by_the_tiebreak_then_by_position():
     assert masks["a"].tolist() == [True, False, False, True] and masks["b"].tolist() == [False, True]
     plain = compress.WeightRanking(scores).masks(0.5)  # by position: a's first three zeros
     assert plain["a"].tolist() == [False, False, False, True] and plain["b"].tolist() == [True, True]
+
+
+def test_the_layer_table_counts_relevance_and_zeros_per_layer(isolated):
+    model = small()
+    relevance = [compress.weight_relevance(model, split(6, seed=s)) for s in (1, 2)]
+    table, zero_all = compress_results.layer_table(model, split(4).x, relevance)
+    layers = compress.weight_layers(model)
+    assert table["weights"].tolist() == [m.weight.numel() for m in layers.values()]
+    assert table["share of relevance"].sum() == pytest.approx(1.0)
+    assert table["input HxW"].iloc[0] == "28x28" and table["input HxW"].iloc[-1] == "-"  # a conv, then the linear head
+    assert (table["zero in every draw"] <= table["zero relevance (draw 0)"] + 1e-12).all()
+    zeros = sum(int(torch.stack([r[k] == 0 for r in relevance]).all(0).sum()) for k in layers)
+    assert zero_all == pytest.approx(zeros / table["weights"].sum())
+
+
+def test_techniques_pick_the_strongest_counterpart_and_say_so():
+    def rows(tech):
+        xai = pd.DataFrame({"variant": "x", "xai": True, "bits": [100.0, 200.0, 400.0], "ratio": [40.0, 20.0, 10.0],
+                            "acc": [0.80, 0.845, 0.86], "auc": [0.9, 0.9, 0.9]})
+        weak = pd.DataFrame({"variant": "weak", "xai": False, "bits": [100.0, 400.0], "ratio": [40.0, 10.0],
+                             "acc": [0.5, 0.6], "auc": [0.5, 0.6]})
+        strong = pd.DataFrame({"variant": "strong", "xai": False, "bits": [100.0, 400.0], "ratio": [40.0, 10.0],
+                               "acc": [0.70, 0.90], "auc": [0.95, 0.95]})
+        return pd.concat([xai, weak, strong]).assign(technique=tech)
+    curves = pd.concat([rows(t) for t in compress_results.TECHNIQUES], ignore_index=True)
+    entries, table = compress_results.techniques(curves, 0.855)
+    e = entries["sharing"]
+    assert e["xai"] == {"variant": "x", "ratio_at_1pt": 20.0, "ratio_at_3pt": 20.0}
+    assert e["baseline"] == {"variant": "strong", "ratio_at_1pt": 10.0, "ratio_at_3pt": 10.0}
+    assert e["baselines"]["weak"] == {"ratio_at_1pt": None, "ratio_at_3pt": None}
+    assert e["equal_size_acc"]["compared"] == 3 and e["equal_size_auc"]["worse"] == 3
+    assert table.loc[("sharing", "x (XAI)"), "ratio at 1 point"] == 20.0 and len(table) == 3 * 5
+    lines = compress_results.verdict_lines(entries)
+    assert len(lines) == 5 and lines[0].startswith("filter pruning: x 20.0x against strong 10.0x at 1 point (XAI at least as good)")
+    met = compress_results.targets(entries, {"excess": 0.06})
+    assert met["combined_16x_at_1pt"] and not met["file_within_5pct"] and all(met["xai_ratio_at_least_baseline"].values())
+    assert "16x target met" in compress_results.target_lines(entries, met, {"excess": 0.06})[0]
+    assert compress_results.choose_saved(curves.assign(technique="combined"), 0.855)["ratio"] == 20.0
+    assert compress_results.choose_saved(curves.assign(technique="combined"), 0.99)["acc"] == 0.86  # none within 1 point
+
+
+def test_the_combined_model_is_saved_reloaded_and_checked(isolated, tmp_path):
+    model, test = small(), split(32, seed=3)
+    study = compress_study.Study(model, test, [split(6, seed=1)], correct=True, progress=False)
+    saved = compress_results.save_and_reload(study, 0.5, 3, "share", tmp_path / "c.xpc", "small_cnn")
+    compress_results.check_saved(study, saved)
+    assert saved["path"].is_file() and saved["file"]["file_bytes"] == saved["path"].stat().st_size
+    per_layer = compress_results.bits_per_weight(model, saved["size"])
+    assert list(per_layer.index) == list(compress_results.short_names(model).values())
+    assert (per_layer["codes"] > 0).all()
+    entries = {t: {"xai": {"variant": "x", "ratio_at_1pt": 2.0, "ratio_at_3pt": 3.0},
+                   "baseline": {"variant": "b", "ratio_at_1pt": 1.0}, "equal_size_acc": {"matches_most": True}}
+               for t in compress_results.TECHNIQUES}
+    met = compress_results.targets(entries, saved["file"])
+    m = compress_results.metrics("small_cnn", study.full_bits, True, {"acc": 0.5, "auc": 0.5}, 0.1, entries, saved, met)
+    assert m["combined"]["saved"] == {"sparsity": 0.5, "bits": 3, "stage": "share",
+                                      "ratio": round(study.full_bits / saved["size"]["total"], 4),
+                                      "test_acc": round(saved["from_file"]["acc"], 6), "test_auc": round(saved["from_file"]["auc"], 6),
+                                      "test_acc_without_correction": round(saved["plain"]["acc"], 6)}
+    saved["logit_gap"] = 1e-3
+    with pytest.raises(AssertionError, match="logits differ"):
+        compress_results.check_saved(study, saved)

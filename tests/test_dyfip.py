@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from xaiprune import data, models
-from xaiprune.dyfip import core as dyfip, subnets as dyfip_subnets
+from xaiprune.dyfip import core as dyfip, study as dyfip_study, subnets as dyfip_subnets
 from xaiprune.pruning import xai
 from xaiprune.study import parameters, pipeline
 from xaiprune.study.schema import ParameterError
@@ -138,8 +138,8 @@ def test_bad_settings_are_refused_by_the_library_naming_the_parameter(change, ma
     ({"keep": 0.0}, "08_dyfip: keep=0.0: expected a value in (0, 1]"),
     ({"keep": 1.01}, "08_dyfip: keep=1.01: expected a value in (0, 1]"),
     ({"keeps": [0.5, 0.0]}, "08_dyfip: keeps=[0.5, 0.0]: expected every element a value in (0, 1]"),
-    ({"branch_block": 5}, "08_dyfip: branch_block=5: expected 1 <= branch_block < 5, the segments of arch='vgg16_bn'"),
-    ({"arch": "small_cnn", "branch_block": 3}, "branch_block=3: expected 1 <= branch_block < 3"),
+    ({"branch_block": 5}, "08_dyfip: branch_block=5: expected 1 <= branch_block < 5, the segments of archs[0]='vgg16_bn'"),
+    ({"archs": ["small_cnn"], "branch_block": 3}, "branch_block=3: expected 1 <= branch_block < 3"),
     ({"dyfip_flag": "breastmnist"}, "08_dyfip: dyfip_flag='breastmnist': expected a single-label 2D MedMNIST flag with more than 2"),
     ({"dyfip_flag": "pneumoniamnist"}, "dyfip_flag='pneumoniamnist'"),
     ({"dyfip_flag": "chestmnist"}, "chestmnist is multi-label"),
@@ -214,18 +214,23 @@ def test_the_branch_learns_separable_features_deterministically():
     assert acc > 0.9 and len(history) == 15 and not head.training
 
 
-def test_the_engine_on_a_tiny_model_agrees_with_itself():
-    """keep=1 and no refresh is the full tail restricted to the candidates; static keep=1 is the full model;
-    serving one image at a time gives the batched answers; a matched static model costs no more than DyFiP."""
+def tiny_engine() -> tuple[models.SegmentedModel, data.Split, dyfip.Engine]:
+    """An engine on the five-class small_cnn, an untrained branch, random relevance and random images."""
     model = five_class_cnn()
     gen = torch.Generator().manual_seed(2)
     test = data.Split(x=torch.randn(40, 3, 28, 28, generator=gen), y=torch.arange(40) % N_CLASSES,
                       flag="retinamnist", split="test", size=28)
     ref = data.Split(x=torch.randn(15, 3, 28, 28, generator=gen), y=torch.arange(15) % N_CLASSES,
                      flag="retinamnist", split="val", size=28)
-    prefix, _, shape = tail_of(model)
+    _, _, shape = tail_of(model)
     branch = dyfip.BranchHead(shape[0], N_CLASSES, 8).eval()
-    engine = dyfip.Engine(model, 1, branch, random_relevance(model), ref, test, seed=0)
+    return model, test, dyfip.Engine(model, 1, branch, random_relevance(model), ref, test, seed=0)
+
+
+def test_the_engine_on_a_tiny_model_agrees_with_itself():
+    """keep=1 and no refresh is the full tail restricted to the candidates; static keep=1 is the full model;
+    serving one image at a time gives the batched answers; a matched static model costs no more than DyFiP."""
+    model, test, engine = tiny_engine()
     with torch.no_grad():
         assert torch.allclose(engine.full_logits, model(test.x), atol=1e-5)
     curve = engine.curve(2, [0.5, 1.0], [0.2, 1.0], ["none", "candidates"])
@@ -244,3 +249,46 @@ def test_the_engine_on_a_tiny_model_agrees_with_itself():
     batched = engine.dynamic_outcome(2, 0.5, 1.0, "candidates").probs[:12].argmax(1)
     assert np.array_equal(served["preds"], batched)
     assert served["hits"] + served["misses"] == 12 and len(served["ms"]) == 12
+
+
+def test_exit_sweep_and_class_overlap_on_hand_made_inputs():
+    probs = torch.tensor([[0.95, 0.05], [0.6, 0.4], [0.2, 0.8]])
+    sweep = dyfip_study.exit_sweep(probs, torch.tensor([0, 1, 1]), [0.5, 0.9, 1.0])
+    assert sweep["exit rate"].tolist() == pytest.approx([1.0, 1 / 3, 0.0])
+    assert sweep["ACC of exited"].iloc[0] == pytest.approx(2 / 3) and sweep["ACC of exited"].iloc[1] == 1.0
+    assert np.isnan(sweep["ACC of exited"].iloc[2])  # nothing exits at 1.0
+    same = {"segments.a": torch.arange(10.0).repeat(3, 1)}  # every class ranks the filters alike
+    apart = {"segments.a": torch.eye(4).repeat_interleave(2, dim=1)[:, :8] + torch.zeros(4, 8)}  # class c: filters 2c, 2c+1
+    overlap = dyfip_study.class_overlap(same, ["segments.a"], 0.4)
+    assert overlap.to_dict("records") == [{"layer": "a", "class pairs": 1.0, "random": 4 / 16}]
+    assert dyfip_study.class_overlap(apart, ["segments.a"], 0.25)["class pairs"].item() == 0.0  # disjoint top-2 per class
+    assert dyfip_study.lost(0.0301) == "3.0 points lost" and dyfip_study.lost(-0.01) == "1.0 points gained"
+    assert dyfip_study.lost(1e-4) == "no change"
+
+
+def test_the_comparison_reads_the_curve_judges_the_targets_and_fills_the_metrics():
+    model, test, engine = tiny_engine()
+    modes = ["none", "candidates"]
+    curve = engine.curve(2, [0.5], [0.3, 1.0], modes)
+    full = engine.metrics(engine.exit_only(1.0))
+    cmp = dyfip_study.compare(engine, curve, 2, 0.5, 1.0, "candidates", modes, full["acc"], full["auc"])
+    assert cmp.chosen.equals(curve.query("policy == 'dyfip' and refresh == 'candidates' and keep == 0.5 and tau_exit == 1.0").iloc[0])
+    assert cmp.matched["static_l1"]["keep"] == cmp.matched["static_xai"]["keep"]  # one bisection serves both criteria
+    assert cmp.matched["static_l1"]["none"]["mean_flops_ratio"] <= cmp.chosen["mean_flops_ratio"]
+    table = cmp.table()
+    assert len(table) == 3 + 5 * len(modes) and table.loc["full model", "mean_flops_ratio"] == 1.0
+    assert cmp.targets["mean_flops_at_most_half"] == (cmp.chosen["mean_flops_ratio"] <= 0.5)
+    assert cmp.targets["acc_within_2_points_of_full"] == (cmp.chosen["acc"] >= full["acc"] - 0.02)
+    assert len(cmp.target_lines()) == 5 and len(cmp.diagnosis_lines({1: 0.3, 2: 0.5})) == 4
+    per_class = dyfip_study.per_class(engine, engine.dynamic_outcome(2, 0.5, 1.0, "candidates"), list("abcde"), 2)
+    assert per_class["images"].tolist() == [8] * N_CLASSES
+    served = dyfip.stream(engine, 2, 0.5, 1.0, "candidates", capacity=2, n_images=5)
+    requests = dyfip_study.requests_frame(served, test.y)
+    assert requests["label"].tolist() == test.y[:5].tolist()
+    assert set(dyfip_study.latency_summary(requests)) == {"dyfip", "dyfip_with_build", "full"}
+    dyfip_study.check(engine, cmp, {1: 0.3, 2: 0.5}, 0.0, 1.0)
+    with pytest.raises(AssertionError, match="batched ones"):
+        dyfip_study.check(engine, cmp, {1: 0.3, 2: 0.5}, 0.0, 0.5)
+    metrics = dyfip_study.metrics(cmp, 0.2, {}, {1: 0.3, 2: 0.5}, 0.1, served, 2, {})
+    assert metrics["dyfip"]["test_acc"] == round(float(cmp.chosen["acc"]), 6) and metrics["cache"]["images"] == 5
+    assert set(metrics) >= {"static_l1", "static_xai", "exit_only", "branch_topk_full_tail", "targets"}

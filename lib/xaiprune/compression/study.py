@@ -92,6 +92,13 @@ class Study:
             ("relevance", True, lambda s, d: compress.compress(self.model, "raw", masks=self.rank_xai[d].masks(s))),
             ("magnitude", False, lambda s, d: compress.compress(self.model, "raw", masks=self.rank_mag.masks(s)))])
 
+    def weight_pruning_uncorrected(self, sparsities: list[float]) -> None:
+        """Technique 2 on draw 0 without the BatchNorm correction, both variants ("weight pruning, no correction")."""
+        for s in sparsities:
+            for name, ranking in (("relevance", self.rank_xai[0]), ("magnitude", self.rank_mag)):
+                self.measure("weight pruning, no correction", name, name == "relevance", s, 0,
+                             compress.compress(self.model, "raw", masks=ranking.masks(s)), correct=False)
+
     def sharing(self, bits: list[int]) -> None:
         """Technique 3: every layer shared with ``2^b`` centres, nothing pruned."""
         for b in bits:
