@@ -11,7 +11,7 @@ from captum.attr import IntegratedGradients
 from torch import nn
 
 from xaiprune import data, paths, train
-from xaiprune.agilenn import model as agilenn, training as agilenn_train
+from xaiprune.agilenn import model as agilenn, training
 from xaiprune.study import parameters
 from xaiprune.study.schema import ParameterError
 from xaiprune.agilenn import offload
@@ -117,11 +117,11 @@ def test_bad_settings_are_refused_by_the_library():
 
 
 def checkpoints(folder):
-    """A small_cnn 'study model' checkpoint and an untrained AgileNN checkpoint, as 02 and agilenn_train write them."""
+    """A small_cnn 'study model' checkpoint and an untrained AgileNN checkpoint, as 02 and training write them."""
     study = train.save(train.Trained(small(1, 2), train.TrainConfig(arch="small_cnn")), folder / "study.pt")
     torch.manual_seed(0)
     model = agilenn.AgileNN(1, 2).eval()
-    torch.save({"config": asdict(agilenn_train.AgileConfig()), "state_dict": model.state_dict(), "history": []},
+    torch.save({"config": asdict(training.AgileConfig()), "state_dict": model.state_dict(), "history": []},
                folder / "agile.pt")
     return str(study), str(folder / "agile.pt"), model
 
@@ -160,16 +160,16 @@ def test_every_method_is_served_over_two_processes_with_the_batched_answers(tmp_
 def test_training_is_cached_and_reused(synthetic, isolated, monkeypatch):
     path = synthetic("pneumoniamnist", n={"train": 96, "val": 32, "test": 32})
     monkeypatch.setenv(data.ENV_ROOT, str(path.parent))
-    cfg = agilenn_train.AgileConfig(epochs=2, ref_epochs=1, batch_size=32, lr=0.01)
-    first = agilenn_train.train_or_load(cfg, progress=False)
+    cfg = training.AgileConfig(epochs=2, ref_epochs=1, batch_size=32, lr=0.01)
+    first = training.train_or_load(cfg, progress=False)
     assert not first.cached and first.path.is_file() and first.path.is_relative_to(paths.models_dir())
     assert len(first.history) == 2 and all(0 <= h["train_skewness"] <= 1 for h in first.history)
-    again = agilenn_train.train_or_load(cfg, progress=False)
+    again = training.train_or_load(cfg, progress=False)
     assert again.cached and all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(),
                                                                    again.model.state_dict().values()))
-    other = agilenn_train.checkpoint_path(agilenn_train.AgileConfig(epochs=2, ref_epochs=1, batch_size=32, lr=0.01, rho=0.9))
+    other = training.checkpoint_path(training.AgileConfig(epochs=2, ref_epochs=1, batch_size=32, lr=0.01, rho=0.9))
     assert other != first.path  # another setting is another checkpoint
-    m = agilenn_train.evaluate(first, data.load_split("pneumoniamnist", "test"))
+    m = training.evaluate(first, data.load_split("pneumoniamnist", "test"))
     assert 0 <= m["skewness"] <= 1 and 0 <= m["local_acc"] <= 1 and 0 <= m["ordered"] <= 1
 
 
@@ -234,39 +234,39 @@ def test_remapping_renumbers_the_channels_of_the_same_function():
 def test_the_link_predicts_as_offload_does_and_the_latency_tables_follow():
     import pandas as pd
 
-    from xaiprune.agilenn import study as agile_study
+    from xaiprune.agilenn import analysis as agilenn_analysis
 
     model, shape = small(1, 2).eval(), (1, 28, 28)
     scn, dev, rem = offload.OffloadConfig("pneumoniamnist", 28, "a", "b").ends()
-    link = agile_study.Link.of(model, shape, scn, dev, rem, 2)
+    link = agilenn_analysis.Link.of(model, shape, scn, dev, rem, 2)
     last = len(link.seg_flops)
     for m in (0.001, 1.0, 100.0):
         assert link.best_cut(m) == offload.best_cut(model, shape, scn, dev, rem, 2, m)
     assert link.cut_seconds(last) == pytest.approx(link.full_flops / scn.devices[dev].speed)  # nothing sent
     assert link.table()["cut after it: predicted ms"].iloc[-1] == pytest.approx(1e3 * link.cut_seconds(last))
-    pay = agile_study.Payloads(np.array([100, 120]), np.array([600, 640]), np.array([300, 340]), True, True, None,
+    pay = agilenn_analysis.Payloads(np.array([100, 120]), np.array([600, 640]), np.array([300, 340]), True, True, None,
                                {"acc": 0.8, "auc": 0.9})
     costs = {"device_flops": 1e5, "remote_flops": 1e6, "offloaded_values": 800}
-    sent = agile_study.sent(pay, link, costs)
+    sent = agilenn_analysis.sent(pay, link, costs)
     assert sent["offload_png"] == (0, 620.0, link.full_flops) and sent["agilenn"] == (1e5, 110.0, 1e6)
     assert link.predicted_ms("local", 0.01, sent) == pytest.approx(1e3 * link.cut_seconds(last))
     want = 1e3 * offload.predicted_seconds(scn, dev, rem, 1e5, 110.0, 1e6, 8, 0.5)
     assert link.predicted_ms("agilenn", 0.5, sent) == pytest.approx(want)
-    jobs = agile_study.jobs([0, 1], [0.1, 1.0], {0.1: 1, 1.0: 2})
+    jobs = agilenn_analysis.jobs([0, 1], [0.1, 1.0], {0.1: 1, 1.0: 2})
     assert len(jobs) == 2 + 2 * 2 * 4 and jobs[:2] == [["local", 0, 1.0, 0], ["local", 1, 1.0, 0]] and ["split", 1, 1.0, 2] in jobs
     ms = {"local": 70.0, "offload_png": 40.0, "offload_jpeg": 35.0, "split": 55.0, "agilenn": 5.0}
     served = pd.DataFrame([{"method": m, "multiplier": 1.0, "latency_ms": v + d, "bytes": 10} for m, v in ms.items() for d in (-1, 1)])
-    latency = agile_study.latency_frame(served, link, sent)
-    assert agile_study.at(latency, "split")["p50"] == 55.0 and (latency["requests"] == 2).all()
-    speed = agile_study.speedups(latency)
+    latency = agilenn_analysis.latency_frame(served, link, sent)
+    assert agilenn_analysis.at(latency, "split")["p50"] == 55.0 and (latency["requests"] == 2).all()
+    speed = agilenn_analysis.speedups(latency)
     assert speed == {"local": 14.0, "split": 11.0, "offload_png": 8.0, "offload_jpeg": 7.0}
     ev = {"acc": 0.85, "auc": 0.9, "local_acc": 0.7, "local_auc": 0.8, "skewness": 0.82, "ordered": 0.5}
-    met = agile_study.targets(0.86, ev, 0.01, speed)
-    assert all(met.values()) and not agile_study.targets(0.9, ev, 0.06, speed)["device_flops_at_most_5pct"]
-    assert len(agile_study.target_lines(latency, link, 0.86, ev, costs, pay, met)) == 7
+    met = agilenn_analysis.targets(0.86, ev, 0.01, speed)
+    assert all(met.values()) and not agilenn_analysis.targets(0.9, ev, 0.06, speed)["device_flops_at_most_5pct"]
+    assert len(agilenn_analysis.target_lines(latency, link, 0.86, ev, costs, pay, met)) == 7
     ablations = pd.DataFrame([{"variant": "default", "test ACC": 0.8, "local ACC": 0.7, "skewness": 0.8, "ordered": 0.5,
                                "bytes": 110.0}]).set_index("variant")
-    m = agile_study.metrics(latency, link, 1, {"acc": 0.86, "auc": 0.9}, ev, costs, pay, ablations, met, arch="small_cnn",
+    m = agilenn_analysis.metrics(latency, link, 1, {"acc": 0.86, "auc": 0.9}, ev, costs, pay, ablations, met, arch="small_cnn",
                             k=4, centroids=8, quality=90, emulate=True, images=2)
     assert m["agilenn"]["bits_per_value"] == round(8 * 110 / 800, 4) and m["full_offload"]["bytes_per_image"] == 620.0
     assert m["speedup_vs"]["local"] == 14.0 and m["ablations"]["default"]["test_acc"] == 0.8
@@ -276,13 +276,13 @@ def test_the_link_predicts_as_offload_does_and_the_latency_tables_follow():
 def test_payloads_round_trip_and_served_answers_are_compared_with_the_batched_ones():
     import pandas as pd
 
-    from xaiprune.agilenn import study as agile_study
+    from xaiprune.agilenn import analysis as agilenn_analysis
 
     torch.manual_seed(0)
     x = torch.round((torch.rand(4, 1, 28, 28) * 0.5 + 0.25) * 255) / 255 / 0.5 - 1  # on MedMNIST's uint8 grid
     test = data.Split(x=x, y=torch.tensor([0, 1, 0, 1]), flag="pneumoniamnist", split="test", size=28)
     model, study_model = agilenn.AgileNN(1, 2).eval(), small(1, 2).eval()
-    pay = agile_study.payloads(model, study_model, test, 3, "zlib", 90)
+    pay = agilenn_analysis.payloads(model, study_model, test, 3, "zlib", 90)
     assert pay.roundtrip and pay.png_exact and len(pay.agile) == len(pay.png) == len(pay.jpeg) == 4
     assert pay.jpeg_x.shape == x.shape and set(pay.jpeg_metrics) >= {"acc", "auc"}
     with torch.no_grad():
@@ -290,7 +290,7 @@ def test_payloads_round_trip_and_served_answers_are_compared_with_the_batched_on
     served = pd.DataFrame([{"method": "local", "image": i, "pred": int(study_pred[i]), "pred_local": -1} for i in range(4)]
                           + [{"method": "agilenn", "image": i, "pred": int(agile_pred[i]), "pred_local": int(local_pred[i])}
                              for i in range(4)])
-    agree, agree_local = agile_study.agreement(served, study_model, model, test, pay.jpeg_x)
+    agree, agree_local = agilenn_analysis.agreement(served, study_model, model, test, pay.jpeg_x)
     assert agree.to_dict() == {"agilenn": 1.0, "local": 1.0} and agree_local == 1.0
     served.loc[0, "pred"] = 1 - served.loc[0, "pred"]
-    assert agile_study.agreement(served, study_model, model, test, pay.jpeg_x)[0]["local"] == 0.75
+    assert agilenn_analysis.agreement(served, study_model, model, test, pay.jpeg_x)[0]["local"] == 0.75

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from xaiprune import data, models
-from xaiprune.compression import compress, results as compress_results, storage as compress_io, study as compress_study
+from xaiprune.compression import compress, results as compress_results, storage, experiments
 from xaiprune.pruning import prune, repairs
 from xaiprune.study import claims, parameters
 from xaiprune.study.schema import ParameterError
@@ -44,31 +44,31 @@ def test_relevance_moves_the_centres_toward_the_relevant_weights():
 
 def test_sizes_in_bits_by_hand_on_a_tiny_model():
     model = tiny()
-    assert compress_io.size_bits(model, {})["total"] == 8 * prune.weight_bytes(model)
+    assert storage.size_bits(model, {})["total"] == 8 * prune.weight_bytes(model)
     other = 8 * prune.weight_bytes(model) - 32 * (3 * 2 * 9 + 2 * 3)  # BatchNorm (4 x 3 float32 + int64) and fc bias
     assert other == 32 * (4 * 3 + 2) + 64
     fc = "segments.block1.3.fc.weight"
     # 4-bit sharing, nothing pruned: 54 + 6 codes of 4 bits, two codebooks (16 and 6 centres: fc has 6 weights)
     shared = compress.compress(model, "share", 4)
-    assert compress_io.size_bits(model, shared)["total"] == 60 * 4 + 32 * (16 + 6) + other
+    assert storage.size_bits(model, shared)["total"] == 60 * 4 + 32 * (16 + 6) + other
     # 3-bit quantisation: 60 codes of 3 bits and one float32 scale per output channel (3 + 2)
     quant = compress.compress(model, "quant", 3)
-    assert compress_io.size_bits(model, quant)["total"] == 60 * 3 + 32 * 5 + other
+    assert storage.size_bits(model, quant)["total"] == 60 * 3 + 32 * 5 + other
     # the conv pruned to its first 6 of 54 weights, stored raw: gaps of g bits (6 symbols, the trailing zeros implied)
     mask = torch.zeros(3, 2, 3, 3, dtype=torch.bool)
     mask.view(-1)[:6] = True
     code = compress.raw(model.segments.block1[0].weight, mask)
-    assert compress_io.index_layout(code.mask) == ("gaps", 1, 6)
-    assert compress_io.layout(code)["total"] == 6 * 32 + 6
+    assert storage.index_layout(code.mask) == ("gaps", 1, 6)
+    assert storage.layout(code)["total"] == 6 * 32 + 6
     # a 2-bit quantised conv with one weight in nine kept: gaps (4-bit symbols) beat a bitmap (54 bits) and dense codes
     mask = torch.zeros(54, dtype=torch.bool)
     mask[::9] = True
     code = compress.quantise(model.segments.block1[0].weight, 2, mask.view(3, 2, 3, 3))
-    assert compress_io.index_layout(code.mask) == ("gaps", 4, 4 * 6)  # 0 or 8 zeros before each: one 4-bit symbol
-    assert compress_io.layout(code) == {"layout": "gaps", "g": 4, "codes": 6 * 2, "table": 32 * 3, "index": 24,
+    assert storage.index_layout(code.mask) == ("gaps", 4, 4 * 6)  # 0 or 8 zeros before each: one 4-bit symbol
+    assert storage.layout(code) == {"layout": "gaps", "g": 4, "codes": 6 * 2, "table": 32 * 3, "index": 24,
                                         "total": 12 + 96 + 24}
-    assert compress_io.gap_symbols(code.mask, 3) == 6 + 5  # with 3-bit symbols, a run of 8 needs one escape (7)
-    assert compress_io.layout(compress.compress(model, "raw")[fc])["total"] == 6 * 32
+    assert storage.gap_symbols(code.mask, 3) == 6 + 5  # with 3-bit symbols, a run of 8 needs one escape (7)
+    assert storage.layout(compress.compress(model, "raw")[fc])["total"] == 6 * 32
 
 
 @pytest.mark.parametrize("kind,bits,sparsity", [("share", 3, 0.7), ("quant", 4, 0.5), ("quant", 2, 0.05), ("raw", None, 0.9),
@@ -79,13 +79,13 @@ def test_saved_file_round_trips_to_the_same_logits_and_its_size_is_the_counted_o
     masks = compress.WeightRanking(compress.magnitude(model)).masks(sparsity) if sparsity else None
     relevance = compress.weight_relevance(model, ref, cache=False)
     codes = compress.compress(model, kind, bits, masks=masks, sample_weights=relevance if kind == "share" else None)
-    path = compress_io.save(tmp_path / "m.xpc", model, codes, "small_cnn")
-    back = compress_io.load(path)
+    path = storage.save(tmp_path / "m.xpc", model, codes, "small_cnn")
+    back = storage.load(path)
     x = torch.randn(5, 1, 28, 28, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert torch.equal(back(x), compress.apply(model, codes)(x))
-    counted = compress_io.size_bits(model, codes)["total"]
-    report = compress_io.file_report(path, counted)
+    counted = storage.size_bits(model, codes)["total"]
+    report = storage.file_report(path, counted)
     streams = 3 * len(codes) + len(model.state_dict()) - len(codes)
     assert 0 <= report["file_bytes"] - report["header_bytes"] - counted / 8 <= streams  # padding only
 
@@ -94,7 +94,7 @@ def test_a_structurally_pruned_model_is_saved_and_rebuilt_with_its_shapes(tmp_pa
     model = small()
     pruned, _ = prune.prune(model, "l1", 0.5)
     codes = compress.compress(pruned, "quant", 6)
-    back = compress_io.load(compress_io.save(tmp_path / "p.xpc", pruned, codes, "small_cnn"))
+    back = storage.load(storage.save(tmp_path / "p.xpc", pruned, codes, "small_cnn"))
     assert [c.out_channels for c in models.conv_layers(back).values()] == [c.out_channels for c in models.conv_layers(pruned).values()]
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
@@ -107,11 +107,11 @@ def test_gap_index_round_trips_with_escapes():
         mask = rng.random(5000) < p
         mask[0] = True
         for g in (1, 3, 8):
-            symbols = compress_io._encode_gaps(mask, g)
-            assert len(symbols) == compress_io.gap_symbols(mask, g)
-            assert np.array_equal(compress_io._decode_gaps(symbols, g, mask.size), mask)
+            symbols = storage._encode_gaps(mask, g)
+            assert len(symbols) == storage.gap_symbols(mask, g)
+            assert np.array_equal(storage._decode_gaps(symbols, g, mask.size), mask)
     values = rng.integers(0, 2 ** 5, 1001)
-    assert np.array_equal(compress_io.unpack(compress_io.pack(values, 5), 5, 1001), values)
+    assert np.array_equal(storage.unpack(storage.pack(values, 5), 5, 1001), values)
 
 
 def test_a_weight_that_never_affects_the_output_has_zero_relevance():
@@ -198,13 +198,13 @@ def test_the_schema_of_09_refuses_bad_settings_and_names_the_xai_criteria_as_pru
 
 def test_curve_summaries_and_the_compression_claim_follow_their_rules():
     curve = pd.DataFrame({"bits": [100.0, 200.0, 400.0], "ratio": [40.0, 20.0, 10.0], "acc": [0.80, 0.845, 0.86]})
-    assert compress_study.ratio_at(curve, 0.825, 1) == 20.0 and compress_study.ratio_at(curve, 0.825, 3) == 40.0
-    assert compress_study.ratio_at(curve, 0.99, 1) is None
+    assert experiments.ratio_at(curve, 0.825, 1) == 20.0 and experiments.ratio_at(curve, 0.825, 3) == 40.0
+    assert experiments.ratio_at(curve, 0.99, 1) is None
     base = pd.DataFrame({"bits": [100.0, 400.0], "acc": [0.70, 0.90]})
     xai = pd.DataFrame({"bits": [50.0, 100.0, 200.0, 400.0], "acc": [0.9, 0.72, 0.70, 0.90]})
     # 50 bits lies outside the baseline's sizes; at 200 bits the baseline interpolates (log bits) to 0.80
-    assert compress_study.equal_size(xai, base) == {"better": 1, "tie": 1, "worse": 1, "compared": 3, "matches_most": True}
-    assert compress_study.equal_size(xai.iloc[:1], base)["matches_most"] is None
+    assert experiments.equal_size(xai, base) == {"better": 1, "tie": 1, "worse": 1, "compared": 3, "matches_most": True}
+    assert experiments.equal_size(xai.iloc[:1], base)["matches_most"] is None
 
     def technique(x1, b1, matches):
         return {"xai": {"variant": "x", "ratio_at_1pt": x1}, "baseline": {"variant": "b", "ratio_at_1pt": b1},
@@ -227,7 +227,7 @@ def test_curve_summaries_and_the_compression_claim_follow_their_rules():
 def test_a_study_compares_variants_at_equal_size_and_caches_the_relevance(isolated):
     model, test = small(), split(32, seed=3)
     refs = [split(6, seed=1), split(6, seed=2)]
-    plain = compress_study.Study(model, test, refs, correct=False, progress=False)
+    plain = experiments.Study(model, test, refs, correct=False, progress=False)
     assert len(list((isolated / "artifacts" / "relevance").glob("weights-*.pt"))) == 2  # one file per draw
     plain.sharing([2])
     plain.combined([0.5], [3])
@@ -235,9 +235,9 @@ def test_a_study_compares_variants_at_equal_size_and_caches_the_relevance(isolat
     shared = rows[rows["technique"] == "sharing"]
     assert sorted(shared["variant"]) == ["k-means", "weighted k-means", "weighted k-means"]  # no correction: one plain draw
     assert shared["bits"].nunique() == 1  # same bits: 2-bit codes and four centres per layer either way
-    curves = compress_study.summary(rows)
+    curves = experiments.summary(rows)
     assert set(curves.loc[curves["technique"] == "combined", "setting"]) == {(0.5, 3)}
-    corrected = compress_study.Study(model, test, refs, progress=False)
+    corrected = experiments.Study(model, test, refs, progress=False)
     corrected.weight_pruning([0.5])
     assert len(corrected.frame()) == 4 and corrected.frame()["corrected"].all()
     unchanged = repairs.correct_means(model, compress.apply(model, compress.compress(model, "raw")), refs[0])
@@ -294,7 +294,7 @@ def test_techniques_pick_the_strongest_counterpart_and_say_so():
 
 def test_the_combined_model_is_saved_reloaded_and_checked(isolated, tmp_path):
     model, test = small(), split(32, seed=3)
-    study = compress_study.Study(model, test, [split(6, seed=1)], correct=True, progress=False)
+    study = experiments.Study(model, test, [split(6, seed=1)], correct=True, progress=False)
     saved = compress_results.save_and_reload(study, 0.5, 3, "share", tmp_path / "c.xpc", "small_cnn")
     compress_results.check_saved(study, saved)
     assert saved["path"].is_file() and saved["file"]["file_bytes"] == saved["path"].stat().st_size

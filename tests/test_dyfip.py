@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from xaiprune import data, models
-from xaiprune.dyfip import core as dyfip, study as dyfip_study, subnets as dyfip_subnets
+from xaiprune.dyfip import core as dyfip, analysis as dyfip_analysis, subnets
 from xaiprune.pruning import xai
 from xaiprune.study import parameters, pipeline
 from xaiprune.study.schema import ParameterError
@@ -31,7 +31,7 @@ def random_relevance(model: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]
 
 
 def tail_of(model, block=1):
-    prefix, tail = dyfip_subnets.split_model(model, block)
+    prefix, tail = subnets.split_model(model, block)
     with torch.no_grad():
         shape = tuple(prefix(torch.zeros(1, 3, 28, 28)).shape[1:])
     return prefix, tail, shape
@@ -41,16 +41,16 @@ def test_a_cached_subnetwork_gives_the_logits_of_the_full_tail_with_the_same_fil
     model = five_class_cnn()
     _, tail, shape = tail_of(model)
     relevance = random_relevance(model)
-    builder = dyfip_subnets.SubnetBuilder(tail, shape)
-    cache = dyfip_subnets.SubnetCache(lambda s: builder.build(builder.plan(dyfip_subnets.subset_scores(relevance, s), 0.5)), 2)
+    builder = subnets.SubnetBuilder(tail, shape)
+    cache = subnets.SubnetCache(lambda s: builder.build(builder.plan(subnets.subset_scores(relevance, s), 0.5)), 2)
     x = torch.randn(7, *shape, generator=torch.Generator().manual_seed(1))
     for s in [(0, 3), (1, 2), (0, 3)]:
         sub = cache.get(s)
-        plan = builder.plan(dyfip_subnets.subset_scores(relevance, s), 0.5)
+        plan = builder.plan(subnets.subset_scores(relevance, s), 0.5)
         removed = builder.removed_filters(plan)
         assert {layer: len(idx) for layer, idx in removed.items()} == {"segments.block2.0": 16, "segments.block3.0": 32}
         assert [c.out_channels for c in models.conv_layers(sub).values()] == [16, 32]  # physically smaller
-        masked = dyfip_subnets.masked_model(tail, removed)
+        masked = subnets.masked_model(tail, removed)
         with torch.no_grad():
             got, want, full = sub(x), masked(x), tail(x)
         assert torch.allclose(got, want, atol=1e-5, rtol=0), (got - want).abs().max()
@@ -63,8 +63,8 @@ def test_the_filters_kept_are_the_best_by_the_subset_score():
     model = five_class_cnn()
     _, tail, shape = tail_of(model)
     relevance = random_relevance(model, seed=3)
-    builder = dyfip_subnets.SubnetBuilder(tail, shape)
-    scores = dyfip_subnets.subset_scores(relevance, (2, 4))
+    builder = subnets.SubnetBuilder(tail, shape)
+    scores = subnets.subset_scores(relevance, (2, 4))
     removed = builder.removed_filters(builder.plan(scores, 0.25))
     for layer in models.conv_layers(tail):
         s = scores[layer]
@@ -76,17 +76,17 @@ def test_the_filters_kept_are_the_best_by_the_subset_score():
 def test_subset_scores_are_monotone_in_the_candidate_set(aggregate):
     relevance = random_relevance(five_class_cnn(), seed=5)
     for c in range(N_CLASSES):
-        single = dyfip_subnets.subset_scores(relevance, (c,), aggregate)
+        single = subnets.subset_scores(relevance, (c,), aggregate)
         assert all(torch.equal(single[layer], relevance[layer][c]) for layer in relevance)
     subsets = [s for r in range(1, N_CLASSES + 1) for s in itertools.combinations(range(N_CLASSES), r)]
-    scores = {s: dyfip_subnets.subset_scores(relevance, s, aggregate) for s in subsets}
+    scores = {s: subnets.subset_scores(relevance, s, aggregate) for s in subsets}
     for small_set in subsets:  # adding one class never lowers a score (so, by induction, no superset does)
         for c in set(range(N_CLASSES)) - set(small_set):
             big_set = tuple(sorted((*small_set, c)))
             assert all((scores[small_set][layer] <= scores[big_set][layer]).all() for layer in relevance), (small_set, c)
             assert any((scores[small_set][layer] < scores[big_set][layer]).any() for layer in relevance)
     with pytest.raises(ValueError, match="aggregate='mean'"):
-        dyfip_subnets.subset_scores(relevance, (0,), "mean")
+        subnets.subset_scores(relevance, (0,), "mean")
 
 
 def test_exit_rule_candidates_and_logit_restriction_on_hand_made_inputs():
@@ -111,10 +111,10 @@ def test_exit_rule_candidates_and_logit_restriction_on_hand_made_inputs():
 def test_flops_of_a_subnetwork_fall_with_keep():
     model = five_class_cnn()
     _, tail, shape = tail_of(model)
-    builder = dyfip_subnets.SubnetBuilder(tail, shape)
-    scores = dyfip_subnets.subset_scores(random_relevance(model), (0, 1))
+    builder = subnets.SubnetBuilder(tail, shape)
+    scores = subnets.subset_scores(random_relevance(model), (0, 1))
     macs = [builder.macs(builder.build(builder.plan(scores, keep))) for keep in (1.0, 0.8, 0.5, 0.25, 0.05)]
-    assert macs[0] == builder.full_macs == dyfip_subnets.macs(tail, shape)
+    assert macs[0] == builder.full_macs == subnets.macs(tail, shape)
     assert all(a > b for a, b in zip(macs, macs[1:])), macs
     assert builder.plan(scores, 1.0) == ()  # keep 1 removes nothing
 
@@ -190,14 +190,14 @@ def test_reference_sets_are_capped_at_a_class_share_and_the_cap_is_reported():
 
 def test_the_lru_cache_drops_the_least_recently_used_subnetwork():
     built = []
-    cache = dyfip_subnets.SubnetCache(lambda key: built.append(key) or nn.Linear(2, 2), capacity=2)
+    cache = subnets.SubnetCache(lambda key: built.append(key) or nn.Linear(2, 2), capacity=2)
     for key in ["a", "b", "a", "c", "b", "a"]:
         cache.get(key)
     assert built == ["a", "b", "c", "b", "a"]  # b dropped by c (a was used more recently), then a dropped by b
     assert (cache.hits, cache.misses) == (1, 5) and cache.hit_rate == pytest.approx(1 / 6)
     assert list(cache.entries) == ["b", "a"] and len(cache.build_seconds) == 5
     with pytest.raises(ValueError, match="capacity=0"):
-        dyfip_subnets.SubnetCache(lambda k: None, 0)
+        subnets.SubnetCache(lambda k: None, 0)
 
 
 def test_the_branch_learns_separable_features_deterministically():
@@ -253,17 +253,17 @@ def test_the_engine_on_a_tiny_model_agrees_with_itself():
 
 def test_exit_sweep_and_class_overlap_on_hand_made_inputs():
     probs = torch.tensor([[0.95, 0.05], [0.6, 0.4], [0.2, 0.8]])
-    sweep = dyfip_study.exit_sweep(probs, torch.tensor([0, 1, 1]), [0.5, 0.9, 1.0])
+    sweep = dyfip_analysis.exit_sweep(probs, torch.tensor([0, 1, 1]), [0.5, 0.9, 1.0])
     assert sweep["exit rate"].tolist() == pytest.approx([1.0, 1 / 3, 0.0])
     assert sweep["ACC of exited"].iloc[0] == pytest.approx(2 / 3) and sweep["ACC of exited"].iloc[1] == 1.0
     assert np.isnan(sweep["ACC of exited"].iloc[2])  # nothing exits at 1.0
     same = {"segments.a": torch.arange(10.0).repeat(3, 1)}  # every class ranks the filters alike
     apart = {"segments.a": torch.eye(4).repeat_interleave(2, dim=1)[:, :8] + torch.zeros(4, 8)}  # class c: filters 2c, 2c+1
-    overlap = dyfip_study.class_overlap(same, ["segments.a"], 0.4)
+    overlap = dyfip_analysis.class_overlap(same, ["segments.a"], 0.4)
     assert overlap.to_dict("records") == [{"layer": "a", "class pairs": 1.0, "random": 4 / 16}]
-    assert dyfip_study.class_overlap(apart, ["segments.a"], 0.25)["class pairs"].item() == 0.0  # disjoint top-2 per class
-    assert dyfip_study.lost(0.0301) == "3.0 points lost" and dyfip_study.lost(-0.01) == "1.0 points gained"
-    assert dyfip_study.lost(1e-4) == "no change"
+    assert dyfip_analysis.class_overlap(apart, ["segments.a"], 0.25)["class pairs"].item() == 0.0  # disjoint top-2 per class
+    assert dyfip_analysis.lost(0.0301) == "3.0 points lost" and dyfip_analysis.lost(-0.01) == "1.0 points gained"
+    assert dyfip_analysis.lost(1e-4) == "no change"
 
 
 def test_the_comparison_reads_the_curve_judges_the_targets_and_fills_the_metrics():
@@ -271,7 +271,7 @@ def test_the_comparison_reads_the_curve_judges_the_targets_and_fills_the_metrics
     modes = ["none", "candidates"]
     curve = engine.curve(2, [0.5], [0.3, 1.0], modes)
     full = engine.metrics(engine.exit_only(1.0))
-    cmp = dyfip_study.compare(engine, curve, 2, 0.5, 1.0, "candidates", modes, full["acc"], full["auc"])
+    cmp = dyfip_analysis.compare(engine, curve, 2, 0.5, 1.0, "candidates", modes, full["acc"], full["auc"])
     assert cmp.chosen.equals(curve.query("policy == 'dyfip' and refresh == 'candidates' and keep == 0.5 and tau_exit == 1.0").iloc[0])
     assert cmp.matched["static_l1"]["keep"] == cmp.matched["static_xai"]["keep"]  # one bisection serves both criteria
     assert cmp.matched["static_l1"]["none"]["mean_flops_ratio"] <= cmp.chosen["mean_flops_ratio"]
@@ -280,15 +280,15 @@ def test_the_comparison_reads_the_curve_judges_the_targets_and_fills_the_metrics
     assert cmp.targets["mean_flops_at_most_half"] == (cmp.chosen["mean_flops_ratio"] <= 0.5)
     assert cmp.targets["acc_within_2_points_of_full"] == (cmp.chosen["acc"] >= full["acc"] - 0.02)
     assert len(cmp.target_lines()) == 5 and len(cmp.diagnosis_lines({1: 0.3, 2: 0.5})) == 4
-    per_class = dyfip_study.per_class(engine, engine.dynamic_outcome(2, 0.5, 1.0, "candidates"), list("abcde"), 2)
+    per_class = dyfip_analysis.per_class(engine, engine.dynamic_outcome(2, 0.5, 1.0, "candidates"), list("abcde"), 2)
     assert per_class["images"].tolist() == [8] * N_CLASSES
     served = dyfip.stream(engine, 2, 0.5, 1.0, "candidates", capacity=2, n_images=5)
-    requests = dyfip_study.requests_frame(served, test.y)
+    requests = dyfip_analysis.requests_frame(served, test.y)
     assert requests["label"].tolist() == test.y[:5].tolist()
-    assert set(dyfip_study.latency_summary(requests)) == {"dyfip", "dyfip_with_build", "full"}
-    dyfip_study.check(engine, cmp, {1: 0.3, 2: 0.5}, 0.0, 1.0)
+    assert set(dyfip_analysis.latency_summary(requests)) == {"dyfip", "dyfip_with_build", "full"}
+    dyfip_analysis.check(engine, cmp, {1: 0.3, 2: 0.5}, 0.0, 1.0)
     with pytest.raises(AssertionError, match="batched ones"):
-        dyfip_study.check(engine, cmp, {1: 0.3, 2: 0.5}, 0.0, 0.5)
-    metrics = dyfip_study.metrics(cmp, 0.2, {}, {1: 0.3, 2: 0.5}, 0.1, served, 2, {})
+        dyfip_analysis.check(engine, cmp, {1: 0.3, 2: 0.5}, 0.0, 0.5)
+    metrics = dyfip_analysis.metrics(cmp, 0.2, {}, {1: 0.3, 2: 0.5}, 0.1, served, 2, {})
     assert metrics["dyfip"]["test_acc"] == round(float(cmp.chosen["acc"]), 6) and metrics["cache"]["images"] == 5
     assert set(metrics) >= {"static_l1", "static_xai", "exit_only", "branch_topk_full_tail", "targets"}

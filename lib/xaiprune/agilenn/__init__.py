@@ -7,6 +7,6 @@ with Explainable AI" (MobiCom 2022), in PyTorch, written after reading the offic
 - :mod:`~xaiprune.agilenn.training`: the reference network and AgileNN's training, cached;
 - :mod:`~xaiprune.agilenn.offload`: a device and a remote worker on two real processes, against local-only,
   full offload and split computing (``python -m xaiprune.agilenn.offload``);
-- :mod:`~xaiprune.agilenn.study`: the link's cost model, payloads, latency tables, ablations, targets, metrics;
+- :mod:`~xaiprune.agilenn.analysis`: the link's cost model, payloads, latency tables, ablations, targets, metrics;
 - :mod:`~xaiprune.agilenn.figures`: the notebook's figures.
 """

@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from xaiprune.agilenn import study as agile_study
+from xaiprune.agilenn import analysis as agilenn_analysis
 
 
 def training(history: list[dict], rho: float) -> None:
@@ -35,12 +35,12 @@ def importance(share: np.ndarray, skewness: np.ndarray, k: int, rho: float) -> N
     plt.tight_layout(); plt.show()
 
 
-def latency(frame: pd.DataFrame, link: "agile_study.Link", factors: list[float], sent: dict) -> None:
+def latency(frame: pd.DataFrame, link: "agilenn_analysis.Link", factors: list[float], sent: dict) -> None:
     """Median latency per method (markers, p5-p95 bars) against the device -> remote bandwidth, with the system model's
     prediction (lines; for split, the best interior cut at each bandwidth)."""
     grid = np.geomspace(min(factors) / 3, max(factors) * 3, 60)
     fig, ax = plt.subplots(figsize=(8.5, 4.4))
-    for j, method in enumerate(agile_study.METHODS):
+    for j, method in enumerate(agilenn_analysis.METHODS):
         g = frame[frame["method"] == method].sort_values("multiplier")
         xs = g["multiplier"] if method != "local" else np.array(factors)
         ys = lambda col: np.repeat(g[col].values, len(xs)) if method == "local" else g[col].values  # noqa: E731

@@ -42,7 +42,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from xaiprune import data, paths, train
-from xaiprune.agilenn import model as agilenn, training as agilenn_train
+from xaiprune.agilenn import model as agilenn, training
 from xaiprune.planning import system
 from xaiprune.pruning import prune
 from xaiprune.serving import emulation, payload, wire
@@ -127,12 +127,12 @@ class _Side:
         scn, dev, rem = cfg.ends()
         self.cfg, self.rank = cfg, rank
         self.model = train.load(paths.ROOT / cfg.checkpoint).model.eval()
-        self.agile = agilenn_train.load(paths.ROOT / cfg.agilenn).eval()
+        self.agile = training.load(paths.ROOT / cfg.agilenn).eval()
         info = data.check_flag_size(cfg.flag, cfg.size)
         self.shape = (info["n_channels"], cfg.size, cfg.size)
         self.flops = flops_per_segment(self.model, self.shape)
         self.outs = list(prune.profile(self.model, self.shape)["segment_out_bytes"].values())
-        self.agile_costs = agilenn_train.costs(self.agile, info["n_channels"], cfg.size)
+        self.agile_costs = training.costs(self.agile, info["n_channels"], cfg.size)
         self.bits = agilenn.bits_per_index(len(self.agile.quantizer.theta))
         mult = np.array([j[2] for j in cfg.jobs] or [1.0], dtype=float)
         trace = np.ones((len(mult), scn.n, scn.n)) * mult[:, None, None]

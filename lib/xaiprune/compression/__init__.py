@@ -5,7 +5,7 @@ Networks" (2020). The full text is not available here: the techniques are this p
 
 - :mod:`~xaiprune.compression.compress`: weight relevance, unstructured pruning, weight sharing, mixed precision;
 - :mod:`~xaiprune.compression.storage`: the exact size in bits, and the file a compressed model is written to;
-- :mod:`~xaiprune.compression.study`: each technique's XAI variant against its non-XAI counterpart;
+- :mod:`~xaiprune.compression.experiments`: each technique's XAI variant against its non-XAI counterpart;
 - :mod:`~xaiprune.compression.results`: verdicts, the saved model, targets, checks and metrics of the notebook;
 - :mod:`~xaiprune.compression.figures`: the notebook's figures.
 """

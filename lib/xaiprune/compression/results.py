@@ -1,7 +1,7 @@
 """The analysis of ``09_compression`` after the measurements: layers, verdicts, the saved model, targets, metrics.
 
-:class:`xaiprune.compression.study.Study` measures every compressed copy; this module turns its rows
-(and :func:`xaiprune.compression.study.summary`'s curves) into what the notebook shows:
+:class:`xaiprune.compression.experiments.Study` measures every compressed copy; this module turns its rows
+(and :func:`xaiprune.compression.experiments.summary`'s curves) into what the notebook shows:
 
 - :func:`layer_table`: each compressible layer's weights, input size and share of relevance, and the weights
   whose relevance is exactly zero;
@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from xaiprune import data, paths
-from xaiprune.compression import compress, storage as compress_io, study as compress_study
+from xaiprune.compression import compress, storage, experiments
 
 TECHNIQUES = ["filter pruning", "weight pruning", "sharing", "mixed precision", "combined"]
 TARGET_RATIO = 16  # the combined pipeline at least this much smaller at a loss of at most 1 point of ACC
@@ -75,7 +75,7 @@ def techniques(curves: pd.DataFrame, base_acc: float) -> tuple[dict, pd.DataFram
     counterpart (largest ratio at 1 point, then at 3) and the comparison with it at equal size (ACC and AUC).
     Returns the entries (as in ``metrics.json``) and the table of ratios."""
     out, table = {}, []
-    at = lambda g, pts: compress_study.ratio_at(g, base_acc, pts)  # noqa: E731
+    at = lambda g, pts: experiments.ratio_at(g, base_acc, pts)  # noqa: E731
     for tech in TECHNIQUES:
         here = curves[curves["technique"] == tech]
         xai_curve, baselines = here[here["xai"]], {v: g for v, g in here[~here["xai"]].groupby("variant", sort=False)}
@@ -83,8 +83,8 @@ def techniques(curves: pd.DataFrame, base_acc: float) -> tuple[dict, pd.DataFram
                  "baselines": {v: {"ratio_at_1pt": at(g, 1), "ratio_at_3pt": at(g, 3)} for v, g in baselines.items()}}
         strongest = max(baselines, key=lambda v: (entry["baselines"][v]["ratio_at_1pt"] or 0, entry["baselines"][v]["ratio_at_3pt"] or 0))
         entry["baseline"] = {"variant": strongest, **entry["baselines"][strongest]}
-        entry["equal_size_acc"] = compress_study.equal_size(xai_curve, baselines[strongest], "acc")
-        entry["equal_size_auc"] = compress_study.equal_size(xai_curve, baselines[strongest], "auc")
+        entry["equal_size_acc"] = experiments.equal_size(xai_curve, baselines[strongest], "acc")
+        entry["equal_size_auc"] = experiments.equal_size(xai_curve, baselines[strongest], "auc")
         out[tech] = entry
         for name, v in [(entry["xai"]["variant"] + " (XAI)", entry["xai"]), *entry["baselines"].items()]:
             table.append({"technique": tech, "variant": name, "ratio at 1 point": v["ratio_at_1pt"], "ratio at 3 points": v["ratio_at_3pt"]})
@@ -129,7 +129,7 @@ def choose_saved(curves: pd.DataFrame, base_acc: float) -> pd.Series:
     return within.loc[within["ratio"].idxmax()] if not within.empty else combined.loc[combined["acc"].idxmax()]
 
 
-def save_and_reload(study: compress_study.Study, sparsity: float, bits: int, stage: str, path: Path, arch: str) -> dict:
+def save_and_reload(study: experiments.Study, sparsity: float, bits: int, stage: str, path: Path, arch: str) -> dict:
     """Rebuild the combined XAI model from draw 0, write it to ``path``, read it back and evaluate both.
 
     Returns its codes, the in-memory and the reloaded model, the largest logit difference on 256 test images, both
@@ -137,16 +137,16 @@ def save_and_reload(study: compress_study.Study, sparsity: float, bits: int, sta
     """
     codes = study.combined_codes(sparsity, bits, stage, 0, True)
     compressed = compress.apply(study.model, codes, study.references[0] if study.correct else None)
-    path = compress_io.save(path, compressed, codes, arch)
-    reloaded = compress_io.load(path)
+    path = storage.save(path, compressed, codes, arch)
+    reloaded = storage.load(path)
     with torch.no_grad():
         logit_gap = float((reloaded(study.test.x[:256]) - compressed(study.test.x[:256])).abs().max())
     in_memory, from_file = study.evaluator.evaluate(compressed), study.evaluator.evaluate(reloaded)
-    size = compress_io.size_bits(compressed, codes)
+    size = storage.size_bits(compressed, codes)
     plain = study.evaluator.evaluate(compress.apply(study.model, codes)) if study.correct else in_memory
     return {"sparsity": sparsity, "bits": bits, "stage": stage, "path": path, "codes": codes, "compressed": compressed,
             "reloaded": reloaded, "logit_gap": logit_gap, "in_memory": in_memory, "from_file": from_file, "plain": plain,
-            "size": size, "file": compress_io.file_report(path, size["total"])}
+            "size": size, "file": storage.file_report(path, size["total"])}
 
 
 def saved_lines(saved: dict, full_bits: int) -> list[str]:
@@ -192,7 +192,7 @@ def target_lines(entries: dict, met: dict, file: dict) -> list[str]:
     return lines + [f"file within 5% of the counted size: {'met' if met['file_within_5pct'] else 'NOT met'} ({file['excess']:+.2%})"]
 
 
-def check_saved(study: compress_study.Study, saved: dict) -> None:
+def check_saved(study: experiments.Study, saved: dict) -> None:
     """The reloaded model gives the same logits and scores, the file holds exactly the counted streams (plus padding
     and the header), and every weight pruned by the relevance ranking is zero in the reloaded model."""
     assert saved["logit_gap"] == 0.0, f"the reloaded model's logits differ by {saved['logit_gap']}"

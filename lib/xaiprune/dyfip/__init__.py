@@ -6,6 +6,6 @@ reconstruction from the abstract and the authors' earlier work.
 
 - :mod:`~xaiprune.dyfip.core`: the branch, early exits, candidate sets and the evaluation;
 - :mod:`~xaiprune.dyfip.subnets`: class-specific relevance, subset scores and the cached sub-networks;
-- :mod:`~xaiprune.dyfip.study`: the notebook's comparisons, targets, checks and metrics;
+- :mod:`~xaiprune.dyfip.analysis`: the notebook's comparisons, targets, checks and metrics;
 - :mod:`~xaiprune.dyfip.figures`: the notebook's figures.
 """

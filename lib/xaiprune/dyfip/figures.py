@@ -1,6 +1,6 @@
 """The figures of ``08_dyfip``: the branch, the class overlap of the relevance, accuracy against FLOPs, per class, latency.
 
-Each function draws one figure from values the notebook computed (:mod:`xaiprune.dyfip.study`) and shows it.
+Each function draws one figure from values the notebook computed (:mod:`xaiprune.dyfip.analysis`) and shows it.
 """
 
 from __future__ import annotations

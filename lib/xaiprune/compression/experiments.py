@@ -31,7 +31,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from xaiprune import data, models, stats
-from xaiprune.compression import compress, storage as compress_io
+from xaiprune.compression import compress, storage
 from xaiprune.pruning import comparison, prune
 
 TIE = 0.005  # ACC difference below which two variants count as equal (half a point)
@@ -66,7 +66,7 @@ class Study:
         correct = self.correct if correct is None else correct
         net = compress.apply(self.model, codes, self.references[draw] if correct else None)
         metrics = self.evaluator.evaluate(net)
-        bits = compress_io.size_bits(self.model, codes)["total"]
+        bits = storage.size_bits(self.model, codes)["total"]
         row = {"technique": technique, "variant": variant, "xai": xai, "setting": setting, "draw": draw,
                "acc": metrics["acc"], "auc": metrics["auc"], "bits": bits, "ratio": self.full_bits / bits,
                "corrected": correct}

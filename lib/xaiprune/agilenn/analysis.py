@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from xaiprune import data, train
-from xaiprune.agilenn import model as agilenn, offload, training as agilenn_train
+from xaiprune.agilenn import model as agilenn, offload, training
 from xaiprune.planning import system
 from xaiprune.pruning import prune
 from xaiprune.serving import payload
@@ -190,14 +190,14 @@ def ablation_variants(ratios: list[float], centroids: list[int]) -> list[tuple[s
             *[(f"{c} centroids", {"centroids": c}) for c in centroids]]
 
 
-def ablations(config: agilenn_train.AgileConfig, variants: list[tuple[str, dict]], epochs: int, test: data.Split,
+def ablations(config: training.AgileConfig, variants: list[tuple[str, dict]], epochs: int, test: data.Split,
               codec: str, data_root: str | None = None) -> pd.DataFrame:
     """Train (or read back) every variant for ``epochs`` epochs; per variant its k, test ACC, local ACC, skewness,
     ordered share, mean bytes sent, device MFLOPs and training seconds."""
     rows = []
     for name, change in variants:
-        t = agilenn_train.train_or_load(dataclasses.replace(config, epochs=epochs, **change), data_root)
-        e, cst = agilenn_train.evaluate(t, test), agilenn_train.costs(t.model, test.x.shape[1], config.size)
+        t = training.train_or_load(dataclasses.replace(config, epochs=epochs, **change), data_root)
+        e, cst = training.evaluate(t, test), training.costs(t.model, test.x.shape[1], config.size)
         with torch.no_grad():
             idx = t.model.outputs(test.x)["indices"]
         b = agilenn.bits_per_index(t.config.centroids)
