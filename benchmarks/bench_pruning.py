@@ -14,9 +14,9 @@ Measures, on this machine's CPU, for one architecture (``--arch``, default VGG-1
    ``efficiency = (1 - 1 / speedup) / flops_reduction`` (the fraction of the FLOPs reduction
    realised as latency reduction). Target: at ratio 0.5, batch-1 ``achieved_over_ideal >= 0.7``.
 
-The model is the trained checkpoint listed in ``artifacts/02_train/checkpoints.json`` (else the
-cached checkpoint of the default ``TrainConfig``), else an untrained model: timings do not depend on
-the weights, and the output says which. The reference set is drawn from the validation split
+The model is the trained checkpoint listed in ``artifacts/default/02_train/checkpoints.json`` (the default
+profile's last run of 02; else the cached checkpoint of the default ``TrainConfig``), else an untrained model:
+timings do not depend on the weights, and the output says which. The reference set is drawn from the validation split
 (``$MEDMNIST_ROOT`` or ``data/medmnist/``; no download unless ``--download``), else random tensors of
 the same shape, and the output says so. Timings are medians of repeated runs. Another process using
 the CPU makes latencies noisy (OpenMP threads then wait on each other): the load average is recorded,

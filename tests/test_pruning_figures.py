@@ -166,3 +166,11 @@ def test_the_figures_of_04_draw_from_the_frames():
     repaired = pd.concat([frame.assign(repair=r, labels=0) for r in repair_study.REPAIRS], ignore_index=True)
     assert plots.repair_figure(repaired, res, "batchnorm", "m", show=False).axes[2].get_title().startswith(
         "batchnorm (best)")
+
+
+def test_ratio_keys_keep_one_decimal_ratios_as_before_and_two_decimal_ratios_whole():
+    assert [summaries.ratio_key(r) for r in (0.0, 0.1, 0.30000000000000004, 0.25, 0.125)] == ["0.0", "0.1", "0.3", "0.25", "0.125"]
+    frame = pd.DataFrame({"criterion": ["l1"] * 4, "ratio": [0.0, 0.0, 0.25, 0.25], "acc": [0.9, 0.8, 0.7, 0.6],
+                          "auc": [0.95, 0.85, 0.75, 0.65]})
+    m = summaries.sweep_metrics(frame, ["l1"], [0.0, 0.25])
+    assert list(m["l1"]) == ["0.0", "0.25"] and m["l1"]["0.25"] == {"acc": 0.65, "auc": 0.7}

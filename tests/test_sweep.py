@@ -62,6 +62,25 @@ def test_the_comparison_gives_the_optimum_no_gap_and_refuses_a_heuristic_above_i
             sweep.against_optimum(cheat)
 
 
+def test_a_heuristic_above_the_optimum_on_one_instance_is_caught_even_when_its_mean_gap_is_positive():
+    plans = pd.DataFrame({"scenario": ["a"] * 4 + ["b"] * 2, "axis": ["deadline"] * 6,
+                          "factor": [1.0, 1.0, 2.0, 2.0, 1.0, 1.0], "policy": [sweep.OPTIMUM, "greedy"] * 3,
+                          "accuracy": [0.9, 0.5, 0.9, 0.91, 0.8, 0.8], "feasible": [True] * 6})
+    with pytest.raises(RuntimeError, match=r"greedy beat the optimum on a \(deadline x 2\)"):
+        sweep.against_optimum(plans)
+    fair = plans.assign(accuracy=[0.9, 0.5, 0.9, 0.9, 0.8, np.nan], feasible=[True, True, True, True, True, False])
+    summary = sweep.against_optimum(fair)
+    assert summary.loc["greedy", "mean_gap_to_optimum"] == pytest.approx(0.2)
+
+
+def test_the_solve_time_line_names_the_scenario_and_the_target():
+    scenario, profiles = toy()
+    r = nlp.solve_milp(scenario, profiles)
+    line = sweep.solve_time_line("ward-x", r)
+    assert line.startswith("ward-x (the first of `scenarios`) solved by CBC in")
+    assert f"target < {sweep.SOLVE_TARGET_S:g} s" in line and line.endswith("met")
+
+
 def test_pruning_by_factor_lists_where_the_optimum_prunes_and_where_nothing_is_feasible():
     plans = pd.DataFrame({"scenario": ["a"] * 4, "axis": ["deadline"] * 4, "policy": [sweep.OPTIMUM] * 3 + ["greedy"],
                           "factor": [0.1, 0.5, 2.0, 2.0], "pruning": [np.nan, 0.3, 0.0, 0.6],

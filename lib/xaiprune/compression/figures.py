@@ -60,7 +60,7 @@ def _technique_panel(ax, here: pd.DataFrame, value: str, base: dict) -> None:
 def curves(frame: pd.DataFrame, base: dict, full_bits: int) -> None:
     """One column per technique: test ACC (top) and AUC (bottom) against the size in Mbit, the XAI variant in colour
     with its 95% interval over the draws, the counterparts in grey; dashed: the 32-bit model, dotted: its ACC minus
-    1 point; the top axis gives the compression ratio."""
+    :data:`~xaiprune.compression.results.TARGET_POINTS`; the top axis gives the compression ratio."""
     techs = results.TECHNIQUES
     fig, axes = plt.subplots(2, len(techs), figsize=(4.2 * len(techs), 7.2), sharey="row")
     for j, tech in enumerate(techs):
@@ -69,7 +69,7 @@ def curves(frame: pd.DataFrame, base: dict, full_bits: int) -> None:
             _technique_panel(ax, frame[frame["technique"] == tech], value, base)
             ax.set_xlabel("size (Mbit)" if i else "")
             if value == "acc":
-                ax.axhline(base["acc"] - 0.01, color="k", lw=0.8, ls=":")
+                ax.axhline(base["acc"] - results.TARGET_POINTS / 100, color="k", lw=0.8, ls=":")
                 ax.set_title(tech)
                 top = ax.secondary_xaxis("top", functions=(lambda b: full_bits / np.maximum(b, 1),
                                                            lambda r: full_bits / np.maximum(r, 1e-9)))

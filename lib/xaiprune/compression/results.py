@@ -26,7 +26,9 @@ from xaiprune import data, paths
 from xaiprune.compression import compress, storage, experiments
 
 TECHNIQUES = ["filter pruning", "weight pruning", "sharing", "mixed precision", "combined"]
-TARGET_RATIO = 16  # the combined pipeline at least this much smaller at a loss of at most 1 point of ACC
+TARGET_POINTS = 1  # the ACC loss, in points, at which ratios are read and the combined target is judged
+LOOSE_POINTS = 3  # the second, looser ACC loss at which ratios are read
+TARGET_RATIO = 16  # the combined pipeline at least this much smaller at a loss of at most TARGET_POINTS of ACC
 TARGET_FILE_EXCESS = 0.05  # the saved file within this fraction of the counted size
 
 
@@ -79,15 +81,15 @@ def techniques(curves: pd.DataFrame, base_acc: float) -> tuple[dict, pd.DataFram
     for tech in TECHNIQUES:
         here = curves[curves["technique"] == tech]
         xai_curve, baselines = here[here["xai"]], {v: g for v, g in here[~here["xai"]].groupby("variant", sort=False)}
-        entry = {"xai": {"variant": xai_curve["variant"].iloc[0], "ratio_at_1pt": at(xai_curve, 1), "ratio_at_3pt": at(xai_curve, 3)},
-                 "baselines": {v: {"ratio_at_1pt": at(g, 1), "ratio_at_3pt": at(g, 3)} for v, g in baselines.items()}}
+        entry = {"xai": {"variant": xai_curve["variant"].iloc[0], "ratio_at_1pt": at(xai_curve, TARGET_POINTS), "ratio_at_3pt": at(xai_curve, LOOSE_POINTS)},
+                 "baselines": {v: {"ratio_at_1pt": at(g, TARGET_POINTS), "ratio_at_3pt": at(g, LOOSE_POINTS)} for v, g in baselines.items()}}
         strongest = max(baselines, key=lambda v: (entry["baselines"][v]["ratio_at_1pt"] or 0, entry["baselines"][v]["ratio_at_3pt"] or 0))
         entry["baseline"] = {"variant": strongest, **entry["baselines"][strongest]}
         entry["equal_size_acc"] = experiments.equal_size(xai_curve, baselines[strongest], "acc")
         entry["equal_size_auc"] = experiments.equal_size(xai_curve, baselines[strongest], "auc")
         out[tech] = entry
         for name, v in [(entry["xai"]["variant"] + " (XAI)", entry["xai"]), *entry["baselines"].items()]:
-            table.append({"technique": tech, "variant": name, "ratio at 1 point": v["ratio_at_1pt"], "ratio at 3 points": v["ratio_at_3pt"]})
+            table.append({"technique": tech, "variant": name, f"ratio at {TARGET_POINTS} point": v["ratio_at_1pt"], f"ratio at {LOOSE_POINTS} points": v["ratio_at_3pt"]})
     return out, pd.DataFrame(table).set_index(["technique", "variant"])
 
 
@@ -98,7 +100,7 @@ def verdict_lines(entries: dict) -> list[str]:
         e, strongest = entry["equal_size_acc"], entry["baseline"]["variant"]
         r_x, r_b = entry["xai"]["ratio_at_1pt"] or 0, entry["baseline"]["ratio_at_1pt"] or 0
         head = (f"{tech}: {entry['xai']['variant']} {shown(entry['xai']['ratio_at_1pt'])} against {strongest} "
-                f"{shown(entry['baseline']['ratio_at_1pt'])} at 1 point ({'XAI at least as good' if r_x >= r_b else 'XAI WORSE'}); ")
+                f"{shown(entry['baseline']['ratio_at_1pt'])} at {TARGET_POINTS} point ({'XAI at least as good' if r_x >= r_b else 'XAI WORSE'}); ")
         if e["matches_most"] is None:
             lines.append(head + "at equal size no XAI point falls inside the counterpart's size range")
             continue
@@ -125,7 +127,7 @@ def constant_line(rows: pd.DataFrame, test: data.Split, n_classes: int) -> str:
 def choose_saved(curves: pd.DataFrame, base_acc: float) -> pd.Series:
     """The combined XAI setting with the largest ratio at 1 point of ACC, or the most accurate one if none qualifies."""
     combined = curves[(curves["technique"] == "combined") & curves["xai"]]
-    within = combined[combined["acc"] >= base_acc - 0.01 - 1e-12]
+    within = combined[combined["acc"] >= base_acc - TARGET_POINTS / 100 - 1e-12]
     return within.loc[within["ratio"].idxmax()] if not within.empty else combined.loc[combined["acc"].idxmax()]
 
 
@@ -154,7 +156,7 @@ def saved_lines(saved: dict, full_bits: int) -> list[str]:
     file, size, f, m = saved["file"], saved["size"], saved["from_file"], saved["in_memory"]
     return [f"saved: sparsity {saved['sparsity']}, {saved['bits']} bits ({saved['stage']}), draw 0: {paths.relative(saved['path'])}",
             f"  file {file['file_bytes']:,} bytes; counted {file['counted_bytes']:,.0f} bytes (ratio {full_bits / size['total']:.1f}x); "
-            f"header {file['header_bytes']:,} bytes; the file is {file['excess']:+.2%} off the counted size (target: within 5%)",
+            f"header {file['header_bytes']:,} bytes; the file is {file['excess']:+.2%} off the counted size (target: within {TARGET_FILE_EXCESS:.0%})",
             f"  reloaded: largest logit difference {saved['logit_gap']:.2e}; test ACC {f['acc']:.4f} / AUC {f['auc']:.4f} "
             f"(in memory {m['acc']:.4f} / {m['auc']:.4f}); without the BatchNorm correction: ACC {saved['plain']['acc']:.4f}"]
 
@@ -169,8 +171,9 @@ def bits_per_weight(model: torch.nn.Module, size: dict) -> pd.DataFrame:
 
 # ----- targets, checks, metrics -----------------------------------------------------------------------
 def targets(entries: dict, file: dict) -> dict:
-    """The targets of this reconstruction: the combined pipeline 16x at 1 point, every XAI variant matching its
-    counterpart at equal size on most of the curve (None: not comparable) and at least its ratio, the file within 5%."""
+    """The targets of this reconstruction: the combined pipeline :data:`TARGET_RATIO` times smaller at
+    :data:`TARGET_POINTS` point of ACC, every XAI variant matching its counterpart at equal size on most of the curve
+    (None: not comparable) and at least its ratio, the file within :data:`TARGET_FILE_EXCESS` of the counted size."""
     best = entries["combined"]["xai"]["ratio_at_1pt"]
     return {"combined_16x_at_1pt": bool(best is not None and best >= TARGET_RATIO),
             "xai_matches_most": {t: e["equal_size_acc"]["matches_most"] for t, e in entries.items()},
@@ -181,15 +184,15 @@ def targets(entries: dict, file: dict) -> dict:
 
 def target_lines(entries: dict, met: dict, file: dict) -> list[str]:
     """Each target met or not, in words."""
-    lines = [f"combined pipeline: {shown(entries['combined']['xai']['ratio_at_1pt'])} at <= 1 point of ACC: 16x target "
+    lines = [f"combined pipeline: {shown(entries['combined']['xai']['ratio_at_1pt'])} at <= {TARGET_POINTS} point of ACC: {TARGET_RATIO}x target "
              f"{'met' if met['combined_16x_at_1pt'] else 'NOT met'} (non-XAI pipeline: "
              f"{shown(entries['combined']['baseline']['ratio_at_1pt'])})"]
     for t in entries:
         m = met["xai_matches_most"][t]
         lines.append(f"{t}: XAI matches or beats {entries[t]['baseline']['variant']} on most of the curve: "
-                     f"{'not comparable (no common size)' if m is None else 'yes' if m else 'NO'}; ratio at 1 point at "
+                     f"{'not comparable (no common size)' if m is None else 'yes' if m else 'NO'}; ratio at {TARGET_POINTS} point at "
                      f"least the baseline's: {'yes' if met['xai_ratio_at_least_baseline'][t] else 'NO'}")
-    return lines + [f"file within 5% of the counted size: {'met' if met['file_within_5pct'] else 'NOT met'} ({file['excess']:+.2%})"]
+    return lines + [f"file within {TARGET_FILE_EXCESS:.0%} of the counted size: {'met' if met['file_within_5pct'] else 'NOT met'} ({file['excess']:+.2%})"]
 
 
 def check_saved(study: experiments.Study, saved: dict) -> None:

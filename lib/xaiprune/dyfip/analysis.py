@@ -139,10 +139,10 @@ class Comparison:
                 f"(worst case {c['max_flops_ratio']:.1%}, exit rate {c['exit_rate']:.1%}).",
                 f"  worst case: DyFiP {c['max_flops_ratio']:.1%} of the full model's FLOPs, early exit alone "
                 f"{self.exit_only['max_flops_ratio']:.1%} (the longest path the abstract says DyFiP shortens)",
-                f"  mean FLOPs at most 50%: {met('mean_flops_at_most_half')}",
-                f"  within 2 points of the full model ({self.full_acc:.3f}): {met('acc_within_2_points_of_full')} "
+                f"  mean FLOPs at most {TARGETS['mean_flops_ratio']:.0%}: {met('mean_flops_at_most_half')}",
+                f"  within {TARGETS['points_of_full'] * 100:g} points of the full model ({self.full_acc:.3f}): {met('acc_within_2_points_of_full')} "
                 f"({c['acc'] - self.full_acc:+.3f})",
-                f"  at least 5 points above static L1 at the same FLOPs ({l1[self.mode]['acc']:.3f} with the same BN "
+                f"  at least {TARGETS['points_above_l1'] * 100:g} points above static L1 at the same FLOPs ({l1[self.mode]['acc']:.3f} with the same BN "
                 f"refresh, {l1['none']['acc']:.3f} without): {met('acc_5_points_above_static_l1')} "
                 f"({c['acc'] - l1[self.mode]['acc']:+.3f})"]
 
@@ -159,7 +159,7 @@ class Comparison:
                  f"({'XAI better' if xai_vs_random > 0 else 'XAI NOT better'}); BN refresh against none: "
                  f"{(c['acc'] - self.at('dyfip', 'none')['acc']) * 100:+.1f} points"]
         if self.full_acc - c["acc"] <= TARGETS["points_of_full"]:
-            return lines + [f"in all, DyFiP against the full model: {lost(self.full_acc - c['acc'])}, within the 2-point target"]
+            return lines + [f"in all, DyFiP against the full model: {lost(self.full_acc - c['acc'])}, within the {TARGETS['points_of_full'] * 100:g}-point target"]
         worse = "the branch" if branch_loss > selection_loss else "the filter selection"
         return lines + [f"in all, DyFiP against the full model: {lost(self.full_acc - c['acc'])}, most of it at {worse} "
                         f"({lost(max(branch_loss, selection_loss))})"]

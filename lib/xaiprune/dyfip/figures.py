@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from xaiprune.dyfip import core
+from xaiprune.dyfip.analysis import TARGETS
 
 
 def branch(history: list[dict], recall: dict, exit_frame: pd.DataFrame, k: int, tau_exit: float) -> None:
@@ -65,7 +66,7 @@ def pareto(curve: pd.DataFrame, modes: list[str], tau_exit: float, full_acc: flo
     for ax, mode in zip(axes[0], modes):
         sc = _pareto_panel(ax, curve[(curve["refresh"] == mode) | (curve["policy"] == "exit_only")], tau_exit)
         ax.scatter([1.0], [full_acc], marker="*", s=220, color="k", label="full model", zorder=5)
-        ax.axvline(0.5, color="k", lw=0.6, ls="--")
+        ax.axvline(TARGETS["mean_flops_ratio"], color="k", lw=0.6, ls="--")
         ax.axhline(majority, color="k", lw=0.6, ls=":")
         ax.set_xlabel("mean FLOPs per image / full model"); ax.set_ylabel("test ACC")
         ax.set_title(f"BN refresh: {mode}")

@@ -21,6 +21,7 @@ from xaiprune.planning.system import Profiles, Scenario
 
 OPTIMUM = "optimum (MILP)"  # the optimum's policy name in the sweep's table
 AXES = ("deadline", "bandwidth")
+SOLVE_TARGET_S = 1.0  # CBC must solve the first scenario of 05's `scenarios` within this many seconds
 
 
 def instance(scenario: Scenario, axis: str, factor: float) -> Scenario:
@@ -69,14 +70,18 @@ def sweep(scenarios: dict[str, Scenario], profiles: Profiles, deadline_factors, 
 
 def against_optimum(plans: pd.DataFrame) -> pd.DataFrame:
     """Per policy: how often it is feasible, its mean accuracy, and its mean and largest accuracy gap to the optimum
-    (where both are feasible). Raises ``RuntimeError`` if a policy beats the optimum on average."""
+    (where both are feasible). Raises ``RuntimeError`` naming the policy and the instance if a policy beats the
+    optimum on any instance where both are feasible (gap below -1e-9)."""
     opt = plans.query("policy == @OPTIMUM").set_index(["scenario", "axis", "factor"])["accuracy"]
     where = pd.MultiIndex.from_frame(plans[["scenario", "axis", "factor"]])
     comp = plans.assign(gap=opt.reindex(where).values - plans["accuracy"])
+    beaten = comp[comp["gap"].notna() & (comp["gap"] < -1e-9)]
+    if not beaten.empty:
+        r = beaten.iloc[0]
+        raise RuntimeError(f"{r['policy']} beat the optimum on {r['scenario']} ({r['axis']} x {r['factor']:g}) by "
+                           f"{-r['gap']:.3g} in accuracy ({len(beaten)} such rows in all)")
     summary = comp.groupby("policy").agg(feasible_rate=("feasible", "mean"), mean_accuracy=("accuracy", "mean"),
                                          mean_gap_to_optimum=("gap", "mean"), max_gap=("gap", "max"))
-    if not (summary["mean_gap_to_optimum"].fillna(0) >= -1e-9).all():
-        raise RuntimeError(f"a heuristic beat the optimum:\n{summary}")
     return summary
 
 
@@ -130,3 +135,10 @@ def check_feasible(results: dict[str, Result]) -> None:
     for name, r in results.items():
         if r.plan is not None and not r.evaluation.feasible:
             raise RuntimeError(f"{name}: the optimum violates {r.evaluation.violations}")
+
+
+def solve_time_line(name: str, result: Result) -> str:
+    """Whether CBC solved scenario ``name`` (the first of 05's ``scenarios``) within :data:`SOLVE_TARGET_S`, in words."""
+    met = "met" if result.seconds < SOLVE_TARGET_S else "NOT met"
+    return (f"{name} (the first of `scenarios`) solved by CBC in {result.seconds:.3f} s "
+            f"(target < {SOLVE_TARGET_S:g} s): {met}")

@@ -199,20 +199,25 @@ def check_sweep(sweep: pd.DataFrame, res: dict, sensitivity: pd.DataFrame, segme
         raise AssertionError("; ".join(failed))
 
 
+def ratio_key(r: float) -> str:
+    """A pruning ratio as a ``metrics.json`` key: ``str(round(r, 3))``, so "0.0", "0.3" and "0.25" keep their digits."""
+    return str(round(float(r), 3))
+
+
 def sweep_metrics(sweep: pd.DataFrame, criteria: list[str], ratios: list[float]) -> dict:
-    """``{criterion: {"0.3": {"acc", "auc"}}}``: mean test ACC and AUC over the draws, rounded to 6 places."""
+    """``{criterion: {"0.3": {"acc", "auc"}}}`` (keys :func:`ratio_key`): mean test ACC and AUC over the draws,
+    rounded to 6 places."""
     mean = sweep.groupby(["criterion", "ratio"])[["acc", "auc"]].mean()
-    return {c: {f"{r:.1f}": {"acc": round(float(mean.loc[(c, r), "acc"]), 6),
-                             "auc": round(float(mean.loc[(c, r), "auc"]), 6)} for r in ratios} for c in criteria}
+    return {c: {ratio_key(r): {"acc": round(float(mean.loc[(c, r), "acc"]), 6),
+                               "auc": round(float(mean.loc[(c, r), "auc"]), 6)} for r in ratios} for c in criteria}
 
 
 def repair_metrics(repaired: pd.DataFrame, unpruned: pd.DataFrame, criteria: list[str], ratios: list[float]) -> dict:
-    """The ``repairs`` (``{repair: {criterion: {"0.3": {"acc", "auc"}}}}``, ratio keys ``str(round(r, 3))``) and
+    """The ``repairs`` (``{repair: {criterion: {"0.3": {"acc", "auc"}}}}``, ratio keys :func:`ratio_key`) and
     ``unpruned`` (:func:`xaiprune.pruning.repair_study.unpruned_outputs` per repair) metrics."""
     means = repaired.groupby(["repair", "criterion", "ratio"])[["acc", "auc"]].mean()
-    key = lambda r: str(round(float(r), 3))  # noqa: E731
-    return {"repairs": {r: {c: {key(x): {"acc": round(float(means.loc[(r, c, x), "acc"]), 6),
-                                         "auc": round(float(means.loc[(r, c, x), "auc"]), 6)} for x in ratios}
+    return {"repairs": {r: {c: {ratio_key(x): {"acc": round(float(means.loc[(r, c, x), "acc"]), 6),
+                                               "auc": round(float(means.loc[(r, c, x), "auc"]), 6)} for x in ratios}
                             for c in criteria} for r in [*repair_study.REPAIRS, "best"]},
             "unpruned": {row["repair"]: {"acc": round(row["acc"], 6), "max_prob_change": float(row["max_prob_change"]),
                                          "labels": row["labels"], "unlabelled": row["unlabelled"]}

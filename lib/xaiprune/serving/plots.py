@@ -25,7 +25,7 @@ def served(run: Served) -> None:
     axes[0].legend()
     axes[0].set_xlabel("measured latency (ms)")
     axes[1].barh(order, summary["acc"], color="C0")
-    axes[1].set_xlim(0.5, 1.0)
+    axes[1].set_xlim(0.0, 1.0)
     axes[1].set_xlabel("test ACC of the served labels")
     axes[2].barh(order, summary["bytes_per_inference"] / 1e3, color="C2")
     axes[2].set_xlabel("kB over links per inference")
