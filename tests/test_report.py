@@ -169,3 +169,41 @@ def test_dyfip_claim_needs_efficiency_and_the_xai_selection(flops, acc, random_a
          "static_l1": {"test_acc": 0.435}}
     claim = next(c for c in claims.claims({"08_dyfip": m}) if c["notebooks"] == "08")
     assert claim["verdict"] == expected and "random filters" in claim["evidence"]
+
+
+def page_of(profile: str, **extra) -> str:
+    meta = {"profile": profile, "finished": "now", "git_commit": "abc", "machine": "m", "versions": {"torch": "2.13.0"},
+            "notebooks": {"x": {"parameters": {}, "seconds": 1.0}}, **extra}
+    return report.render_report(meta, {"x": None}, {"x": []})
+
+
+def test_a_profile_other_than_default_carries_the_banner():
+    assert "not the study's" in page_of("smoke") and "not the study's" in page_of("budget")
+    assert "class='banner'" not in page_of("default")
+
+
+def test_the_page_shows_cpu_load_and_each_data_files_md5():
+    state = {"cpu_model": "Test CPU", "cpu_count": 2, "load_average": [0.5, 0.4, 0.3]}
+    page = page_of("default", machine_start=state, machine_end={**state, "load_average": [1.9, 1.0, 0.5]},
+                   data_files={"pneumoniamnist.npz": {"md5": "f00d"}})
+    assert "Test CPU, 2 cores" in page and "start [0.5, 0.4, 0.3], end [1.9, 1.0, 0.5]" in page
+    assert "<code>pneumoniamnist.npz</code> MD5 <code>f00d</code>" in page
+
+
+def test_run_metadata_records_parameters_data_md5_and_load(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from xaiprune import data
+    from xaiprune.study import runinfo
+    from xaiprune.study.schema import Step
+
+    data.write_synthetic(tmp_path, "pneumoniamnist", 28)
+    monkeypatch.setattr(data, "verify", lambda path, flag, size: path)  # the synthetic file's MD5 is its own
+    step = Step(Path("01_data.ipynb"), {}, parameters={"flag": "pneumoniamnist", "size": 28, "data_root": str(tmp_path)})
+    meta = runinfo.run_metadata("default", [step], 1.0, runinfo.machine_state())
+    md5 = data.md5sum(tmp_path / "pneumoniamnist.npz")
+    assert meta["data_files"] == {"pneumoniamnist.npz": {"path": str(tmp_path / "pneumoniamnist.npz"), "md5": md5}}
+    assert meta["notebooks"]["01_data"]["parameters"]["flag"] == "pneumoniamnist"
+    assert len(meta["machine_start"]["load_average"]) == 3 and meta["machine_end"]["cpu_count"] >= 1
+    broken = Step(Path("01_data.ipynb"), {}, parameters={"flag": "pneumoniamnist", "size": 28, "data_root": str(tmp_path / "no")})
+    assert "error" in runinfo.data_files([broken])["pneumoniamnist.npz"]

@@ -29,7 +29,7 @@ import papermill as pm
 import yaml
 
 from xaiprune import paths
-from xaiprune.study import parameters, report
+from xaiprune.study import parameters, report, runinfo
 from xaiprune.study.schema import ParameterError, Step, fingerprint
 
 KERNEL = "xaiprune"  # registered by `make install`
@@ -240,12 +240,13 @@ def main(argv: list[str] | None = None) -> int:
         reused = steps[:first]
         for st in reused:  # earlier notebooks of this profile stay in the report, marked as reused
             st.output = out_dir / st.notebook.name
-        start = time.perf_counter()
+        start, start_state = time.perf_counter(), runinfo.machine_state()
         execute(steps[first:last], out_dir, kernel, progress=not args.no_progress)
         if last < len(steps):
             print(f"stopped after {steps[last - 1].stem} (--to): no report built")
             return 0
-        index = report.build(args.profile, steps, out_dir, wall_seconds=time.perf_counter() - start)
+        index = report.build(args.profile, steps, out_dir, wall_seconds=time.perf_counter() - start,
+                             start_state=start_state)
     except (PipelineError, report.ReportError) as exc:
         print(f"pipeline: {exc}", file=sys.stderr)
         return 2

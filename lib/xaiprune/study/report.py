@@ -13,16 +13,14 @@ nbconvert and writes, in ``reports/<profile>/``:
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import html
 import json
 import math
-import platform
-import subprocess
 from pathlib import Path
 
 from xaiprune import paths, train
+from xaiprune.study.runinfo import git_commit, run_metadata
 from xaiprune.study.schema import Run, Step
 from xaiprune.study.claims import MISSING, NOT, PARTLY, SUPPORTED, claims
 
@@ -102,31 +100,6 @@ def read_metrics(stage: str, profile: str, params_sha256: str | None = None) -> 
     return found["metrics"]
 
 
-def git_commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.ROOT, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=paths.ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-
-
-def run_metadata(profile: str, steps: list["Step"], wall_seconds: float) -> dict:
-    return {
-        "profile": profile,
-        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
-        "machine": f"{platform.machine()} {platform.system()} {platform.release()}",
-        "versions": train.package_versions(),
-        "wall_seconds": round(wall_seconds, 1),
-        "notebooks": {s.stem: {"parameters": s.parameters, "params_sha256": s.sha256,
-                               "seconds": None if s.seconds is None else round(s.seconds, 1)}
-                      for s in steps},
-    }
-
-
 def flatten(d: dict, prefix: str = "") -> dict[str, object]:
     """``{"a": {"b": 1}}`` to ``{"a.b": 1}`` for the headline table."""
     out = {}
@@ -196,8 +169,10 @@ def notebook_to_html(notebook: Path, out: Path) -> Path:
     return out
 
 
-def build(profile: str, steps: list["Step"], out_dir: Path, wall_seconds: float) -> Path:
+def build(profile: str, steps: list["Step"], out_dir: Path, wall_seconds: float, start_state: dict | None = None) -> Path:
     """Write ``<stem>.html`` per notebook, ``summary.json``, ``index.html`` and ``report.html``; return the report.
+
+    ``start_state`` is :func:`~xaiprune.study.runinfo.machine_state` read when the run started.
 
     Every notebook's metrics must be of ``profile`` and of the step's parameters (:func:`read_metrics`),
     so a report never mixes runs; a :class:`ReportError` says which notebook to rerun.
@@ -208,7 +183,7 @@ def build(profile: str, steps: list["Step"], out_dir: Path, wall_seconds: float)
         raise ReportError(f"no executed notebook in {paths.relative(out_dir)} for {missing}: rerun from {missing[0]}")
     for step in steps:
         notebook_to_html(step.output, out_dir / f"{step.stem}.html")
-    meta = run_metadata(profile, steps, wall_seconds)
+    meta = run_metadata(profile, steps, wall_seconds, start_state)
     (out_dir / "summary.json").write_text(json.dumps({"metadata": meta, "metrics": metrics}, indent=2))
     index = out_dir / "index.html"
     index.write_text(render_index(meta, metrics), encoding="utf-8")
@@ -234,6 +209,7 @@ _REPORT_CSS = _CSS + """
 .verdict{font-weight:600;white-space:nowrap}.claims td{font-size:.95em}
 img{max-width:100%;border:1px solid #eee;margin:.4em 0}
 .meta td:first-child{color:#555;white-space:nowrap}
+.banner{background:#fff3cd;border:1px solid #e0b84c;padding:.6em .9em}
 """
 KEY_METRICS = {  # what the report shows per notebook (the index has everything)
     "02_train": lambda m: {f"{a} test {k}": v[f"test_{k}"] for a, v in m.items() for k in ("acc", "auc")},
@@ -258,6 +234,27 @@ def _policy_table(m07: dict) -> str:
     return f"<table><tr><th>policy</th>{head}</tr>{rows}</table>"
 
 
+def banner(profile: str) -> str:
+    """A warning at the top of every report that is not the default profile's: its numbers are not the study's."""
+    if profile == "default":
+        return ""
+    return (f"<p class='banner'><b>Profile <code>{html.escape(profile)}</code>: these numbers are not the study's "
+            "results.</b> This profile runs the same chain with less (a smaller model, fewer images, requests or "
+            "draws) to check that it works or to fit a time budget; its verdicts can differ from the default "
+            "profile's, which gives the study's results.</p>")
+
+
+def _machine_rows(meta: dict) -> list[str]:
+    """CPU, load at the start and the end of the run, and each data file's MD5, as rows of the metadata table."""
+    start, end = meta.get("machine_start") or {}, meta.get("machine_end") or {}
+    rows = [f"<tr><td>CPU</td><td>{html.escape(str(end.get('cpu_model', '?')))}, {end.get('cpu_count', '?')} cores</td></tr>",
+            f"<tr><td>load average (1, 5, 15 min)</td><td>start {start.get('load_average', 'not recorded')}, "
+            f"end {end.get('load_average', '?')}</td></tr>"]
+    rows += [f"<tr><td>data</td><td><code>{html.escape(name)}</code> MD5 <code>{html.escape(f.get('md5', f.get('error', '?')))}</code>"
+             "</td></tr>" for name, f in (meta.get("data_files") or {}).items()]
+    return rows
+
+
 def render_report(meta: dict, metrics: dict[str, dict | None], figures: dict[str, list[str]]) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(c['claim'])}</td><td>{c['notebooks']}</td>"
@@ -268,11 +265,13 @@ def render_report(meta: dict, metrics: dict[str, dict | None], figures: dict[str
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>xaiprune report: {meta['profile']}</title>"
              f"<style>{_REPORT_CSS}</style></head><body>",
              "<h1>XAI-guided dynamic pruning for distributed inference: what this run shows</h1>",
+             banner(meta["profile"]),
              "<table class='meta'>",
              f"<tr><td>profile</td><td><code>{html.escape(meta['profile'])}</code></td></tr>",
              f"<tr><td>finished</td><td>{meta['finished']}</td></tr>",
              f"<tr><td>commit</td><td><code>{html.escape(meta['git_commit'])}</code></td></tr>",
              f"<tr><td>machine</td><td>{html.escape(meta['machine'])}</td></tr>",
+             *_machine_rows(meta),
              f"<tr><td>notebooks run</td><td>{len([v for v in meta['notebooks'].values() if v['seconds'] is not None])} "
              f"of {len(meta['notebooks'])} ({took / 60:.1f} min; the others reused)</td></tr>",
              f"<tr><td>versions</td><td>{html.escape(versions)}</td></tr></table>",
