@@ -2,8 +2,9 @@
 
     python -m xaiprune.study.pipeline --profile smoke|default|budget|full [-p name=value ...] [-p 02_train.epochs=3]
 
-    python -m xaiprune.study.pipeline --check --profile default -p ratios=[0.1,0.5]   # check, run nothing
+    python -m xaiprune.study.pipeline --check --profile default -p ratios=[0.0,0.1,0.5]   # check, run nothing
     python -m xaiprune.study.pipeline --profile default --from 05_nlp                 # reuse 01-04's outputs
+    python -m xaiprune.study.pipeline --profile smoke --from 04_pruning_comparison --to 04_pruning_comparison  # 04 alone
 
 Parameters come from the defaults of :mod:`xaiprune.study.parameters` (which every notebook's parameters
 cell repeats), then ``params/<profile>.yaml``: ``shared`` keys go to every notebook that declares
