@@ -17,7 +17,8 @@ import torch
 from xaiprune import data
 
 
-def _done(fig: plt.Figure, show: bool) -> plt.Figure:
+def finish(fig: plt.Figure, show: bool = True) -> plt.Figure:
+    """Lay the figure out, show it in the notebook when ``show``, and return it."""
     fig.tight_layout()
     if show:
         plt.show()
@@ -48,7 +49,7 @@ def montage(split: data.Split, names: list[str], per_row: int = 8, seed: int = 0
             ax.axis("off")
         row[0].set_title(names[c], loc="left", fontsize=9)
     fig.suptitle(title)
-    return _done(fig, show)
+    return finish(fig, show)
 
 
 def relevance_grid(x: torch.Tensor, heatmaps: dict[str, torch.Tensor], titles: list[str], per_row: int,
@@ -74,7 +75,7 @@ def relevance_grid(x: torch.Tensor, heatmaps: dict[str, torch.Tensor], titles: l
     for ax in axes.flat:
         ax.axis("off")
     fig.suptitle(title)
-    return _done(fig, show)
+    return finish(fig, show)
 
 
 def bands(summary: pd.DataFrame, x: str, hue: str, ax: plt.Axes, baseline: float | None = None,

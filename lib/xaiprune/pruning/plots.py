@@ -17,13 +17,6 @@ from xaiprune import figures, stats
 from xaiprune.pruning import repair_study
 
 
-def _done(fig: plt.Figure, show: bool) -> plt.Figure:
-    fig.tight_layout()
-    if show:
-        plt.show()
-    return fig
-
-
 def sweep_figure(sweep: pd.DataFrame, res: dict, arch: str, n_test: int, show: bool = True) -> plt.Figure:
     """Test ACC (left) and AUC (right) against the ratio, per criterion: the mean over the reference draws and its
     95% interval over draws and test images; dashed, the unpruned model."""
@@ -36,7 +29,7 @@ def sweep_figure(sweep: pd.DataFrame, res: dict, arch: str, n_test: int, show: b
         ax.set_title(f"{arch}: test {value.upper()} without fine-tuning\n(mean over {draws} draws; "
                      f"95% CI over draws and {n_test} test images)", fontsize=10)
     axes[1].legend(ncol=2, fontsize=8)
-    return _done(fig, show)
+    return figures.finish(fig, show)
 
 
 def cost_figure(sweep: pd.DataFrame, arch: str, show: bool = True) -> plt.Figure:
@@ -51,7 +44,7 @@ def cost_figure(sweep: pd.DataFrame, arch: str, show: bool = True) -> plt.Figure
         ax.set_ylabel(f"{label}, relative to unpruned")
     axes[2].legend(fontsize=7)
     fig.suptitle(f"{arch}: costs of the pruned models")
-    return _done(fig, show)
+    return figures.finish(fig, show)
 
 
 def sensitivity_figure(sens: pd.DataFrame, segments: list[str], arch: str, criterion: str,
@@ -64,7 +57,7 @@ def sensitivity_figure(sens: pd.DataFrame, segments: list[str], arch: str, crite
         sns.heatmap(grid, annot=True, fmt=".2f", cmap="RdYlGn", vmin=0.5, vmax=1, ax=ax, cbar=False,
                     annot_kws={"size": 7})
         ax.set_title(f"{arch}: test {value.upper()}, one segment pruned ({criterion})")
-    return _done(fig, show)
+    return figures.finish(fig, show)
 
 
 def reference_size_figure(study: pd.DataFrame, arch: str, ratios: list[float], show: bool = True) -> plt.Figure:
@@ -79,7 +72,7 @@ def reference_size_figure(study: pd.DataFrame, arch: str, ratios: list[float], s
         ax.set_xscale("log")
         ax.set_title(f"{arch}, {r:.0%} pruned", fontsize=9)
     axes[0].legend(fontsize=8)
-    return _done(fig, show)
+    return figures.finish(fig, show)
 
 
 def repair_figure(repaired: pd.DataFrame, res: dict, best: str, arch: str, show: bool = True) -> plt.Figure:
@@ -95,7 +88,7 @@ def repair_figure(repaired: pd.DataFrame, res: dict, best: str, arch: str, show:
     axes.flat[0].legend(ncol=2, fontsize=7)
     fig.suptitle(f"{arch}: test ACC after pruning, under each repair (95% CI over draws and test images; "
                  "dashed: the unpruned model under the same repair)", fontsize=11)
-    return _done(fig, show)
+    return figures.finish(fig, show)
 
 
 def scaling_figure(scaling: pd.DataFrame, arch: str, ratio: float, show: bool = True) -> plt.Figure:
@@ -104,4 +97,4 @@ def scaling_figure(scaling: pd.DataFrame, arch: str, ratio: float, show: bool = 
     sns.lineplot(data=scaling, x="unlabelled", y="acc", hue="criterion", style="repair", marker="o", ax=ax)
     ax.set_xscale("log")
     ax.set_title(f"{arch}, {ratio:.0%} pruned, draw 0: test ACC against unlabelled images", fontsize=10)
-    return _done(fig, show)
+    return figures.finish(fig, show)
