@@ -185,3 +185,135 @@ def xai_against_baselines(frame: pd.DataFrame, value: str = "auc", resampled: di
                                             x["criterion"], b["criterion"], level))
         out.append(row)
     return out
+
+
+# --- The study's one procedure for a claim: endpoints from probabilities, paired nested bootstrap, Holm --------------
+
+def weighted_balanced_acc(y: np.ndarray, probs: np.ndarray, task: str, w: np.ndarray,
+                          threshold: float = 0.5) -> np.ndarray:
+    """Balanced accuracy (the mean of the per-class recalls) at the trained decision rule, under each row of ``w``.
+
+    A model that answers one class for every image scores 1 / classes whatever the class shares, so a drift
+    of the decision threshold that keeps ACC at the majority rate cannot hide here. Multi-label: the mean over
+    labels of the binary balanced accuracy. NaN where a class has no weight.
+    """
+    y = y.reshape(len(y), -1)
+    if task == MULTILABEL:
+        pred = probs > threshold
+        return np.nanmean([_recall_mean(y[:, i].astype(int), pred[:, i].astype(int), 2, w)
+                           for i in range(y.shape[1])], axis=0)
+    pred = (probs[:, -1] > threshold).astype(int) if task == BINARY else np.argmax(probs, axis=-1)
+    return _recall_mean(y[:, 0].astype(int), pred, probs.shape[1] if task != BINARY else 2, w)
+
+
+def _recall_mean(y: np.ndarray, pred: np.ndarray, n_classes: int, w: np.ndarray) -> np.ndarray:
+    recalls = []
+    for c in range(n_classes):
+        member = y == c
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recalls.append((w @ (member & (pred == c)).astype(np.float64)) / (w @ member.astype(np.float64)))
+    return np.nanmean(np.stack(recalls), axis=0) if n_classes else np.full(len(w), np.nan)
+
+
+SUPPORTED, PARTLY, NOT, MISSING = "supported", "partly supported", "not supported", "not measured"
+VERDICTS = (SUPPORTED, PARTLY, NOT, MISSING)
+
+
+def verdict(target_met: bool | None, wins_somewhere: bool | None = None) -> str:
+    """The protocol's verdict (:mod:`xaiprune.study.protocol`): ``target_met`` None means the data is missing,
+    which is never a win; a missed target with a win somewhere is "partly supported"."""
+    if target_met is None:
+        return MISSING
+    return SUPPORTED if target_met else PARTLY if wins_somewhere else NOT
+
+
+ENDPOINTS = ("acc", "bal_acc", "auc")  # what every notebook reports for a model's probabilities
+
+
+def weighted_endpoints(y: np.ndarray, probs: np.ndarray, task: str, w: np.ndarray) -> dict[str, np.ndarray]:
+    """ACC, balanced accuracy and AUC under each row of weights ``w`` (B, N): each (B,)."""
+    return {"acc": weighted_acc(y, probs, task, w), "bal_acc": weighted_balanced_acc(y, probs, task, w),
+            "auc": weighted_auc(y, probs, task, w)}
+
+
+def endpoints(y: np.ndarray, probs: np.ndarray, task: str) -> dict[str, float]:
+    """ACC (MedMNIST's ``getACC``), balanced accuracy and AUC (``getAUC``) of one model's probabilities (N, C).
+
+    The one place where the study turns probabilities into metrics: with unit weights the weighted forms
+    return MedMNIST's own numbers (``tests/test_stats.py`` checks it).
+    """
+    ones = np.ones((1, len(probs)))
+    return {k: float(v[0]) for k, v in weighted_endpoints(np.asarray(y), np.asarray(probs), task, ones).items()}
+
+
+def _seed_means(per_seed: np.ndarray, pick: np.ndarray) -> np.ndarray:
+    """Mean over a resample of seeds: per_seed (S, B) metrics on the B test resamples, pick (B, S) seed indices."""
+    return per_seed[pick, np.arange(per_seed.shape[1])[:, None]].mean(1)
+
+
+def paired_difference(a: list[np.ndarray], b: list[np.ndarray], y: np.ndarray, task: str, metric: str = "auc",
+                      margin: float = 0.0, n_boot: int = 2000, seed: int = 0, paired_seeds: bool = False) -> dict:
+    """``a`` minus ``b`` on ``metric``, over the same test images, with a nested bootstrap and a one-sided test.
+
+    ``a`` and ``b`` are lists of per-image probabilities (N, C), one per seed (a training seed, a reference
+    draw or a random draw; a deterministic method is a list of one). Each of ``n_boot`` resamples draws the
+    test images with replacement (the same images for both sides: the comparison is paired) and, within
+    it, the seeds of each side with replacement (jointly when ``paired_seeds``: draw k against draw k); the
+    difference of the seed means on the resampled images is one bootstrap value. ``p`` is the one-sided
+    bootstrap p-value of "the difference is at most ``margin``", doubled so that ``p < alpha`` exactly when the
+    two-sided ``1 - alpha`` percentile interval lies above the margin. The interval here is at 95%; the
+    family's correction (:func:`holm`) narrows the level per comparison.
+    """
+    if not a or not b:
+        raise ValueError(f"a has {len(a)} and b {len(b)} seeds: expected at least one each")
+    if paired_seeds and len(a) != len(b):
+        raise ValueError(f"paired_seeds needs equal seed counts, got {len(a)} and {len(b)}")
+    y = np.asarray(y)
+    w = resample_weights(len(y), n_boot, seed)
+    ma = np.stack([weighted_endpoints(y, p, task, w)[metric] for p in a])
+    mb = np.stack([weighted_endpoints(y, p, task, w)[metric] for p in b])
+    rng = np.random.default_rng(seed + 1)
+    pick_a = rng.integers(0, len(a), size=(n_boot, len(a)))
+    pick_b = pick_a if paired_seeds else rng.integers(0, len(b), size=(n_boot, len(b)))
+    boot = _seed_means(ma, pick_a) - _seed_means(mb, pick_b)
+    one = np.ones((1, len(y)))
+    observed = float(np.mean([weighted_endpoints(y, p, task, one)[metric][0] for p in a])
+                     - np.mean([weighted_endpoints(y, p, task, one)[metric][0] for p in b]))
+    return summarise_bootstrap(observed, boot, margin, n_seeds=(len(a), len(b)))
+
+
+def summarise_bootstrap(observed: float, boot: np.ndarray, margin: float = 0.0, level: float = 0.95,
+                        n_seeds: tuple[int, int] = (1, 1)) -> dict:
+    """A paired difference as the study reports it: observed value, percentile interval, one-sided p against
+    ``margin`` (doubled), the bootstrap values kept for :func:`holm`'s corrected interval."""
+    boot = np.asarray(boot, dtype=np.float64)
+    boot = boot[np.isfinite(boot)]
+    if boot.size == 0:
+        raise ValueError("no finite bootstrap value: is a class missing from every resample?")
+    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    p = min(1.0, 2 * float(np.mean(boot <= margin)))
+    return {"diff": observed, "interval": [float(lo), float(hi)], "level": level, "margin": margin, "p": p,
+            "n_boot": int(boot.size), "n_seeds": list(n_seeds), "boot": boot}
+
+
+def holm(results: list[dict], alpha: float = 0.05) -> list[dict]:
+    """Holm's step-down correction over a family of :func:`paired_difference` results, in place and returned.
+
+    Sorted by p, the i-th smallest (from 0) is tested at ``alpha / (m - i)``; once one fails, every later
+    one fails. Each result gains ``p_holm`` (the adjusted p-value), ``level_holm`` and ``interval_holm`` (the
+    percentile interval at its own corrected level) and ``above_margin`` (the verdict's input: the corrected
+    interval lies above the margin). The bootstrap values are dropped after use (they do not go to JSON).
+    """
+    m = len(results)
+    order = sorted(range(m), key=lambda i: results[i]["p"])
+    running, failed = 0.0, False
+    for rank, i in enumerate(order):
+        r = results[i]
+        running = max(running, min(1.0, (m - rank) * r["p"]))
+        level = 1 - alpha / (m - rank)
+        lo, hi = np.quantile(r["boot"], [(1 - level) / 2, (1 + level) / 2])
+        failed = failed or running >= alpha
+        r.update(p_holm=running, level_holm=level, interval_holm=[float(lo), float(hi)], above_margin=not failed)
+    for r in results:
+        r.pop("boot", None)
+    return results

@@ -1,0 +1,230 @@
+"""The study's one evaluation protocol: every claim declared once, before any number is seen.
+
+A claim states the paper it comes from (and whether the study had to reconstruct its formulation: the
+papers are not available in full), its hypothesis, the **primary endpoint** that decides it (metric and
+split), the split on which every choice behind it is made (``val`` or the scarce ``reference`` set,
+never ``test``), the comparator that would refute it, the margin, the target, the test and the least
+number of seeds. Notebooks take their targets from here (:data:`CLAIMS`) and write one row per claim
+with :func:`row`; the report (:mod:`xaiprune.study.claims`) reads the rows back. No target is written twice.
+
+Endpoints. ACC at a drifting decision threshold measures the threshold (a pruned model that answers one
+class keeps ACC at the majority rate), so ACC never decides a verdict; it is shown beside. AUC is the
+primary endpoint where a claim is about what the network still knows (pruning, compression): no
+threshold shift changes it. Balanced accuracy (the mean per-class recall at the trained decision rule)
+is primary where the method changes the decision itself (DyFiP answers among its candidates only, so
+its probabilities outside them are zero and their AUC is not comparable with the full model's); a
+model answering one class scores 1/classes there.
+
+Statistics (:mod:`xaiprune.stats`). Every comparison is a paired difference against the comparator on
+the same test images, bootstrapped over the images and, nested inside, over the seeds (reference
+draws, random draws, training seeds) of each side; a claim's family of comparisons is Holm-corrected,
+and the verdict reads the corrected interval: **supported** when the target holds with it,
+**partly supported** when the method wins somewhere but misses the target, **not supported**
+otherwise, **not measured** when the data is missing (never a win). A latency verdict is decided on
+the modelled figure and on the measured one separately; the measured one carries its interval and the
+machine's load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from xaiprune.stats import MISSING, NOT, PARTLY, SUPPORTED, VERDICTS, verdict  # noqa: F401  (re-exported)
+
+SELECTION_SPLITS = ("val", "reference")
+ROW_KEYS = ("id", "paper", "reconstructed", "endpoint", "selection_split", "comparator", "target", "measured",
+            "interval", "n_seeds", "test", "verdict")
+ALPHA = 0.05  # the family-wise error rate of every claim's family of comparisons
+PAIRED_TEST = (f"paired bootstrap over test images, seeds nested (2000 resamples), one-sided against the margin, "
+               f"Holm-corrected across the family at alpha = {ALPHA}")
+
+BACCOUR = ("Baccour et al., 'RL-PDNN: XAI-guided dynamic pruning for distributed DNN inference' "
+           "(IEEE IoT Journal 2023; Computer Communications 2024)")
+DYFIP = "Sabih et al., 'DyFiP: explainable AI-based dynamic filter pruning of CNNs' (EuroMLSys 2022)"
+SABIH = "Sabih et al., 'Utilizing explainable AI for quantization and pruning of deep neural networks' (arXiv 2020)"
+AGILENN = "Huang & Gao, 'Real-time neural network inference on extremely weak devices: AgileNN' (MobiCom 2022)"
+STUDY = "this study (the system it built to test the papers)"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim as the protocol declares it (see the module's docstring for the vocabulary)."""
+
+    id: str
+    claim: str
+    paper: str
+    reconstructed: bool
+    reconstruction: str
+    notebooks: str
+    hypothesis: str
+    endpoint: str
+    selection_split: str
+    comparator: str
+    margin: float
+    target: str
+    test: str
+    min_seeds: int = 1
+
+    def __post_init__(self):
+        if self.selection_split not in SELECTION_SPLITS:
+            raise ValueError(f"claim {self.id}: selection_split={self.selection_split!r}; expected one of "
+                             f"{SELECTION_SPLITS} (never test)")
+
+
+CLAIMS: dict[str, Claim] = {c.id: c for c in (
+    Claim("xai_criterion",
+          "The XAI criterion removes filters better than the baselines (L1, Taylor, random), without fine-tuning.",
+          BACCOUR, True, "the paper states no margin or ratio; LRP (the paper's criterion) is declared the primary one, "
+          "the other XAI criteria are shown as exploration", "04",
+          "At the profile's headline pruning ratio, LRP-pruned models keep a higher test AUC than models pruned by "
+          "each baseline, and at no ratio a lower one.",
+          "test AUC of the pruned model, no repair", "reference",
+          "each baseline (L1, Taylor, random over the same reference or random draws), at every pruning ratio",
+          0.0, "the Holm-corrected interval of LRP minus the strongest baseline lies above 0 at the headline ratio "
+          "(the profile's ratio nearest 50%) and below 0 at no ratio", PAIRED_TEST, 2),
+    Claim("distributed_accuracy",
+          "Distributed inference with dynamic pruning keeps the accuracy high while meeting the deadline.",
+          BACCOUR, True, "the deadline share and the accuracy margin are the study's; the comparators are",
+          "07", "On the real multi-process system, XAI + NLP answers with a test AUC no more than 2 points below the "
+          "unpruned model's and meets the deadline for more requests than the unpruned model run on one device.",
+          "test AUC of the served answers, and the share of requests answered within the deadline",
+          "val", "the unpruned model on one device (the simplest system), and the unpruned model distributed",
+          -0.02, "AUC minus the unpruned model's above -0.02 and the deadline share above one device's, both with "
+          "the Holm-corrected interval, and at least 95% of deadlines met", PAIRED_TEST.replace("test images",
+                                                                                                 "requests")),
+    Claim("bytes_saved", "Pruning reduces the data shared between devices.", BACCOUR, False, "", "07",
+          "The dynamic XAI policies send fewer bytes between devices than the same routes unpruned.",
+          "share of the bytes between devices that pruning removed, over the served requests", "val",
+          "the same routes with every segment unpruned", 0.10,
+          "a dynamic XAI policy saves at least 10% of its bytes (the interval over requests above 10%)",
+          "bootstrap over requests (2000 resamples)"),
+    Claim("rl_near_optimum", "The RL agent adapts online, near the optimum of the integer program.", BACCOUR, True,
+          "'near' is the study's: 98% of the optimum's accuracy on nominal requests, 95% during fades", "06, 07",
+          "Over training seeds, the agent reaches at least 95% of the exact optimum's accuracy during held-out link "
+          "fades with under 2% deadline violations.",
+          "accuracy relative to the exact optimum on held-out fades (simulated wards)", "val",
+          "the exact optimum of the integer program (and the greedy planner)", 0.95,
+          "the lower end of the interval over seeds and episodes at least 95% of the optimum, violations under 2%",
+          "bootstrap over training seeds and held-out episodes (nested)", 3),
+    Claim("latency_model",
+          "(This study) The system model predicts the latency of the real multi-process system, and no fault "
+          "(a dead, hung or slow device, a cut link, bad input) costs a request.", STUDY, False, "", "07",
+          "Every policy's mean measured latency is within 20% of the model's, and every fault kind loses and "
+          "duplicates no request.", "relative error of the mean latency (modelled against measured), faults' lost "
+          "and duplicated requests", "val", "the latency the system model predicts", 0.20,
+          "every policy within 20%, every fault kind 0 lost and 0 duplicated",
+          "bootstrap over requests of the mean measured latency; fault counts are exact"),
+    Claim("surrogate", "(This study) The accuracy model the planners optimise predicts the measured accuracy of "
+          "pruned plans.", STUDY, False, "", "05",
+          "The surrogate's accuracy for a pruned plan is within 2 points of the measured one on average.",
+          "absolute error of the surrogate's ACC against the measured ACC of pruned plans (validation)", "val",
+          "the measured validation ACC of the same plans", 0.02, "mean absolute error at most 2 points",
+          "bootstrap over the checked plans"),
+    Claim("pipelining", "(This study) Pipelining requests raises the real system's throughput towards the bound "
+          "its busiest device sets.", STUDY, False, "", "07",
+          "With a window of requests in flight, throughput reaches at least 90% of the busiest-device bound.",
+          "throughput gain over one request at a time, against the bound", "val", "one request at a time", 0.90,
+          "gain at least 90% of the bound", "a single timed run (the load recorded)"),
+    Claim("dyfip", "(DyFiP) XAI-selected class-specific filters let a dynamic network keep the full model's accuracy "
+          "at a fraction of its FLOPs.", DYFIP, True, "the early branch, its exits and the top-k rule are "
+          "reconstructed from the paper's description", "08",
+          "At no more than half the full model's mean FLOPs, DyFiP's balanced accuracy is within 2 points of the full "
+          "model's and above that of random filters of the same width.",
+          "test balanced accuracy at the decision rule, at the operating point chosen on validation", "val",
+          "the full model (non-inferiority, margin 2 points) and random filters of the same width (5 draws)", -0.02,
+          "mean FLOPs at most 50% of the full model's; the corrected interval against the full model above -0.02 "
+          "and against random filters above 0", PAIRED_TEST, 3),
+    Claim("compression", "XAI guides compression better than its non-XAI counterparts.", SABIH, True,
+          "the weight relevance, the techniques' settings and the equal-size comparison are reconstructed", "09",
+          "At the compression ratio each XAI variant reaches within 1 AUC point on validation, it keeps a test AUC "
+          "at least as high as its non-XAI counterpart at the same ratio.",
+          "test AUC at the operating point chosen on validation", "val",
+          "the same technique without relevance (magnitude pruning, plain k-means, uniform bits) at the same size",
+          0.0, "for every technique, the corrected interval of XAI minus its counterpart above 0", PAIRED_TEST),
+    Claim("agilenn", "(AgileNN) Offloading the less important features, chosen by XAI at training time, gives over "
+          "6x lower latency than existing schemes with accuracy near the full model.", AGILENN, True,
+          "the network sizes, the link and devices of the ward regime are the study's", "10",
+          "AgileNN's latency is at least 6x lower than every other scheme's (modelled and measured separately), and "
+          "its test AUC no more than 2 points below the full model's.",
+          "latency per image (modelled, and measured with the machine's load) and test AUC", "val",
+          "local inference, full offload and a split of the same remote network", -0.02,
+          "modelled and measured latency ratio at least 6 against every scheme; AUC minus the full model's above "
+          "-0.02 with the corrected interval", PAIRED_TEST, 3),
+)}
+
+
+def row(claim_id: str, measured, interval, n_seeds: int, verdict_: str, evidence: str, selection_split: str | None = None,
+        **extra) -> dict:
+    """One claim's row as the notebooks write it (``metrics["claims"]``) and the report reads it.
+
+    ``measured`` and ``interval`` are the primary endpoint's value and its corrected interval (``None`` when not
+    measured); ``n_seeds`` the seeds behind it. The declared fields come from :data:`CLAIMS`; a verdict other
+    than "not measured" with fewer seeds than the claim declares is refused.
+    """
+    c = CLAIMS[claim_id]
+    if verdict_ not in VERDICTS:
+        raise ValueError(f"verdict={verdict_!r}; expected one of {VERDICTS}")
+    split = selection_split or c.selection_split
+    if split not in SELECTION_SPLITS:
+        raise ValueError(f"claim {claim_id}: choices made on {split!r}; expected one of {SELECTION_SPLITS}")
+    if verdict_ != MISSING and n_seeds < 1:
+        raise ValueError(f"claim {claim_id}: n_seeds={n_seeds}; expected at least 1")
+    out = {"id": claim_id + extra.pop("suffix", ""), "claim": c.claim, "paper": c.paper,
+           "reconstructed": c.reconstructed, "reconstruction": c.reconstruction, "notebooks": c.notebooks,
+           "hypothesis": c.hypothesis, "endpoint": c.endpoint, "selection_split": split,
+           "comparator": c.comparator, "target": c.target, "measured": _round(measured),
+           "interval": _round(interval), "n_seeds": int(n_seeds), "min_seeds": c.min_seeds, "test": c.test,
+           "verdict": verdict_, "evidence": evidence}
+    if verdict_ != MISSING and n_seeds < c.min_seeds:
+        out["evidence"] += (f" Only {n_seeds} seed(s) where the protocol asks for {c.min_seeds}: this profile's "
+                            "verdict is indicative.")
+    return {**out, **extra}
+
+
+def missing(claim_id: str, why: str) -> dict:
+    """The row of a claim whose evidence did not run."""
+    return row(claim_id, None, None, 0, MISSING, why)
+
+
+def _round(v):
+    if isinstance(v, float):
+        return round(v, 4)
+    if isinstance(v, (list, tuple)):
+        return [_round(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _round(x) for k, x in v.items()}
+    return v
+
+
+class Choices:
+    """The record of every choice a notebook makes, and the split it was made on; a choice on test fails.
+
+    ``choices.made("best repair", val)`` takes the :class:`xaiprune.data.Split` (or the name ``"reference"``)
+    the choice was computed on and raises ``ValueError`` if it is the test split, so a notebook states, in
+    code that fails otherwise, which split each choice used. :meth:`as_dict` goes to ``metrics.json``.
+    """
+
+    def __init__(self):
+        self.record: dict[str, str] = {}
+
+    def made(self, what: str, on) -> str:
+        split = on if isinstance(on, str) else getattr(on, "split", None)
+        if split not in SELECTION_SPLITS:
+            raise ValueError(f"choice {what!r} was made on split {split!r}; the protocol allows only "
+                             f"{SELECTION_SPLITS} (the test split is for reporting once)")
+        self.record[what] = split
+        return split
+
+    def split(self) -> str:
+        """``val`` if any recorded choice used validation, else ``reference`` (what a claim's row reports)."""
+        if not self.record:
+            raise ValueError("no choice recorded: record the splits with Choices.made before writing a claim row")
+        return "val" if "val" in self.record.values() else "reference"
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self.record)
+
+
+def declared() -> list[dict]:
+    """Every claim's declaration as plain data (for the report's protocol table and the docs)."""
+    return [asdict(c) for c in CLAIMS.values()]
