@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from xaiprune import paths
-from xaiprune.study import claims, parameters, readme
+from xaiprune.study import claims, parameters, protocol, readme
 
 ROOT = paths.ROOT
 DOCS = sorted((ROOT / "docs").glob("*.md"))
@@ -77,9 +77,9 @@ def test_results_json_has_a_row_per_claim_and_names_its_run():
     res = results_json()
     assert {"profile", "date", "commit", "wall_seconds"} <= set(res["run"])
     assert res["seconds"] and all(v is None or v >= 0 for v in res["seconds"].values())
-    assert len(res["claims"]) == len(claims.claims({}))
-    assert all(c["verdict"] in (claims.SUPPORTED, claims.PARTLY, claims.NOT, claims.MISSING) for c in res["claims"])
-    assert "?" not in {c["paper"] for c in res["claims"]}, "a claim readme.KNOWN does not know: add it"
+    assert {c["id"].split("[")[0] for c in res["claims"]} == set(protocol.CLAIMS)
+    assert all(c["verdict"] in protocol.VERDICTS for c in res["claims"])
+    assert all(set(protocol.ROW_KEYS) <= set(c) for c in res["claims"]), "run `make docs` after a run"
 
 
 @pytest.mark.parametrize("folder", ["README.md", "docs", "notebooks", "lib"])
@@ -111,9 +111,8 @@ def test_the_checks_find_an_issue_citation_and_broken_links(tmp_path):
 # ----- the rendering, on a tiny synthetic summary -------------------------------------------------------
 STEMS = ["01_data", "02_train", "03_xai_scores", "04_pruning_comparison", "05_nlp", "06_rl", "07_distributed",
          "08_dyfip", "09_compression", "10_agilenn"]
-DYFIP = {"full": {"test_acc": 0.52, "test_majority_acc": 0.435},
-         "dyfip": {"test_acc": 0.51, "mean_flops_ratio": 0.456, "max_flops_ratio": 0.48},
-         "random": {"test_acc": 0.40}, "static_l1": {"test_acc": 0.43}, "dyfip_no_refresh": {"test_acc": 0.41}}
+DYFIP = {"claims": [protocol.row("dyfip", -0.004, [-0.018, 0.011], 3, claims.SUPPORTED,
+                                 "Balanced accuracy 0.510 at 45.6% of the FLOPs. More.")]}
 
 
 def summary(profile: str = "smoke", reused: tuple[str, ...] = ()) -> dict:
@@ -124,23 +123,16 @@ def summary(profile: str = "smoke", reused: tuple[str, ...] = ()) -> dict:
     return {"metadata": meta, "metrics": {s: (DYFIP if s == "08_dyfip" else None) for s in STEMS}}
 
 
-def test_claims_of_notebooks_that_did_not_run_are_not_evaluated_and_the_rest_get_headlines():
+def test_claims_of_notebooks_that_did_not_run_are_not_measured_and_the_rest_get_headlines():
     res = readme.results(summary())
     rows = {c["id"]: c for c in res["claims"]}
-    assert list(rows) == [k[0] for k in readme.KNOWN]
-    assert rows["dyfip"]["verdict"] == claims.SUPPORTED and rows["dyfip"]["paper"] == "DyFiP, Sabih et al. 2022"
-    assert rows["dyfip"]["headline"] == "ACC 0.510 at 45.6% of the FLOPs (full model 0.520, random filters 0.400)"
-    assert rows["agilenn"]["verdict"] == claims.MISSING and rows["agilenn"]["headline"] == "10_agilenn did not run."
+    assert list(rows) == list(protocol.CLAIMS)
+    assert rows["dyfip"]["verdict"] == claims.SUPPORTED and rows["dyfip"]["paper"] == protocol.DYFIP
+    assert rows["dyfip"]["headline"] == "-0.004 [-0.018, 0.011]; Balanced accuracy 0.510 at 45.6% of the FLOPs"
+    assert rows["agilenn"]["verdict"] == claims.MISSING and rows["agilenn"]["headline"].startswith("not measured; ")
     assert res["run"] == {"profile": "smoke", "date": "2026-12-05", "finished": "2026-12-05T10:00:00+00:00",
                           "commit": "0123456789abcdef-dirty", "wall_seconds": 130.0, "machine": "x"}
     assert res["seconds"]["05_nlp"] == 10.0
-
-
-def test_a_headline_that_cannot_be_read_falls_back_to_the_evidence(monkeypatch):
-    broken = [(i, words, paper, lambda m: m["nope"]) for i, words, paper, _ in readme.KNOWN]
-    monkeypatch.setattr(readme, "KNOWN", broken)
-    row = next(c for c in readme.results(summary())["claims"] if c["id"] == "dyfip")
-    assert row["headline"] == row["evidence"].split(". ")[0] and row["headline"].startswith("Test ACC 0.510")
 
 
 def test_the_results_table_says_what_it_comes_from_and_marks_missing_verdicts():
@@ -152,8 +144,8 @@ def test_the_results_table_says_what_it_comes_from_and_marks_missing_verdicts():
     assert "`smoke` profile's run finished 2026-12-05 (commit `0123456789ab`)" in table
     assert "not the study's results" in table
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert len(rows) == len(readme.KNOWN) and "**no verdict**" in rows[0] and "(none)" in rows[1] and "a \\| b" in rows[2]
-    assert rows[7].count("not evaluated") == 1
+    assert len(rows) == len(protocol.CLAIMS) and "**no verdict**" in rows[0] and "(none)" in rows[1] and "a \\| b" in rows[2]
+    assert sum("not measured" in r for r in rows) == len(protocol.CLAIMS) - 1
     assert "not the study's results" not in readme.render_results(readme.results(summary("default")))
 
 

@@ -156,3 +156,62 @@ def test_deterministic_baseline_pairs_with_every_draw():
     (v,) = stats.xai_against_baselines(frame, "auc", res)
     half = sps.t.ppf(0.975, 2) * np.std([0.2, 0.3, 0.25], ddof=1) / 3 ** 0.5
     assert v["diff"] == pytest.approx(0.25) and v["diff_ci"] == pytest.approx([0.25 - half, 0.25 + half], abs=1e-4)
+
+
+# ----- the protocol's procedure: endpoints, paired nested bootstrap, Holm ----------------------------------------
+def _probs(rng, y, skill, n_classes):
+    """Probabilities that put ``skill`` extra mass on the true class."""
+    p = rng.dirichlet(np.ones(n_classes), len(y))
+    p[np.arange(len(y)), y[:, 0]] += skill
+    return p / p.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("task, n_classes", [("binary-class", 2), ("multi-class", 5)])
+def test_endpoints_are_medmnists_acc_and_auc_and_sklearns_balanced_accuracy(task, n_classes):
+    from medmnist.evaluator import getACC, getAUC
+    from sklearn.metrics import balanced_accuracy_score
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, n_classes, size=(200, 1))
+    p = _probs(rng, y, 0.3, n_classes)
+    got = stats.endpoints(y, p, task)
+    pred = (p[:, -1] > 0.5).astype(int) if task == "binary-class" else p.argmax(1)
+    assert got["acc"] == pytest.approx(getACC(y, p, task)) and got["auc"] == pytest.approx(getAUC(y, p, task))
+    assert got["bal_acc"] == pytest.approx(balanced_accuracy_score(y[:, 0], pred))
+
+
+def test_a_model_answering_one_class_scores_one_over_classes_in_balanced_accuracy_whatever_its_acc():
+    y = np.array([[0]] * 90 + [[1]] * 10)
+    always_0 = np.tile([0.9, 0.1], (100, 1))
+    got = stats.endpoints(y, always_0, "binary-class")
+    assert got["acc"] == pytest.approx(0.9) and got["bal_acc"] == pytest.approx(0.5)
+
+
+def test_the_paired_difference_finds_a_real_gain_and_not_a_null_one():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, size=(300, 1))
+    strong = [_probs(rng, y, 1.0, 3) for _ in range(3)]
+    weak = [_probs(rng, y, 0.1, 3) for _ in range(5)]
+    win = stats.paired_difference(strong, weak, y, "multi-class", "auc", n_boot=500)
+    same = stats.paired_difference(strong, strong, y, "multi-class", "auc", n_boot=500, paired_seeds=True)
+    assert win["diff"] > 0.1 and win["interval"][0] > 0 and win["p"] < 0.01 and win["n_seeds"] == [3, 5]
+    assert same["diff"] == pytest.approx(0.0) and same["p"] == 1.0
+    ahead = stats.paired_difference(strong, weak, y, "multi-class", "auc", margin=0.5, n_boot=500)
+    assert ahead["p"] == 1.0, "a margin the gain does not reach is not passed"
+    with pytest.raises(ValueError, match="equal seed counts"):
+        stats.paired_difference(strong, weak, y, "multi-class", paired_seeds=True)
+
+
+def test_holm_steps_down_and_narrows_each_level_in_turn():
+    boot = np.linspace(-1, 1, 101)
+    family = [stats.summarise_bootstrap(0.0, boot + shift) for shift in (2.0, 0.97, 0.0)]
+    ps = [r["p"] for r in family]
+    stats.holm(family, alpha=0.05)
+    assert [r["p_holm"] for r in family] == pytest.approx([3 * ps[0], max(3 * ps[0], 2 * ps[1]), 1.0])
+    assert [r["above_margin"] for r in family] == [True, False, False]
+    assert family[0]["level_holm"] == pytest.approx(1 - 0.05 / 3) and "boot" not in family[0]
+
+
+def test_the_verdict_rule_never_counts_missing_data_as_a_win():
+    assert stats.verdict(True) == stats.SUPPORTED and stats.verdict(False, True) == stats.PARTLY
+    assert stats.verdict(False, False) == stats.NOT and stats.verdict(None, True) == stats.MISSING

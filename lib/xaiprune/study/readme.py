@@ -16,82 +16,18 @@ from pathlib import Path
 
 from xaiprune import paths
 from xaiprune.study import parameters
-from xaiprune.study.claims import MISSING, claims
-
-DYNAMIC = ("XAI + NLP", "XAI + RL")
+from xaiprune.study.claims import claims, measured_text
 
 class ReadmeError(RuntimeError):
     """No summary to read, or a document without its generated block."""
 
-# ----- one headline per claim, from the metrics (the report's evidence holds the rest) ---------------
-def _criterion(m: dict) -> str:
-    arch = next(k for k in m["04_pruning_comparison"] if k not in ("repairs", "unpruned", "repair_study"))
-    won = m["04_pruning_comparison"][arch]["winners"]
-    count = {metric: [sum(w["metric"] == metric and w["outcome"] == o for w in won)
-                      for o in ("XAI better", "tie", "baseline better")] for metric in ("auc", "acc")}
-    return "best XAI criterion against the best baseline, pruning ratios better/tied/worse without repair: " + ", ".join(
-        f"{k.upper()} {'/'.join(map(str, v))}" for k, v in count.items())
-
-def _accuracy(m: dict) -> str:
-    p = m["07_distributed"]["policies"]
-    return "; ".join(f"{k}: ACC {p[k]['acc']:.3f}, deadline met {p[k]['deadline_hit_rate']:.1%}"
-                     for k in (*DYNAMIC, "no pruning") if k in p)
-
-def _shared_bytes(m: dict) -> str:
-    m07 = m["07_distributed"]
-    runs = [(m07.get("scenario", "main"), m07["policies"])]
-    runs += [(m07["stress"]["scenario"], m07["stress"]["policies"])] if m07.get("stress") else []
-    return "bytes saved by pruning: " + "; ".join(f"{s} {k} {p[k]['bytes_saved_by_pruning']:.1%}"
-                                                  for s, p in runs for k in DYNAMIC if k in p)
-
-def _rl(m: dict) -> str:
-    nom, fade = m["06_rl"]["nominal"], m["06_rl"]["fade"]
-    return (f"{nom['acc_vs_optimum']:.1%} / {fade['acc_vs_optimum']:.1%} of the optimum's accuracy (nominal / fade), "
-            f"{nom['violation_rate']:.1%} / {fade['violation_rate']:.1%} violations, decision {m['06_rl']['decision_ms']:.2f} ms")
-
-def _latency(m: dict) -> str:
-    m07 = m["07_distributed"]
-    err, faults = [v["latency_error"] for v in m07["policies"].values()], list((m07.get("faults") or {}).values())
-    return f"measured against predicted latency {min(err):+.0%} to {max(err):+.0%}" + (
-        f"; {len(faults)} fault kinds: {sum(f['lost'] for f in faults)} requests lost, {sum(f['duplicated'] for f in faults)} "
-        f"answered twice, recovery at most {max(f['recovery_s'] for f in faults):.2f} s" if faults else "")
-
-def _dyfip(m: dict) -> str:
-    d = m["08_dyfip"]
-    rnd = f", random filters {d['random']['test_acc']:.3f}" if "test_acc" in d.get("random", {}) else ""
-    return (f"ACC {d['dyfip']['test_acc']:.3f} at {d['dyfip']['mean_flops_ratio']:.1%} of the FLOPs "
-            f"(full model {d['full']['test_acc']:.3f}{rnd})")
-
-def _compression(m: dict) -> str:
-    c = m["09_compression"]["combined"]["ratio_at_1pt"]
-    return f"combined XAI pipeline: {'no setting' if c is None else f'{c:.1f}x'} within 1 ACC point (target 16x)"
-
-def _agilenn(m: dict) -> str:
-    m10 = m["10_agilenn"]
-    names = {"agilenn": "AgileNN", "local_only": "local only", "full_offload": "full offload", "split": "split"}
-    return "median latency: " + ", ".join(f"{v} {m10[k]['latency_ms_p50']:.1f} ms" for k, v in names.items() if k in m10)
-
-BACCOUR = "Baccour et al. 2023/2024"
-KNOWN = [  # (id, words that identify the claim's text, paper, headline), in the report's order
-    ("criterion", "removes filters better", BACCOUR, _criterion), ("accuracy", "keeps the accuracy high", BACCOUR, _accuracy),
-    ("shared-bytes", "data shared", BACCOUR, _shared_bytes), ("rl", "RL agent", BACCOUR, _rl),
-    ("latency-faults", "predicts the latency", "this study", _latency), ("dyfip", "DyFiP", "DyFiP, Sabih et al. 2022", _dyfip),
-    ("compression", "compression", "Sabih et al. 2020", _compression), ("agilenn", "AgileNN", "AgileNN, Huang & Gao 2022", _agilenn)]
 
 def results(summary: dict) -> dict:
-    """docs/results.json: the run, the seconds per notebook and one row per claim (id, claim, paper, notebooks,
-    verdict, headline, the report's evidence). A claim whose notebook did not run is "not evaluated"; a claim this
-    module does not know, or whose headline cannot be read, gets the first sentence of its evidence."""
+    """docs/results.json: the run, the seconds per notebook and one row per claim, as the report has them
+    (:func:`xaiprune.study.claims.claims`), each with a headline: the measured value, its interval and the
+    verdict's first sentence of evidence."""
     meta, metrics = summary["metadata"], summary["metrics"]
-    rows = []
-    for n, row in enumerate(claims(metrics), 1):
-        ident, _, paper, headline = next((k for k in KNOWN if k[1] in row["claim"]), (f"claim-{n}", "", "?", None))
-        try:
-            headline = row["evidence"] if row["verdict"] == MISSING or headline is None else headline(metrics)
-        except (KeyError, TypeError, ValueError, StopIteration, ZeroDivisionError):
-            headline = None
-        rows.append({"id": ident, "claim": row["claim"], "paper": paper, "notebooks": row["notebooks"], "verdict": row["verdict"],
-                     "headline": headline or row["evidence"].split(". ")[0], "evidence": row["evidence"]})
+    rows = [{**r, "headline": f"{measured_text(r)}; " + r["evidence"].split(". ")[0]} for r in claims(metrics)]
     return {"run": {"profile": meta["profile"], "date": meta["finished"][:10], "finished": meta["finished"],
                     "commit": meta["git_commit"], "wall_seconds": meta["wall_seconds"], "machine": meta.get("machine", "")},
             "seconds": {stem: info.get("seconds") for stem, info in meta["notebooks"].items()}, "claims": rows}
@@ -109,8 +45,9 @@ def _source(res: dict) -> str:
 
 def render_results(res: dict) -> str:
     """The README's results table: one row per claim; a row without a verdict or a headline says so."""
-    lines = [_source(res), "", "| claim | paper | notebooks | verdict | headline of this run |", "|---|---|---|---|---|"]
-    lines += [f"| {_cell(c.get('claim', '?'))} | {_cell(c.get('paper', '?'))} | {_cell(c.get('notebooks', '?'))} | "
+    lines = [_source(res), "", "| claim | primary endpoint | notebooks | verdict | measured [corrected interval]; evidence |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {_cell(c.get('claim', '?'))} | {_cell(c.get('endpoint', '?'))} | {_cell(c.get('notebooks', '?'))} | "
               f"**{_cell(c.get('verdict') or 'no verdict')}** | {_cell(c.get('headline') or '(none)')} |" for c in res["claims"]]
     return "\n".join(lines)
 
