@@ -73,6 +73,12 @@ def test_docs_parameter_tables_are_the_schema():
         "docs/parameters.md is stale: run `make docs` (python -m xaiprune.study.readme)"
 
 
+def test_docs_protocol_table_is_the_declaration():
+    text = (ROOT / "docs" / "protocol.md").read_text()
+    assert readme.block(text, "protocol", "docs/protocol.md") == readme.render_protocol().strip(), \
+        "docs/protocol.md is stale: run `make docs` (python -m xaiprune.study.readme)"
+
+
 def test_results_json_has_a_row_per_claim_and_names_its_run():
     res = results_json()
     assert {"profile", "date", "commit", "wall_seconds"} <= set(res["run"])

@@ -3,8 +3,9 @@
 Reads ``reports/<profile>/summary.json`` (a pipeline run's), judges the papers' claims on its metrics
 (:func:`xaiprune.study.claims.claims`), writes ``docs/results.json`` (one row per claim, the seconds per notebook,
 the run's date, profile, commit and wall time) and rewrites, between ``<!-- NAME:begin -->`` and
-``<!-- NAME:end -->``, the blocks ``results`` and ``timing`` of README.md, ``timing-table`` of docs/time-budget.md
-and ``parameters`` of docs/parameters.md (the schema's tables). ``make docs`` runs it; tests/test_docs.py checks it.
+``<!-- NAME:end -->``, the blocks ``results`` and ``timing`` of README.md, ``timing-table`` of docs/time-budget.md,
+``parameters`` of docs/parameters.md (the schema's tables) and ``protocol`` of docs/protocol.md (the declared
+claims). ``make docs`` runs it; tests/test_docs.py checks it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 from xaiprune import paths
-from xaiprune.study import parameters
+from xaiprune.study import parameters, protocol
 from xaiprune.study.claims import claims, measured_text
 
 class ReadmeError(RuntimeError):
@@ -76,6 +77,18 @@ def render_timing_table(res: dict) -> str:
               f"| the run (wall clock) | {wall:.0f} | {wall / 60:.1f} |"]
     return "\n".join(lines)
 
+def render_protocol() -> str:
+    """docs/protocol.md's table: every claim as :mod:`xaiprune.study.protocol` declares it, before any run."""
+    head = ("claim", "paper; reconstructed?", "hypothesis", "primary endpoint", "choices on", "comparator", "margin",
+            "target", "test", "seeds at least")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in protocol.CLAIMS.values():
+        recon = f"yes: {c.reconstruction}" if c.reconstructed else "no"
+        cells = (f"`{c.id}`: {c.claim}", f"{c.paper}; {recon}", c.hypothesis, c.endpoint, c.selection_split,
+                 c.comparator, f"{c.margin:g}", c.target, c.test, str(c.min_seeds))
+        lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
+    return "\n".join(lines)
+
 # ----- the files ---------------------------------------------------------------------------------------
 def _marks(name: str) -> tuple[str, str]:
     return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
@@ -107,7 +120,8 @@ def write(res: dict, root: Path | None = None) -> None:
     docs = root / "docs"
     blocks = {root / "README.md": {"results": render_results(res), "timing": render_timing(res)},
               docs / "time-budget.md": {"timing-table": render_timing_table(res)},
-              docs / "parameters.md": {"parameters": parameters.markdown()}}
+              docs / "parameters.md": {"parameters": parameters.markdown()},
+              docs / "protocol.md": {"protocol": render_protocol()}}
     texts = {path: path.read_text() for path in blocks}
     for path, named in blocks.items():  # every marker is found before anything is written
         for name, body in named.items():
