@@ -172,6 +172,7 @@ def _project(tmp_path: Path, readme_text: str) -> Path:
     (tmp_path / "README.md").write_text(readme_text)
     (tmp_path / "docs" / "time-budget.md").write_text("t\n<!-- timing-table:begin -->\nold\n<!-- timing-table:end -->\n")
     (tmp_path / "docs" / "parameters.md").write_text("p\n<!-- parameters:begin -->\n<!-- parameters:end -->\nend\n")
+    (tmp_path / "docs" / "protocol.md").write_text("c\n<!-- protocol:begin -->\n<!-- protocol:end -->\n")
     return tmp_path
 
 
@@ -184,6 +185,7 @@ def test_write_fills_every_block_and_a_missing_marker_writes_nothing(tmp_path):
     assert readme.block(text, "results") == readme.render_results(res) and text.startswith("a\n") and text.endswith("c\n")
     assert readme.block((root / "docs" / "parameters.md").read_text(), "parameters") == parameters.markdown().strip()
     assert "old" not in (root / "docs" / "time-budget.md").read_text()
+    assert readme.block((root / "docs" / "protocol.md").read_text(), "protocol") == readme.render_protocol()
     bad = _project(tmp_path / "bad", "no markers here\n")
     with pytest.raises(readme.ReadmeError, match="README.md: expected one '<!-- results:begin -->'"):
         readme.write(res, bad)
