@@ -223,7 +223,8 @@ KEY_METRICS = {  # what the report shows per notebook (the index has everything)
 
 
 def _policy_table(m07: dict) -> str:
-    cols = [("acc", "ACC", "{:.3f}"), ("auc", "AUC", "{:.3f}"), ("p50_ms", "p50 ms", "{:.1f}"), ("p95_ms", "p95 ms", "{:.1f}"),
+    cols = [("acc", "ACC", "{:.3f}"), ("bal_acc", "balanced ACC", "{:.3f}"), ("auc", "AUC", "{:.3f}"),
+            ("p50_ms", "p50 ms", "{:.1f}"), ("p95_ms", "p95 ms", "{:.1f}"),
             ("deadline_hit_rate", "deadline met", "{:.1%}"), ("bytes_per_inference", "bytes / inference", "{:,.0f}"),
             ("energy_j", "J / request (modelled)", "{:.3f}"), ("predicted_ms", "predicted ms", "{:.1f}"),
             ("latency_error", "measured vs predicted", "{:+.1%}")]
