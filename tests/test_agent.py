@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -31,7 +33,8 @@ def cloned():
 def test_behaviour_cloning_alone_reproduces_the_optimums_plan_on_most_training_states(cloned):
     model, record = cloned
     data = imitation.demonstrations(make_env, SMALL.demo_requests, seed=SMALL.seed + 1, progress=False)  # the training states
-    assert record["decisions"] == len(data["actions"]) and record["curve"] == []
+    assert record["decisions"] == len(data["actions"]) and [p["timesteps"] for p in record["curve"]] == [0]
+    assert record["checkpoint"] == {"timesteps": 0, "acc_vs_optimum": record["curve"][0]["acc_vs_optimum"], "of_points": 1}
     assert imitation.agreement(model, data) >= 0.9
     scenario, profiles = toy()
     actor = agent.SequentialAgent(model, scenario, profiles)
@@ -150,6 +153,59 @@ def test_the_cache_key_covers_every_training_module_including_the_notebooks_orch
     assert agent.cache_key(f, profiles, {"a": 1}, {"env": 1}) != base
 
 
+def test_the_checkpoint_is_the_best_point_of_the_validation_curve_and_its_weights_are_restored():
+    import torch
+
+    net = torch.nn.Linear(2, 1)
+    scores = iter([0.5, 0.7, 0.6, 0.7])  # the judge's accuracy at each point; a tie keeps the earlier point
+    curve = agent.Curve(30, lambda: {"acc_vs_optimum": next(scores)}, 10, net, progress=False)
+    states = []
+    for step in (0, 10, 20, 30):
+        with torch.no_grad():
+            net.weight.fill_(float(step))
+        states.append(net.weight.clone())
+        curve.point(step)
+    assert curve.restore() == {"timesteps": 10, "acc_vs_optimum": 0.7, "of_points": 4}
+    assert torch.equal(net.weight, states[1]), "the best point's weights are back in the policy"
+
+
+def test_the_validation_requests_are_shared_by_every_training_seed():
+    assert agent.Training(seed=5).validation == 12 and agent.Training(seed=5, validation_seed=3).validation == 3
+    from xaiprune.planning import training
+
+    assert training.training_seeds(2, 3) == [2, 1002, 2002]
+    for bad in (0, 10, True):
+        with pytest.raises(ValueError, match="training seeds"):
+            training.training_seeds(0, bad)
+
+
+def _run(seed, curve):
+    from xaiprune.planning import training
+
+    best = max(range(len(curve)), key=lambda i: (curve[i], -i))
+    record = {"curve": [{"timesteps": 10 * i, "acc_vs_optimum": v} for i, v in enumerate(curve)],
+              "checkpoint": {"timesteps": 10 * best, "acc_vs_optimum": curve[best]}}
+    return training.Run(seed, None, {"record": record}, False, None)
+
+
+def test_the_served_seed_is_the_best_on_validation_and_fine_tuning_is_judged_paired_over_seeds():
+    from xaiprune.planning import training
+
+    runs = [_run(0, [0.90, 0.93]), _run(1000, [0.95, 0.94]), _run(2000, [0.91, 0.95])]
+    assert training.served_run(runs) == 1 and training.served_run(runs[::2]) == 1
+    assert training.served_run([_run(0, [0.95]), _run(1, [0.9, 0.95])]) == 0, "a tie goes to the first seed"
+    f = training.fine_tuning_over_seeds(runs, n_boot=500)
+    assert f["gain_by_seed"] == pytest.approx([0.03, -0.01, 0.04]) and f["mean_gain"] == pytest.approx(0.02)
+    assert f["interval"][0] <= f["mean_gain"] <= f["interval"][1] and f["seeds"] == 3
+    assert f["verdict"] == "no clear change", "one seed got worse: the interval over seeds reaches below 0"
+    up = training.fine_tuning_over_seeds([_run(0, [0.9, 0.92]), _run(1, [0.9, 0.93])], n_boot=500)
+    assert up["verdict"] == "helped" and "helped" in training.describe_fine_tuning("w", up)
+    assert training.fine_tuning_over_seeds([_run(0, [0.9])]) is None
+    assert "no fine-tuning" in training.describe_fine_tuning("w", None)
+    with pytest.raises(ValueError, match="no run"):
+        training.served_run([])
+
+
 def test_train_ward_trains_both_agents_once_saves_them_and_says_what_it_did(tmp_path, monkeypatch):
     from xaiprune import paths
     from xaiprune.planning import training
@@ -164,16 +220,23 @@ def test_train_ward_trains_both_agents_once_saves_them_and_says_what_it_did(tmp_
                               eval_every=32, eval_requests=4)
     kwargs = dict(criterion="lrp", arch="toy_cnn", profiles_file=paths.ROOT / "p.json", episode_length=10, penalty=1.0,
                   baseline_timesteps=64, out_dir=tmp_path / "out")
-    first = training.train_ward("toy", scenario, profiles, settings, **kwargs)
-    assert not first.cached and not first.baseline_cached
+    first = training.train_ward("toy", scenario, profiles, settings, **kwargs, seeds=[0, 1000])
+    assert not first.cached and not first.baseline_cached and [r.seed for r in first.runs] == [0, 1000]
     assert (tmp_path / "out" / "agent_toy_lrp.zip").is_file() and (tmp_path / "out" / "baseline_toy.zip").is_file()
     assert first.meta["kind"] == agent.KIND and first.meta["profiles"] == "p.json" and first.meta["criterion"] == "lrp"
     assert first.baseline_meta["kind"] == training.BASELINE_KIND and first.baseline_meta["timesteps"] == 64
+    assert first.baseline_meta["seed"] == 0, "the baseline is trained once, with the first seed"
     assert [p["timesteps"] for p in first.record["curve"]] == [0, 32, 64] and len(first.record["dagger"]) == 1
-    again = training.train_ward("toy", scenario, profiles, settings, **kwargs)
+    assert [r.meta["training"]["seed"] for r in first.runs] == [0, 1000], "the seed is part of the cache key"
+    assert {r.meta["training"]["validation_seed"] for r in first.runs} == {7}, "one validation set for every seed"
+    assert first.served == training.served_run(first.runs) and first.seed == first.runs[first.served].seed
+    served = json.loads((tmp_path / "out" / "agent_toy_lrp.json").read_text())
+    assert served["served_seed"] == first.seed and set(served["validation_by_seed"]) == {"0", "1000"}
+    again = training.train_ward("toy", scenario, profiles, settings, **kwargs, seeds=[0, 1000])
     assert again.cached and again.baseline_cached and again.record == first.record
     assert again.agent.decide(scenario, 1) == first.agent.decide(scenario, 1)
     text = training.describe("toy", again, 64)
-    assert "DAgger round 0" in text and text.count("(cached)") == 2 and "64 PPO steps" in text
+    assert "DAgger round 0" in text and text.count("(cached)") == 3 and "64 PPO steps" in text
+    assert "seed 1000:" in text and f"served (best on validation): seed {first.seed}" in text
     assert "warm start) to" in training.fine_tuning("toy", first.record)
     assert "no fine-tuning" in training.fine_tuning("toy", {"curve": []})

@@ -16,6 +16,12 @@ from xaiprune.planning import candidates, nlp, system
 from xaiprune.pruning import prune
 
 
+def same(measured: dict, evaluated: dict, **tol) -> bool:
+    """The measurement agrees with :func:`xaiprune.train.evaluate` on every endpoint both report (balanced accuracy
+    comes from :func:`xaiprune.stats.endpoints`, the one place probabilities become metrics)."""
+    return {k: measured[k] for k in evaluated} == pytest.approx(evaluated, **tol)
+
+
 def ranked_level_vectors(scenario, profiles) -> list[nlp.Result]:
     """Ground truth by enumeration: every feasible level vector with its best placement, best first."""
     found = [r for lv in itertools.product(range(profiles.L), repeat=profiles.S)
@@ -109,7 +115,7 @@ def test_measurements_prune_once_per_plan_and_cache_by_plan(tmp_path):
     got = meas.measure(levels, "val")
     scores = prune.criterion_scores(model, "l1", ref)
     direct = train.evaluate(prune.prune_with_scores(model, dict(zip(model.segments, levels)), scores), splits["val"])
-    assert got == pytest.approx(direct)
+    assert set(got) == {"acc", "bal_acc", "auc"} and same(got, direct)
     assert meas.measure(levels, "val") is got and meas.pruned == 1, "a cached plan is not pruned again"
     meas.measure(levels, "test")
     assert meas.pruned == 1, "a kept pruned model serves another split"
@@ -121,6 +127,10 @@ def test_measurements_prune_once_per_plan_and_cache_by_plan(tmp_path):
     again = candidates.Measurements(model, splits, ref, criterion="l1", seed=0, path=tmp_path / "m.json")
     assert again.cache == meas.cache and again.measure(levels, "test") == meas.cache[meas.key(levels, "test")]
     assert again.pruned == 0, "measurements read from the JSON file are not redone"
+    old = {k: {"acc": v["acc"], "auc": v["auc"]} for k, v in meas.cache.items()}  # a cache from before balanced accuracy
+    (tmp_path / "old.json").write_text(json.dumps([{"key": k, "metrics": v} for k, v in old.items()]))
+    older = candidates.Measurements(model, splits, ref, criterion="l1", seed=0, path=tmp_path / "old.json")
+    assert older.measure(levels, "val") == got and older.pruned == 1, "an entry lacking an endpoint is measured again"
     few = candidates.Measurements(model, splits, ref, criterion="l1", keep=1)
     few.measure(levels, "val"), few.measure([0.0, 0.5, 0.0], "val"), few.measure(levels, "test")
     assert few.pruned == 3, "beyond `keep` models, a plan is pruned again"
@@ -137,7 +147,7 @@ def test_evaluation_from_the_first_pruned_segment_is_the_full_evaluation(levels,
     monkeypatch.setattr(candidates.Measurements, "CACHE_BYTES", cache_bytes)  # 1: only the image is cached
     meas = candidates.Measurements(model, {"val": val}, ref, criterion="lrp", batch_size=16)
     got = meas.measure(levels, "val")
-    assert got == pytest.approx(train.evaluate(meas.pruned_model(levels), val), abs=1e-9)
+    assert same(got, train.evaluate(meas.pruned_model(levels), val), abs=1e-9)
     assert sorted(meas._inputs["val"]) == ([0, 1, 2] if cache_bytes > 1 else [0])
 
 
@@ -146,7 +156,7 @@ def test_rescored_measurements_are_prune_plans_models():
     meas = candidates.Measurements(model, {"val": val}, ref, criterion="lrp", scoring="rescored")
     levels = [0.5, 0.25, 0.5]
     direct = prune.prune_plan(model, dict(zip(model.segments, levels)), "lrp", reference=ref)
-    assert meas.measure(levels, "val") == pytest.approx(train.evaluate(direct, val))
+    assert same(meas.measure(levels, "val"), train.evaluate(direct, val))
     assert [c.out_channels for c in models.conv_layers(meas.pruned_model(levels)).values()] == \
         [c.out_channels for c in models.conv_layers(direct).values()]
 
@@ -157,7 +167,7 @@ def test_a_plan_pruning_one_segment_is_the_sensitivity_tables_model():
     alone, _ = prune.prune_segment(model, "block2", 0.5, "lrp", reference=ref)
     mine = meas.pruned_model([0.0, 0.5, 0.0])
     assert all(torch.equal(a, b) for a, b in zip(alone.state_dict().values(), mine.state_dict().values()))
-    assert meas.measure([0.0, 0.5, 0.0], "val") == pytest.approx(train.evaluate(alone, val))
+    assert same(meas.measure([0.0, 0.5, 0.0], "val"), train.evaluate(alone, val))
 
 
 def test_checkpoint_identity_follows_the_weights():
@@ -174,6 +184,7 @@ def test_measurements_refuse_bad_plans_and_splits():
         meas.key([0.1, 0.2], "val")
     with pytest.raises(ValueError, match="split='test'"):
         meas.key([0.1, 0.2, 0.0], "test")
+    assert meas.metric("val", "bal_acc") is not None
     with pytest.raises(ValueError, match="metric='f1'"):
         meas.metric("val", "f1")
     with pytest.raises(ValueError, match="scoring='exact'"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import small, split
-from xaiprune import train
+from xaiprune import stats, train
 from xaiprune.pruning import comparison, prune, repairs
 
 CRITERIA = ["lrp", "gradxact", "taylor", "l1", "random"]
@@ -34,7 +34,9 @@ def test_sweep_gives_the_numbers_of_pruning_and_evaluating_each_model(setup):
     assert len(frame) == (4 * len(refs) + 1) * len(RATIOS)  # l1 is deterministic: one draw
     for row in frame.itertuples():
         pruned, rep, ev_slow = slow_row(model, test, row.criterion, row.ratio, refs[row.draw], row.draw, steps=2)
-        assert (row.acc, row.auc) == (ev_slow["acc"], ev_slow["auc"])  # the same numbers as train.evaluate
+        # the same numbers as train.evaluate (stats.endpoints: MedMNIST's ACC and AUC to float rounding)
+        assert (row.acc, row.auc) == pytest.approx((ev_slow["acc"], ev_slow["auc"]), abs=1e-12)
+        assert row.bal_acc == stats.endpoints(ev.y, ev.scores[row.model], ev.task)["bal_acc"]
         assert (row.macs, row.params, row.weight_bytes) == (rep.macs, rep.params, rep.weight_bytes)
         assert row.out_bytes == sum(list(rep.segment_out_bytes.values())[:-1])
         np.testing.assert_array_equal(ev.scores[row.model], train.predict(pruned, test.x, test.flag))
@@ -73,7 +75,7 @@ def test_sensitivity_gives_the_numbers_of_prune_segment(setup):
     assert len(frame) == len(refs) * len(model.segments) * len(levels)
     for row in frame.itertuples():
         pruned, rep = prune.prune_segment(model, row.segment, row.level, "taylor", reference=refs[row.draw], seed=row.draw)
-        assert (row.acc, row.auc) == tuple(train.evaluate(pruned, test).values())
+        assert (row.acc, row.auc) == pytest.approx(tuple(train.evaluate(pruned, test).values()), abs=1e-12)
         assert (row.macs, row.weight_bytes, row.peak_bytes, row.out_bytes) == (
             rep.segment_macs[row.segment], rep.segment_weight_bytes[row.segment],
             rep.segment_peak_bytes[row.segment], rep.segment_out_bytes[row.segment])
@@ -86,7 +88,7 @@ def test_evaluate_runs_any_model_in_full(setup):
     ev = comparison.Evaluator(model, test)
     recal = repairs.reestimate_batchnorm(model, refs[0].x)
     got = ev.evaluate(recal)
-    assert (got["acc"], got["auc"]) == tuple(train.evaluate(recal, test).values())
+    assert (got["acc"], got["auc"]) == pytest.approx(tuple(train.evaluate(recal, test).values()), abs=1e-12)
     assert ev.evaluate(recal)["model"] == got["model"] + 1  # never cached: a new id each time
 
 
@@ -108,3 +110,28 @@ def test_rankings_are_scored_once_per_criterion_and_reference_images(setup):
     assert ev.ranking("taylor", same_images, seed=0) is first
     assert ev.ranking("taylor", refs[1], seed=0) is not first
     assert ev.ranking("taylor", refs[0], seed=0, scope="per-layer") is not first
+
+
+def test_an_evaluator_on_another_split_shares_the_rankings_and_measures_its_own_images(setup):
+    model, test, refs = setup
+    ev = comparison.Evaluator(model, test)
+    val = split(30, seed=11)
+    on_val = comparison.Evaluator(model, val, share=ev)
+    assert on_val.graph is ev.graph and on_val.ranking("taylor", refs[0], seed=0) is ev.ranking("taylor", refs[0], seed=0)
+    frame = comparison.sweep(model, val, ["taylor"], [0.5], refs[:1], progress=False, evaluator=on_val)
+    pruned, _ = ev.ranking("taylor", refs[0], seed=0).prune(0.5)
+    assert frame.loc[0, "auc"] == pytest.approx(train.evaluate(pruned, val)["auc"], abs=1e-12)
+    with pytest.raises(ValueError, match="another model"):
+        comparison.Evaluator(small(), val, share=ev)
+
+
+def test_resampled_gives_every_endpoint_per_model_and_resample(setup):
+    model, test, refs = setup
+    ev = comparison.Evaluator(model, test)
+    comparison.sweep(model, test, ["l1"], RATIOS, refs, progress=False, evaluator=ev)
+    w = stats.resample_weights(len(test), 7, seed=1)
+    res = ev.resampled(w)
+    assert set(res) == {"acc", "bal_acc", "auc"} and res["auc"].shape == (len(ev.scores), 7)
+    np.testing.assert_array_equal(res["bal_acc"][1], stats.weighted_endpoints(ev.y, ev.scores[1], ev.task, w)["bal_acc"])
+    some = ev.resampled(w, [1])
+    assert np.isnan(some["acc"][0]).all() and np.array_equal(some["acc"][1], res["acc"][1])

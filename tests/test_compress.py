@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from xaiprune import data, models
-from xaiprune.compression import compress, results as compress_results, storage, experiments
-from xaiprune.pruning import prune, repairs
-from xaiprune.study import claims, parameters
+from xaiprune import data, models, stats
+from xaiprune.compression import compress, experiments, operating, results as compress_results, storage
+from xaiprune.pruning import comparison, prune, repairs
+from xaiprune.study import parameters
 from xaiprune.study.schema import ParameterError
 from conftest import small, split
 
@@ -190,44 +190,121 @@ def test_the_schema_of_09_refuses_bad_settings_and_names_the_xai_criteria_as_pru
     good = parameters.defaults("09_compression")
     for change, match in [({"share_bits": [0, 2]}, "share_bits"), ({"budget_bits": [9]}, "budget_bits"),
                           ({"sparsities": [1.0]}, "sparsities"), ({"filter_baselines": ["l1", "deeplift"]}, "non-XAI"),
-                          ({"combo_stage": "mixed", "combo_bits": [1, 3]}, "combo_bits"), ({"draws": 1}, "draws")]:
+                          ({"combo_stage": "mixed", "combo_bits": [1, 3]}, "combo_bits"), ({"draws": 1}, "draws"),
+                          ({"val_images": -1}, "val_images")]:
         with pytest.raises(ParameterError, match=match):
             parameters.validate("09_compression", {**good, **change})
     assert parameters.validate("09_compression", good)["combo_stage"] == "share"
 
 
-def test_curve_summaries_and_the_compression_claim_follow_their_rules():
-    curve = pd.DataFrame({"bits": [100.0, 200.0, 400.0], "ratio": [40.0, 20.0, 10.0], "acc": [0.80, 0.845, 0.86]})
-    assert experiments.ratio_at(curve, 0.825, 1) == 20.0 and experiments.ratio_at(curve, 0.825, 3) == 40.0
+def test_ratio_at_reads_the_largest_ratio_within_the_loss():
+    curve = pd.DataFrame({"setting": [1, 2, 3], "bits": [100.0, 200.0, 400.0], "ratio": [40.0, 20.0, 10.0],
+                          "auc": [0.80, 0.845, 0.86], "acc": [0.9, 0.5, 0.5]})
+    assert experiments.ratio_at(curve, 0.855, 1)["ratio"] == 20.0 and experiments.ratio_at(curve, 0.855, 3)["ratio"] == 20.0
+    assert experiments.ratio_at(curve, 0.825, 3)["setting"] == 1
     assert experiments.ratio_at(curve, 0.99, 1) is None
-    base = pd.DataFrame({"bits": [100.0, 400.0], "acc": [0.70, 0.90]})
-    xai = pd.DataFrame({"bits": [50.0, 100.0, 200.0, 400.0], "acc": [0.9, 0.72, 0.70, 0.90]})
-    # 50 bits lies outside the baseline's sizes; at 200 bits the baseline interpolates (log bits) to 0.80
-    assert experiments.equal_size(xai, base) == {"better": 1, "tie": 1, "worse": 1, "compared": 3, "matches_most": True}
-    assert experiments.equal_size(xai.iloc[:1], base)["matches_most"] is None
-
-    def technique(x1, b1, matches):
-        return {"xai": {"variant": "x", "ratio_at_1pt": x1}, "baseline": {"variant": "b", "ratio_at_1pt": b1},
-                "equal_size_acc": {"better": 1, "tie": 0, "worse": 0, "matches_most": matches}}
-
-    def m09(x1, b1, matches):  # technique "a" as given, technique "b" always at least as good
-        return {"techniques": {"a": technique(x1, b1, matches), "b": technique(20.0, 10.0, True)},
-                "combined": {"ratio_at_1pt": 17.0, "file_bytes": 123}, "bn_correction": True}
-    row = lambda m: next(c for c in claims.claims({"09_compression": m}) if "compression" in c["claim"])  # noqa: E731
-    assert row(None)["verdict"] == claims.MISSING
-    assert row(m09(20.0, 10.0, True))["verdict"] == claims.SUPPORTED
-    assert row(m09(20.0, 10.0, None))["verdict"] == claims.SUPPORTED  # no common size: the ratio decides
-    assert row(m09(5.0, 10.0, True))["verdict"] == claims.PARTLY
-    assert row(m09(None, 10.0, False))["verdict"] == claims.PARTLY and "Rule:" in row(m09(None, 10.0, False))["evidence"]
-    bad = m09(1.0, 2.0, False)
-    bad["techniques"]["b"] = technique(30.0, 10.0, False)  # a better ratio, but worse at most sizes
-    assert row(bad)["verdict"] == claims.NOT
+    assert experiments.ratio_at(curve, 0.905, 1, "acc")["ratio"] == 40.0  # any endpoint, AUC by default
 
 
-def test_a_study_compares_variants_at_equal_size_and_caches_the_relevance(isolated):
-    model, test = small(), split(32, seed=3)
+def curves_for_plan() -> pd.DataFrame:
+    """Weight pruning: XAI within 1 point up to 10x; magnitude at 4, 8, 16x; uniform only at 12 and 24x.
+    Sharing: no XAI setting within 1 point."""
+    def variant(tech, name, xai, ratios, aucs):
+        return pd.DataFrame({"technique": tech, "variant": name, "xai": xai, "setting": ratios, "ratio": ratios,
+                             "auc": aucs})
+    return pd.concat([variant("weight pruning", "relevance", True, [5.0, 10.0, 20.0], [0.95, 0.945, 0.90]),
+                      variant("weight pruning", "magnitude", False, [4.0, 8.0, 16.0], [0.95, 0.94, 0.80]),
+                      variant("weight pruning", "uniform", False, [12.0, 24.0], [0.95, 0.95]),
+                      variant("sharing", "weighted k-means", True, [3.0], [0.90]),
+                      variant("sharing", "k-means", False, [3.0], [0.95])], ignore_index=True)
+
+
+def test_the_operating_point_is_chosen_on_validation_and_the_counterpart_matched_at_no_larger_ratio():
+    entries = operating.plan(curves_for_plan(), base_auc=0.952)
+    by = {(e["technique"], e["counterpart"]["variant"]): e for e in entries}
+    first = by[("weight pruning", "magnitude")]
+    assert first["status"] == "compared" and first["xai"]["ratio"] == 10.0 and first["counterpart"]["ratio"] == 8.0
+    assert first["xai"] == {"variant": "relevance", "setting": 10.0, "ratio": 10.0, "val_auc": 0.945}
+    assert by[("weight pruning", "uniform")]["status"] == "every uniform setting compresses more than 10.0x"
+    assert by[("sharing", "k-means")]["xai"] is None and "no XAI setting within 1" in by[("sharing", "k-means")]["status"]
+    lines = compress_results.plan_lines(entries)
+    assert lines[0] == ("weight pruning: relevance at 10.0 (10.0x, validation AUC 0.9450) against magnitude at 8.0 "
+                        "(8.0x, validation AUC 0.9400)") and "not compared" in lines[1]
+
+
+def probs_of(y: np.ndarray, noise: float, seed: int) -> np.ndarray:
+    """Binary probabilities whose ranking of ``y`` worsens with ``noise``."""
+    p = 1 / (1 + np.exp(-(y * 2.0 - 1 + np.random.default_rng(seed).normal(0, noise, len(y)))))
+    return np.c_[1 - p, p]
+
+
+def test_the_claim_needs_every_technique_above_the_margin_and_nothing_compared_is_never_a_win():
+    y = np.arange(300) % 2
+    good = [probs_of(y, 0.3, s) for s in range(3)]
+    bad = [probs_of(y, 3.0, s + 10) for s in range(3)]
+
+    def entry(tech, cp, status="compared"):
+        return {"technique": tech, "xai": {"variant": "x", "ratio": 10.0}, "counterpart": {"variant": cp, "ratio": 8.0},
+                "status": status}
+    probs = {("a", "x"): good, ("a", "m"): bad, ("b", "x"): bad, ("b", "m"): good[:1]}
+    entries = [entry("a", "m"), entry("b", "m"), entry("c", "m", "every m setting compresses more than 10.0x")]
+    result = operating.compare(entries, probs, y, stats.BINARY, margin=0.0, n_boot=400)
+    t = result["techniques"]
+    assert t["a"]["outcome"] == "above the margin" and t["b"]["outcome"] == "not above the margin"
+    assert t["c"]["outcome"] == "not measured" and t["c"]["diff"] is None and "compresses more" in t["c"]["why"]
+    assert result["target_met"] is False and result["wins_somewhere"] is True
+    b = next(r for r in result["comparisons"] if r["technique"] == "b")
+    assert b["n_seeds"] == [3, 1] and "boot" not in b  # unequal draws: unpaired, nested; Holm drops the bootstrap values
+    assert result["measured"] == b["diff"] < 0 and result["interval"] == b["interval_holm"]
+    assert stats.verdict(result["target_met"], result["wins_somewhere"]) == stats.PARTLY
+    alone = operating.compare(entries[:1], probs, y, stats.BINARY, margin=0.0, n_boot=400)
+    assert alone["target_met"] is True and alone["n_seeds"] == 3
+    assert alone["comparisons"][0]["xai_side"]["auc"] > alone["comparisons"][0]["counterpart_side"]["auc"]
+    # a technique above against one counterpart but not comparable with another is not measured, so not supported
+    partial = operating.compare(entries[:1] + [entry("a", "u", "every u setting compresses more than 10.0x")], probs,
+                                y, stats.BINARY, margin=0.0, n_boot=400)
+    assert partial["techniques"]["a"]["outcome"] == "not measured" and partial["target_met"] is False
+    none = operating.compare(entries[2:], probs, y, stats.BINARY, margin=0.0, n_boot=400)
+    assert none["target_met"] is None and none["wins_somewhere"] is False and none["measured"] is None
+    assert stats.verdict(none["target_met"], none["wins_somewhere"]) == stats.MISSING
+    text = operating.evidence(entries, result, 3)
+    assert f"{t['a']['diff']:+.4f}" in text and "c not measured" in text and "first-order Taylor saliency" in text
+    lines = compress_results.claim_lines(result, "every technique above 0")
+    assert lines[-1].startswith("target (every technique above 0): NOT met") and lines[0].startswith("a: above the margin")
+    shown = operating.table(result)
+    assert list(shown["technique"]) == ["a", "b"] and shown["one class (XAI, counterpart)"].iloc[1] == "0 of 3, 0 of 1"
+
+
+def test_a_model_answering_one_class_is_counted_as_threshold_drift():
+    y = np.arange(10) % 2
+    shifted = np.c_[np.full(10, 0.2), np.full(10, 0.8)]
+    shifted[:, 1] += 0.01 * y  # still ranks every image right: AUC 1, one answer for all
+    assert experiments.one_class(shifted, stats.BINARY) and not experiments.one_class(probs_of(y, 0.1, 0), stats.BINARY)
+    assert stats.endpoints(y, shifted, stats.BINARY)["bal_acc"] == 0.5
+    assert experiments.one_class(np.eye(3)[[0, 0, 0]], "multi-class") and not experiments.one_class(np.eye(3), "multi-class")
+    rows = pd.DataFrame({"technique": ["t", "t", "u"], "variant": ["a", "a", "b"], "one_class": [True, False, True],
+                         "auc": [0.95, 0.95, 0.5]})
+    found = operating.drift(rows, base_auc=0.96)
+    assert found == {"models": 3, "one_class_high_auc": 1, "by_variant": {"t / a": 1}}
+    assert "1 of 3 compressed models" in compress_results.drift_line(found, 2)
+
+
+def test_the_selection_split_is_validation_outside_the_reference_draws():
+    val = split(40, seed=5)
+    refs = [data.reference_set(val, n_per_class=3, seed=k) for k in (0, 1)]
+    used = {x.numpy().tobytes() for r in refs for x in r.x}
+    select = operating.selection_split(val, refs, 10, seed=0)
+    assert len(select) == 10 and select.split == "val" and not used & {x.numpy().tobytes() for x in select.x}
+    assert torch.equal(select.x, operating.selection_split(val, refs, 10, seed=0).x)
+    assert len(operating.selection_split(val, refs, 0)) == 40 - len(used)
+    with pytest.raises(ValueError, match="validation"):
+        operating.selection_split(data.Split(val.x, val.y, val.flag, "test", 28), refs, 10)
+
+
+def test_a_study_measures_every_endpoint_and_rebuilds_a_setting_for_the_test(isolated):
+    model, select = small(), split(32, seed=3)
     refs = [split(6, seed=1), split(6, seed=2)]
-    plain = experiments.Study(model, test, refs, correct=False, progress=False)
+    plain = experiments.Study(model, select, refs, correct=False, progress=False)
     assert len(list((isolated / "artifacts" / "relevance").glob("weights-*.pt"))) == 2  # one file per draw
     plain.sharing([2])
     plain.combined([0.5], [3])
@@ -235,11 +312,25 @@ def test_a_study_compares_variants_at_equal_size_and_caches_the_relevance(isolat
     shared = rows[rows["technique"] == "sharing"]
     assert sorted(shared["variant"]) == ["k-means", "weighted k-means", "weighted k-means"]  # no correction: one plain draw
     assert shared["bits"].nunique() == 1  # same bits: 2-bit codes and four centres per layer either way
+    first = rows.iloc[0]
+    assert {k: first[k] for k in stats.ENDPOINTS} == pytest.approx(
+        stats.endpoints(plain.evaluator.y, plain.evaluator.scores[first["model"]], plain.evaluator.task))
     curves = experiments.summary(rows)
     assert set(curves.loc[curves["technique"] == "combined", "setting"]) == {(0.5, 3)}
-    corrected = experiments.Study(model, test, refs, progress=False)
+    assert {"bal_acc", "bal_acc_lo", "auc_hi"} <= set(curves.columns)
+    corrected = experiments.Study(model, select, refs, progress=False)
     corrected.weight_pruning([0.5])
     assert len(corrected.frame()) == 4 and corrected.frame()["corrected"].all()
+    # the same setting rebuilt on another evaluator of the same split gives the same probabilities, draw by draw
+    again = comparison.Evaluator(model, select)
+    for variant in ("relevance", "magnitude"):
+        measured = corrected.frame().query("variant == @variant")["model"]
+        rebuilt = corrected.probabilities(again, "weight pruning", variant, 0.5)
+        assert len(rebuilt) == 2 and all(np.array_equal(p, corrected.evaluator.scores[i]) for p, i in zip(rebuilt, measured))
+    assert len(plain.probabilities(again, "combined", "non-XAI pipeline", [0.5, 3.0])) == 1  # no correction: one draw
+    assert len(plain.probabilities(again, "sharing", "weighted k-means", 2.0)) == 2  # 2 bits, as a table gives them
+    with pytest.raises(ValueError, match="not measured"):
+        plain.probabilities(again, "sharing", "k-means", 3)
     unchanged = repairs.correct_means(model, compress.apply(model, compress.compress(model, "raw")), refs[0])
     assert all(torch.equal(a, b) for a, b in zip(unchanged.state_dict().values(), model.state_dict().values()))
 
@@ -266,50 +357,42 @@ def test_the_layer_table_counts_relevance_and_zeros_per_layer(isolated):
     assert zero_all == pytest.approx(zeros / table["weights"].sum())
 
 
-def test_techniques_pick_the_strongest_counterpart_and_say_so():
+def test_ratios_and_the_saved_setting_are_read_on_validation_auc():
     def rows(tech):
-        xai = pd.DataFrame({"variant": "x", "xai": True, "bits": [100.0, 200.0, 400.0], "ratio": [40.0, 20.0, 10.0],
-                            "acc": [0.80, 0.845, 0.86], "auc": [0.9, 0.9, 0.9]})
-        weak = pd.DataFrame({"variant": "weak", "xai": False, "bits": [100.0, 400.0], "ratio": [40.0, 10.0],
-                             "acc": [0.5, 0.6], "auc": [0.5, 0.6]})
-        strong = pd.DataFrame({"variant": "strong", "xai": False, "bits": [100.0, 400.0], "ratio": [40.0, 10.0],
-                               "acc": [0.70, 0.90], "auc": [0.95, 0.95]})
-        return pd.concat([xai, weak, strong]).assign(technique=tech)
-    curves = pd.concat([rows(t) for t in compress_results.TECHNIQUES], ignore_index=True)
-    entries, table = compress_results.techniques(curves, 0.855)
-    e = entries["sharing"]
-    assert e["xai"] == {"variant": "x", "ratio_at_1pt": 20.0, "ratio_at_3pt": 20.0}
-    assert e["baseline"] == {"variant": "strong", "ratio_at_1pt": 10.0, "ratio_at_3pt": 10.0}
-    assert e["baselines"]["weak"] == {"ratio_at_1pt": None, "ratio_at_3pt": None}
-    assert e["equal_size_acc"]["compared"] == 3 and e["equal_size_auc"]["worse"] == 3
-    assert table.loc[("sharing", "x (XAI)"), "ratio at 1 point"] == 20.0 and len(table) == 3 * 5
-    lines = compress_results.verdict_lines(entries)
-    assert len(lines) == 5 and lines[0].startswith("filter pruning: x 20.0x against strong 10.0x at 1 point (XAI at least as good)")
-    met = compress_results.targets(entries, {"excess": 0.06})
-    assert met["combined_16x_at_1pt"] and not met["file_within_5pct"] and all(met["xai_ratio_at_least_baseline"].values())
-    assert "16x target met" in compress_results.target_lines(entries, met, {"excess": 0.06})[0]
-    assert compress_results.choose_saved(curves.assign(technique="combined"), 0.855)["ratio"] == 20.0
-    assert compress_results.choose_saved(curves.assign(technique="combined"), 0.99)["acc"] == 0.86  # none within 1 point
+        xai = pd.DataFrame({"variant": "x", "xai": True, "setting": [(0.9, 2), (0.8, 3), (0.7, 4)],
+                            "ratio": [40.0, 20.0, 10.0], "auc": [0.80, 0.845, 0.86], "acc": [0.9, 0.9, 0.9]})
+        other = pd.DataFrame({"variant": "b", "xai": False, "setting": [(0.9, 2), (0.7, 4)], "ratio": [40.0, 10.0],
+                              "auc": [0.5, 0.6], "acc": [0.9, 0.9]})
+        return pd.concat([xai, other]).assign(technique=tech)
+    curves = pd.concat([rows(t) for t in compress_results.TECHNIQUES + ["weight pruning, no correction"]], ignore_index=True)
+    table = compress_results.ratio_table(curves, 0.855)
+    assert len(table) == 2 * 5  # the uncorrected rows are shown beside, never read
+    assert table.loc[("sharing", "x (XAI)"), "ratio at 1 AUC point"] == 20.0
+    assert table.loc[("sharing", "x (XAI)"), "ratio at 3 AUC points"] == 20.0
+    assert pd.isna(table.loc[("sharing", "b"), "ratio at 1 AUC point"])
+    assert compress_results.choose_saved(curves, 0.855)["setting"] == (0.8, 3)
+    assert compress_results.choose_saved(curves, 0.99)["setting"] == (0.7, 4)  # none within 1 point: the highest AUC
 
 
 def test_the_combined_model_is_saved_reloaded_and_checked(isolated, tmp_path):
-    model, test = small(), split(32, seed=3)
-    study = experiments.Study(model, test, [split(6, seed=1)], correct=True, progress=False)
-    saved = compress_results.save_and_reload(study, 0.5, 3, "share", tmp_path / "c.xpc", "small_cnn")
+    model, select, test = small(), split(32, seed=3), split(24, seed=4)
+    study = experiments.Study(model, select, [split(6, seed=1)], correct=True, progress=False)
+    tested = comparison.Evaluator(model, test)
+    saved = compress_results.save_and_reload(study, tested, 0.5, 3, "share", tmp_path / "c.xpc", "small_cnn")
     compress_results.check_saved(study, saved)
     assert saved["path"].is_file() and saved["file"]["file_bytes"] == saved["path"].stat().st_size
+    assert set(saved["from_file"]) == set(stats.ENDPOINTS) and len(tested.scores) == 3  # in memory, from file, uncorrected
     per_layer = compress_results.bits_per_weight(model, saved["size"])
     assert list(per_layer.index) == list(compress_results.short_names(model).values())
     assert (per_layer["codes"] > 0).all()
-    entries = {t: {"xai": {"variant": "x", "ratio_at_1pt": 2.0, "ratio_at_3pt": 3.0},
-                   "baseline": {"variant": "b", "ratio_at_1pt": 1.0}, "equal_size_acc": {"matches_most": True}}
-               for t in compress_results.TECHNIQUES}
-    met = compress_results.targets(entries, saved["file"])
-    m = compress_results.metrics("small_cnn", study.full_bits, True, {"acc": 0.5, "auc": 0.5}, 0.1, entries, saved, met)
-    assert m["combined"]["saved"] == {"sparsity": 0.5, "bits": 3, "stage": "share",
-                                      "ratio": round(study.full_bits / saved["size"]["total"], 4),
-                                      "test_acc": round(saved["from_file"]["acc"], 6), "test_auc": round(saved["from_file"]["auc"], 6),
-                                      "test_acc_without_correction": round(saved["plain"]["acc"], 6)}
+    result = {"comparisons": [], "techniques": {}}
+    m = compress_results.metrics("small_cnn", study.full_bits, True, {"val": {"auc": 0.5}}, np.float64(0.1),
+                                 pd.DataFrame({"technique": ["t"], "variant": ["x"], "ratio at 1 AUC point": [None]}).set_index(
+                                     ["technique", "variant"]), [], result, {"models": 0}, saved)
+    assert m["saved"]["test"] == {k: round(v, 6) for k, v in saved["from_file"].items()}
+    assert m["saved"]["ratio"] == round(study.full_bits / saved["size"]["total"], 6)
+    assert m["ratios_on_validation"] == [{"technique": "t", "variant": "x", "ratio at 1 AUC point": None}]
+    assert isinstance(m["zero_relevance_share"], float)
     saved["logit_gap"] = 1e-3
     with pytest.raises(AssertionError, match="logits differ"):
         compress_results.check_saved(study, saved)

@@ -1,16 +1,18 @@
-"""DyFiP (notebook 08): sub-networks against the zeroed full tail, subset scores, the exit rule, FLOPs, bad settings."""
+"""DyFiP (notebook 08): sub-networks against the zeroed full tail, subset scores, the exit rule, FLOPs, bad settings,
+the validation grid and the choice of the operating point, the test over branch seeds and random draws, the claim."""
 
 from __future__ import annotations
 
 import itertools
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
-from xaiprune import data, models
-from xaiprune.dyfip import core as dyfip, analysis as dyfip_analysis, subnets
+from xaiprune import data, models, stats
+from xaiprune.dyfip import core as dyfip, analysis as dyfip_analysis, evaluation, serve, subnets
 from xaiprune.pruning import xai
 from xaiprune.study import parameters, pipeline
 from xaiprune.study.schema import ParameterError
@@ -120,14 +122,15 @@ def test_flops_of_a_subnetwork_fall_with_keep():
 
 
 @pytest.mark.parametrize("change,match", [
-    ({"k": 0}, "k=0"), ({"k": 5}, "k=5: expected 1 <= k < 5"), ({"keep": 0.0}, "keep=0.0"), ({"keep": 1.5}, "keep=1.5"),
-    ({"tau_exit": 0.0}, "tau_exit=0.0"), ({"branch_block": 0}, "branch_block=0"),
+    ({"k": 0}, "k=0"), ({"k": 5}, "k=5: expected 1 <= k < 5"), ({"keeps": [0.5, 0.0]}, r"keeps=\[0.5, 0.0\]"),
+    ({"keeps": [1.5]}, r"keeps=\[1.5\]"), ({"keeps": []}, r"keeps=\[\]"), ({"taus": [0.0, 1.0]}, r"taus=\[0.0, 1.0\]"),
+    ({"branch_block": 0}, "branch_block=0"),
     ({"branch_block": 3}, "branch_block=3: expected 1 <= branch_block < 3"),
     ({"flag": "breastmnist"}, "dyfip_flag='breastmnist'.*top-k of 2 classes prunes nothing"),
     ({"flag": "chestmnist"}, "dyfip_flag='chestmnist'.*multi-label"),
 ])
 def test_bad_settings_are_refused_by_the_library_naming_the_parameter(change, match):
-    setting = {"flag": "retinamnist", "size": 28, "n_segments": 3, "k": 2, "keep": 0.5, "tau_exit": 0.9, "branch_block": 1}
+    setting = {"flag": "retinamnist", "size": 28, "n_segments": 3, "k": 2, "keeps": [0.5], "taus": [0.9, 1.0], "branch_block": 1}
     with pytest.raises(ValueError, match=match):
         dyfip.check_setting(**{**setting, **change})
 
@@ -135,9 +138,10 @@ def test_bad_settings_are_refused_by_the_library_naming_the_parameter(change, ma
 @pytest.mark.parametrize("change,match", [
     ({"k": 0}, "08_dyfip: k=0: expected a value in [1, inf)"),
     ({"k": 5}, "08_dyfip: k=5: expected 1 <= k < 5, the number of classes of dyfip_flag='retinamnist'"),
-    ({"keep": 0.0}, "08_dyfip: keep=0.0: expected a value in (0, 1]"),
-    ({"keep": 1.01}, "08_dyfip: keep=1.01: expected a value in (0, 1]"),
     ({"keeps": [0.5, 0.0]}, "08_dyfip: keeps=[0.5, 0.0]: expected every element a value in (0, 1]"),
+    ({"taus": [0.0]}, "08_dyfip: taus=[0.0]: expected every element a value in (0, 1]"),
+    ({"branch_seeds": 0}, "08_dyfip: branch_seeds=0: expected a value in [1, inf)"),
+    ({"random_draws": 0}, "08_dyfip: random_draws=0: expected a value in [1, inf)"),
     ({"branch_block": 5}, "08_dyfip: branch_block=5: expected 1 <= branch_block < 5, the segments of archs[0]='vgg16_bn'"),
     ({"archs": ["small_cnn"], "branch_block": 3}, "branch_block=3: expected 1 <= branch_block < 3"),
     ({"dyfip_flag": "breastmnist"}, "08_dyfip: dyfip_flag='breastmnist': expected a single-label 2D MedMNIST flag with more than 2"),
@@ -214,41 +218,154 @@ def test_the_branch_learns_separable_features_deterministically():
     assert acc > 0.9 and len(history) == 15 and not head.training
 
 
-def tiny_engine() -> tuple[models.SegmentedModel, data.Split, dyfip.Engine]:
-    """An engine on the five-class small_cnn, an untrained branch, random relevance and random images."""
+def tiny_engines(n_branches: int = 2, split: str = "test") -> tuple[models.SegmentedModel, list[dyfip.Engine]]:
+    """Engines on the five-class small_cnn, one per untrained branch (seeded apart), random relevance and images."""
     model = five_class_cnn()
     gen = torch.Generator().manual_seed(2)
-    test = data.Split(x=torch.randn(40, 3, 28, 28, generator=gen), y=torch.arange(40) % N_CLASSES,
-                      flag="retinamnist", split="test", size=28)
+    ev = data.Split(x=torch.randn(40, 3, 28, 28, generator=gen), y=torch.arange(40) % N_CLASSES,
+                    flag="retinamnist", split=split, size=28)
     ref = data.Split(x=torch.randn(15, 3, 28, 28, generator=gen), y=torch.arange(15) % N_CLASSES,
                      flag="retinamnist", split="val", size=28)
     _, _, shape = tail_of(model)
-    branch = dyfip.BranchHead(shape[0], N_CLASSES, 8).eval()
-    return model, test, dyfip.Engine(model, 1, branch, random_relevance(model), ref, test, seed=0)
+    branches = []
+    for j in range(n_branches):
+        torch.manual_seed(10 + j)
+        branches.append(dyfip.BranchHead(shape[0], N_CLASSES, 8).eval())
+    return model, evaluation.engines(model, 1, branches, random_relevance(model), ref, ev, seed=0)
 
 
-def test_the_engine_on_a_tiny_model_agrees_with_itself():
-    """keep=1 and no refresh is the full tail restricted to the candidates; static keep=1 is the full model;
-    serving one image at a time gives the batched answers; a matched static model costs no more than DyFiP."""
-    model, test, engine = tiny_engine()
+def test_one_build_per_candidate_set_serves_every_engine_and_equals_running_each_alone():
+    model, (a, b) = tiny_engines(2)
+    assert a.features is b.features and not torch.equal(a.branch_probs, b.branch_probs)  # shared features, own branch
     with torch.no_grad():
-        assert torch.allclose(engine.full_logits, model(test.x), atol=1e-5)
-    curve = engine.curve(2, [0.5, 1.0], [0.2, 1.0], ["none", "candidates"])
-    full = engine.metrics(engine.full_restricted(2, 1.0))
-    at_one = curve.query("policy == 'dyfip' and refresh == 'none' and keep == 1.0 and tau_exit == 1.0").iloc[0]
-    assert at_one["acc"] == full["acc"] and at_one["mean_flops_ratio"] == pytest.approx(full["mean_flops_ratio"])
-    static_one = curve.query("policy == 'static_l1' and refresh == 'none' and keep == 1.0").iloc[0]
-    assert static_one["acc"] == engine.metrics(engine.exit_only(1.0))["acc"]
-    half = curve.query("policy == 'dyfip' and refresh == 'candidates' and keep == 0.5 and tau_exit == 1.0").iloc[0]
-    assert half["mean_flops_ratio"] < at_one["mean_flops_ratio"] and half["exit_rate"] == 0
-    budget = half["mean_flops_ratio"] * engine.full_macs
-    kp = engine.matched_keep(budget)
-    assert engine.static_macs("l1", kp) <= budget < engine.static_macs("l1", min(1.0, kp + 2 ** -9))
-    assert engine.static_macs("xai_total", kp) == engine.static_macs("l1", kp)  # FLOPs: how many filters, not which
-    served = dyfip.stream(engine, 2, 0.5, 1.0, "candidates", capacity=3, n_images=12)
-    batched = engine.dynamic_outcome(2, 0.5, 1.0, "candidates").probs[:12].argmax(1)
-    assert np.array_equal(served["preds"], batched)
-    assert served["hits"] + served["misses"] == 12 and len(served["ms"]) == 12
+        assert torch.allclose(a.full_logits, model(a.split.x), atol=1e-5)
+    sets = [dyfip.candidate_sets(e.branch_probs, 2) for e in (a, b)]
+    before = len(a.build_seconds)
+    together = evaluation.tails([(a, sets[0]), (b, sets[1])], "xai", 0.5, ["none", "candidates"])
+    assert len(a.build_seconds) - before == len(set(sets[0]) | set(sets[1]))  # one build per distinct set
+    for e, s, got in zip((a, b), sets, together):
+        alone = evaluation.tails([(e, s)], "xai", 0.5, ["none", "candidates"])[0]
+        for mode in ("none", "candidates"):
+            assert torch.allclose(got[mode][0], alone[mode][0], atol=1e-6) and np.array_equal(got[mode][1], alone[mode][1])
+            soft = torch.softmax(got[mode][0], 1)
+            assert all(soft[i, [c for c in range(N_CLASSES) if c not in t]].sum() == 0 for i, t in enumerate(s))
+    assert not torch.allclose(together[0]["none"][0], together[0]["candidates"][0])  # the refresh changes the answers
+    full = evaluation.tails([(a, sets[0])], "xai", 1.0, ["none"])[0]["none"][0]  # keep 1, no refresh: the full tail
+    assert torch.allclose(full, dyfip.restrict(a.full_logits.clone(), sets[0]), atol=1e-5)
+
+
+def test_the_validation_grid_averages_over_branch_seeds_and_the_engine_agrees_with_itself():
+    """keep=1 and no refresh is the full tail restricted to the candidates; static keep=1 is the full model;
+    a matched static model costs no more than the budget; serving one image at a time gives the batched answers."""
+    _, engs = tiny_engines(2, split="val")
+    frame = evaluation.grid(engs, 2, [0.5, 1.0], [0.2, 1.0], "none")
+    assert len(frame) == 2 * 2 * 2 + 2 * 2 + 2 * 2  # DyFiP seeds x keeps x taus, static per keep, exit per seed x tau
+    for j, e in enumerate(engs):
+        at_one = frame.query(f"policy == 'dyfip' and branch_seed == {j} and keep == 1.0 and tau_exit == 1.0").iloc[0]
+        assert at_one["bal_acc"] == e.metrics(e.full_restricted(2, 1.0))["bal_acc"] and at_one["exit_rate"] == 0
+    static_one = frame.query("policy == 'static_l1' and keep == 1.0").iloc[0]
+    assert static_one["acc"] == engs[0].metrics(engs[0].exit_only(1.0))["acc"]
+    means = evaluation.seed_means(frame)
+    row = means.query("policy == 'dyfip' and keep == 0.5 and tau_exit == 0.2").iloc[0]
+    seeds = frame.query("policy == 'dyfip' and keep == 0.5 and tau_exit == 0.2")
+    assert row["seeds"] == 2 and row["bal_acc"] == pytest.approx(seeds["bal_acc"].mean())
+    assert row["bal_acc_sd"] == pytest.approx(seeds["bal_acc"].std(ddof=1))
+    assert row["max_flops_ratio"] == seeds["max_flops_ratio"].max()
+    budget = row["mean_flops_ratio"] * engs[0].full_macs
+    kp = engs[0].matched_keep(budget)
+    assert engs[0].static_macs("l1", kp) <= budget < engs[0].static_macs("l1", min(1.0, kp + 2 ** -9))
+    assert engs[0].static_macs("xai_total", kp) == engs[0].static_macs("l1", kp)  # FLOPs: how many filters, not which
+    served = serve.stream(engs[1], 2, 0.5, 1.0, "candidates", capacity=3, n_images=12)
+    batched = evaluation.at_point(engs, 2, 0.5, 1.0, "candidates", draws=1)["dyfip"][1].probs[:12].argmax(1)
+    assert np.array_equal(served["preds"], batched) and served["hits"] + served["misses"] == 12
+
+
+def test_the_operating_point_is_the_cheapest_within_the_margin_else_the_most_accurate():
+    means = pd.DataFrame([
+        {"policy": "dyfip", "keep": 0.3, "tau_exit": 0.9, "bal_acc": 0.50, "mean_flops_ratio": 0.2},
+        {"policy": "dyfip", "keep": 0.5, "tau_exit": 1.0, "bal_acc": 0.58, "mean_flops_ratio": 0.4},
+        {"policy": "dyfip", "keep": 0.5, "tau_exit": 0.9, "bal_acc": 0.59, "mean_flops_ratio": 0.4},
+        {"policy": "dyfip", "keep": 0.8, "tau_exit": 1.0, "bal_acc": 0.62, "mean_flops_ratio": 0.7},
+        {"policy": "static_l1", "keep": 0.1, "tau_exit": 1.0, "bal_acc": 0.90, "mean_flops_ratio": 0.05}])  # never chosen
+    point = evaluation.choose(means, 0.60, -0.02)
+    assert (point["keep"], point["tau_exit"], point["points_within_margin"], point["points"]) == (0.5, 0.9, 3, 4)
+    assert point["val_bal_acc"] == 0.59 and point["val_mean_flops_ratio"] == 0.4 and point["val_full_bal_acc"] == 0.60
+    fallback = evaluation.choose(means, 0.70, -0.02)  # nothing within 2 points: the best balanced accuracy
+    assert (fallback["keep"], fallback["tau_exit"], fallback["points_within_margin"]) == (0.8, 1.0, 0)
+
+
+def fake_engine(y: np.ndarray, full_probs: np.ndarray):
+    """What :func:`dyfip_analysis.claim` reads of an engine: labels, task, the full model's answers, its MACs."""
+    from types import SimpleNamespace
+    return SimpleNamespace(y=y[:, None], task="multi-class", full_macs=100,
+                           full=lambda: dyfip.Outcome(full_probs, np.full(len(y), 100), np.zeros(len(y), bool)))
+
+
+def answers(y: np.ndarray, right: np.ndarray, n_classes: int = 3) -> np.ndarray:
+    """One-hot probabilities: the true class where ``right``, else the next class."""
+    return np.eye(n_classes)[np.where(right, y, (y + 1) % n_classes)]
+
+
+def test_the_claim_is_decided_on_balanced_accuracy_with_holm_and_the_flops_bound():
+    y = np.repeat([0, 1, 2], [180, 60, 60])
+    majority = np.eye(3)[np.zeros(len(y), int)]  # ACC 0.6, balanced accuracy 1/3
+    balanced = answers(y, np.concatenate([np.arange(n) < 0.6 * n for n in (180, 60, 60)]))  # ACC 0.6, BA 0.6
+    out = lambda probs, flops: [dyfip.Outcome(p, np.full(len(y), flops), np.zeros(len(y), bool)) for p in probs]  # noqa: E731
+    engine = fake_engine(y, majority)
+    assert stats.endpoints(y, balanced, "multi-class")["acc"] == stats.endpoints(y, majority, "multi-class")["acc"]
+    c = dyfip_analysis.claim(engine, {"dyfip": out([balanced] * 3, 40), "random": out([majority] * 5, 40)}, 0.5, -0.02,
+                             n_boot=300)
+    assert c["verdict"] == stats.SUPPORTED and c["vs_full"]["diff"] == pytest.approx(0.6 - 1 / 3, abs=5e-5)  # ACC equal, BA not
+    assert c["vs_full"]["n_seeds"] == [3, 1] and c["vs_random"]["n_seeds"] == [3, 5] and c["mean_flops_ratio"] == 0.4
+    assert {"p_holm", "interval_holm"} <= set(c["vs_full"]) and "boot" not in c["vs_random"]
+    lines = dyfip_analysis.target_lines(c)
+    assert "at most 50%" in lines[0] and lines[0].endswith("met") and lines[-1] == "verdict: supported"
+    costly = dyfip_analysis.claim(engine, {"dyfip": out([balanced], 60), "random": out([majority], 60)}, 0.5, -0.02, n_boot=300)
+    assert costly["verdict"] == stats.PARTLY and not costly["flops_met"] and "NOT met" in dyfip_analysis.target_lines(costly)[0]
+    same = dyfip_analysis.claim(engine, {"dyfip": out([majority], 40), "random": out([majority], 40)}, 0.5, -0.02, n_boot=300)
+    assert same["vs_full"]["above_margin"] and not same["vs_random"]["above_margin"] and same["verdict"] == stats.PARTLY
+    worse = dyfip_analysis.claim(fake_engine(y, balanced), {"dyfip": out([majority], 40), "random": out([balanced], 40)},
+                                 0.5, -0.02, n_boot=300)
+    assert worse["verdict"] == stats.NOT and not worse["wins_somewhere"]
+
+
+def test_the_test_at_the_chosen_point_runs_every_policy_per_seed_and_fills_the_metrics():
+    _, engs = tiny_engines(2)
+    outcomes = evaluation.at_point(engs, 2, 0.5, 0.3, "candidates", draws=3)
+    assert {p: len(o) for p, o in outcomes.items()} == {"dyfip": 2, "dyfip_no_refresh": 2, "oracle": 2, "random": 6,
+                                                        "branch_alone": 2, "exit_only": 2, "branch_topk_full_tail": 2}
+    rnd, dy = outcomes["random"], outcomes["dyfip"]
+    assert not np.array_equal(rnd[0].probs, rnd[2].probs)  # draws 0 and 1 of branch seed 0 keep other filters
+    assert all(np.array_equal(r.macs, dy[i % 2].macs) for i, r in enumerate(rnd))  # the same width costs the same
+    alone = outcomes["branch_alone"][0]
+    assert alone.exited.all() and (alone.macs == engs[0].prefix_macs + engs[0].branch_macs).all()
+    frame = evaluation.grid(engs, 2, [0.5], [0.3, 1.0], "candidates")
+    means = evaluation.seed_means(frame)
+    full = engs[0].metrics(engs[0].full())
+    assert full["mean_flops_ratio"] == 1.0 and full["bal_acc"] == engs[0].metrics(engs[0].exit_only(1.0))["bal_acc"]
+    point = evaluation.choose(means, full["bal_acc"], -0.02)
+    kp, static = evaluation.static_at(engs[0], point["val_mean_flops_ratio"], ["none", "candidates"])
+    s = dyfip_analysis.summaries(engs[0], outcomes, static, "candidates")
+    assert s["random"]["n"] == 6 and s["full"]["n"] == 1 and s["full"]["mean_flops_ratio"] == 1.0 and s["dyfip"]["bal_acc"] == pytest.approx(
+        np.mean([engs[0].metrics(o)["bal_acc"] for o in dy]))
+    assert len(dyfip_analysis.table(s)) == len(dyfip_analysis.LABELS)
+    c = dyfip_analysis.claim(engs[0], outcomes, 0.5, -0.02, n_boot=200)
+    assert c["n_seeds"] == 2 and c["vs_random"]["n_seeds"] == [2, 6]
+    assert c["target_met"] == (c["flops_met"] and c["vs_full"]["above_margin"] and c["vs_random"]["above_margin"])
+    text = dyfip_analysis.evidence(s, point, c)
+    assert f"{s['dyfip']['bal_acc']:.3f}" in text.split(". ")[0] and "chosen on validation" in text
+    recall = evaluation.recall(engs, N_CLASSES)
+    assert list(recall) == [1, 2, 3, 4]
+    dyfip_analysis.check(engs[0], means, point, s, full["acc"], recall, 0.0, 1.0)
+    with pytest.raises(AssertionError, match="batched ones"):
+        dyfip_analysis.check(engs[0], means, point, s, full["acc"], recall, 0.0, 0.5)
+    served = serve.stream(engs[0], 2, 0.5, 0.3, "candidates", capacity=2, n_images=5)
+    requests = serve.requests_frame(served, engs[0].split.y)
+    assert requests["label"].tolist() == engs[0].split.y[:5].tolist()
+    assert set(serve.latency_summary(requests)) == {"dyfip", "dyfip_with_build", "full"}
+    metrics = dyfip_analysis.metrics(s, c, point, kp, full, 0.2, {}, recall, 2, 0.1, served, 2, {})
+    assert metrics["test"]["dyfip"]["bal_acc"] == round(s["dyfip"]["bal_acc"], 6) and metrics["cache"]["images"] == 5
+    assert metrics["operating_point"]["keep"] == 0.5 and metrics["targets"]["target_met"] == c["target_met"]
 
 
 def test_exit_sweep_and_class_overlap_on_hand_made_inputs():
@@ -264,31 +381,3 @@ def test_exit_sweep_and_class_overlap_on_hand_made_inputs():
     assert dyfip_analysis.class_overlap(apart, ["segments.a"], 0.25)["class pairs"].item() == 0.0  # disjoint top-2 per class
     assert dyfip_analysis.lost(0.0301) == "3.0 points lost" and dyfip_analysis.lost(-0.01) == "1.0 points gained"
     assert dyfip_analysis.lost(1e-4) == "no change"
-
-
-def test_the_comparison_reads_the_curve_judges_the_targets_and_fills_the_metrics():
-    model, test, engine = tiny_engine()
-    modes = ["none", "candidates"]
-    curve = engine.curve(2, [0.5], [0.3, 1.0], modes)
-    full = engine.metrics(engine.exit_only(1.0))
-    cmp = dyfip_analysis.compare(engine, curve, 2, 0.5, 1.0, "candidates", modes, full["acc"], full["auc"])
-    assert cmp.chosen.equals(curve.query("policy == 'dyfip' and refresh == 'candidates' and keep == 0.5 and tau_exit == 1.0").iloc[0])
-    assert cmp.matched["static_l1"]["keep"] == cmp.matched["static_xai"]["keep"]  # one bisection serves both criteria
-    assert cmp.matched["static_l1"]["none"]["mean_flops_ratio"] <= cmp.chosen["mean_flops_ratio"]
-    table = cmp.table()
-    assert len(table) == 3 + 5 * len(modes) and table.loc["full model", "mean_flops_ratio"] == 1.0
-    assert cmp.targets["mean_flops_at_most_half"] == (cmp.chosen["mean_flops_ratio"] <= 0.5)
-    assert cmp.targets["acc_within_2_points_of_full"] == (cmp.chosen["acc"] >= full["acc"] - 0.02)
-    assert len(cmp.target_lines()) == 5 and len(cmp.diagnosis_lines({1: 0.3, 2: 0.5})) == 4
-    per_class = dyfip_analysis.per_class(engine, engine.dynamic_outcome(2, 0.5, 1.0, "candidates"), list("abcde"), 2)
-    assert per_class["images"].tolist() == [8] * N_CLASSES
-    served = dyfip.stream(engine, 2, 0.5, 1.0, "candidates", capacity=2, n_images=5)
-    requests = dyfip_analysis.requests_frame(served, test.y)
-    assert requests["label"].tolist() == test.y[:5].tolist()
-    assert set(dyfip_analysis.latency_summary(requests)) == {"dyfip", "dyfip_with_build", "full"}
-    dyfip_analysis.check(engine, cmp, {1: 0.3, 2: 0.5}, 0.0, 1.0)
-    with pytest.raises(AssertionError, match="batched ones"):
-        dyfip_analysis.check(engine, cmp, {1: 0.3, 2: 0.5}, 0.0, 0.5)
-    metrics = dyfip_analysis.metrics(cmp, 0.2, {}, {1: 0.3, 2: 0.5}, 0.1, served, 2, {})
-    assert metrics["dyfip"]["test_acc"] == round(float(cmp.chosen["acc"]), 6) and metrics["cache"]["images"] == 5
-    assert set(metrics) >= {"static_l1", "static_xai", "exit_only", "branch_topk_full_tail", "targets"}

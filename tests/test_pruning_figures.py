@@ -73,19 +73,20 @@ def two_ratio_sweep() -> tuple[pd.DataFrame, dict]:
     """lrp (two draws) and l1 (one) at ratios 0 and 0.5, with a bootstrap that gives every model its own value."""
     rows = [("lrp", 0, 0.0, 0.9), ("lrp", 1, 0.0, 0.9), ("lrp", 0, 0.5, 0.8), ("lrp", 1, 0.5, 0.7),
             ("l1", 0, 0.0, 0.9), ("l1", 0, 0.5, 0.6)]
-    frame = pd.DataFrame([{"criterion": c, "draw": d, "ratio": r, "acc": v, "auc": v, "model": i}
+    frame = pd.DataFrame([{"criterion": c, "draw": d, "ratio": r, "acc": v, "bal_acc": v - 0.1, "auc": v, "model": i}
                           for i, (c, d, r, v) in enumerate(rows)])
-    res = {k: np.repeat(frame[["acc"]].to_numpy(), 3, axis=1) for k in ("acc", "auc")}
+    res = {k: np.repeat(frame[[k]].to_numpy(), 3, axis=1) for k in ("acc", "bal_acc", "auc")}
     return frame, res
 
 
 def test_summary_table_has_every_criterion_at_the_chosen_ratios():
     frame, res = two_ratio_sweep()
     table = summaries.summary_table(frame, res, "draws", [0.5])
-    assert list(table.columns) == [("ACC", 0.5), ("AUC", 0.5)] and set(table.index) == {"lrp", "l1"}
+    assert list(table.columns) == [("AUC", 0.5), ("balanced acc", 0.5), ("ACC", 0.5)] and set(table.index) == {"lrp", "l1"}
     ci = stats.intervals(frame[frame["ratio"] == 0.5], res, "acc").set_index("criterion").loc["lrp"]
     assert table.loc["lrp", ("ACC", 0.5)] == f"0.750 [{ci['lo_draws']:.3f}, {ci['hi_draws']:.3f}]"
     assert table.loc["l1", ("AUC", 0.5)] == "0.600 [0.600, 0.600]"
+    assert table.loc["l1", ("balanced acc", 0.5)] == "0.500 [0.500, 0.500]"
     with pytest.raises(ValueError, match="source"):
         summaries.summary_table(frame, res, "test", [0.5])
 
@@ -99,7 +100,7 @@ def test_verdict_sentences_come_from_the_verdicts():
     n = {o: sum(v["outcome"] == o for v in auc) for o in ("XAI better", "baseline better", "tie")}
     assert (f"m, test AUC over 1 pruning ratios: the best XAI criterion is better than the best baseline at "
             f"{n['XAI better']}, worse at {n['baseline better']}, and indistinguishable") in summaries.verdict_counts(winners, "m")
-    assert "best of 1 XAI criteria (lrp) with the best of 2 baselines (l1, random)" in \
+    assert "Exploratory (decides nothing): the best of 1 XAI criteria (lrp) against the best of 2 baselines (l1, random)" in \
         summaries.verdict_field(["lrp", "l1", "random"])
 
 
@@ -123,12 +124,26 @@ def test_collapsed_models_are_counted_by_their_spread():
 def test_metrics_keep_their_keys():
     frame, _ = two_ratio_sweep()
     m = summaries.sweep_metrics(frame, ["lrp", "l1"], [0.0, 0.5])
-    assert m["lrp"]["0.5"] == {"acc": 0.75, "auc": 0.75} and set(m["l1"]) == {"0.0", "0.5"}
-    repaired = pd.concat([frame.assign(repair=r) for r in [*repair_study.REPAIRS, "best"]], ignore_index=True)
-    unpruned = pd.DataFrame([{"repair": "none", "acc": 0.9, "max_prob_change": 0.0, "labels": 0, "unlabelled": 0}])
-    out = summaries.repair_metrics(repaired, unpruned, ["lrp"], [0.0, 0.5])
-    assert set(out["repairs"]) == {*repair_study.REPAIRS, "best"} and set(out["repairs"]["best"]["lrp"]) == {"0.0", "0.5"}
-    assert out["unpruned"]["none"] == {"acc": 0.9, "max_prob_change": 0.0, "labels": 0, "unlabelled": 0}
+    assert m["lrp"]["0.5"] == {"acc": 0.75, "bal_acc": 0.65, "auc": 0.75} and set(m["l1"]) == {"0.0", "0.5"}
+    repaired = pd.concat([frame.assign(repair=r) for r in ("none", "batchnorm")], ignore_index=True)
+    out = summaries.repair_metrics(repaired)
+    assert set(out) == {"none", "batchnorm"} and set(out["batchnorm"]["lrp"]) == {"0.0", "0.5"}
+    assert out["none"]["l1"]["0.5"] == {"acc": 0.6, "bal_acc": 0.5, "auc": 0.6}
+
+
+def test_repair_tables_and_lines_come_from_the_frames():
+    frame, _ = two_ratio_sweep()
+    repaired = pd.concat([frame.assign(repair=r) for r in ("none", "batchnorm")], ignore_index=True)
+    table = summaries.endpoint_table(repaired, ("repair", "criterion"))
+    assert table.loc[("none", "lrp"), ("AUC", 0.5)] == 0.75 and table.loc[("none", "l1"), ("balanced acc", 0.5)] == 0.5
+    ranks = summaries.rank_table(repaired, "bal_acc")
+    assert ranks.loc["lrp", "batchnorm"] == "0.65 (1)" and ranks.loc["l1", "none"] == "0.5 (2)"
+    result = {"primary": "lrp", "baseline": "l1", "ratio": 0.5, "metric": "bal_acc", "diff": 0.15,
+              "interval_holm": [0.05, 0.25], "above_margin": True}
+    lines = summaries.repair_lines([result], frame, "batchnorm", 0)
+    assert lines.splitlines() == ["batchnorm (chosen on validation; 0 labelled images), on test:",
+                                  "  50% pruned, lrp minus l1: balanced acc +0.150 [+0.050, +0.250] Holm, above 0 "
+                                  "(AUC 0.750 vs 0.600, ACC 0.750 vs 0.600)"]
 
 
 def test_check_sweep_names_what_fails():
@@ -159,18 +174,18 @@ def test_reference_study_is_the_sweep_of_each_setting():
 def test_the_figures_of_04_draw_from_the_frames():
     frame, res = two_ratio_sweep()
     frame = frame.assign(macs=10, params=10, out_bytes=10)
-    assert len(plots.sweep_figure(frame, res, "m", 40, show=False).axes) == 2
     assert len(plots.cost_figure(frame, "m", show=False).axes) == 3
     study = frame.assign(arch="m", reference="1/class", n_per_class=1)
     assert len(plots.reference_size_figure(study, "m", [0.5], show=False).axes) == 1
     repaired = pd.concat([frame.assign(repair=r, labels=0) for r in repair_study.REPAIRS], ignore_index=True)
-    assert plots.repair_figure(repaired, res, "batchnorm", "m", show=False).axes[2].get_title().startswith(
-        "batchnorm (best)")
+    fig = plots.repair_figure(repaired, res, "batchnorm", "m", show=False)
+    assert fig.axes[2].get_title().startswith("batchnorm (chosen)") and fig.axes[0].get_ylabel() == "validation balanced accuracy"
+    assert len(plots.sweep_figure(frame, res, "m", 40, show=False).axes) == 3
 
 
 def test_ratio_keys_keep_one_decimal_ratios_as_before_and_two_decimal_ratios_whole():
     assert [summaries.ratio_key(r) for r in (0.0, 0.1, 0.30000000000000004, 0.25, 0.125)] == ["0.0", "0.1", "0.3", "0.25", "0.125"]
     frame = pd.DataFrame({"criterion": ["l1"] * 4, "ratio": [0.0, 0.0, 0.25, 0.25], "acc": [0.9, 0.8, 0.7, 0.6],
-                          "auc": [0.95, 0.85, 0.75, 0.65]})
+                          "bal_acc": [0.9, 0.8, 0.5, 0.5], "auc": [0.95, 0.85, 0.75, 0.65]})
     m = summaries.sweep_metrics(frame, ["l1"], [0.0, 0.25])
-    assert list(m["l1"]) == ["0.0", "0.25"] and m["l1"]["0.25"] == {"acc": 0.65, "auc": 0.7}
+    assert list(m["l1"]) == ["0.0", "0.25"] and m["l1"]["0.25"] == {"acc": 0.65, "bal_acc": 0.5, "auc": 0.7}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -34,6 +35,7 @@ def test_every_repair_criterion_draw_and_ratio_has_a_row(study):
     assert set(frame.query("repair == 'recalibrate'")["labels"]) == {len(refs[0])}
     assert set(frame.query("repair == 'compensate'")["labels"]) == {0}
     assert set(frame.query("repair == 'batchnorm'")["unlabelled"]) == {24}
+    assert frame["bal_acc"].between(0, 1).all()
 
 
 def test_cheap_recalibration_equals_evaluating_the_recalibrated_copy(study):
@@ -63,23 +65,30 @@ def test_compensation_leaves_the_unpruned_model_alone_and_batchnorm_says_how_far
     assert moved["batchnorm"] > 1e-3  # other images' statistics: the unpruned model changes, and the table shows it
 
 
-def test_best_is_the_repair_with_the_highest_mean_pruned_accuracy(study):
+def test_choose_takes_the_highest_mean_balanced_accuracy_over_the_ratios_of_at_least_half(study):
     frame = study[-1]
-    both, best = repair_study.with_best(frame)
-    pruned = frame[(frame["ratio"] > 0) & (frame["repair"] != "none")]
-    assert best == pruned.groupby("repair")["acc"].mean().idxmax()
-    assert (both.query("repair == 'best'")["acc"].to_numpy() == frame.query("repair == @best")["acc"].to_numpy()).all()
+    best, scores = repair_study.choose(frame)
+    rows = frame[(frame["ratio"] >= 0.5) & (frame["repair"] != "none")]
+    expected = rows.groupby(["repair", "criterion", "ratio"])["bal_acc"].mean().groupby("repair").mean()
+    assert best == expected.idxmax() and scores.index[0] == best and "none" not in scores
+    assert scores.to_dict() == pytest.approx(expected.to_dict())
+    toy = pd.DataFrame({"repair": ["none", "batchnorm", "recalibrate", "batchnorm", "recalibrate"],
+                        "criterion": "lrp", "ratio": [0.5, 0.5, 0.5, 0.3, 0.3], "bal_acc": [0.9, 0.6, 0.7, 0.99, 0.5]})
+    assert repair_study.choose(toy)[0] == "recalibrate"  # none is no repair; the ratio 0.3 does not count
+    with pytest.raises(ValueError, match="at least 0.5"):
+        repair_study.choose(toy[toy["ratio"] < 0.5])
 
 
-@pytest.mark.parametrize("row, met", [
-    ({"ratio": 0.5, "xai_mean": 0.90, "baseline_mean": 0.80, "outcome": "XAI better"}, True),
-    ({"ratio": 0.4, "xai_mean": 0.90, "baseline_mean": 0.80, "outcome": "XAI better"}, False),  # below 50%
-    ({"ratio": 0.7, "xai_mean": 0.84, "baseline_mean": 0.60, "outcome": "XAI better"}, False),  # under 0.85
-    ({"ratio": 0.7, "xai_mean": 0.90, "baseline_mean": 0.86, "outcome": "XAI better"}, False),  # under 5 points
-    ({"ratio": 0.7, "xai_mean": 0.90, "baseline_mean": 0.70, "outcome": "tie"}, False),         # intervals overlap
-])
-def test_target_needs_every_part(row, met):
-    assert (repair_study.target([{**row, "metric": "acc"}]) is not None) == met
+def test_which_measures_only_the_chosen_repair_with_the_same_numbers(study):
+    model, test, refs, unlabelled, ev, frame = study
+    only = repair_study.repair_sweep(ev, CRITERIA, RATIOS, refs, unlabelled, repair_draws=2, progress=False,
+                                     which=("none", "batchnorm+recalibrate"))
+    assert set(only["repair"]) == {"none", "batchnorm+recalibrate"}
+    cols = ["repair", "criterion", "draw", "ratio", "acc", "bal_acc", "auc"]
+    full = frame[frame["repair"].isin(["none", "batchnorm+recalibrate"])][cols].reset_index(drop=True)
+    pd.testing.assert_frame_equal(only[cols].reset_index(drop=True), full)
+    with pytest.raises(ValueError, match="which="):
+        repair_study.repair_sweep(ev, CRITERIA, RATIOS, refs, unlabelled, 2, progress=False, which=("best",))
 
 
 def test_unlabelled_images_are_checked_against_the_split():

@@ -1,8 +1,9 @@
 """The experiments of ``09_compression``: each technique's XAI variant against its non-XAI counterpart.
 
-A :class:`Study` holds one trained model, the test split and K reference draws. It computes every
-weight's relevance once per draw (cached, :func:`xaiprune.compression.compress.weight_relevance`) and the magnitude
-once, then builds and evaluates compressed copies:
+A :class:`Study` holds one trained model, the split its curves are measured on (a validation subset: every
+choice is made there) and K reference draws. It computes every weight's relevance once per draw (cached,
+:func:`xaiprune.compression.compress.weight_relevance`) and the magnitude once, then builds and evaluates
+compressed copies:
 
 =====================  ======================================  ==========================================
 technique              XAI variant                             non-XAI counterpart(s)
@@ -15,12 +16,14 @@ technique              XAI variant                             non-XAI counterpa
 =====================  ======================================  ==========================================
 
 Every row has the exact size in bits (:func:`xaiprune.compression.storage.size_bits`), the compression ratio
-against the 32-bit model (``8 x prune.weight_bytes``) and test ACC/AUC (the shared evaluator of
-:mod:`xaiprune.pruning.comparison`, MedMNIST's metrics). With ``correct`` (the default), each compressed copy's
-BatchNorm means are corrected on the draw's reference images (:func:`xaiprune.pruning.repairs.correct_means`);
-the counterparts get the same correction from the same draw, so they too vary with the draw.
-:func:`summary`, :func:`ratio_at` and :func:`equal_size` turn the rows into the notebook's curves and
-verdicts. Filter pruning (technique 1) is :func:`xaiprune.pruning.comparison.sweep`, turned into rows by
+against the 32-bit model (``8 x prune.weight_bytes``), ACC, balanced accuracy and AUC
+(:func:`xaiprune.stats.endpoints` of the model's probabilities) and whether the model answers one class for
+every image. With ``correct`` (the default), each compressed copy's BatchNorm means are corrected on the
+draw's reference images (:func:`xaiprune.pruning.repairs.correct_means`); the counterparts get the same
+correction from the same draw, so they too vary with the draw. :meth:`Study.probabilities` rebuilds any
+measured setting and returns its per-image probabilities on another split (the test split, once the
+operating points are chosen). :func:`summary` and :func:`ratio_at` turn the rows into the notebook's curves.
+Filter pruning (technique 1) is :func:`xaiprune.pruning.comparison.sweep`, turned into rows by
 :func:`filter_rows`.
 """
 
@@ -34,20 +37,36 @@ from xaiprune import data, models, stats
 from xaiprune.compression import compress, storage
 from xaiprune.pruning import comparison, prune
 
-TIE = 0.005  # ACC difference below which two variants count as equal (half a point)
+FILTER = "filter pruning"
+TECHNIQUES = [FILTER, "weight pruning", "sharing", "mixed precision", "combined"]  # each has an XAI variant and counterparts
+
+
+def one_class(probs: np.ndarray, task: str) -> bool:
+    """Whether the decision rule of :mod:`xaiprune.stats` (argmax; 0.5 on the positive class or on each label)
+    gives every image the same answer: ACC is then a class's share and balanced accuracy ``1 / classes``."""
+    pred = probs > 0.5 if task == stats.MULTILABEL else probs[:, -1] > 0.5 if task == stats.BINARY else probs.argmax(1)
+    return bool((pred == pred[:1]).all())
+
+
+def scores(evaluator: comparison.Evaluator, model_id: int) -> dict:
+    """ACC, balanced accuracy and AUC of a model the evaluator stored, and whether it answers one class."""
+    probs = evaluator.scores[model_id]
+    return {**stats.endpoints(evaluator.y, probs, evaluator.task), "one_class": one_class(probs, evaluator.task)}
 
 
 class Study:
-    """Compressed copies of ``model`` measured on ``test``; one row per (technique, variant, setting, draw)."""
+    """Compressed copies of ``model`` measured on ``split``; one row per (technique, variant, setting, draw)."""
 
-    def __init__(self, model: models.SegmentedModel, test: data.Split, references: list[data.Split],
+    def __init__(self, model: models.SegmentedModel, split: data.Split, references: list[data.Split],
                  correct: bool = True, evaluator: comparison.Evaluator | None = None, progress: bool = True):
         if not references:
             raise ValueError("references: expected at least one reference draw")
         for r in references:
             compress.check_reference(r)
-        self.model, self.test, self.references, self.correct = model.eval(), test, references, correct
-        self.evaluator = evaluator or comparison.Evaluator(model, test)
+        self.model, self.split, self.references, self.correct = model.eval(), split, references, correct
+        self.evaluator = evaluator or comparison.Evaluator(model, split)
+        if self.evaluator.split is not split:
+            raise ValueError("evaluator was built for another split")
         self.full_bits = 8 * prune.weight_bytes(model)
         self.progress = progress
         self.relevance = [compress.weight_relevance(model, r) for r in tqdm(references, desc="weight relevance",
@@ -58,30 +77,54 @@ class Study:
         self.range = compress.range_sensitivity(model)
         self.memo: dict = {}
         self.rows: list[dict] = []
+        self.builders: dict[tuple[str, str], object] = {}  # (technique, variant) -> codes(setting, draw)
 
     # ----- one model ------------------------------------------------------------------------------
+    def build(self, codes: dict, draw: int, correct: bool | None = None):
+        """The compressed copy for ``codes``, its BatchNorm means corrected on draw ``draw``'s reference images."""
+        correct = self.correct if correct is None else correct
+        return compress.apply(self.model, codes, self.references[draw] if correct else None)
+
     def measure(self, technique: str, variant: str, xai: bool, setting: float, draw: int, codes: dict,
                 correct: bool | None = None) -> dict:
-        """Build, size and evaluate one compressed copy; the row is kept and returned."""
+        """Build, size and evaluate one compressed copy on the study's split; the row is kept and returned."""
         correct = self.correct if correct is None else correct
-        net = compress.apply(self.model, codes, self.references[draw] if correct else None)
-        metrics = self.evaluator.evaluate(net)
+        model_id = self.evaluator.evaluate(self.build(codes, draw, correct))["model"]
         bits = storage.size_bits(self.model, codes)["total"]
         row = {"technique": technique, "variant": variant, "xai": xai, "setting": setting, "draw": draw,
-               "acc": metrics["acc"], "auc": metrics["auc"], "bits": bits, "ratio": self.full_bits / bits,
-               "corrected": correct}
+               **scores(self.evaluator, model_id), "bits": bits, "ratio": self.full_bits / bits,
+               "corrected": correct, "model": model_id}
         self.rows.append(row)
         return row
 
-    def _loop(self, technique: str, settings: list, variants: list[tuple[str, bool, object]]) -> None:
-        """``variants``: (name, is XAI, ``codes(setting, draw)``); every variant at every setting and draw.
+    def draws(self, xai: bool) -> list[int]:
+        """The draws a variant is measured on: a non-XAI variant depends on the draw only through the BatchNorm
+        correction, so without it draw 0 alone."""
+        return list(range(len(self.references))) if xai or self.correct else [0]
 
-        A non-XAI variant depends on the draw only through the BatchNorm correction: without it, draw 0 alone.
-        """
-        jobs = [(s, d, v) for s in settings for d in range(len(self.references)) for v in variants
-                if v[1] or self.correct or d == 0]
+    def _loop(self, technique: str, settings: list, variants: list[tuple[str, bool, object]]) -> None:
+        """``variants``: (name, is XAI, ``codes(setting, draw)``); every variant at every setting and its draws."""
+        for name, xai, make in variants:
+            self.builders[(technique, name)] = (xai, make)
+        jobs = [(s, d, v) for s in settings for v in variants for d in self.draws(v[1])]
         for s, d, (name, xai, make) in tqdm(jobs, desc=technique, mininterval=2.0, disable=not self.progress):
             self.measure(technique, name, xai, s, d, make(s, d))
+
+    def probabilities(self, evaluator: comparison.Evaluator, technique: str, variant: str, setting) -> list[np.ndarray]:
+        """Per-image probabilities on ``evaluator``'s split (the test split) of a measured setting, one array per
+        draw (the draws it was measured on): the same codes rebuilt, the same correction. Filter pruning runs
+        :func:`xaiprune.pruning.comparison.sweep` for the one criterion and ratio."""
+        if technique == FILTER:
+            rows = comparison.sweep(self.model, evaluator.split, [variant], [setting], self.references,
+                                    progress=False, evaluator=evaluator)
+            return [evaluator.scores[i] for i in rows["model"]]
+        xai, make = self.builders[(technique, variant)]
+        same = [r["setting"] for r in self.rows if (r["technique"], r["variant"]) == (technique, variant)
+                and np.atleast_1d(r["setting"]).tolist() == np.atleast_1d(setting).tolist()]
+        if not same:
+            raise ValueError(f"{technique} / {variant} was not measured at {setting!r}")
+        setting = same[0]  # as measured (tables and JSON turn 4 bits into 4.0 and tuples into lists)
+        return [evaluator.scores[evaluator.evaluate(self.build(make(setting, d), d))["model"]] for d in self.draws(xai)]
 
     # ----- the techniques -------------------------------------------------------------------------
     def weight_pruning(self, sparsities: list[float]) -> None:
@@ -93,7 +136,8 @@ class Study:
             ("magnitude", False, lambda s, d: compress.compress(self.model, "raw", masks=self.rank_mag.masks(s)))])
 
     def weight_pruning_uncorrected(self, sparsities: list[float]) -> None:
-        """Technique 2 on draw 0 without the BatchNorm correction, both variants ("weight pruning, no correction")."""
+        """Technique 2 on draw 0 without the BatchNorm correction, both variants ("weight pruning, no correction");
+        shown beside technique 2, never an operating point."""
         for s in sparsities:
             for name, ranking in (("relevance", self.rank_xai[0]), ("magnitude", self.rank_mag)):
                 self.measure("weight pruning, no correction", name, name == "relevance", s, 0,
@@ -143,45 +187,35 @@ class Study:
         return pd.DataFrame(self.rows)
 
 
-def filter_rows(sweep: pd.DataFrame, full_bits: int, xai_criterion: str = "deeplift") -> pd.DataFrame:
-    """Technique 1 (:func:`xaiprune.pruning.comparison.sweep`'s rows) as study rows: size = 8 x weight bytes, all float32."""
-    out = sweep.assign(technique="filter pruning", variant=sweep["criterion"], xai=sweep["criterion"] == xai_criterion,
+def filter_rows(sweep: pd.DataFrame, evaluator: comparison.Evaluator, full_bits: int,
+                xai_criterion: str = "deeplift") -> pd.DataFrame:
+    """Technique 1 (:func:`xaiprune.pruning.comparison.sweep`'s rows on ``evaluator``'s split) as study rows:
+    size = 8 x weight bytes, all float32; the endpoints from the stored probabilities."""
+    out = sweep.assign(technique=FILTER, variant=sweep["criterion"], xai=sweep["criterion"] == xai_criterion,
                        setting=sweep["ratio"], bits=8 * sweep["weight_bytes"], corrected=False)
     out["ratio"] = full_bits / out["bits"]
-    return out[["technique", "variant", "xai", "setting", "draw", "acc", "auc", "bits", "ratio", "corrected"]]
+    measured = pd.DataFrame([scores(evaluator, int(i)) for i in out["model"]], index=out.index)
+    out = pd.concat([out.drop(columns=[c for c in stats.ENDPOINTS if c in out]), measured], axis=1)
+    return out[["technique", "variant", "xai", "setting", "draw", "acc", "bal_acc", "auc", "one_class", "bits", "ratio",
+                "corrected", "model"]]
 
 
-# ----- curves and verdicts --------------------------------------------------------------------------
+# ----- curves ---------------------------------------------------------------------------------------
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (technique, variant, setting): mean size, ratio, ACC and AUC with 95% Student-t intervals over draws."""
+    """Per (technique, variant, setting): mean size and ratio, ACC, balanced accuracy and AUC with 95% Student-t
+    intervals over the draws."""
     by = ["technique", "variant", "setting"]
     rows = rows.assign(setting=rows["setting"].map(lambda s: s if np.isscalar(s) else tuple(s)))
     out = rows.groupby(by, sort=False).agg(xai=("xai", "first"), bits=("bits", "mean"), ratio=("ratio", "mean"),
                                            draws=("draw", "nunique")).reset_index()
-    for value in ("acc", "auc"):
+    for value in stats.ENDPOINTS:
         ci = stats.mean_ci(rows, by, value).rename(columns={"mean": value, "lo": f"{value}_lo", "hi": f"{value}_hi"})
         out = out.merge(ci.drop(columns="n"), on=by)
     return out
 
 
-def ratio_at(curve: pd.DataFrame, base_acc: float, points: float) -> float | None:
-    """Largest mean compression ratio whose mean test ACC lost at most ``points`` ACC points; None if no setting."""
-    ok = curve[curve["acc"] >= base_acc - points / 100 - 1e-12]
-    return None if ok.empty else float(ok["ratio"].max())
-
-
-def equal_size(xai: pd.DataFrame, baseline: pd.DataFrame, value: str = "acc", tie: float = TIE) -> dict:
-    """The XAI curve against a baseline at equal size: the baseline's ``value`` interpolated (log bits) at each
-    XAI point inside the baseline's size range. Counts the XAI points better, tied (within ``tie``) and worse;
-    ``matches_most`` is True when better and tied points are more than half, None when no point is comparable."""
-    base = baseline.sort_values("bits")
-    lo, hi = base["bits"].min(), base["bits"].max()
-    out = {"better": 0, "tie": 0, "worse": 0}
-    for _, p in xai.iterrows():
-        if not lo * (1 - 1e-9) <= p["bits"] <= hi * (1 + 1e-9):
-            continue
-        ref = float(np.interp(np.log(p["bits"]), np.log(base["bits"]), base[value]))
-        out["better" if p[value] > ref + tie else "worse" if p[value] < ref - tie else "tie"] += 1
-    out["compared"] = sum(out.values())
-    out["matches_most"] = None if not out["compared"] else out["better"] + out["tie"] > out["compared"] / 2
-    return out
+def ratio_at(curve: pd.DataFrame, base: float, points: float, value: str = "auc") -> pd.Series | None:
+    """The setting (a row of ``curve``) with the largest mean compression ratio whose mean ``value`` lost at most
+    ``points`` points against ``base``; None if no setting does."""
+    ok = curve[curve[value] >= base - points / 100 - 1e-12]
+    return None if ok.empty else ok.loc[ok["ratio"].idxmax()]

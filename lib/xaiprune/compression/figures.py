@@ -1,5 +1,6 @@
-"""The figures of ``09_compression``: weight pruning with and without the correction, bits per layer, accuracy
-against size for every technique, and where the saved model's bits go.
+"""The figures of ``09_compression``: weight pruning with and without the correction, bits per layer, the endpoints
+against size for every technique (all on the validation subset, where the choices are made), and where the saved
+model's bits go.
 
 Each function draws one figure from values the notebook computed and shows it.
 """
@@ -11,20 +12,24 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from xaiprune.compression import results
+from xaiprune import stats
+from xaiprune.compression import operating, results
+
+LABELS = {"acc": "ACC", "bal_acc": "balanced accuracy", "auc": "AUC"}
 
 
 def weight_pruning(view: pd.DataFrame, base: dict) -> None:
-    """Test ACC (left) and AUC (right) against the fraction of weights removed, per variant, with and without the
-    BatchNorm correction (``view``: mean over draws per technique, variant and setting); dashed: the 32-bit model."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
-    for ax, value in zip(axes, ("acc", "auc")):
+    """Validation ACC, balanced accuracy and AUC against the fraction of weights removed, per variant, with and
+    without the BatchNorm correction (``view``: mean over draws per technique, variant and setting); dashed: the
+    32-bit model."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
+    for ax, value in zip(axes, stats.ENDPOINTS):
         for (tech, variant), g in view.groupby(["technique", "variant"], sort=False):
             ax.plot(g["setting"], g[value], "o-" if tech == "weight pruning" else "x:",
                     label=f"{variant} ({tech.split(', ')[-1]})")
         ax.axhline(base[value], color="k", lw=0.8, ls="--")
-        ax.set_xlabel("fraction of weights removed"); ax.set_ylabel(f"test {value.upper()}")
-    axes[1].legend(fontsize=8)
+        ax.set_xlabel("fraction of weights removed"); ax.set_ylabel(f"validation {LABELS[value]}")
+    axes[2].legend(fontsize=8)
     plt.tight_layout()
     plt.show()
 
@@ -58,26 +63,28 @@ def _technique_panel(ax, here: pd.DataFrame, value: str, base: dict) -> None:
 
 
 def curves(frame: pd.DataFrame, base: dict, full_bits: int) -> None:
-    """One column per technique: test ACC (top) and AUC (bottom) against the size in Mbit, the XAI variant in colour
-    with its 95% interval over the draws, the counterparts in grey; dashed: the 32-bit model, dotted: its ACC minus
-    :data:`~xaiprune.compression.results.TARGET_POINTS`; the top axis gives the compression ratio."""
+    """One column per technique: validation ACC, balanced accuracy and AUC (rows) against the size in Mbit, the XAI
+    variant in colour with its 95% interval over the draws, the counterparts in grey; dashed: the 32-bit model,
+    dotted: its AUC minus :data:`~xaiprune.compression.operating.POINTS` (the operating points' limit); the top axis
+    gives the compression ratio."""
     techs = results.TECHNIQUES
-    fig, axes = plt.subplots(2, len(techs), figsize=(4.2 * len(techs), 7.2), sharey="row")
+    fig, axes = plt.subplots(3, len(techs), figsize=(4.2 * len(techs), 10), sharey="row")
     for j, tech in enumerate(techs):
-        for i, value in enumerate(("acc", "auc")):
+        for i, value in enumerate(stats.ENDPOINTS):
             ax = axes[i, j]
             _technique_panel(ax, frame[frame["technique"] == tech], value, base)
-            ax.set_xlabel("size (Mbit)" if i else "")
-            if value == "acc":
-                ax.axhline(base["acc"] - results.TARGET_POINTS / 100, color="k", lw=0.8, ls=":")
+            ax.set_xlabel("size (Mbit)" if i == 2 else "")
+            if value == "auc":
+                ax.axhline(base["auc"] - operating.POINTS / 100, color="k", lw=0.8, ls=":")
+            if i == 0:
                 ax.set_title(tech)
                 top = ax.secondary_xaxis("top", functions=(lambda b: full_bits / np.maximum(b, 1),
                                                            lambda r: full_bits / np.maximum(r, 1e-9)))
                 top.set_xlabel("compression ratio", fontsize=8)
                 _log_ticks(top.xaxis, lambda v, _: f"{v:g}x")
             if j == 0:
-                ax.set_ylabel(f"test {value.upper()}")
-            if i == 1:
+                ax.set_ylabel(f"validation {LABELS[value]}")
+            if i == 2:
                 ax.legend(fontsize=7, loc="lower right")
     plt.tight_layout()
     plt.show()

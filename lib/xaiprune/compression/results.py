@@ -1,17 +1,16 @@
-"""The analysis of ``09_compression`` after the measurements: layers, verdicts, the saved model, targets, metrics.
+"""The analysis of ``09_compression`` after the measurements: layers, ratios, the saved model, checks, metrics.
 
-:class:`xaiprune.compression.experiments.Study` measures every compressed copy; this module turns its rows
-(and :func:`xaiprune.compression.experiments.summary`'s curves) into what the notebook shows:
+:class:`xaiprune.compression.experiments.Study` measures every compressed copy on a validation subset; this module
+turns its rows (and :func:`xaiprune.compression.experiments.summary`'s curves) into what the notebook shows:
 
 - :func:`layer_table`: each compressible layer's weights, input size and share of relevance, and the weights
   whose relevance is exactly zero;
-- :func:`techniques` and :func:`verdict_lines`: per technique, the ratio at 1 and 3 points of ACC of the XAI
-  variant and of each counterpart, and the comparison at equal size against the strongest counterpart;
-  :func:`constant_line`: the models that answer one class for every image;
-- :func:`choose_saved`, :func:`save_and_reload`, :func:`bits_per_weight`: the combined model written to a file
-  and read back;
-- :func:`targets` (the targets of this project's reconstruction, docs/DESIGN.md), :func:`target_lines`,
-  :func:`check_saved`, :func:`check_sizes` and :func:`metrics`.
+- :func:`ratio_table`: per technique and variant, the ratio at 1 and 3 points of validation AUC;
+  :func:`plan_lines`, :func:`claim_lines` and :func:`drift_line` put :mod:`xaiprune.compression.operating`'s
+  operating points, paired comparisons and threshold drift into words;
+- :func:`choose_saved`, :func:`save_and_reload`, :func:`bits_per_weight`: the combined model chosen on
+  validation, written to a file, read back and evaluated once on test;
+- :func:`check_saved`, :func:`check_sizes` and :func:`metrics`.
 """
 
 from __future__ import annotations
@@ -22,14 +21,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from xaiprune import data, paths
-from xaiprune.compression import compress, storage, experiments
+from xaiprune import paths, stats
+from xaiprune.compression import compress, experiments, operating, storage
+from xaiprune.pruning import comparison
 
-TECHNIQUES = ["filter pruning", "weight pruning", "sharing", "mixed precision", "combined"]
-TARGET_POINTS = 1  # the ACC loss, in points, at which ratios are read and the combined target is judged
-LOOSE_POINTS = 3  # the second, looser ACC loss at which ratios are read
-TARGET_RATIO = 16  # the combined pipeline at least this much smaller at a loss of at most TARGET_POINTS of ACC
-TARGET_FILE_EXCESS = 0.05  # the saved file within this fraction of the counted size
+TECHNIQUES = experiments.TECHNIQUES
 
 
 def short_names(model: torch.nn.Module) -> dict[str, str]:
@@ -67,98 +63,87 @@ def layer_table(model: torch.nn.Module, x: torch.Tensor, relevance: list[dict]) 
     return table, sum(float(zero_all[k].sum()) for k in layers) / table["weights"].sum()
 
 
-# ----- verdicts ---------------------------------------------------------------------------------------
+# ----- ratios, operating points, the claim ----------------------------------------------------------
 def shown(r: float | None) -> str:
     return "-" if r is None else f"{r:.1f}x"
 
 
-def techniques(curves: pd.DataFrame, base_acc: float) -> tuple[dict, pd.DataFrame]:
-    """Per technique: the XAI variant's and every counterpart's ratio at 1 and 3 points of ACC, the strongest
-    counterpart (largest ratio at 1 point, then at 3) and the comparison with it at equal size (ACC and AUC).
-    Returns the entries (as in ``metrics.json``) and the table of ratios."""
-    out, table = {}, []
-    at = lambda g, pts: experiments.ratio_at(g, base_acc, pts)  # noqa: E731
-    for tech in TECHNIQUES:
-        here = curves[curves["technique"] == tech]
-        xai_curve, baselines = here[here["xai"]], {v: g for v, g in here[~here["xai"]].groupby("variant", sort=False)}
-        entry = {"xai": {"variant": xai_curve["variant"].iloc[0], "ratio_at_1pt": at(xai_curve, TARGET_POINTS), "ratio_at_3pt": at(xai_curve, LOOSE_POINTS)},
-                 "baselines": {v: {"ratio_at_1pt": at(g, TARGET_POINTS), "ratio_at_3pt": at(g, LOOSE_POINTS)} for v, g in baselines.items()}}
-        strongest = max(baselines, key=lambda v: (entry["baselines"][v]["ratio_at_1pt"] or 0, entry["baselines"][v]["ratio_at_3pt"] or 0))
-        entry["baseline"] = {"variant": strongest, **entry["baselines"][strongest]}
-        entry["equal_size_acc"] = experiments.equal_size(xai_curve, baselines[strongest], "acc")
-        entry["equal_size_auc"] = experiments.equal_size(xai_curve, baselines[strongest], "auc")
-        out[tech] = entry
-        for name, v in [(entry["xai"]["variant"] + " (XAI)", entry["xai"]), *entry["baselines"].items()]:
-            table.append({"technique": tech, "variant": name, f"ratio at {TARGET_POINTS} point": v["ratio_at_1pt"], f"ratio at {LOOSE_POINTS} points": v["ratio_at_3pt"]})
-    return out, pd.DataFrame(table).set_index(["technique", "variant"])
+def ratio_table(curves: pd.DataFrame, base_auc: float) -> pd.DataFrame:
+    """Per technique and variant: the largest mean compression ratio whose mean validation AUC lost at most
+    :data:`operating.POINTS` (and :data:`operating.LOOSE_POINTS`) AUC points; None where no setting qualifies."""
+    out = []
+    for (tech, variant), g in curves[curves["technique"].isin(TECHNIQUES)].groupby(["technique", "variant"], sort=False):
+        at = [experiments.ratio_at(g, base_auc, p) for p in (operating.POINTS, operating.LOOSE_POINTS)]
+        out.append({"technique": tech, "variant": variant + (" (XAI)" if g["xai"].iloc[0] else ""),
+                    **{f"ratio at {p} AUC point{'s' * (p > 1)}": None if r is None else float(r["ratio"])
+                       for p, r in zip((operating.POINTS, operating.LOOSE_POINTS), at)}})
+    return pd.DataFrame(out).set_index(["technique", "variant"])
 
 
-def verdict_lines(entries: dict) -> list[str]:
-    """Per technique, in words: the ratios at 1 point, and the XAI points better, tied and worse at equal size."""
-    lines = []
-    for tech, entry in entries.items():
-        e, strongest = entry["equal_size_acc"], entry["baseline"]["variant"]
-        r_x, r_b = entry["xai"]["ratio_at_1pt"] or 0, entry["baseline"]["ratio_at_1pt"] or 0
-        head = (f"{tech}: {entry['xai']['variant']} {shown(entry['xai']['ratio_at_1pt'])} against {strongest} "
-                f"{shown(entry['baseline']['ratio_at_1pt'])} at {TARGET_POINTS} point ({'XAI at least as good' if r_x >= r_b else 'XAI WORSE'}); ")
-        if e["matches_most"] is None:
-            lines.append(head + "at equal size no XAI point falls inside the counterpart's size range")
-            continue
-        lines.append(head + f"at equal size (ACC) XAI better at {e['better']}, tied at {e['tie']}, worse at {e['worse']} of "
-                     f"{e['compared']} points: " + ("matches or beats it on most of the curve" if e["matches_most"]
-                                                    else "does NOT match it on most of the curve")
-                     + "; (AUC) better at {better}, tied at {tie}, worse at {worse}".format(**entry["equal_size_auc"]))
-    return lines
+def plan_lines(entries: list[dict]) -> list[str]:
+    """Each technique's operating point (chosen on validation) and each counterpart's matched setting, in words."""
+    def point(p):
+        return f"{p['variant']} at {p['setting']} ({p['ratio']:.1f}x, validation AUC {p['val_auc']:.4f})"
+    return [f"{e['technique']}: " + (f"{point(e['xai'])} against {point(e['counterpart'])}" if e["status"] == "compared"
+                                    else f"{e['counterpart']['variant']}: not compared, {e['status']}") for e in entries]
 
 
-def constant_line(rows: pd.DataFrame, test: data.Split, n_classes: int) -> str:
-    """How many measured models answer every test image with one class (ACC equal to a class's share of the test
-    split) while their AUC stays above 0.9, per technique and variant."""
-    labels = test.y.numpy().reshape(len(test), -1)
-    shares = [float((labels[:, 0] == c).mean()) for c in range(n_classes)] if labels.shape[1] == 1 else []
-    constant = rows[rows["acc"].apply(lambda a: any(abs(a - r) < 1e-9 for r in shares)) & (rows["auc"] > 0.9)]
-    counts = ", ".join(f"{t} / {v}: {n}" for (t, v), n in constant.groupby(["technique", "variant"]).size().items())
-    return (f"models answering every test image with one class (ACC equal to a class's share of the test split, "
-            f"{', '.join(f'{r:.3f}' for r in shares)}) while their AUC stays above 0.9: {len(constant)} of {len(rows)} "
-            f"(technique / variant: count): {counts or 'none'}")
+def claim_lines(result: dict, target: str) -> list[str]:
+    """The claim's outcome per technique and the protocol's ``target`` met or not."""
+    lines = [f"{t}: {v['outcome']}" + ("" if v["diff"] is None else f", smallest difference {v['diff']:+.4f} against "
+             f"{v['counterpart']} [{v['interval_holm'][0]:+.4f}, {v['interval_holm'][1]:+.4f}]")
+             + (f" ({v['why']})" if v["why"] else "") for t, v in result["techniques"].items()]
+    met = {None: "NOT measured", True: "met", False: "NOT met"}[result["target_met"]]
+    return lines + [f"target ({target}): {met}; XAI above the margin in at least one comparison: "
+                    f"{'yes' if result['wins_somewhere'] else 'no'}"]
+
+
+def drift_line(found: dict, n_classes: int) -> str:
+    """The models of :func:`operating.drift` in words."""
+    counts = ", ".join(f"{k}: {n}" for k, n in found["by_variant"].items()) or "none"
+    return (f"threshold drift: {found['one_class_high_auc']} of {found['models']} compressed models answer one class for "
+            f"every validation image (balanced accuracy {1 / n_classes:.2f}, ACC that class's share) while their AUC "
+            f"stays within {operating.DRIFT_POINTS} points of the uncompressed model's ({counts})")
 
 
 # ----- the saved model --------------------------------------------------------------------------------
-def choose_saved(curves: pd.DataFrame, base_acc: float) -> pd.Series:
-    """The combined XAI setting with the largest ratio at 1 point of ACC, or the most accurate one if none qualifies."""
+def choose_saved(curves: pd.DataFrame, base_auc: float) -> pd.Series:
+    """The combined XAI setting with the largest ratio within :data:`operating.POINTS` point of validation AUC (the
+    combined operating point), or the one with the highest validation AUC if none qualifies."""
     combined = curves[(curves["technique"] == "combined") & curves["xai"]]
-    within = combined[combined["acc"] >= base_acc - TARGET_POINTS / 100 - 1e-12]
-    return within.loc[within["ratio"].idxmax()] if not within.empty else combined.loc[combined["acc"].idxmax()]
+    chosen = experiments.ratio_at(combined, base_auc, operating.POINTS)
+    return chosen if chosen is not None else combined.loc[combined["auc"].idxmax()]
 
 
-def save_and_reload(study: experiments.Study, sparsity: float, bits: int, stage: str, path: Path, arch: str) -> dict:
-    """Rebuild the combined XAI model from draw 0, write it to ``path``, read it back and evaluate both.
+def save_and_reload(study: experiments.Study, test: comparison.Evaluator, sparsity: float, bits: int, stage: str,
+                    path: Path, arch: str) -> dict:
+    """Rebuild the combined XAI model from draw 0, write it to ``path``, read it back and evaluate both on ``test``.
 
-    Returns its codes, the in-memory and the reloaded model, the largest logit difference on 256 test images, both
-    evaluations (and the one without the BatchNorm correction), the counted size and the file report.
+    Returns its codes, the in-memory and the reloaded model, the largest logit difference over the test split,
+    both models' test endpoints (and those without the BatchNorm correction), the counted size and the file report.
     """
     codes = study.combined_codes(sparsity, bits, stage, 0, True)
-    compressed = compress.apply(study.model, codes, study.references[0] if study.correct else None)
+    compressed = study.build(codes, 0)
     path = storage.save(path, compressed, codes, arch)
     reloaded = storage.load(path)
-    with torch.no_grad():
-        logit_gap = float((reloaded(study.test.x[:256]) - compressed(study.test.x[:256])).abs().max())
-    in_memory, from_file = study.evaluator.evaluate(compressed), study.evaluator.evaluate(reloaded)
+    ids = [test.evaluate(m)["model"] for m in (compressed, reloaded, study.build(codes, 0, correct=False))]
+    in_memory, from_file, plain = (stats.endpoints(test.y, test.scores[i], test.task) for i in ids)
     size = storage.size_bits(compressed, codes)
-    plain = study.evaluator.evaluate(compress.apply(study.model, codes)) if study.correct else in_memory
     return {"sparsity": sparsity, "bits": bits, "stage": stage, "path": path, "codes": codes, "compressed": compressed,
-            "reloaded": reloaded, "logit_gap": logit_gap, "in_memory": in_memory, "from_file": from_file, "plain": plain,
-            "size": size, "file": storage.file_report(path, size["total"])}
+            "reloaded": reloaded, "logit_gap": float(np.abs(test.logits[ids[0]] - test.logits[ids[1]]).max()),
+            "in_memory": in_memory, "from_file": from_file, "plain": plain, "size": size,
+            "file": storage.file_report(path, size["total"])}
 
 
 def saved_lines(saved: dict, full_bits: int) -> list[str]:
-    """The saved model's setting, file size against the counted size, and its scores after reloading."""
-    file, size, f, m = saved["file"], saved["size"], saved["from_file"], saved["in_memory"]
+    """The saved model's setting, file size against the counted size, and its test scores after reloading."""
+    file, size, f = saved["file"], saved["size"], saved["from_file"]
     return [f"saved: sparsity {saved['sparsity']}, {saved['bits']} bits ({saved['stage']}), draw 0: {paths.relative(saved['path'])}",
             f"  file {file['file_bytes']:,} bytes; counted {file['counted_bytes']:,.0f} bytes (ratio {full_bits / size['total']:.1f}x); "
-            f"header {file['header_bytes']:,} bytes; the file is {file['excess']:+.2%} off the counted size (target: within {TARGET_FILE_EXCESS:.0%})",
-            f"  reloaded: largest logit difference {saved['logit_gap']:.2e}; test ACC {f['acc']:.4f} / AUC {f['auc']:.4f} "
-            f"(in memory {m['acc']:.4f} / {m['auc']:.4f}); without the BatchNorm correction: ACC {saved['plain']['acc']:.4f}"]
+            f"header {file['header_bytes']:,} bytes: the file is {file['excess']:+.2%} off the counted size",
+            f"  reloaded: largest logit difference {saved['logit_gap']:.2e}; test ACC {f['acc']:.4f}, balanced accuracy "
+            f"{f['bal_acc']:.4f}, AUC {f['auc']:.4f}; without the BatchNorm correction: ACC {saved['plain']['acc']:.4f}, "
+            f"balanced accuracy {saved['plain']['bal_acc']:.4f}, AUC {saved['plain']['auc']:.4f}"]
 
 
 def bits_per_weight(model: torch.nn.Module, size: dict) -> pd.DataFrame:
@@ -169,38 +154,12 @@ def bits_per_weight(model: torch.nn.Module, size: dict) -> pd.DataFrame:
     return frame.div([layers[k].weight.numel() for k in layers], axis=0)
 
 
-# ----- targets, checks, metrics -----------------------------------------------------------------------
-def targets(entries: dict, file: dict) -> dict:
-    """The targets of this reconstruction: the combined pipeline :data:`TARGET_RATIO` times smaller at
-    :data:`TARGET_POINTS` point of ACC, every XAI variant matching its counterpart at equal size on most of the curve
-    (None: not comparable) and at least its ratio, the file within :data:`TARGET_FILE_EXCESS` of the counted size."""
-    best = entries["combined"]["xai"]["ratio_at_1pt"]
-    return {"combined_16x_at_1pt": bool(best is not None and best >= TARGET_RATIO),
-            "xai_matches_most": {t: e["equal_size_acc"]["matches_most"] for t, e in entries.items()},
-            "xai_ratio_at_least_baseline": {t: bool((e["xai"]["ratio_at_1pt"] or 0) >= (e["baseline"]["ratio_at_1pt"] or 0))
-                                            for t, e in entries.items()},
-            "file_within_5pct": bool(abs(file["excess"]) <= TARGET_FILE_EXCESS)}
-
-
-def target_lines(entries: dict, met: dict, file: dict) -> list[str]:
-    """Each target met or not, in words."""
-    lines = [f"combined pipeline: {shown(entries['combined']['xai']['ratio_at_1pt'])} at <= {TARGET_POINTS} point of ACC: {TARGET_RATIO}x target "
-             f"{'met' if met['combined_16x_at_1pt'] else 'NOT met'} (non-XAI pipeline: "
-             f"{shown(entries['combined']['baseline']['ratio_at_1pt'])})"]
-    for t in entries:
-        m = met["xai_matches_most"][t]
-        lines.append(f"{t}: XAI matches or beats {entries[t]['baseline']['variant']} on most of the curve: "
-                     f"{'not comparable (no common size)' if m is None else 'yes' if m else 'NO'}; ratio at {TARGET_POINTS} point at "
-                     f"least the baseline's: {'yes' if met['xai_ratio_at_least_baseline'][t] else 'NO'}")
-    return lines + [f"file within {TARGET_FILE_EXCESS:.0%} of the counted size: {'met' if met['file_within_5pct'] else 'NOT met'} ({file['excess']:+.2%})"]
-
-
+# ----- checks, metrics --------------------------------------------------------------------------------
 def check_saved(study: experiments.Study, saved: dict) -> None:
     """The reloaded model gives the same logits and scores, the file holds exactly the counted streams (plus padding
     and the header), and every weight pruned by the relevance ranking is zero in the reloaded model."""
     assert saved["logit_gap"] == 0.0, f"the reloaded model's logits differ by {saved['logit_gap']}"
-    f, m = saved["from_file"], saved["in_memory"]
-    assert (f["acc"], f["auc"]) == (m["acc"], m["auc"]), "the reloaded model scores differently"
+    assert saved["from_file"] == saved["in_memory"], "the reloaded model scores differently"
     codes, file = saved["codes"], saved["file"]
     padding = 3 * len(codes) + len(saved["compressed"].state_dict()) - len(codes)
     assert 0 <= file["file_bytes"] - file["header_bytes"] - saved["size"]["total"] / 8 <= padding, \
@@ -218,22 +177,31 @@ def check_sizes(curves: pd.DataFrame) -> None:
             assert np.all(np.diff(sizes) * setting_order < 0), f"{tech}/{variant}: size does not move with the setting"
 
 
-def metrics(arch: str, full_bits: int, bn_correction: bool, base: dict, zero_all: float, entries: dict,
-            saved: dict, met: dict) -> dict:
-    """``metrics.json`` of ``09_compression``."""
+def _rounded(v):
+    if isinstance(v, (float, np.floating)):
+        return round(float(v), 6)
+    if isinstance(v, dict):
+        return {k: _rounded(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_rounded(x) for x in v]
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def metrics(arch: str, full_bits: int, bn_correction: bool, base: dict, zero_all: float, ratios: pd.DataFrame,
+            entries: list[dict], result: dict, found: dict, saved: dict) -> dict:
+    """``metrics.json`` of ``09_compression`` (the notebook adds ``choices`` and ``claims``). ``base``: the
+    uncompressed model's endpoints per split (``{"val": ..., "test": ...}``)."""
     file, f = saved["file"], saved["from_file"]
-    return {
-        "arch": arch, "full_bits": int(full_bits), "bn_correction": bn_correction,
-        "base": {"test_acc": round(base["acc"], 6), "test_auc": round(base["auc"], 6)},
-        "zero_relevance_share": round(zero_all, 6),
-        "techniques": entries,
-        "combined": {"ratio_at_1pt": entries["combined"]["xai"]["ratio_at_1pt"],
-                     "ratio_at_3pt": entries["combined"]["xai"]["ratio_at_3pt"],
-                     "baseline_ratio_at_1pt": entries["combined"]["baseline"]["ratio_at_1pt"],
-                     "saved": {"sparsity": float(saved["sparsity"]), "bits": int(saved["bits"]), "stage": saved["stage"],
-                               "ratio": round(full_bits / saved["size"]["total"], 4), "test_acc": round(f["acc"], 6),
-                               "test_auc": round(f["auc"], 6), "test_acc_without_correction": round(saved["plain"]["acc"], 6)},
-                     "file_bytes": int(file["file_bytes"]), "counted_bytes": round(file["counted_bytes"], 1),
-                     "header_bytes": int(file["header_bytes"]), "file_excess": round(file["excess"], 6)},
-        "targets": met,
-    }
+    table = ratios.reset_index()
+    return _rounded({
+        "arch": arch, "full_bits": int(full_bits), "bn_correction": bn_correction, "base": base,
+        "zero_relevance_share": zero_all,
+        "ratios_on_validation": [{k: (None if pd.isna(v) else v) for k, v in r.items()} for r in table.to_dict("records")],
+        "operating_points": entries,
+        "comparisons": [{k: v for k, v in r.items()} for r in result["comparisons"]],
+        "techniques": result["techniques"], "threshold_drift": found,
+        "saved": {"sparsity": float(saved["sparsity"]), "bits": int(saved["bits"]), "stage": saved["stage"],
+                  "ratio": full_bits / saved["size"]["total"], "test": f, "test_without_correction": saved["plain"],
+                  "file_bytes": int(file["file_bytes"]), "counted_bytes": file["counted_bytes"],
+                  "header_bytes": int(file["header_bytes"]), "file_excess": file["excess"]},
+    })

@@ -4,8 +4,11 @@ Reproduces Sabih, Hannig and Teich, "DyFiP: Explainable AI-based Dynamic Filter 
 Neural Networks" (EuroMLSys 2022). The full text is not available here: the method is this project's
 reconstruction from the abstract and the authors' earlier work.
 
-- :mod:`~xaiprune.dyfip.core`: the branch, early exits, candidate sets and the evaluation;
+- :mod:`~xaiprune.dyfip.core`: the branch, early exits, candidate sets and the evaluation engine of one split;
 - :mod:`~xaiprune.dyfip.subnets`: class-specific relevance, subset scores and the cached sub-networks;
-- :mod:`~xaiprune.dyfip.analysis`: the notebook's comparisons, targets, checks and metrics;
+- :mod:`~xaiprune.dyfip.evaluation`: branch seeds, the validation grid, the choice of the operating point, the
+  test at that point (random draws, static models at equal FLOPs);
+- :mod:`~xaiprune.dyfip.analysis`: the notebook's tables, the claim's comparisons, checks and metrics;
+- :mod:`~xaiprune.dyfip.serve`: serving one image at a time through the sub-network cache;
 - :mod:`~xaiprune.dyfip.figures`: the notebook's figures.
 """

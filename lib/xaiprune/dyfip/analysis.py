@@ -1,33 +1,36 @@
-"""The analysis of ``08_dyfip``: the tables, comparisons, sentences, checks and metrics built from an :class:`Engine`.
+"""The analysis of ``08_dyfip``: the tables, the claim's comparisons, sentences, checks and metrics.
 
-The notebook trains the branch, computes the class relevance and runs :meth:`Engine.curve`; this module
-turns those into what the notebook shows:
+The notebook runs :mod:`xaiprune.dyfip.evaluation` (the validation grid, the choice, the test at the chosen
+point); this module turns those into what the notebook shows:
 
 - :func:`exit_sweep`, :func:`class_overlap`, :func:`pruned_vs_zeroed` and :func:`cost_table`: the branch's
   exits, how class-specific the relevance is, and one sub-network checked against the zeroed full tail;
-- :func:`compare` (a :class:`Comparison`): the default setting against its baselines at the same mean
-  FLOPs, with the targets of this project's reconstruction (:data:`TARGETS`, docs/DESIGN.md) and the
-  sentences that report them (:meth:`Comparison.target_lines`, :meth:`Comparison.diagnosis_lines`);
-- :func:`per_class`, :func:`requests_frame`, :func:`latency_summary`: accuracy per true class and the
-  batch-1 serving log;
-- :func:`check` (the checks that can fail) and :func:`metrics` (``metrics.json``).
+- :func:`summaries` and :func:`table`: every policy's ACC, balanced accuracy, AUC and FLOPs on the test split,
+  averaged over branch seeds (and random draws);
+- :func:`claim`: the claim's family of paired comparisons on balanced accuracy (DyFiP against the full model
+  and against random filters of the same width, Holm-corrected) and its verdict, with the bound on FLOPs and
+  the margins passed in (they are declared in :mod:`xaiprune.study.protocol`); :func:`evidence`,
+  :func:`target_lines` and :func:`diagnosis_lines` say it in words;
+- :func:`per_class`: accuracy per true class; :func:`check` (the checks that can fail) and :func:`metrics`.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
-from xaiprune.dyfip import core, subnets
+from xaiprune import stats
+from xaiprune.dyfip import core, evaluation, subnets
 
-# The targets of this project's reconstruction (docs/DESIGN.md): mean FLOPs at most half of the full model's,
-# test ACC within 2 points of the full model and at least 5 points above static L1 pruning at the same FLOPs.
-TARGETS = {"mean_flops_ratio": 0.5, "points_of_full": 0.02, "points_above_l1": 0.05}
-COLUMNS = ["acc", "auc", "mean_flops_ratio", "max_flops_ratio", "exit_rate"]
+LABELS = {"full": "full model", "dyfip": "DyFiP", "dyfip_no_refresh": "DyFiP, no BN refresh",
+          "random": "random filters of the same width", "oracle": "oracle candidates",
+          "branch_alone": "the branch alone (every image exits)", "exit_only": "early exit, then the full tail",
+          "branch_topk_full_tail": "branch top-k, then the full tail (no pruning)",
+          "static_l1": "static L1 at equal FLOPs", "static_l1_no_refresh": "static L1 at equal FLOPs, no BN refresh",
+          "static_xai": "static XAI at equal FLOPs", "static_xai_no_refresh": "static XAI at equal FLOPs, no BN refresh"}
 
 
 def exit_sweep(probs: torch.Tensor, y: torch.Tensor, taus) -> pd.DataFrame:
@@ -83,99 +86,93 @@ def lost(drop: float) -> str:
     return "no change" if abs(drop) < 5e-4 else f"{abs(drop) * 100:.1f} points {'lost' if drop > 0 else 'gained'}"
 
 
-def point(curve: pd.DataFrame, policy: str, mode: str, keep: float, tau: float) -> pd.Series:
-    """The row of ``curve`` (:meth:`Engine.curve`) of one policy, refresh mode, keep and exit threshold."""
-    return curve[(curve["policy"] == policy) & (curve["refresh"] == mode) & (curve["keep"] == keep)
-                 & (curve["tau_exit"] == tau)].iloc[0]
+def summary(engine: core.Engine, outcomes: list[core.Outcome]) -> dict:
+    """Mean over the outcomes (seeds, draws) of every endpoint and FLOPs ratio (worst case: the maximum), the
+    standard deviation of the balanced accuracy over them and their number."""
+    per = pd.DataFrame([engine.metrics(o) for o in outcomes])
+    return {**per.mean().to_dict(), "max_flops_ratio": float(per["max_flops_ratio"].max()),
+            "bal_acc_sd": float(per["bal_acc"].std(ddof=1)) if len(per) > 1 else 0.0, "n": len(per)}
 
 
-@dataclass
-class Comparison:
-    """DyFiP's default setting (``chosen``) against its baselines; ``matched``: static models at the same mean FLOPs."""
-
-    curve: pd.DataFrame
-    k: int
-    keep: float
-    tau: float
-    mode: str
-    modes: list
-    full_acc: float
-    full_auc: float
-    chosen: pd.Series
-    matched: dict
-    restricted: dict
-    exit_only: pd.Series
-
-    def at(self, policy: str, mode: str | None = None) -> pd.Series:
-        """A policy at the default keep and exit threshold (refresh ``mode``, by default the chosen one)."""
-        return point(self.curve, policy, self.mode if mode is None else mode, self.keep, self.tau)
-
-    def table(self) -> pd.DataFrame:
-        """Every policy's ACC, AUC, mean and worst-case FLOPs ratio and exit rate, one row each."""
-        rows = [{"policy": "full model", "acc": self.full_acc, "auc": self.full_auc, "mean_flops_ratio": 1.0,
-                 "max_flops_ratio": 1.0, "exit_rate": 0.0},
-                {"policy": f"early exit only (tau {self.tau})", **self.exit_only[COLUMNS]},
-                {"policy": f"branch top-{self.k} + full tail (no pruning)", **self.restricted}]
-        for m in self.modes:
-            tag = "" if m == self.mode else " [no BN refresh]" if m == "none" else f" [{m}]"
-            rows += [{"policy": f"{label}{tag}", **self.at(policy, m)[COLUMNS]}
-                     for policy, label in (("dyfip", "DyFiP"), ("random", "random filters"), ("oracle", "oracle candidates"))]
-            rows += [{"policy": f"{name.replace('_', ' ')} at keep {v['keep']:.3f}{tag}", **v[m]} for name, v in self.matched.items()]
-        return pd.DataFrame(rows).set_index("policy")
-
-    @property
-    def targets(self) -> dict:
-        """Each target of :data:`TARGETS`, met or not."""
-        c, l1 = self.chosen, self.matched["static_l1"][self.mode]["acc"]
-        return {"mean_flops_at_most_half": bool(c["mean_flops_ratio"] <= TARGETS["mean_flops_ratio"]),
-                "acc_within_2_points_of_full": bool(c["acc"] >= self.full_acc - TARGETS["points_of_full"]),
-                "acc_5_points_above_static_l1": bool(c["acc"] >= l1 + TARGETS["points_above_l1"])}
-
-    def target_lines(self) -> list[str]:
-        """The default setting's accuracy and costs, and each target met or not, in words."""
-        c, t, l1 = self.chosen, self.targets, self.matched["static_l1"]
-        met = lambda key: "met" if t[key] else "NOT met"  # noqa: E731
-        return [f"DyFiP: test ACC {c['acc']:.3f} at a mean {c['mean_flops_ratio']:.1%} of the full model's FLOPs "
-                f"(worst case {c['max_flops_ratio']:.1%}, exit rate {c['exit_rate']:.1%}).",
-                f"  worst case: DyFiP {c['max_flops_ratio']:.1%} of the full model's FLOPs, early exit alone "
-                f"{self.exit_only['max_flops_ratio']:.1%} (the longest path the abstract says DyFiP shortens)",
-                f"  mean FLOPs at most {TARGETS['mean_flops_ratio']:.0%}: {met('mean_flops_at_most_half')}",
-                f"  within {TARGETS['points_of_full'] * 100:g} points of the full model ({self.full_acc:.3f}): {met('acc_within_2_points_of_full')} "
-                f"({c['acc'] - self.full_acc:+.3f})",
-                f"  at least {TARGETS['points_above_l1'] * 100:g} points above static L1 at the same FLOPs ({l1[self.mode]['acc']:.3f} with the same BN "
-                f"refresh, {l1['none']['acc']:.3f} without): {met('acc_5_points_above_static_l1')} "
-                f"({c['acc'] - l1[self.mode]['acc']:+.3f})"]
-
-    def diagnosis_lines(self, recall: dict) -> list[str]:
-        """Where the accuracy is lost: at the branch (exits, candidates) or at the filter selection."""
-        c, r, k = self.chosen, self.restricted, self.k
-        branch_loss, selection_loss = self.full_acc - r["acc"], r["acc"] - c["acc"]
-        xai_vs_random = c["acc"] - self.at("random")["acc"]
-        lines = [f"branch: top-{k} recall {recall[k]:.3f} (top-1 {recall[1]:.3f}); early exit plus the restriction to the "
-                 f"top-{k}, with the full tail: ACC {r['acc']:.3f}, {lost(branch_loss)} against the full model",
-                 f"filter selection: the pruned tails on the same candidates: ACC {c['acc']:.3f}, {lost(selection_loss)} "
-                 f"against the full tail; with oracle candidates: {self.at('oracle')['acc']:.3f}",
-                 f"XAI filters against random filters of the same width: {xai_vs_random * 100:+.1f} points "
-                 f"({'XAI better' if xai_vs_random > 0 else 'XAI NOT better'}); BN refresh against none: "
-                 f"{(c['acc'] - self.at('dyfip', 'none')['acc']) * 100:+.1f} points"]
-        if self.full_acc - c["acc"] <= TARGETS["points_of_full"]:
-            return lines + [f"in all, DyFiP against the full model: {lost(self.full_acc - c['acc'])}, within the {TARGETS['points_of_full'] * 100:g}-point target"]
-        worse = "the branch" if branch_loss > selection_loss else "the filter selection"
-        return lines + [f"in all, DyFiP against the full model: {lost(self.full_acc - c['acc'])}, most of it at {worse} "
-                        f"({lost(max(branch_loss, selection_loss))})"]
+def summaries(engine: core.Engine, outcomes: dict[str, list[core.Outcome]], static: dict, mode: str) -> dict[str, dict]:
+    """:func:`summary` of the full model, every policy of :func:`evaluation.at_point` and the static models
+    (:func:`evaluation.static_at`, with ``mode``'s refresh and without), keyed as :data:`LABELS`."""
+    out = {"full": summary(engine, [engine.full()])}
+    out.update({p: summary(engine, o) for p, o in outcomes.items()})
+    for name, by_mode in static.items():
+        out[name] = summary(engine, [by_mode[mode]])
+        out[name + "_no_refresh"] = summary(engine, [by_mode["none"]])
+    return out
 
 
-def compare(engine: core.Engine, curve: pd.DataFrame, k: int, keep: float, tau: float, mode: str, modes: list,
-            full_acc: float, full_auc: float) -> Comparison:
-    """The default setting, static L1 and static XAI pruning at the largest keep whose FLOPs do not exceed its mean
-    (one bisection: FLOPs depend on how many filters a layer keeps, not which), the full tail restricted to the
-    branch's top-k, and early exit alone."""
-    chosen = point(curve, "dyfip", mode, keep, tau)
-    matched_keep = engine.matched_keep(chosen["mean_flops_ratio"] * engine.full_macs)
-    matched = {name: {"keep": matched_keep, **{m: engine.metrics(o) for m, o in engine.static(criterion, matched_keep, modes).items()}}
-               for criterion, name in (("l1", "static_l1"), ("xai_total", "static_xai"))}
-    return Comparison(curve, k, keep, tau, mode, modes, full_acc, full_auc, chosen, matched,
-                      engine.metrics(engine.full_restricted(k, tau)), point(curve, "exit_only", "none", 1.0, tau))
+def table(s: dict[str, dict]) -> pd.DataFrame:
+    """:func:`summaries` as one row per policy: outcomes averaged (n), endpoints, FLOPs ratios, exit rate."""
+    cols = ["n", *evaluation.METRICS, "bal_acc_sd"]
+    return pd.DataFrame([{"policy": LABELS[p], **{c: v[c] for c in cols}} for p, v in s.items()]).set_index("policy")
+
+
+def _compact(r: dict) -> dict:
+    keys = ("diff", "interval", "interval_holm", "p", "p_holm", "margin", "above_margin", "n_seeds")
+    return {k: (round(r[k], 4) if isinstance(r[k], float) else [round(v, 4) for v in r[k]] if k.startswith("interval")
+                else r[k]) for k in keys}
+
+
+def claim(engine: core.Engine, outcomes: dict[str, list[core.Outcome]], max_flops: float, margin_full: float,
+          margin_random: float = 0.0, n_boot: int = 2000, seed: int = 0) -> dict:
+    """The claim's family on test balanced accuracy: DyFiP (one probability array per branch seed) minus the full
+    model (one), with ``margin_full``, and minus random filters of the same width (draws x branch seeds), with
+    ``margin_random``; paired over the test images, seeds nested, Holm-corrected across the two.
+
+    ``target_met``: DyFiP's mean FLOPs ratio at most ``max_flops`` and both corrected intervals above their
+    margins; ``wins_somewhere``: either is. Returns both comparisons (compact), the FLOPs ratio and the verdict.
+    """
+    dy = [o.probs for o in outcomes["dyfip"]]
+    pair = lambda b, m: stats.paired_difference(dy, b, engine.y, engine.task, "bal_acc", m, n_boot, seed)  # noqa: E731
+    vs_full, vs_random = stats.holm([pair([engine.full().probs], margin_full),
+                                     pair([o.probs for o in outcomes["random"]], margin_random)])
+    flops = float(np.mean([o.macs.mean() for o in outcomes["dyfip"]]) / engine.full_macs)
+    target = bool(flops <= max_flops and vs_full["above_margin"] and vs_random["above_margin"])
+    wins = bool(vs_full["above_margin"] or vs_random["above_margin"])
+    return {"vs_full": _compact(vs_full), "vs_random": _compact(vs_random), "mean_flops_ratio": flops,
+            "max_flops": max_flops, "flops_met": bool(flops <= max_flops), "target_met": target, "wins_somewhere": wins,
+            "verdict": stats.verdict(target, wins), "n_seeds": len(dy), "n_random": len(outcomes["random"])}
+
+
+def evidence(s: dict[str, dict], point: dict, c: dict) -> str:
+    """The claim row's evidence: this run's numbers in two sentences (the first is the report's headline)."""
+    d, f, r, b, l1 = (s[p] for p in ("dyfip", "full", "random", "branch_alone", "static_l1"))
+    return (f"DyFiP balanced accuracy {d['bal_acc']:.3f} at {c['mean_flops_ratio']:.1%} of the full model's mean FLOPs "
+            f"(full model {f['bal_acc']:.3f}, random filters of the same width {r['bal_acc']:.3f}). "
+            f"At keep {point['keep']:g} and tau {point['tau_exit']:g}, chosen on validation, over {c['n_seeds']} branch "
+            f"seeds ({c['n_random'] // c['n_seeds']} random draws each); ACC {d['acc']:.3f} and AUC {d['auc']:.3f} beside the full "
+            f"model's {f['acc']:.3f} and {f['auc']:.3f}; the branch alone {b['bal_acc']:.3f} at "
+            f"{b['mean_flops_ratio']:.1%} of the FLOPs, static L1 at equal FLOPs {l1['bal_acc']:.3f}.")
+
+
+def target_lines(c: dict) -> list[str]:
+    """Each part of the claim's target (the bound and margins ``claim`` was given), met or not, with its numbers."""
+    met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
+    lines = [f"  mean FLOPs at most {c['max_flops']:.0%} of the full model's: {c['mean_flops_ratio']:.1%}, {met(c['flops_met'])}"]
+    for key, name in (("vs_full", "the full model"), ("vs_random", "random filters of the same width")):
+        r = c[key]
+        lines.append(f"  DyFiP minus {name}: {r['diff']:+.3f}, Holm-corrected interval [{r['interval_holm'][0]:+.3f}, "
+                     f"{r['interval_holm'][1]:+.3f}] above {r['margin']:+.2f}: {met(r['above_margin'])}")
+    return lines + [f"verdict: {c['verdict']}"]
+
+
+def diagnosis_lines(s: dict[str, dict], recall: dict, k: int) -> list[str]:
+    """Where the balanced accuracy is lost: at the branch (exits, candidates) or at the filter selection."""
+    f, d, r = s["full"]["bal_acc"], s["dyfip"]["bal_acc"], s["branch_topk_full_tail"]["bal_acc"]
+    branch_loss, selection_loss = f - r, r - d
+    lines = [f"branch: top-{k} recall {recall[k]:.3f} (top-1 {recall[1]:.3f}); early exit plus the restriction to the "
+             f"top-{k}, with the full tail: {r:.3f}, {lost(branch_loss)} against the full model",
+             f"filter selection: the pruned tails on the same candidates: {d:.3f}, {lost(selection_loss)} against the "
+             f"full tail; with oracle candidates: {s['oracle']['bal_acc']:.3f}",
+             f"XAI filters against random filters of the same width: {(d - s['random']['bal_acc']) * 100:+.1f} points; "
+             f"BN refresh against none: {(d - s['dyfip_no_refresh']['bal_acc']) * 100:+.1f} points"]
+    worse = "the branch" if branch_loss > selection_loss else "the filter selection"
+    return lines + [f"in all, DyFiP against the full model: {lost(f - d)}"
+                    + (f", most of it at {worse} ({lost(max(branch_loss, selection_loss))})" if f - d > 5e-4 else "")]
 
 
 def per_class(engine: core.Engine, outcome: core.Outcome, names: list[str], k: int) -> pd.DataFrame:
@@ -191,72 +188,45 @@ def per_class(engine: core.Engine, outcome: core.Outcome, names: list[str], k: i
     return pd.DataFrame(rows).set_index("class")
 
 
-def requests_frame(served: dict, y: torch.Tensor) -> pd.DataFrame:
-    """:func:`stream`'s log, one row per image served: milliseconds (DyFiP, with build, full model), answer, label."""
-    n = len(served["ms"])
-    return pd.DataFrame({"dyfip_ms": served["ms"], "dyfip_ms_with_build": served["ms_with_build"],
-                         "full_ms": served["full_ms"], "prediction": served["preds"], "label": y[:n].numpy()})
-
-
-def latency_summary(requests: pd.DataFrame) -> dict:
-    """Median and p95 milliseconds of DyFiP (building excluded and included) and of the full model."""
-    return {name: {"median_ms": float(np.median(requests[col])), "p95_ms": float(np.percentile(requests[col], 95))}
-            for name, col in (("dyfip", "dyfip_ms"), ("dyfip_with_build", "dyfip_ms_with_build"), ("full", "full_ms"))}
-
-
-def serving_lines(latency: dict, served: dict, capacity: int, tail_bytes: int, agree: float) -> list[str]:
-    """The latency summary, the cache's hit rate, build times and memory, and the agreement with the batched answers."""
-    lines = [f"{name:17s} median {v['median_ms']:7.2f} ms   p95 {v['p95_ms']:7.2f} ms" for name, v in latency.items()]
-    return lines + [f"cache of {capacity}: hit rate {served['hit_rate']:.1%} ({served['hits']} hits, {served['misses']} misses, "
-                    f"{len(served['sets'])} distinct candidate sets); building a sub-network took "
-                    f"{np.median(served['build_s']) * 1e3:.0f} ms median, {served['build_s'].max() * 1e3:.0f} ms at most; "
-                    f"the cache held at most {served['peak_cache_bytes'] / 2**20:.1f} MB (full tail: {tail_bytes / 2**20:.1f} MB); "
-                    f"answers equal to the batched ones: {agree:.1%}"]
-
-
-def check(engine: core.Engine, cmp: Comparison, recall: dict, equivalence: float, agree: float) -> None:
-    """The checks that can fail: composition, pruned = zeroed, FLOPs grow with keep, tau 1 never exits, the static
-    baselines cost no more than DyFiP, top-k recall at least top-1, served answers = batched ones."""
+def check(engine: core.Engine, means: pd.DataFrame, point: dict, s: dict, trained_acc: float, recall: dict,
+          equivalence: float, agree: float) -> None:
+    """The checks that can fail: composition, pruned = zeroed, FLOPs grow with keep and tau 1 never exits (on the
+    validation grid), random filters cost what DyFiP costs, the static models no more than the point's validation
+    FLOPs, top-k recall grows with k, served answers = batched ones."""
     composed = engine.metrics(engine.exit_only(1.0))["acc"]
-    assert abs(composed - cmp.full_acc) < 1e-9, f"prefix + tail give ACC {composed}, the trained model {cmp.full_acc}"
+    assert engine.metrics(engine.full())["acc"] == composed, "exit at tau 1 must be the full model"
+    assert abs(composed - trained_acc) < 1e-9, f"prefix + tail give ACC {composed}, the trained model {trained_acc}"
     assert equivalence < 1e-5, f"a pruned sub-network differs from the zeroed full tail by {equivalence:.2e}"
-    curve = cmp.curve
-    no_exit = curve[(curve["policy"] == "dyfip") & (curve["tau_exit"] == 1.0) & (curve["refresh"] == cmp.mode)].sort_values("keep")
+    no_exit = means[(means["policy"] == "dyfip") & (means["tau_exit"] == 1.0)].sort_values("keep")
     assert (no_exit["mean_flops_ratio"].diff().dropna() > 0).all(), "FLOPs must grow with keep"
     assert (no_exit["exit_rate"] == 0).all(), "tau_exit = 1 must never exit"
-    assert cmp.chosen["mean_flops_ratio"] <= cmp.chosen["max_flops_ratio"] <= 1.0 + 1e-9
-    assert all(v[m]["mean_flops_ratio"] <= cmp.chosen["mean_flops_ratio"] + 1e-12 for v in cmp.matched.values() for m in cmp.modes)
-    assert recall[cmp.k] >= recall[1], "top-k recall below top-1"
+    d = s["dyfip"]
+    assert d["mean_flops_ratio"] <= d["max_flops_ratio"] <= 1.0 + 1e-9
+    assert abs(s["random"]["mean_flops_ratio"] - d["mean_flops_ratio"]) < 1e-9, "random filters must cost what DyFiP does"
+    assert all(s[p]["mean_flops_ratio"] <= point["val_mean_flops_ratio"] + 1e-12 for p in ("static_l1", "static_xai"))
+    assert all(recall[j] <= recall[j + 1] + 1e-12 for j in list(recall)[:-1]), "top-k recall must grow with k"
     assert agree >= 0.99, f"only {agree:.1%} of the answers served one at a time equal the batched ones"
 
 
 def _rounded(d: dict) -> dict:
-    return {key: round(float(v), 6) for key, v in d.items()}
+    return {key: round(float(v), 6) if isinstance(v, (float, np.floating)) else v for key, v in d.items()}
 
 
-def metrics(cmp: Comparison, majority: float, benchmark: dict, recall: dict, branch_ratio: float, served: dict,
-            capacity: int, reference: dict) -> dict:
-    """``metrics.json`` of ``08_dyfip`` (no timings). ``reference``: the reference set's cap per class name."""
-    c, m = cmp.chosen, cmp.mode
+def metrics(s: dict[str, dict], c: dict, point: dict, static_keep: float, val_full: dict, majority: float,
+            benchmark: dict, recall: dict, k: int, branch_ratio: float, served: dict, capacity: int, reference: dict) -> dict:
+    """``metrics.json`` of ``08_dyfip`` (no timings; the notebook adds ``claims`` and ``choices``).
+    ``reference``: the reference set's cap per class name."""
     return {
-        "full": {"test_acc": round(cmp.full_acc, 6), "test_auc": round(cmp.full_auc, 6), "test_majority_acc": round(majority, 6),
-                 "benchmark": benchmark},
-        "dyfip": {**_rounded(c[["mean_flops_ratio", "max_flops_ratio", "exit_rate"]].to_dict()),
-                  "test_acc": round(float(c["acc"]), 6), "test_auc": round(float(c["auc"]), 6),
-                  "k": cmp.k, "keep": cmp.keep, "tau_exit": cmp.tau, "bn_refresh": m},
-        "dyfip_no_refresh": {"test_acc": round(float(cmp.at("dyfip", "none")["acc"]), 6),
-                             "test_auc": round(float(cmp.at("dyfip", "none")["auc"]), 6)},
-        "random": {"test_acc": round(float(cmp.at("random")["acc"]), 6)},
-        "oracle": {"test_acc": round(float(cmp.at("oracle")["acc"]), 6)},
-        "exit_only": {"test_acc": round(float(cmp.exit_only["acc"]), 6),
-                      "mean_flops_ratio": round(float(cmp.exit_only["mean_flops_ratio"]), 6)},
-        "branch_topk_full_tail": {"test_acc": round(cmp.restricted["acc"], 6)},
-        **{name: {"test_acc": round(v[m]["acc"], 6), "test_auc": round(v[m]["auc"], 6),
-                  "flops_ratio": round(v[m]["mean_flops_ratio"], 6), "keep": v["keep"],
-                  "test_acc_no_refresh": round(v["none"]["acc"], 6)} for name, v in cmp.matched.items()},
-        "branch": {"topk_recall": round(recall[cmp.k], 6), "top1_acc": round(recall[1], 6), "flops_ratio": round(branch_ratio, 6)},
-        "exit_rate": round(float(c["exit_rate"]), 6),
+        "full": {"val": _rounded(val_full), "test": _rounded({m: s["full"][m] for m in ("acc", "bal_acc", "auc")}),
+                 "test_majority_acc": round(majority, 6), "benchmark": benchmark},
+        "operating_point": _rounded(point),
+        "test": {p: _rounded(v) for p, v in s.items()},
+        "static_keep": round(static_keep, 6),
+        "comparisons": {"full_model": c["vs_full"], "random_filters": c["vs_random"]},
+        "targets": {"mean_flops_at_most": c["flops_met"], "vs_full_above_margin": c["vs_full"]["above_margin"],
+                    "vs_random_above_margin": c["vs_random"]["above_margin"], "target_met": c["target_met"]},
+        "branch": {"k": k, "topk_recall": round(recall[k], 6), "top1_acc": round(recall[1], 6),
+                   "flops_ratio": round(branch_ratio, 6), "seeds": c["n_seeds"]},
         "cache": {"capacity": capacity, "hit_rate": round(served["hit_rate"], 6), "images": len(served["ms"])},
         "reference": reference,
-        "targets": cmp.targets,
     }

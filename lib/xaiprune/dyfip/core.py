@@ -17,10 +17,11 @@ Departure (recorded in the notebook): without fine-tuning the thinned tails coll
 default re-estimates each sub-network's BatchNorm statistics on the reference images of its candidate
 classes when it is built (:data:`REFRESH`; ``"none"`` is the plain reconstruction). No weight changes.
 
-:class:`Engine` evaluates DyFiP and its baselines (full model, early exit only, static pruning at the
-same FLOPs with the XAI criterion and with L1, random filters of the same width, an oracle candidate
-set) on one split; FLOPs by :func:`xaiprune.pruning.prune.profile`, metrics by MedMNIST's ``getACC``/``getAUC``.
-Used by ``08_dyfip.ipynb``.
+:class:`Engine` holds one split's features, one branch's probabilities and the frozen tail, and evaluates
+the policies that need no sub-network per candidate set (the full model, early exit, static pruning with
+the XAI criterion or L1); :mod:`xaiprune.dyfip.evaluation` runs the dynamic ones over branch seeds and
+random draws. FLOPs by :func:`xaiprune.pruning.prune.profile`; ACC, balanced accuracy and AUC by
+:func:`xaiprune.stats.endpoints`. Used by ``08_dyfip.ipynb``.
 """
 
 from __future__ import annotations
@@ -30,13 +31,11 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 from medmnist import INFO
-from medmnist.evaluator import getACC, getAUC
 from torch import nn
 
-from xaiprune import data, models, train
+from xaiprune import data, models, stats, train
 from xaiprune.dyfip import subnets
 from xaiprune.pruning import prune, repairs
 
@@ -49,7 +48,7 @@ def multiclass(flag: str) -> bool:
     return info["task"] != "multi-label, binary-class" and len(info["label"]) > 2
 
 
-def check_setting(flag: str, size: int, n_segments: int, k: int, keep: float, tau_exit: float, branch_block: int) -> None:
+def check_setting(flag: str, size: int, n_segments: int, k: int, keeps: list, taus: list, branch_block: int) -> None:
     """Refuse a setting before any training, naming the parameter (the schema of ``08_dyfip`` checks the same)."""
     data.check_flag_size(flag, size)
     n = len(INFO[flag]["label"])
@@ -60,10 +59,10 @@ def check_setting(flag: str, size: int, n_segments: int, k: int, keep: float, ta
                         "top-k of 2 classes prunes nothing)")
     elif not 1 <= k < n:
         problems.append(f"k={k}: expected 1 <= k < {n}, the number of classes of {flag}")
-    if isinstance(keep, bool) or not 0 < keep <= 1:
-        problems.append(f"keep={keep}: expected a fraction of filters in (0, 1]")
-    if not 0 < tau_exit <= 1:
-        problems.append(f"tau_exit={tau_exit}: expected a probability in (0, 1] (1.0 never exits)")
+    if not keeps or any(isinstance(v, bool) or not 0 < v <= 1 for v in keeps):
+        problems.append(f"keeps={keeps}: expected fractions of filters in (0, 1]")
+    if not taus or any(not 0 < v <= 1 for v in taus):
+        problems.append(f"taus={taus}: expected probabilities in (0, 1] (1.0 never exits)")
     if not 1 <= branch_block < n_segments:
         problems.append(f"branch_block={branch_block}: expected 1 <= branch_block < {n_segments} (segments of the model; "
                         "at least one must follow the branch)")
@@ -180,7 +179,7 @@ class Outcome:
 
 
 class Engine:
-    """DyFiP and its baselines on one split, from one frozen model, branch and class relevance.
+    """One split's features and one branch's probabilities, with the frozen tail, its relevance and sub-networks.
 
     Args:
         model: the frozen base classifier (never modified).
@@ -188,9 +187,10 @@ class Engine:
         branch: the trained :class:`BranchHead`.
         relevance: :func:`xaiprune.dyfip.subnets.class_relevance` of ``model``.
         reference: the reference set (its images re-estimate BN statistics, see :data:`REFRESH`).
-        split: the evaluation split (the test split in ``08_dyfip``).
+        split: the evaluation split (validation to choose, test to report, in ``08_dyfip``).
         aggregate: ``"max"`` or ``"sum"`` over the candidate classes.
-        seed: seeds the random-filter baseline (per candidate set).
+        seed: seeds the random-filter baseline (draw ``d`` uses ``seed + d``, per candidate set).
+    :meth:`with_branch` gives the same engine with another branch (the features are computed once).
     """
 
     def __init__(self, model: models.SegmentedModel, block: int, branch: BranchHead, relevance: dict,
@@ -213,13 +213,24 @@ class Engine:
         self._static_macs: dict[tuple[str, float], int] = {}
         self.build_seconds: list[float] = []
 
+    def with_branch(self, branch: BranchHead) -> "Engine":
+        """This engine (features, tail, sub-network builder shared) with ``branch``'s probabilities instead."""
+        other = copy.copy(self)
+        other.branch = branch.eval()
+        with torch.inference_mode():
+            other.branch_probs = torch.softmax(branch(self.features), dim=1)
+        other.branch_macs = subnets.macs(models.SegmentedModel({"branch": branch}), self.builder.input_shape)
+        return other
+
     # -- sub-networks --
-    def scores(self, selection: str, classes: tuple[int, ...] | None) -> dict[str, torch.Tensor]:
-        """Filter scores: ``xai`` for a candidate set, ``random`` (seeded by the set), or static ``xai_total``/``l1``."""
+    def scores(self, selection: str, classes: tuple[int, ...] | None, draw: int = 0) -> dict[str, torch.Tensor]:
+        """Filter scores: ``xai`` for a candidate set, ``random`` (seeded by the set and the draw), or static
+        ``xai_total``/``l1``."""
         if selection == "xai":
             return subnets.subset_scores(self.relevance, classes, self.aggregate)
         if selection == "random":
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + sum(c * 31 ** i for i, c in enumerate(classes)))
+            key = (self.seed + draw) * 1_000_003 + sum(c * 31 ** i for i, c in enumerate(classes))
+            gen = torch.Generator().manual_seed(key)
             return {layer: torch.rand(rows.shape[1], generator=gen) for layer, rows in self.relevance.items()}
         if selection == "xai_total":
             return {layer: rows.sum(0) for layer, rows in self.relevance.items()}
@@ -227,10 +238,10 @@ class Engine:
             return prune.criterion_scores(self.tail, "l1", input_shape=self.builder.input_shape)
         raise ValueError(f"selection={selection!r}; expected 'xai', 'random', 'xai_total' or 'l1'")
 
-    def build(self, selection: str, classes: tuple[int, ...] | None, keep: float) -> tuple[nn.Module, int]:
+    def build(self, selection: str, classes: tuple[int, ...] | None, keep: float, draw: int = 0) -> tuple[nn.Module, int]:
         """The tail pruned for ``classes`` at ``keep`` by ``selection``'s scores (timed), and its MACs."""
         start = time.perf_counter()
-        net = self.builder.build(self.builder.plan(self.scores(selection, classes), keep))
+        net = self.builder.build(self.builder.plan(self.scores(selection, classes, draw), keep))
         self.build_seconds.append(time.perf_counter() - start)
         return net, self.builder.macs(net)
 
@@ -244,66 +255,41 @@ class Engine:
         if mode == "candidates" and classes is not None:
             inside = torch.isin(self.reference.y, torch.as_tensor(classes))
             x = x[inside] if int(inside.sum()) >= 2 else x  # a BN needs two values per channel
-        ref = data.Split(x=x, y=torch.zeros(len(x), dtype=torch.long), flag=self.split.flag, split="val", size=self.split.size)
-        return repairs.reestimate_batchnorm(subnet, ref.x)
+        return repairs.reestimate_batchnorm(subnet, x)
 
-    def _run(self, net: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+    def run(self, net: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        """``net``'s logits on the features of the images ``idx``."""
         with torch.inference_mode():
             return torch.cat([net(self.features[c]) for c in idx.split(256)])
 
     # -- policies --
-    def _outcome(self, logits: torch.Tensor, tail_macs: np.ndarray, exited: torch.Tensor) -> Outcome:
+    def outcome(self, logits: torch.Tensor, tail_macs: np.ndarray, exited: torch.Tensor) -> Outcome:
+        """The answers: the branch's probabilities where the image ``exited``, else the softmax of the tail ``logits``."""
         probs = torch.softmax(logits, dim=1)
         probs[exited] = self.branch_probs[exited]
         macs = np.where(exited.numpy(), 0, tail_macs) + self.prefix_macs + self.branch_macs
         return Outcome(probs.numpy(), macs, exited.numpy())
 
-    def dynamic(self, k: int, keep: float, modes: list[str], policies: tuple[str, ...] = ("dyfip", "oracle", "random")
-                ) -> dict[tuple[str, str], tuple[torch.Tensor, np.ndarray]]:
-        """Restricted tail logits (N x classes) and tail MACs per image of DyFiP (``dyfip``), the oracle candidate
-        set (``oracle``) and random filters (``random``), for every BN refresh mode: ``{(policy, mode): ...}``.
-
-        DyFiP and the oracle share their sub-networks (built once per candidate set); each is dropped after use.
-        """
-        sets = {"dyfip": candidate_sets(self.branch_probs, k), "oracle": oracle_sets(self.branch_probs, self.split.y, k)}
-        sets["random"] = sets["dyfip"]
-        sets = {p: sets[p] for p in policies}
-        out = {(p, m): (torch.empty_like(self.full_logits), np.zeros(len(self.y), dtype=np.int64))
-               for p in sets for m in modes}
-        for selection, group in (("xai", ("dyfip", "oracle")), ("random", ("random",))):
-            group = [p for p in group if p in sets]
-            for s in sorted({t for p in group for t in sets[p]}):
-                who = {p: torch.as_tensor([i for i, t in enumerate(sets[p]) if t == s], dtype=torch.long) for p in group}
-                idx = torch.unique(torch.cat(list(who.values())))
-                net, n = self.build(selection, s, keep)
-                for mode in modes:
-                    rows = torch.empty_like(self.full_logits)
-                    rows[idx] = self._run(self.refresh(net, s, mode), idx)
-                    for p, i in who.items():
-                        out[p, mode][0][i] = rows[i]
-                        out[p, mode][1][i.numpy()] = n
-        return {key: (restrict(logits, sets[key[0]]), n) for key, (logits, n) in out.items()}
-
-    def dynamic_outcome(self, k: int, keep: float, tau: float, mode: str) -> Outcome:
-        """DyFiP alone at one setting (probabilities, MACs and exits per image)."""
-        logits, n = self.dynamic(k, keep, [mode], ("dyfip",))["dyfip", mode]
-        return self._outcome(logits, n, exits(self.branch_probs, tau))
+    def full(self) -> Outcome:
+        """The full model: no branch, the whole tail for every image."""
+        n = len(self.y)
+        return Outcome(torch.softmax(self.full_logits, 1).numpy(), np.full(n, self.full_macs), np.zeros(n, dtype=bool))
 
     def exit_only(self, tau: float) -> Outcome:
-        """The branch's early exit, then the full tail for the rest."""
-        return self._outcome(self.full_logits.clone(), np.full(len(self.y), self.builder.full_macs), exits(self.branch_probs, tau))
+        """The branch's early exit, then the full tail for the rest (``tau`` 1: the full model; 0: the branch alone)."""
+        return self.outcome(self.full_logits.clone(), np.full(len(self.y), self.builder.full_macs), exits(self.branch_probs, tau))
 
     def full_restricted(self, k: int, tau: float) -> Outcome:
         """Early exit, then the *unpruned* tail with its logits restricted to the top-k: what the branch alone costs."""
         logits = restrict(self.full_logits.clone(), candidate_sets(self.branch_probs, k))
-        return self._outcome(logits, np.full(len(self.y), self.builder.full_macs), exits(self.branch_probs, tau))
+        return self.outcome(logits, np.full(len(self.y), self.builder.full_macs), exits(self.branch_probs, tau))
 
     def static(self, criterion: str, keep: float, modes: list[str]) -> dict[str, Outcome]:
         """The tail pruned once (``xai_total`` or ``l1`` scores, every layer keeping ``keep``), no branch, per mode."""
         net, n = self.build(criterion, None, keep)
         self._static_macs[criterion, keep] = n
         everyone, none = torch.arange(len(self.y)), np.zeros(len(self.y), dtype=bool)
-        return {m: Outcome(torch.softmax(self._run(self.refresh(net, None, m), everyone), 1).numpy(),
+        return {m: Outcome(torch.softmax(self.run(self.refresh(net, None, m), everyone), 1).numpy(),
                            np.full(len(self.y), self.prefix_macs + n), none) for m in modes}
 
     def static_macs(self, criterion: str, keep: float) -> int:
@@ -326,74 +312,8 @@ class Engine:
         return max(lo, 1e-6)
 
     def metrics(self, out: Outcome) -> dict:
-        """ACC and AUC (MedMNIST's functions), mean and max FLOPs relative to the full model, exit rate."""
-        return {"acc": float(getACC(self.y, out.probs, self.task)), "auc": float(getAUC(self.y, out.probs, self.task)),
+        """ACC, balanced accuracy and AUC (:func:`xaiprune.stats.endpoints`), mean and max FLOPs relative to the full
+        model, exit rate."""
+        return {**stats.endpoints(self.y, out.probs, self.task),
                 "mean_flops_ratio": float(out.macs.mean() / self.full_macs),
                 "max_flops_ratio": float(out.macs.max() / self.full_macs), "exit_rate": float(out.exited.mean())}
-
-    def curve(self, k: int, keeps: list[float], taus: list[float], modes: list[str]) -> pd.DataFrame:
-        """Every policy at every keep, exit threshold and BN refresh mode: the points of the Pareto plot.
-
-        Returns one row per point with policy, refresh, keep, tau_exit, acc, auc, mean/max FLOPs ratio, exit rate.
-        The dynamic policies and early exit take every ``tau``; static pruning has no branch (tau 1).
-        """
-        rows = []
-        for keep in keeps:
-            for (policy, mode), (logits, n) in self.dynamic(k, keep, modes).items():
-                for tau in taus:
-                    rows.append({"policy": policy, "refresh": mode, "keep": keep, "tau_exit": tau,
-                                 **self.metrics(self._outcome(logits, n, exits(self.branch_probs, tau)))})
-            for criterion, name in (("xai_total", "static_xai"), ("l1", "static_l1")):
-                for mode, out in self.static(criterion, keep, modes).items():
-                    rows.append({"policy": name, "refresh": mode, "keep": keep, "tau_exit": 1.0, **self.metrics(out)})
-        for tau in taus:
-            rows.append({"policy": "exit_only", "refresh": "none", "keep": 1.0, "tau_exit": tau,
-                         **self.metrics(self.exit_only(tau))})
-        return pd.DataFrame(rows)
-
-
-def pareto(frame: pd.DataFrame, x: str = "mean_flops_ratio", y: str = "acc") -> pd.DataFrame:
-    """The rows no other row beats on both ``x`` (lower) and ``y`` (higher), sorted by ``x``."""
-    frame = frame.sort_values([x, y], ascending=[True, False])
-    best, keep = -np.inf, []
-    for i, row in frame.iterrows():
-        if row[y] > best:
-            keep.append(i)
-            best = row[y]
-    return frame.loc[keep]
-
-
-def stream(engine: Engine, k: int, keep: float, tau: float, mode: str, capacity: int, n_images: int) -> dict:
-    """Serve test images one at a time (batch 1) through an LRU cache of sub-networks, timing each request.
-
-    Returns per-image milliseconds (building excluded and included), the cache's hit rate and build
-    times, and the full model's batch-1 milliseconds on the same images, for comparison.
-    """
-    sets_of = {}
-    cache = subnets.SubnetCache(lambda s: engine.refresh(engine.build("xai", s, keep)[0], s, mode), capacity)
-    x = engine.split.x[:n_images or len(engine.split)]
-    served, total, full, preds = [], [], [], []
-    with torch.inference_mode():
-        for img in x.split(1):
-            start = time.perf_counter()
-            h = engine.prefix(img)
-            p = torch.softmax(engine.branch(h), dim=1)
-            if bool(exits(p, tau)[0]):
-                preds.append(int(p.argmax()))
-                built = 0.0
-            else:
-                s = candidate_sets(p, k)[0]
-                before = sum(cache.build_seconds)
-                net = cache.get(s)
-                built = sum(cache.build_seconds) - before
-                preds.append(int(restrict(net(h), [s]).argmax()))
-                sets_of[s] = sets_of.get(s, 0) + 1
-            elapsed = time.perf_counter() - start
-            total.append(1e3 * elapsed)
-            served.append(1e3 * (elapsed - built))
-            start = time.perf_counter()
-            engine.model(img)
-            full.append(1e3 * (time.perf_counter() - start))
-    return {"ms": np.array(served), "ms_with_build": np.array(total), "full_ms": np.array(full), "preds": np.array(preds),
-            "hit_rate": cache.hit_rate, "hits": cache.hits, "misses": cache.misses, "build_s": np.array(cache.build_seconds),
-            "peak_cache_bytes": cache.peak_bytes, "sets": sets_of}

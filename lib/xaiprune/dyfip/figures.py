@@ -1,6 +1,7 @@
 """The figures of ``08_dyfip``: the branch, the class overlap of the relevance, accuracy against FLOPs, per class, latency.
 
-Each function draws one figure from values the notebook computed (:mod:`xaiprune.dyfip.analysis`) and shows it.
+Each function draws one figure from values the notebook computed (:mod:`xaiprune.dyfip.evaluation`,
+:mod:`xaiprune.dyfip.analysis`) and shows it.
 """
 
 from __future__ import annotations
@@ -9,27 +10,28 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from xaiprune.dyfip import core
-from xaiprune.dyfip.analysis import TARGETS
+from xaiprune.dyfip import evaluation
 
 
-def branch(history: list[dict], recall: dict, exit_frame: pd.DataFrame, k: int, tau_exit: float) -> None:
-    """Left: the branch's validation loss and ACC per epoch (circle: the kept epoch). Middle: test top-k recall per k.
-    Right: exit rate and the ACC of the exited images against the exit threshold (dashed: ``tau_exit``)."""
-    hist = pd.DataFrame(history)
+def branch(histories: list[list[dict]], recall: dict, exit_frame: pd.DataFrame, k: int, taus: list[float]) -> None:
+    """Left: each branch seed's validation loss per epoch (circle: the kept epoch). Middle: validation top-k recall per
+    k, averaged over the seeds. Right: the first seed's exit rate and the ACC of the exited validation images against
+    the exit threshold (dotted: the thresholds of the grid)."""
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
-    axes[0].plot(hist["epoch"], hist["val_loss"], marker="o", ms=3, label="val loss")
-    axes[0].plot(hist["epoch"], hist["val_acc"], marker="o", ms=3, label="val ACC")
-    best = hist.loc[hist["val_loss"].idxmin()]
-    axes[0].scatter([best["epoch"]], [best["val_loss"]], s=120, facecolors="none", edgecolors="k")
-    axes[0].set_xlabel("epoch"); axes[0].legend(); axes[0].set_title("branch training")
+    for j, history in enumerate(histories):
+        hist = pd.DataFrame(history)
+        axes[0].plot(hist["epoch"], hist["val_loss"], marker="o", ms=3, label=f"branch seed {j}")
+        best = hist.loc[hist["val_loss"].idxmin()]
+        axes[0].scatter([best["epoch"]], [best["val_loss"]], s=120, facecolors="none", edgecolors="k")
+    axes[0].set_xlabel("epoch"); axes[0].set_ylabel("val loss"); axes[0].legend(fontsize=8); axes[0].set_title("branch training")
     axes[1].bar([str(j) for j in recall], list(recall.values()), color=["C1" if j == k else "C0" for j in recall])
-    axes[1].set_xlabel("k"); axes[1].set_ylabel("test top-k recall"); axes[1].set_ylim(0, 1)
+    axes[1].set_xlabel("k"); axes[1].set_ylabel("validation top-k recall"); axes[1].set_ylim(0, 1)
     axes[1].set_title("is the true class among the branch's top k?")
     axes[2].plot(exit_frame["tau"], exit_frame["exit rate"], label="exit rate")
     axes[2].plot(exit_frame["tau"], exit_frame["ACC of exited"], label="ACC of the exited images")
-    axes[2].axvline(tau_exit, color="k", ls="--", lw=0.8)
-    axes[2].set_xlabel("tau_exit"); axes[2].legend(); axes[2].set_title("early exit on the test split")
+    for tau in taus:
+        axes[2].axvline(tau, color="k", ls=":", lw=0.6)
+    axes[2].set_xlabel("tau_exit"); axes[2].legend(); axes[2].set_title("early exit on the validation split")
     plt.tight_layout()
     plt.show()
 
@@ -44,34 +46,28 @@ def overlap(frame: pd.DataFrame, method: str, keep: float) -> None:
     plt.show()
 
 
-def _pareto_panel(ax, here: pd.DataFrame, tau_exit: float):
-    dy = here[here["policy"] == "dyfip"]
-    sc = ax.scatter(dy["mean_flops_ratio"], dy["acc"], c=dy["keep"], cmap="viridis", s=28, label="DyFiP (keep x tau)")
-    front = core.pareto(dy)
-    ax.plot(front["mean_flops_ratio"], front["acc"], color="k", lw=1, label="DyFiP Pareto front")
-    for policy, style in (("random", "s--"), ("oracle", "^--")):
-        g = here[(here["policy"] == policy) & (here["tau_exit"] == tau_exit)].sort_values("keep")
-        ax.plot(g["mean_flops_ratio"], g["acc"], style, ms=5, lw=0.8, label=f"{policy} (tau {tau_exit})")
-    for policy, style in (("static_xai", "D-"), ("static_l1", "v-")):
-        g = here[here["policy"] == policy].sort_values("keep")
-        ax.plot(g["mean_flops_ratio"], g["acc"], style, ms=5, lw=1, label=policy.replace("_", " "))
-    g = here[here["policy"] == "exit_only"].sort_values("mean_flops_ratio")
-    ax.plot(g["mean_flops_ratio"], g["acc"], "o:", ms=4, color="grey", label="early exit only")
-    return sc
-
-
-def pareto(curve: pd.DataFrame, modes: list[str], tau_exit: float, full_acc: float, majority: float) -> None:
-    """Test ACC against mean FLOPs per image (relative to the full model), one panel per BatchNorm refresh mode."""
-    fig, axes = plt.subplots(1, len(modes), figsize=(7 * len(modes), 4.6), squeeze=False, sharey=True)
-    for ax, mode in zip(axes[0], modes):
-        sc = _pareto_panel(ax, curve[(curve["refresh"] == mode) | (curve["policy"] == "exit_only")], tau_exit)
-        ax.scatter([1.0], [full_acc], marker="*", s=220, color="k", label="full model", zorder=5)
-        ax.axvline(TARGETS["mean_flops_ratio"], color="k", lw=0.6, ls="--")
-        ax.axhline(majority, color="k", lw=0.6, ls=":")
-        ax.set_xlabel("mean FLOPs per image / full model"); ax.set_ylabel("test ACC")
-        ax.set_title(f"BN refresh: {mode}")
-        plt.colorbar(sc, ax=ax, label="keep")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+def pareto(means: pd.DataFrame, point: dict, max_flops: float, chance: float) -> None:
+    """Validation balanced accuracy against mean FLOPs per image (relative to the full model), averaged over the branch
+    seeds: every DyFiP (keep, tau) point and its Pareto front, static pruning per keep, early exit per tau, the full
+    model, the margin the choice rule allows (dashed), and the chosen point (circled)."""
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
+    dy = means[means["policy"] == "dyfip"]
+    sc = ax.scatter(dy["mean_flops_ratio"], dy["bal_acc"], c=dy["keep"], cmap="viridis", s=28, label="DyFiP (keep x tau)")
+    front = evaluation.pareto(dy)
+    ax.plot(front["mean_flops_ratio"], front["bal_acc"], color="k", lw=1, label="DyFiP Pareto front")
+    for policy, style in (("static_xai", "D-"), ("static_l1", "v-"), ("exit_only", "o:")):
+        g = means[means["policy"] == policy].sort_values("mean_flops_ratio")
+        ax.plot(g["mean_flops_ratio"], g["bal_acc"], style, ms=4, lw=1, label=policy.replace("_", " "))
+    ax.scatter([1.0], [point["val_full_bal_acc"]], marker="*", s=220, color="k", label="full model", zorder=5)
+    ax.axhline(point["val_full_bal_acc"] + point["margin"], color="k", lw=0.6, ls="--")
+    ax.scatter([point["val_mean_flops_ratio"]], [point["val_bal_acc"]], s=260, facecolors="none", edgecolors="r", lw=1.5,
+               label=f"chosen: keep {point['keep']:g}, tau {point['tau_exit']:g}", zorder=6)
+    ax.axvline(max_flops, color="k", lw=0.6, ls="-.")
+    ax.axhline(chance, color="k", lw=0.6, ls=":")
+    ax.set_xlabel("mean FLOPs per image / full model"); ax.set_ylabel("validation balanced accuracy")
+    ax.set_title("validation split, mean over branch seeds: where the operating point is chosen")
+    plt.colorbar(sc, ax=ax, label="keep")
+    ax.legend(fontsize=7, loc="lower right")
     plt.tight_layout()
     plt.show()
 

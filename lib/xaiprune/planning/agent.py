@@ -3,7 +3,9 @@
 :func:`train` builds an sb3-contrib ``MaskablePPO`` (maskable PPO, Huang & Ontanon 2022, on PPO,
 Schulman et al. 2017) over :class:`xaiprune.planning.seqenv.SegmentEnv`, warm-starts its policy by behaviour
 cloning of the exact optimum (:mod:`xaiprune.planning.imitation`), runs DAgger rounds, and fine-tunes it with
-MaskablePPO (discount 1 within a request). :class:`SequentialAgent` is what serves: it plans a request by
+MaskablePPO (discount 1 within a request), judging the deterministic policy on fixed validation requests
+along the way and keeping the best checkpoint there (the warm start if fine-tuning never beats it).
+:class:`SequentialAgent` is what serves: it plans a request by
 S forward passes of the policy network, in NumPy (the same weights, the same argmax as torch; tested),
 each taking the most likely action the exact mask allows. :func:`policy` wraps it in the
 ``(WardEnv, observation) -> action`` interface of :mod:`xaiprune.planning.rl` that notebook 07's planner calls,
@@ -14,6 +16,7 @@ made them (:func:`cache_key`).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -46,16 +49,22 @@ TRAINING_CODE = ("agent", "imitation", "seqenv", "feasibility", "fades", "env", 
 class Training:
     """Everything that makes an agent besides the ward and the profiles (part of the cache key)."""
 
-    demo_requests: int = 2000       # 06's defaults
+    demo_requests: int = 1000       # 06's defaults (per training seed)
     bc_epochs: int = 30
     dagger_rounds: int = 1
-    dagger_requests: int = 500
-    timesteps: int = 5000           # MaskablePPO fine-tuning steps (segment decisions)
+    dagger_requests: int = 300
+    timesteps: int = 2000           # MaskablePPO fine-tuning steps (segment decisions)
     seed: int = 0
     net_arch: tuple[int, ...] = (128, 128)
     learning_rate: float = 1e-4     # fine-tuning (behaviour cloning uses 1e-3)
-    eval_every: int = 2500
+    eval_every: int = 1000
     eval_requests: int = 100
+    validation_seed: int | None = None  # seed of the validation requests (None: seed + 7); shared across training seeds
+
+    @property
+    def validation(self) -> int:
+        """The seed of the validation requests on which the curve is judged and the checkpoint chosen."""
+        return self.seed + 7 if self.validation_seed is None else self.validation_seed
 
     def validate(self) -> "Training":
         for name in ("demo_requests", "bc_epochs", "eval_every", "eval_requests"):
@@ -79,22 +88,38 @@ def new_model(env: SegmentEnv, training: Training) -> MaskablePPO:
 
 
 class Curve(BaseCallback):
-    """A tqdm bar over fine-tuning steps, and every ``every`` steps the deterministic policy on fixed requests."""
+    """A tqdm bar over fine-tuning steps, and every ``every`` steps the deterministic policy on the fixed validation
+    requests; the policy's weights at the best point so far are kept (a later point must be strictly better)."""
 
-    def __init__(self, total: int, judge: Callable[[], dict], every: int, progress: bool = True):
+    def __init__(self, total: int, judge: Callable[[], dict], every: int, policy: torch.nn.Module,
+                 progress: bool = True):
         super().__init__()
-        self.total, self.judge, self.every, self.progress = total, judge, every, progress
+        self.total, self.judge, self.every, self.net, self.progress = total, judge, every, policy, progress
         self.points: list[dict] = []
+        self.best: tuple[int, dict] | None = None  # (index of the point, the policy's weights there)
+
+    def point(self, timesteps: int) -> dict:
+        """Judge the policy now; keep its weights if it is the best so far."""
+        self.points.append({"timesteps": timesteps, **self.judge()})
+        if self.best is None or self.points[-1]["acc_vs_optimum"] > self.points[self.best[0]]["acc_vs_optimum"]:
+            self.best = (len(self.points) - 1, copy.deepcopy(self.net.state_dict()))
+        return self.points[-1]
+
+    def restore(self) -> dict:
+        """Put the best point's weights back into the policy; the chosen checkpoint (its step and validation score)."""
+        index, state = self.best
+        self.net.load_state_dict(state)
+        return {"timesteps": self.points[index]["timesteps"], "acc_vs_optimum": self.points[index]["acc_vs_optimum"],
+                "of_points": len(self.points)}
 
     def _on_training_start(self) -> None:
         self.bar = tqdm(total=self.total, desc="MaskablePPO", unit="step", mininterval=2.0, disable=not self.progress)
-        self.points.append({"timesteps": 0, **self.judge()})
+        self.point(0)
 
     def _on_step(self) -> bool:
         self.bar.update(1)
         if self.num_timesteps % self.every == 0:
-            self.points.append({"timesteps": self.num_timesteps, **self.judge()})
-            self.bar.set_postfix(acc=f"{self.points[-1]['acc_vs_optimum']:.3f}")
+            self.bar.set_postfix(acc=f"{self.point(self.num_timesteps)['acc_vs_optimum']:.3f}")
         return True
 
     def _on_training_end(self) -> None:
@@ -154,10 +179,13 @@ def _train(make_env: Callable[[], SegmentEnv], t: Training, progress: bool) -> t
         record["dagger"].append({"round": k, "decisions": int(len(more["actions"])), "agreement_before": before,
                                  "agreement_after": imitation.agreement(model, more), "loss": history[-1]})
     record["seconds_warm_start"] = time.perf_counter() - started
-    curve = Curve(t.timesteps, lambda: judge(model, make_env, t.eval_requests, seed=t.seed + 7), t.eval_every, progress)
+    curve = Curve(t.timesteps, lambda: judge(model, make_env, t.eval_requests, seed=t.validation), t.eval_every,
+                  model.policy, progress)
     if t.timesteps:  # on the env the model was built with (seeded by MaskablePPO's seed)
         model.learn(total_timesteps=t.timesteps, callback=curve)
-    record["curve"] = curve.points
+    else:
+        curve.point(0)
+    record["curve"], record["checkpoint"] = curve.points, curve.restore()
     record["seconds"] = time.perf_counter() - started
     return model, record
 

@@ -129,16 +129,16 @@ class Measurements:
       one segment at a time, and the ones the devices of ``07_distributed`` build for a plan;
     - ``"rescored"``: :func:`xaiprune.pruning.prune.prune_plan`, which scores again after each pruned segment.
 
-    The pruned model is evaluated on one of ``splits`` (name -> :class:`xaiprune.data.Split`) with
-    MedMNIST's metrics, as :func:`xaiprune.train.evaluate` does, in batches of ``batch_size`` images
-    (default: the largest batch whose biggest activation fits ``BATCH_BYTES``) without autograd, and
-    from the first segment the plan changes: the unpruned model's input to each segment is computed
-    once per split (as far as ``CACHE_BYTES`` allows), since pruning never changes earlier segments. The
-    cache key is the level of every segment, the scoring and criterion, the reference draw (``seed``
-    and size), the checkpoint's identity (:func:`weights_id` unless ``model_id`` is given) and the
-    split. With ``path`` the cache is read from that JSON file if it exists and written after each new
-    measurement. The last ``keep`` pruned models are kept, so a plan measured on one split is not
-    pruned again for another.
+    The pruned model is evaluated on one of ``splits`` (name -> :class:`xaiprune.data.Split`) with the
+    study's endpoints (:func:`xaiprune.stats.endpoints`: MedMNIST's ACC and AUC, and balanced accuracy),
+    in batches of ``batch_size`` images (default: the largest batch whose biggest activation fits
+    ``BATCH_BYTES``) without autograd, and from the first segment the plan changes: the unpruned
+    model's input to each segment is computed once per split (as far as ``CACHE_BYTES`` allows), since
+    pruning never changes earlier segments. The cache key is the level of every segment, the scoring
+    and criterion, the reference draw (``seed`` and size), the checkpoint's identity (:func:`weights_id`
+    unless ``model_id`` is given) and the split. With ``path`` the cache is read from that JSON file if
+    it exists and written after each new measurement. The last ``keep`` pruned models are kept, so a
+    plan measured on one split is not pruned again for another.
     """
 
     SCORING = ("fixed", "rescored")
@@ -202,15 +202,15 @@ class Measurements:
         return self._models[plan]
 
     def measure(self, levels: Sequence[float], split: str) -> dict[str, float]:
-        """ACC and AUC on ``split`` of the model pruned at ``levels`` (one fraction per segment)."""
+        """ACC, balanced accuracy and AUC (:func:`xaiprune.stats.endpoints`) on ``split`` of the model pruned at
+        ``levels`` (one fraction per segment). A cached entry lacking one of them is measured again."""
         import torch
         from medmnist import INFO
-        from medmnist.evaluator import getACC, getAUC
 
-        from xaiprune import train
+        from xaiprune import stats, train
 
         key = self.key(levels, split)
-        if key not in self.cache:
+        if not set(stats.ENDPOINTS) <= set(self.cache.get(key, ())):
             started = time.perf_counter()
             model, data = self.pruned_model(levels), self.splits[split]
             inputs = self._segment_inputs(split)
@@ -221,7 +221,7 @@ class Measurements:
             scores = (torch.sigmoid(logits) if train.is_multilabel(data.flag) else torch.softmax(logits, 1)).numpy()
             y = data.y.numpy() if data.y.ndim == 2 else data.y.numpy()[:, None]
             task = INFO[data.flag]["task"]
-            self.cache[key] = {"acc": float(getACC(y, scores, task)), "auc": float(getAUC(y, scores, task))}
+            self.cache[key] = stats.endpoints(y, scores, task)
             self.seconds += time.perf_counter() - started
             if self.path:
                 self.save()
@@ -255,8 +255,10 @@ class Measurements:
 
     def metric(self, split: str, metric: str = "acc") -> Callable[[Sequence[float]], float]:
         """``levels -> measured metric`` on ``split``: the ``measure`` argument of :func:`choose`."""
-        if metric not in ("acc", "auc"):
-            raise ValueError(f"metric={metric!r}; expected 'acc' or 'auc'")
+        from xaiprune.stats import ENDPOINTS
+
+        if metric not in ENDPOINTS:
+            raise ValueError(f"metric={metric!r}; expected one of {ENDPOINTS}")
         return lambda levels: self.measure(levels, split)[metric]
 
     def save(self, path: str | Path | None = None) -> Path:

@@ -39,9 +39,9 @@ def sweep(plans: pd.DataFrame, scenarios: list[str], axis: str, metric: str = "a
     return fig
 
 
-def surrogate(checks: pd.DataFrame, metric: str = "acc", band: float = 2.0):
-    """Left: surrogate against measured accuracy, with the +-``band``-point band; right: the error against the
-    plan's mean pruning level."""
+def surrogate(checks: pd.DataFrame, metric: str = "acc", band: float = 2.0, split: str = "val"):
+    """Left: surrogate against measured accuracy (on ``split``), with the +-``band``-point band (the claim's margin,
+    in points); right: the error against the plan's mean pruning level."""
     import seaborn as sns
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
@@ -50,7 +50,7 @@ def surrogate(checks: pd.DataFrame, metric: str = "acc", band: float = 2.0):
     axes[0].fill_between(lims, lims - band / 100, lims + band / 100, color="0.85", label=f"within {band:g} points")
     axes[0].plot(lims, lims, "k--", lw=0.8)
     sns.scatterplot(data=checks, x="measured", y="surrogate", hue="kind", style="kind", ax=axes[0])
-    axes[0].set(xlabel=f"measured test {metric.upper()}", ylabel=f"surrogate {metric.upper()}",
+    axes[0].set(xlabel=f"measured {split} {metric.upper()}", ylabel=f"surrogate {metric.upper()}",
                 title=f"{len(checks)} plans: surrogate against measured")
     axes[1].axhspan(-band, band, color="0.85")
     axes[1].axhline(0, color="k", lw=0.8, ls="--")

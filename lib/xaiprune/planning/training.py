@@ -1,21 +1,27 @@
-"""Notebook ``06_rl``'s training: per ward, the sequential agent and the earlier MultiDiscrete baseline, cached.
+"""Notebook ``06_rl``'s training: per ward, the sequential agent over several training seeds and the earlier
+MultiDiscrete baseline, cached.
 
 :func:`env_factory` makes the training ward (:class:`xaiprune.planning.seqenv.SegmentEnv` with a randomised ward,
-:class:`xaiprune.planning.fades.Randomisation`, per run). :func:`train_ward` obtains both agents of one ward from
-the cache of :func:`xaiprune.planning.agent.obtain` (or trains them: :func:`xaiprune.planning.agent.train`, and
-PPO over :class:`xaiprune.planning.env.WardEnv` with :func:`xaiprune.planning.rl.train_ppo`), and saves them where
-notebook 07 reads them. :func:`describe` and :func:`fine_tuning` say what training did. This module is part of
-the agent's cache key (:data:`xaiprune.planning.agent.TRAINING_CODE`): it builds the environment the agent learns on.
+:class:`xaiprune.planning.fades.Randomisation`, per run). :func:`train_ward` obtains, for every training seed of
+:func:`training_seeds`, the sequential agent from the cache of :func:`xaiprune.planning.agent.obtain` (or trains
+it: :func:`xaiprune.planning.agent.train`; the seed is part of the cache key), and the baseline once (PPO over
+:class:`xaiprune.planning.env.WardEnv` with :func:`xaiprune.planning.rl.train_ppo`, the first seed). Every seed's
+agent is judged on the same validation requests; :func:`served_run` picks the one notebook 07 serves (the best
+there) and :func:`train_ward` saves it where 07 reads it. :func:`describe`, :func:`fine_tuning` and
+:func:`fine_tuning_over_seeds` say what training did. This module is part of the agent's cache key
+(:data:`xaiprune.planning.agent.TRAINING_CODE`): it builds the environment the agent learns on.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from xaiprune import paths
+import numpy as np
+
+from xaiprune import paths, stats
 from xaiprune.planning import agent, fades, rl
 from xaiprune.planning.env import WardEnv
 from xaiprune.planning.seqenv import Reward, SegmentEnv
@@ -23,6 +29,16 @@ from xaiprune.planning.system import Profiles, Scenario
 from xaiprune.train import package_versions
 
 BASELINE_KIND = "multidiscrete-ppo"
+SEED_STRIDE = 1000    # training seeds are seed, seed + 1000, ...: each one's demonstrations, DAgger and fine-tuning
+MAX_SEEDS = 9         # use seeds up to 100 + DAgger rounds above it, and held-out ward runs start at 10_000
+
+
+def training_seeds(seed: int, n: int) -> list[int]:
+    """The ``n`` training seeds of the agent: ``seed + SEED_STRIDE * k``, so no two share a demonstration, DAgger
+    or fine-tuning ward run, and none reaches the held-out runs (10_000 and above)."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SEEDS:
+        raise ValueError(f"n={n!r}: expected between 1 and {MAX_SEEDS} training seeds")
+    return [seed + SEED_STRIDE * k for k in range(n)]
 
 
 def env_factory(ward: Scenario, profiles: Profiles, episode_length: int, penalty: float = 1.0) -> Callable[[], SegmentEnv]:
@@ -38,20 +54,55 @@ def scenario_file(name: str) -> Path:
 
 
 @dataclass
-class Trained:
-    """Both agents of one ward, their metadata (with the training ``record``) and whether each came from the cache."""
+class Run:
+    """The sequential agent of one training seed: model, metadata (with the training ``record``), cache hit, actor."""
 
+    seed: int
     model: object
     meta: dict
     cached: bool
-    baseline: object
-    baseline_meta: dict
-    baseline_cached: bool
     agent: agent.SequentialAgent
 
     @property
     def record(self) -> dict:
         return self.meta["record"]
+
+    @property
+    def validation(self) -> float:
+        """Accuracy over the optimum's of the chosen checkpoint on the validation requests (shared by every seed)."""
+        return float(self.record["checkpoint"]["acc_vs_optimum"])
+
+
+@dataclass
+class Trained:
+    """One ward's agents: one :class:`Run` per training seed, the index of the served one, and the baseline.
+
+    ``model``, ``meta``, ``cached``, ``agent`` and ``record`` are the served run's."""
+
+    runs: list[Run]
+    served: int
+    baseline: object
+    baseline_meta: dict
+    baseline_cached: bool
+
+    @property
+    def run(self) -> Run:
+        """The served run."""
+        return self.runs[self.served]
+
+    model = property(lambda self: self.run.model)
+    meta = property(lambda self: self.run.meta)
+    cached = property(lambda self: self.run.cached)
+    agent = property(lambda self: self.run.agent)
+    record = property(lambda self: self.run.record)
+    seed = property(lambda self: self.run.seed)
+
+
+def served_run(runs: list[Run]) -> int:
+    """The index of the run with the best validation score (:attr:`Run.validation`); a tie goes to the first seed."""
+    if not runs:
+        raise ValueError("no run: train at least one seed")
+    return max(range(len(runs)), key=lambda i: (runs[i].validation, -i))
 
 
 def obtain_agent(name: str, make_env: Callable[[], SegmentEnv], profiles: Profiles, training: agent.Training,
@@ -61,7 +112,8 @@ def obtain_agent(name: str, make_env: Callable[[], SegmentEnv], profiles: Profil
     key = agent.cache_key(scenario_file(name), profiles, {**asdict(training), "criterion": criterion}, env_cfg)
     meta = {"kind": agent.KIND, **metadata, "criterion": criterion, "training": asdict(training), "env": env_cfg,
             "versions": package_versions()}
-    return agent.obtain(f"{name}-{criterion}", key, lambda: agent.train(make_env, training), agent.load, meta)
+    return agent.obtain(f"{name}-{criterion}-seed{training.seed}", key, lambda: agent.train(make_env, training),
+                        agent.load, meta)
 
 
 def obtain_baseline(name: str, ward: Scenario, profiles: Profiles, episode_length: int, timesteps: int, seed: int,
@@ -81,28 +133,48 @@ def obtain_baseline(name: str, ward: Scenario, profiles: Profiles, episode_lengt
 
 def train_ward(name: str, ward: Scenario, profiles: Profiles, training: agent.Training, *, criterion: str, arch: str,
                profiles_file: Path, episode_length: int, penalty: float, baseline_timesteps: int,
-               out_dir: Path) -> Trained:
-    """Both agents of ward ``name``, saved as ``agent_<name>_<criterion>`` and ``baseline_<name>`` in ``out_dir``."""
+               out_dir: Path, seeds: list[int] | None = None) -> Trained:
+    """Ward ``name``'s sequential agent for every training seed in ``seeds`` (default: ``training.seed`` alone), all
+    judged on the validation requests of ``training`` (``training.validation``), and the baseline (first seed).
+
+    The served run (:func:`served_run`) is saved as ``agent_<name>_<criterion>`` in ``out_dir`` (its metadata
+    says which seed and every seed's validation score), the baseline as ``baseline_<name>``.
+    """
     make_env = env_factory(ward, profiles, episode_length, penalty)
-    model, meta, hit = obtain_agent(name, make_env, profiles, training, criterion,
-                                    {"scenario": name, "arch": arch,
-                                     "profiles": str(Path(profiles_file).relative_to(paths.ROOT))})
-    agent.save(model, out_dir / f"agent_{name}_{criterion}", meta)
-    old, old_meta, old_hit = obtain_baseline(name, ward, profiles, episode_length, baseline_timesteps, training.seed,
+    where = {"scenario": name, "arch": arch, "profiles": str(Path(profiles_file).relative_to(paths.ROOT))}
+    runs = []
+    for s in seeds or [training.seed]:
+        settings = replace(training, seed=s, validation_seed=training.validation)
+        model, meta, hit = obtain_agent(name, make_env, profiles, settings, criterion, where)
+        runs.append(Run(s, model, meta, hit, agent.SequentialAgent(model, ward, profiles)))
+    served = served_run(runs)
+    agent.save(runs[served].model, out_dir / f"agent_{name}_{criterion}",
+               {**runs[served].meta, "served_seed": runs[served].seed,
+                "validation_by_seed": {str(r.seed): r.validation for r in runs}})
+    old, old_meta, old_hit = obtain_baseline(name, ward, profiles, episode_length, baseline_timesteps, runs[0].seed,
                                              {"scenario": name, "arch": arch})
     agent.save(old, out_dir / f"baseline_{name}", old_meta)
-    return Trained(model, meta, hit, old, old_meta, old_hit, agent.SequentialAgent(model, ward, profiles))
+    return Trained(runs, served, old, old_meta, old_hit)
+
+
+def _describe_run(r: Run) -> str:
+    record = r.record
+    dagger = "".join(f"; DAgger round {d['round']}: {d['decisions']} new states, agreement "
+                     f"{d['agreement_before']:.1%} -> {d['agreement_after']:.1%}" for d in record["dagger"])
+    cp = record["checkpoint"]
+    return (f"  seed {r.seed}: {record['decisions']} cloned decisions; agreement with the optimum after cloning "
+            f"{record['clone'][-1]['agreement']:.1%}{dagger}; checkpoint at step {cp['timesteps']} "
+            f"({cp['acc_vs_optimum']:.4f} of the optimum on validation); trained in {record['seconds']:.0f} s"
+            f"{' (cached)' if r.cached else ''}")
 
 
 def describe(name: str, t: Trained, baseline_timesteps: int) -> str:
-    """What training did: cloned decisions, agreement with the optimum after cloning and each DAgger round, time."""
-    record = t.record
-    dagger = "".join(f"; DAgger round {d['round']}: {d['decisions']} new states, agreement "
-                     f"{d['agreement_before']:.1%} -> {d['agreement_after']:.1%}" for d in record["dagger"])
-    return (f"{name}: {record['decisions']} cloned decisions; agreement with the optimum after cloning "
-            f"{record['clone'][-1]['agreement']:.1%}{dagger}; trained in {record['seconds']:.0f} s"
-            f"{' (cached)' if t.cached else ''}; MultiDiscrete baseline: {baseline_timesteps} PPO steps in "
-            f"{t.baseline_meta['record']['seconds']:.0f} s{' (cached)' if t.baseline_cached else ''}")
+    """What training did, seed by seed (cloned decisions, agreement with the optimum after cloning and each DAgger
+    round, the checkpoint chosen on validation, time), the served seed, and the baseline."""
+    return "\n".join([f"{name}:", *map(_describe_run, t.runs),
+                      f"  served (best on validation): seed {t.runs[t.served].seed}; MultiDiscrete baseline (seed "
+                      f"{t.runs[0].seed}): {baseline_timesteps} PPO steps in {t.baseline_meta['record']['seconds']:.0f} s"
+                      f"{' (cached)' if t.baseline_cached else ''}"])
 
 
 def fine_tuning(name: str, record: dict, tol: float = 1e-4) -> str:
@@ -116,3 +188,27 @@ def fine_tuning(name: str, record: dict, tol: float = 1e-4) -> str:
                else "it made the policy worse")
     return (f"{name}: MaskablePPO fine-tuning moved the validation accuracy over the optimum's from {first:.4f} "
             f"(warm start) to {last:.4f} after {points[-1]['timesteps']} steps ({change:+.4f}: {verdict})")
+
+
+def fine_tuning_over_seeds(runs: list[Run], n_boot: int = 2000, seed: int = 0) -> dict | None:
+    """Fine-tuning's gain paired within each training seed (last point of the validation curve minus the warm start,
+    on the same validation requests), its mean over seeds and a bootstrap interval over seeds; ``None`` without
+    fine-tuning. ``verdict``: "helped" / "hurt" when the interval lies above / below 0, else "no clear change"."""
+    gains = np.array([r.record["curve"][-1]["acc_vs_optimum"] - r.record["curve"][0]["acc_vs_optimum"]
+                      for r in runs if len(r.record["curve"]) > 1])
+    if gains.size == 0:
+        return None
+    boot = gains[np.random.default_rng(seed).integers(0, gains.size, (n_boot, gains.size))].mean(1)
+    s = stats.summarise_bootstrap(float(gains.mean()), boot, 0.0, n_seeds=(gains.size, gains.size))
+    lo, hi = s["interval"]
+    return {"gain_by_seed": [float(g) for g in gains], "mean_gain": float(gains.mean()), "interval": [lo, hi],
+            "seeds": int(gains.size), "verdict": "helped" if lo > 0 else "hurt" if hi < 0 else "no clear change"}
+
+
+def describe_fine_tuning(name: str, f: dict | None) -> str:
+    """:func:`fine_tuning_over_seeds` in words."""
+    if f is None:
+        return f"{name}: no fine-tuning (timesteps=0): the agents are the warm start alone"
+    return (f"{name}: fine-tuning's gain on validation, paired within each of {f['seeds']} seed(s): mean "
+            f"{f['mean_gain']:+.4f} (95% bootstrap over seeds {f['interval'][0]:+.4f} to {f['interval'][1]:+.4f}): "
+            f"{f['verdict']}")

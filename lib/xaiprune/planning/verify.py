@@ -1,8 +1,11 @@
 """Notebook ``05_nlp``'s measurements on really pruned models: the surrogate's error, and the verified answers.
 
+:func:`split_of_table` tells on which split the sensitivity table behind the surrogate was measured.
 :func:`surrogate_checks` prunes the model as each plan of a fixed design says (:func:`xaiprune.planning.candidates.design`)
-and compares the measured accuracy with the surrogate's prediction; :func:`surrogate_error` summarises the
-error, :func:`describe_surrogate_error` says it in words. :func:`verify_sweep` verifies the optimum of every
+and compares the measured accuracy (on validation, where the surrogate's A_0 and rho were measured) with the
+surrogate's prediction; :func:`surrogate_error` summarises the error, :func:`describe_surrogate_error` says it in
+words, :func:`surrogate_claim` gives the claim's numbers (the mean absolute error over the pruned plans with its
+bootstrap interval over plans, against a margin the caller passes). :func:`verify_sweep` verifies the optimum of every
 instance of the sweep (:mod:`xaiprune.planning.sweep`) that prunes: the best few candidates under the surrogate
 (:func:`xaiprune.planning.candidates.top_candidates`), measured on validation (:func:`~xaiprune.planning.candidates.choose`),
 both choices then measured on test; :func:`verification_summary` and :func:`describe_verification` report it,
@@ -17,42 +20,60 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from xaiprune import stats
 from xaiprune.planning import candidates, nlp
 from xaiprune.planning.solution import Result
 from xaiprune.planning.system import Profiles, Scenario
-
-TARGET_POINTS = 2.0  # the surrogate's error target, in accuracy points
 
 
 def _levels_text(fractions) -> str:
     return " ".join(f"{v:.1f}" for v in fractions)
 
 
+def split_of_table(table: pd.DataFrame, meas: candidates.Measurements, n_segments: int, split: str = "val",
+                   tol: float = 1e-4) -> str:
+    """``split`` if the sensitivity ``table`` (04's, behind the surrogate's A_0 and rho) was measured on it, else
+    ``ValueError``: its unpruned rows (level 0) must carry the endpoints the unpruned model measures on ``split``."""
+    unpruned = table[np.isclose(table["level"], 0.0)]
+    if unpruned.empty:
+        raise ValueError("the sensitivity table has no unpruned row (level 0): it cannot say on which split it was measured")
+    here = meas.measure([0.0] * n_segments, split)
+    for k in ("acc", "auc"):
+        if abs(float(unpruned[k].mean()) - here[k]) > tol:
+            raise ValueError(f"the sensitivity table's unpruned {k.upper()} is {float(unpruned[k].mean()):.4f}, the "
+                             f"unpruned model's on {split!r} {here[k]:.4f}: the table was not measured on {split!r} "
+                             f"(rerun 04_pruning_comparison)")
+    return split
+
+
 def surrogate_checks(meas: candidates.Measurements, profiles: Profiles, plan_design, metric: str = "acc",
-                     split: str = "test") -> pd.DataFrame:
+                     split: str = "val") -> pd.DataFrame:
     """A row per plan of ``plan_design`` (level indices per segment): the surrogate's prediction (floored, and the
-    bare product of retentions) against the accuracy ``metric`` measured on ``split`` of the model pruned so, and
-    the error in points (positive: the surrogate is optimistic)."""
+    bare product of retentions) against the accuracy ``metric`` measured on ``split`` of the model pruned so, the
+    error in points (positive: the surrogate is optimistic), and every endpoint the plan measures (columns
+    ``acc``, ``bal_acc``, ``auc``: what the surrogate does not model is shown beside)."""
     checks = []
     for levels in plan_design:
         fractions = [profiles.levels[l] for l in levels]
-        measured = meas.measure(fractions, split)[metric]
+        ends = meas.measure(fractions, split)
+        measured = ends[metric]
         surrogate, product = profiles.accuracy(list(levels)), profiles.accuracy(list(levels), floored=False)
         checks.append({"levels": _levels_text(fractions), "mean level": float(np.mean(fractions)),
                        "kind": "uniform" if len(set(levels)) == 1 else "random", "surrogate": surrogate,
                        "measured": measured, "error (points)": 100 * (surrogate - measured),
-                       "product only": product, "error without floor": 100 * (product - measured)})
+                       "product only": product, "error without floor": 100 * (product - measured),
+                       **{k: ends[k] for k in stats.ENDPOINTS}})
     return pd.DataFrame(checks)
 
 
-def surrogate_error(checks: pd.DataFrame, floor: float) -> dict:
+def surrogate_error(checks: pd.DataFrame, floor: float, margin: float) -> dict:
     """The error of :func:`surrogate_checks` over every plan, without the floor, and over the plans the surrogate
-    predicts above its ``floor`` (``None`` where there are none)."""
-    err, bare = checks["error (points)"], checks["error without floor"]
-    out = {"n_plans": int(len(checks)), "mean_abs_points": float(err.abs().mean()),
+    predicts above its ``floor`` (``None`` where there are none); ``margin`` (a fraction, the claim's) counts the
+    plans within it."""
+    err, bare, points = checks["error (points)"], checks["error without floor"], 100 * margin
+    out = {"n_plans": int(len(checks)), "margin_points": points, "mean_abs_points": float(err.abs().mean()),
            "max_abs_points": float(err.abs().max()), "mean_points": float(err.mean()),
-           "within_2_points": int((err.abs() <= TARGET_POINTS).sum()),
-           "share_within_2": float((err.abs() <= TARGET_POINTS).mean()),
+           "within_margin": int((err.abs() <= points).sum()), "share_within_margin": float((err.abs() <= points).mean()),
            "without_floor_mean_abs_points": float(bare.abs().mean()),
            "without_floor_max_abs_points": float(bare.abs().max())}
     above = checks["product only"] > floor  # plans the surrogate predicts above its floor (not collapsed)
@@ -60,22 +81,50 @@ def surrogate_error(checks: pd.DataFrame, floor: float) -> dict:
     out.update({"above_floor_plans": int(above.sum()),
                 "above_floor_mean_abs_points": float(err[above].abs().mean()) if some else None,
                 "above_floor_max_abs_points": float(err[above].abs().max()) if some else None,
-                "above_floor_within_2_points": int((err[above].abs() <= TARGET_POINTS).sum())})
+                "above_floor_within_margin": int((err[above].abs() <= points).sum())})
     return out
 
 
 def describe_surrogate_error(e: dict, floor: float, seconds: float) -> str:
     """:func:`surrogate_error` in words (two sentences when some plans are predicted above the floor)."""
+    m = e["margin_points"]
     text = (f"surrogate error over {e['n_plans']} plans ({seconds:.0f} s to prune and evaluate): mean |error| "
             f"{e['mean_abs_points']:.2f} points, max {e['max_abs_points']:.2f}, mean signed {e['mean_points']:+.2f}; "
-            f"{e['within_2_points']} of {e['n_plans']} plans ({e['share_within_2']:.0%}) within the 2-point target "
-            f"(without the floor: mean {e['without_floor_mean_abs_points']:.2f}, "
+            f"{e['within_margin']} of {e['n_plans']} plans ({e['share_within_margin']:.0%}) within the {m:g}-point "
+            f"margin (without the floor: mean {e['without_floor_mean_abs_points']:.2f}, "
             f"max {e['without_floor_max_abs_points']:.2f})")
     if e["above_floor_plans"]:
         text += (f"\nover the {e['above_floor_plans']} plans predicted above the floor {floor:.3f}: mean |error| "
                  f"{e['above_floor_mean_abs_points']:.2f}, max {e['above_floor_max_abs_points']:.2f}; "
-                 f"{e['above_floor_within_2_points']} within 2 points")
+                 f"{e['above_floor_within_margin']} within {m:g} points")
     return text
+
+
+def surrogate_claim(checks: pd.DataFrame, margin: float, n_boot: int = 2000, seed: int = 0) -> dict:
+    """The claim's numbers: the mean absolute error (a fraction) of the surrogate over the **pruned** plans of
+    ``checks`` (mean level above 0; the unpruned plan is A_0 itself), its 95% bootstrap interval over the plans
+    (``n_boot`` resamples, seeded), the one-sided p of "the mean error is at least ``margin``", ``target_met``
+    (the interval's upper end at most ``margin``) and ``wins_somewhere`` (the mean at most ``margin``)."""
+    err = checks.loc[checks["mean level"] > 0, "error (points)"].abs().to_numpy(np.float64) / 100
+    if err.size == 0:
+        raise ValueError("no pruned plan among the checks: the surrogate's error needs at least one")
+    boot = err[np.random.default_rng(seed).integers(0, err.size, (n_boot, err.size))].mean(1)
+    s = stats.summarise_bootstrap(-float(err.mean()), -boot, -margin)  # negated: p of "error >= margin"
+    lo, hi = -s["interval"][1], -s["interval"][0]
+    return {"measured": float(err.mean()), "interval": [lo, hi], "p": s["p"], "margin": margin,
+            "n_plans": int(err.size), "max": float(err.max()), "within_margin": int((err <= margin).sum()),
+            "target_met": bool(hi <= margin), "wins_somewhere": bool(err.mean() <= margin)}
+
+
+def claim_evidence(c: dict, checks: pd.DataFrame, metric: str, split: str = "validation") -> str:
+    """:func:`surrogate_claim` in one or two sentences, with the other endpoints of the same plans beside."""
+    pruned = checks[checks["mean level"] > 0]
+    beside = ", ".join(f"{k} {pruned[k].min():.3f}-{pruned[k].max():.3f}" for k in stats.ENDPOINTS if k != metric)
+    return (f"Over {c['n_plans']} pruned plans of the fixed design, measured on {split}, the surrogate's {metric.upper()} "
+            f"is off by {100 * c['measured']:.2f} points on average (95% bootstrap over plans "
+            f"{100 * c['interval'][0]:.2f}-{100 * c['interval'][1]:.2f}; largest {100 * c['max']:.2f}; "
+            f"{c['within_margin']} plans within {100 * c['margin']:g} points). The surrogate models {metric.upper()} "
+            f"only; the same plans measure {beside}.")
 
 
 @dataclass
@@ -99,14 +148,15 @@ def verify_one(key: tuple, optimum: Result, scenario: Scenario, profiles: Profil
         chosen, choice, val_opt, val_chosen = v.chosen, v.result, v.measured[0], v.measured[v.chosen]
     levels_opt = [profiles.levels[l] for l in optimum.plan.levels]
     levels_chosen = [profiles.levels[l] for l in choice.plan.levels]
-    test_opt = meas.measure(levels_opt, "test")[metric]
-    test_chosen = meas.measure(levels_chosen, "test")[metric]
+    test_opt, test_chosen = meas.measure(levels_opt, "test"), meas.measure(levels_chosen, "test")
     return {"scenario": key[0], "axis": key[1], "factor": key[2], "verified": found is not None,
             "candidates": len(found) if found else 1, "chosen": chosen, "status": choice.status,
             "optimum levels": _levels_text(levels_opt), "chosen levels": _levels_text(levels_chosen),
             "surrogate optimum": optimum.accuracy, "surrogate chosen": choice.accuracy,
-            "val optimum": val_opt, "val chosen": val_chosen, "test optimum": test_opt,
-            "test chosen": test_chosen, "gain (points)": 100 * (test_chosen - test_opt)}, found
+            "val optimum": val_opt, "val chosen": val_chosen, "test optimum": test_opt[metric],
+            "test chosen": test_chosen[metric], "gain (points)": 100 * (test_chosen[metric] - test_opt[metric]),
+            **{f"gain {k} (points)": 100 * (test_chosen[k] - test_opt[k]) for k in stats.ENDPOINTS if k != metric}
+            }, found
 
 
 def verify_sweep(optima: dict[tuple, Result], instances: dict[tuple, Scenario], profiles: Profiles,
@@ -132,6 +182,8 @@ def verification_summary(v: Verification, k: int) -> dict:
     checked = v.table.query("verified")
     gain = checked["gain (points)"]
     some = len(gain) > 0
+    others = {f"mean_gain_points_{c.split()[1]}": float(checked[c].mean()) if some else None
+              for c in v.table.columns if c.startswith("gain ") and c != "gain (points)"}
     return {"instances": int(len(v.table)), "verified": int(len(checked)), "candidates_per_instance": k,
             "changed": int((checked["chosen"] > 0).sum()), "instances_gained": int((gain > 0).sum()),
             "instances_lost": int((gain < 0).sum()),
@@ -139,7 +191,7 @@ def verification_summary(v: Verification, k: int) -> dict:
             "max_gain_points": float(gain.max()) if some else None,
             "min_gain_points": float(gain.min()) if some else None,
             "mean_gain_points_all": float(v.table["gain (points)"].mean()),
-            "models_pruned": int(v.models_pruned), "seconds": round(v.seconds, 1)}
+            **others, "models_pruned": int(v.models_pruned), "seconds": round(v.seconds, 1)}
 
 
 def describe_verification(s: dict) -> str:
@@ -152,7 +204,14 @@ def describe_verification(s: dict) -> str:
             f"{s['instances_lost']}.\nAccuracy lost by trusting the surrogate alone (test, verified minus optimum): "
             f"mean {s['mean_gain_points']:+.2f} points over the verified instances (largest "
             f"{s['max_gain_points']:+.2f}, smallest {s['min_gain_points']:+.2f}), {s['mean_gain_points_all']:+.2f} "
-            f"over all. {s['models_pruned']} more models pruned, {s['seconds']:.0f} s.")
+            f"over all{_beside(s)}. {s['models_pruned']} more models pruned, {s['seconds']:.0f} s.")
+
+
+def _beside(s: dict) -> str:
+    """The mean gains in the endpoints the choice did not use, as a parenthesis ('' when there are none)."""
+    others = [f"{k.removeprefix('mean_gain_points_')} {v:+.2f}" for k, v in s.items()
+              if k.startswith("mean_gain_points_") and k != "mean_gain_points_all" and v is not None]
+    return f" (the other endpoints over the verified instances: {', '.join(others)})" if others else ""
 
 
 def check_candidates(found: dict[tuple, list[Result]], profiles: Profiles) -> None:

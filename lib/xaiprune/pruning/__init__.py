@@ -10,6 +10,8 @@ The baselines are L1 norm (Li et al. 2017), first-order Taylor (Molchanov et al.
 - :mod:`~xaiprune.pruning.prune`: every criterion's scores and structural pruning (torch-pruning);
 - :mod:`~xaiprune.pruning.ranking`: fixed rankings, cached per reference set;
 - :mod:`~xaiprune.pruning.comparison`: the sweep of criteria x ratios x reference draws;
+- :mod:`~xaiprune.pruning.verdict`: the paired, Holm-corrected test of LRP (the declared primary criterion)
+  against each baseline, behind notebook 04's claim row;
 - :mod:`~xaiprune.pruning.repairs` and :mod:`~xaiprune.pruning.repair_study`: repairs that train nothing
   (BatchNorm re-estimation, decision recalibration, mean-activation compensation) and their study;
 - :mod:`~xaiprune.pruning.summaries` and :mod:`~xaiprune.pruning.plots`: the tables, sentences, metrics and

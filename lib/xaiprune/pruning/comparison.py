@@ -1,8 +1,10 @@
 """The pruning experiments of ``04_pruning_comparison``: criteria against ratios, one segment at a time,
 reference sets of other sizes or with a class bias.
 
-Every experiment prunes copies of one trained model and measures them on the test split. An
-:class:`Evaluator` makes that cheap without changing any number:
+Every experiment prunes copies of one trained model and measures them on one split: the test split for
+what the notebook reports, the validation split for what it chooses (the best repair, the per-segment
+sensitivity table behind notebook 05's surrogate). An :class:`Evaluator` makes that cheap without
+changing any number:
 
 - a criterion scores the unpruned model once per reference draw (:class:`xaiprune.pruning.ranking.Ranking`),
   and each ratio is a fixed-score plan applied to a fresh copy: the same model
@@ -17,9 +19,12 @@ Every experiment prunes copies of one trained model and measures them on the tes
 - evaluation runs under ``torch.inference_mode`` in batches of 64 images (as ``train.predict``: the
   same numbers), and keeps each model's per-image logits and probabilities for the bootstrap of
   :mod:`xaiprune.stats` and the repairs of :mod:`xaiprune.pruning.repair_study`;
-- a criterion scores a given reference set once (:meth:`Evaluator.ranking` remembers its rankings).
+- a criterion scores a given reference set once (:meth:`Evaluator.ranking` remembers its rankings; an
+  evaluator of the same model on another split, ``Evaluator(model, val, share=test_evaluator)``,
+  shares them).
 
-Metrics are MedMNIST's ``getACC``/``getAUC``, as in :func:`xaiprune.train.evaluate`.
+Metrics are :func:`xaiprune.stats.endpoints`: ACC and AUC (MedMNIST's ``getACC``/``getAUC``, as in
+:func:`xaiprune.train.evaluate`) and balanced accuracy beside them.
 """
 
 from __future__ import annotations
@@ -30,10 +35,9 @@ import numpy as np
 import pandas as pd
 import torch
 from medmnist import INFO
-from medmnist.evaluator import getACC, getAUC
 from tqdm import tqdm
 
-from xaiprune import data, models, train
+from xaiprune import data, models, stats, train
 from xaiprune.pruning import prune, ranking, xai
 
 EVAL_BATCH = 64  # images per forward pass, as train.predict (see Evaluator)
@@ -41,23 +45,28 @@ CACHE_BUDGET = 512 * 2**20       # bytes of cached segment inputs of the unprune
 
 
 class Evaluator:
-    """Test metrics and costs of pruned copies of ``model``; each distinct pruned model is evaluated once.
+    """Metrics and costs of pruned copies of ``model`` on one split; each distinct pruned model is evaluated once.
 
     Args:
         model: the trained model (never modified).
-        split: the evaluation split (the test split in notebook 04).
+        split: the evaluation split (in notebook 04 the test split, and the validation split for its choices).
         batch_size: images per forward pass. The default, 64, is :func:`xaiprune.train.predict`'s, so
             every number equals what ``train.evaluate`` gives. Larger batches were no faster on the
             2-core machine of the README (VGG-16-BN, 624 test images: 0.9-1.0 s in batches of 64-156,
             1.1 s at 208-312, 1.3 s in one batch), and for pruned models they change float rounding
             (up to 6e-8 in a probability), which moves the AUC of collapsed models whose outputs differ
             only at that level (see ``04_pruning_comparison``).
+        share: an evaluator of the same model (on another split) whose pruning graph and rankings this one
+            uses, so that a criterion scores each reference set once for both splits.
     """
 
-    def __init__(self, model: models.SegmentedModel, split: data.Split, batch_size: int = EVAL_BATCH):
+    def __init__(self, model: models.SegmentedModel, split: data.Split, batch_size: int = EVAL_BATCH,
+                 share: Evaluator | None = None):
         self.model, self.split = model.eval(), split
         self.input_shape = tuple(split.x.shape[1:])
-        self.graph = ranking.PruningGraph(model, self.input_shape)
+        if share is not None and (share.model is not model or share.input_shape != self.input_shape):
+            raise ValueError("share: an evaluator of another model or image shape")
+        self.graph = share.graph if share else ranking.PruningGraph(model, self.input_shape)
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}; expected a positive integer")
         self.batch_size = batch_size
@@ -68,7 +77,7 @@ class Evaluator:
         self.logits: list[np.ndarray] = []  # per-image logits of model id i (repairs shift them)
         self._seen: dict[tuple, dict] = {}  # plan key -> measurement
         self._inputs: dict[int, list[torch.Tensor]] | None = None  # segment index -> input chunks
-        self._rankings: dict[tuple, ranking.Ranking] = {}
+        self._rankings: dict[tuple, ranking.Ranking] = share._rankings if share else {}
 
     def ranking(self, criterion: str, reference: data.Split | None = None, **kwargs) -> ranking.Ranking:
         """Score the unpruned model with ``criterion`` (kwargs: scope, segments, seed, criterion options).
@@ -110,13 +119,23 @@ class Evaluator:
             return torch.cat([model.run_segments(chunk, start) for chunk in inputs[start]])
 
     def record(self, logits: torch.Tensor) -> dict:
-        """Store a model's test logits and probabilities (softmax, or sigmoid for multi-label) under a new model
-        id; returns the id with its test ACC and AUC."""
+        """Store a model's logits and probabilities (softmax, or sigmoid for multi-label) under a new model id;
+        returns the id with its ACC, balanced accuracy and AUC (:func:`xaiprune.stats.endpoints`)."""
         probs = (torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)).numpy()
         self.logits.append(logits.numpy())
         self.scores.append(probs)
-        return {"model": len(self.scores) - 1, "acc": float(getACC(self.y, probs, self.task)),
-                "auc": float(getAUC(self.y, probs, self.task))}
+        return {"model": len(self.scores) - 1, **stats.endpoints(self.y, probs, self.task)}
+
+    def resampled(self, weights: np.ndarray, models=None) -> dict[str, np.ndarray]:
+        """Every endpoint of the stored models on each bootstrap resample (rows of ``weights``, from
+        :func:`xaiprune.stats.resample_weights`): ``{"acc", "bal_acc", "auc"}``, each (models so far, B), indexed by
+        model id as :func:`xaiprune.stats.intervals` reads it. ``models``: the ids to compute (the rest stay NaN);
+        all by default."""
+        out = {k: np.full((len(self.scores), len(weights)), np.nan) for k in stats.ENDPOINTS}
+        for i in sorted(set(range(len(self.scores)) if models is None else (int(m) for m in models))):
+            for k, v in stats.weighted_endpoints(self.y, self.scores[i], self.task, weights).items():
+                out[k][i] = v
+        return out
 
     def plan_key(self, ranked: ranking.Ranking, plan: ranking.Plan) -> tuple:
         """What identifies a pruned model: the channels removed from each group's root."""
@@ -137,7 +156,7 @@ class Evaluator:
         return float(np.ptp(self.scores[model_id], axis=0).max())
 
     def evaluate(self, model: models.SegmentedModel, start: int = 0) -> dict:
-        """ACC and AUC of any model (e.g. a repaired one) under a new id; never cached.
+        """ACC, balanced accuracy and AUC of any model (e.g. a repaired one) under a new id; never cached.
 
         ``start``: the first segment whose weights differ from the unpruned model's (earlier ones are read
         from the cache); 0 runs the model in full.
@@ -145,7 +164,7 @@ class Evaluator:
         return self.record(self._predict(model, start))
 
     def measure(self, ranked: ranking.Ranking, ratio: float) -> dict:
-        """``ranked``'s model at ``ratio``: model id, test acc and auc, and its :class:`~xaiprune.pruning.prune.PruneReport`."""
+        """``ranked``'s model at ``ratio``: model id, acc, bal_acc and auc, and its :class:`~xaiprune.pruning.prune.PruneReport`."""
         if ranked.graph is not self.graph:
             raise ValueError("ranked was scored on another PruningGraph; use Evaluator.ranking")
         plan = ranked.plan(ratio)
@@ -176,12 +195,13 @@ def _draws(criterion: str, references: list[data.Split]) -> list[data.Split]:
 def sweep(model: models.SegmentedModel, test: data.Split, criteria: list[str], ratios: list[float],
           references: list[data.Split], scope: str = "global", progress: bool = True,
           evaluator: Evaluator | None = None, **options) -> pd.DataFrame:
-    """Test ACC/AUC and costs of ``model`` pruned by each criterion at each ratio, for each reference draw.
+    """ACC, balanced accuracy, AUC and costs of ``model`` pruned by each criterion at each ratio, for each
+    reference draw, on the split ``test``.
 
     Data-dependent criteria (XAI, Taylor) are scored once per draw and pruned at every ratio; ``random``
     uses the draw index as its seed; data-free criteria (``l1``, ``bn_scale``, ``lamp``) are scored once
     and give one row per ratio. Pass one ``evaluator`` to every call on the same model and test split
-    to share its cache. Returns a DataFrame with columns criterion, draw, ratio, acc, auc, macs, params,
+    to share its cache. Returns a DataFrame with columns criterion, draw, ratio, acc, bal_acc, auc, macs, params,
     weight_bytes, out_bytes (bytes leaving every segment but the last, summed) and model (the
     evaluator's id of the pruned model, whose probabilities are ``evaluator.scores[model]``).
     """
@@ -200,26 +220,29 @@ def sweep(model: models.SegmentedModel, test: data.Split, criteria: list[str], r
             for ratio in ratios:
                 m = evaluator.measure(ranked, ratio)
                 rep = m["report"]
-                rows.append({"criterion": criterion, "draw": draw, "ratio": ratio, "acc": m["acc"], "auc": m["auc"],
+                rows.append({"criterion": criterion, "draw": draw, "ratio": ratio,
+                             **{k: m[k] for k in stats.ENDPOINTS},
                              "macs": rep.macs, "params": rep.params, "weight_bytes": rep.weight_bytes,
                              "out_bytes": sum(list(rep.segment_out_bytes.values())[:-1]), "model": m["model"]})
                 bar.update()
     return pd.DataFrame(rows)
 
 
-def segment_sensitivity(model: models.SegmentedModel, test: data.Split, levels: list[float],
+def segment_sensitivity(model: models.SegmentedModel, split: data.Split, levels: list[float],
                         references: list[data.Split], criterion: str = "lrp", progress: bool = True,
                         evaluator: Evaluator | None = None) -> pd.DataFrame:
-    """Prune one segment at a time at each level; measure test ACC/AUC and the segment's costs.
+    """Prune one segment at a time at each level; measure ACC, balanced accuracy and AUC on ``split`` and the
+    segment's costs.
 
     A segment's filters are ranked within the segment, as :func:`xaiprune.pruning.prune.prune_segment` does.
-    Returns one row per (segment, level, draw) with acc, auc and the segment's measured profile:
+    Returns one row per (segment, level, draw) with acc, bal_acc, auc and the segment's measured profile:
     macs, weight_bytes, peak_bytes (largest activation inside it) and out_bytes (activation it sends
     on), all per image. The system model of ``05_nlp.ipynb`` builds its accuracy surrogate and its
-    F, W, P, O tables from this.
+    F, W, P, O tables from this, so notebook 04 measures it on the validation split (a choice behind a
+    surrogate is never made on test).
     """
-    evaluator = evaluator or Evaluator(model, test)
-    if evaluator.model is not model or evaluator.split is not test:
+    evaluator = evaluator or Evaluator(model, split)
+    if evaluator.model is not model or evaluator.split is not split:
         raise ValueError("evaluator was built for another model or split")
     draws = _draws(criterion, references)
     rows = []
@@ -233,7 +256,8 @@ def segment_sensitivity(model: models.SegmentedModel, test: data.Split, levels: 
                 for level in levels:
                     m = evaluator.measure(ranked, level)
                     rep = m["report"]
-                    rows.append({"segment": segment, "level": level, "draw": draw, "acc": m["acc"], "auc": m["auc"],
+                    rows.append({"segment": segment, "level": level, "draw": draw,
+                                 **{k: m[k] for k in stats.ENDPOINTS},
                                  "macs": rep.segment_macs[segment], "weight_bytes": rep.segment_weight_bytes[segment],
                                  "peak_bytes": rep.segment_peak_bytes[segment],
                                  "out_bytes": rep.segment_out_bytes[segment], "model": m["model"]})

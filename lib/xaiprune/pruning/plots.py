@@ -1,7 +1,7 @@
 """The figures of ``04_pruning_comparison``, drawn from its sweep frames (one function per figure).
 
 Each takes the frames of :mod:`xaiprune.pruning.comparison` or :mod:`xaiprune.pruning.repair_study` (and, for
-intervals over test images, the bootstrap of :func:`xaiprune.stats.resampled_metrics`), draws, shows it with
+intervals over the split's images, the bootstrap of :meth:`xaiprune.pruning.comparison.Evaluator.resampled`), draws, shows it with
 ``show=True`` (the notebook's inline backend) and returns the figure. Lines with interval bands are
 :func:`xaiprune.figures.bands`.
 """
@@ -17,18 +17,22 @@ from xaiprune import figures, stats
 from xaiprune.pruning import repair_study
 
 
+LABELS = {"acc": "ACC", "bal_acc": "balanced accuracy", "auc": "AUC"}
+
+
 def sweep_figure(sweep: pd.DataFrame, res: dict, arch: str, n_test: int, show: bool = True) -> plt.Figure:
-    """Test ACC (left) and AUC (right) against the ratio, per criterion: the mean over the reference draws and its
-    95% interval over draws and test images; dashed, the unpruned model."""
+    """Test AUC, balanced accuracy and ACC against the ratio, per criterion: the mean over the reference draws and
+    its 95% interval over draws and test images; dashed, the unpruned model."""
     base = sweep.query("ratio == 0").iloc[0]
     draws = int(sweep["draw"].nunique())
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
-    for ax, value in zip(axes, ("acc", "auc")):
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    for ax, value in zip(axes, ("auc", "bal_acc", "acc")):
         figures.bands(stats.intervals(sweep, res, value, ("criterion", "ratio")), "ratio", "criterion", ax,
                       base[value], value)
-        ax.set_title(f"{arch}: test {value.upper()} without fine-tuning\n(mean over {draws} draws; "
-                     f"95% CI over draws and {n_test} test images)", fontsize=10)
-    axes[1].legend(ncol=2, fontsize=8)
+        ax.set_ylabel(f"test {LABELS[value]}")
+        ax.set_title(f"{arch}: test {LABELS[value]}, no fine-tuning\n(mean over {draws} draws; "
+                     f"95% CI over draws and {n_test} test images)", fontsize=9)
+    axes[0].legend(ncol=2, fontsize=8)
     return figures.finish(fig, show)
 
 
@@ -47,16 +51,16 @@ def cost_figure(sweep: pd.DataFrame, arch: str, show: bool = True) -> plt.Figure
     return figures.finish(fig, show)
 
 
-def sensitivity_figure(sens: pd.DataFrame, segments: list[str], arch: str, criterion: str,
+def sensitivity_figure(sens: pd.DataFrame, segments: list[str], arch: str, criterion: str, split: str = "validation",
                        show: bool = True) -> plt.Figure:
-    """Mean test ACC and AUC with one segment pruned at each level (rows: segments, columns: levels)."""
+    """Mean ACC and AUC on ``split`` with one segment pruned at each level (rows: segments, columns: levels)."""
     mean = sens.groupby(["segment", "level"], sort=False)[["acc", "auc"]].mean().reset_index()
     fig, axes = plt.subplots(1, 2, figsize=(12, 2.2 + 0.3 * len(segments)))
     for ax, value in zip(axes, ("acc", "auc")):
         grid = mean.pivot(index="segment", columns="level", values=value).loc[list(segments)]
         sns.heatmap(grid, annot=True, fmt=".2f", cmap="RdYlGn", vmin=0.5, vmax=1, ax=ax, cbar=False,
                     annot_kws={"size": 7})
-        ax.set_title(f"{arch}: test {value.upper()}, one segment pruned ({criterion})")
+        ax.set_title(f"{arch}: {split} {value.upper()}, one segment pruned ({criterion})")
     return figures.finish(fig, show)
 
 
@@ -75,26 +79,32 @@ def reference_size_figure(study: pd.DataFrame, arch: str, ratios: list[float], s
     return figures.finish(fig, show)
 
 
-def repair_figure(repaired: pd.DataFrame, res: dict, best: str, arch: str, show: bool = True) -> plt.Figure:
-    """Test ACC against the ratio under each repair of :data:`~xaiprune.pruning.repair_study.REPAIRS` (one panel
-    each), per criterion, with 95% intervals over draws and test images; dashed, the unpruned model repaired."""
+def repair_figure(repaired: pd.DataFrame, res: dict, best: str, arch: str, value: str = "bal_acc",
+                  split: str = "validation", show: bool = True) -> plt.Figure:
+    """``value`` on ``split`` against the ratio under each repair of :data:`~xaiprune.pruning.repair_study.REPAIRS`
+    (one panel each), per criterion, with 95% intervals over draws and the split's images; dashed, the unpruned
+    model repaired."""
     fig, axes = plt.subplots(2, 3, figsize=(15, 7.2), sharex=True, sharey=True)
     for ax, repair in zip(axes.flat, repair_study.REPAIRS):
         rows = repaired[repaired["repair"] == repair]
-        figures.bands(stats.intervals(rows, res, "acc", ("criterion", "ratio")), "ratio", "criterion", ax,
-                      float(rows.query("ratio == 0")["acc"].mean()), "acc")
-        ax.set_title(f"{repair}{' (best)' if repair == best else ''}: {rows['draw'].nunique()} draws, "
+        figures.bands(stats.intervals(rows, res, value, ("criterion", "ratio")), "ratio", "criterion", ax,
+                      float(rows.query("ratio == 0")[value].mean()), value)
+        ax.set_ylabel(f"{split} {LABELS[value]}")
+        ax.set_title(f"{repair}{' (chosen)' if repair == best else ''}: {rows['draw'].nunique()} draws, "
                      f"{int(rows['labels'].max())} labels", fontsize=10)
     axes.flat[0].legend(ncol=2, fontsize=7)
-    fig.suptitle(f"{arch}: test ACC after pruning, under each repair (95% CI over draws and test images; "
-                 "dashed: the unpruned model under the same repair)", fontsize=11)
+    fig.suptitle(f"{arch}: {split} {LABELS[value]} after pruning, under each repair (95% CI over draws and {split} "
+                 "images; dashed: the unpruned model under the same repair)", fontsize=11)
     return figures.finish(fig, show)
 
 
-def scaling_figure(scaling: pd.DataFrame, arch: str, ratio: float, show: bool = True) -> plt.Figure:
-    """Test ACC against the unlabelled images of the BatchNorm repair (log scale), per criterion and repair."""
+def scaling_figure(scaling: pd.DataFrame, arch: str, ratio: float, value: str = "bal_acc", split: str = "validation",
+                   show: bool = True) -> plt.Figure:
+    """``value`` on ``split`` against the unlabelled images of the BatchNorm repair (log scale), per criterion and
+    repair."""
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    sns.lineplot(data=scaling, x="unlabelled", y="acc", hue="criterion", style="repair", marker="o", ax=ax)
+    sns.lineplot(data=scaling, x="unlabelled", y=value, hue="criterion", style="repair", marker="o", ax=ax)
     ax.set_xscale("log")
-    ax.set_title(f"{arch}, {ratio:.0%} pruned, draw 0: test ACC against unlabelled images", fontsize=10)
+    ax.set_ylabel(f"{split} {LABELS[value]}")
+    ax.set_title(f"{arch}, {ratio:.0%} pruned, draw 0: {split} {LABELS[value]} against unlabelled images", fontsize=10)
     return figures.finish(fig, show)

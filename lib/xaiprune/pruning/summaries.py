@@ -2,9 +2,10 @@
 
 The notebook states no result by hand: every sentence about this run's outcome is built here from the
 sweep frames of :mod:`xaiprune.pruning.comparison` and :mod:`xaiprune.pruning.repair_study`, the bootstrap of
-:mod:`xaiprune.stats` and the verdicts of :func:`xaiprune.stats.xai_against_baselines`. The summaries show the
-profile's own pruning ratios (:func:`summary_ratios`), so a profile with other ratios shows its own.
-The metrics builders give the keys ``study/claims.py`` and the tests read (ratio keys ``"0.3"``).
+:mod:`xaiprune.stats` and the paired comparisons of :mod:`xaiprune.pruning.verdict` (which alone decide). The
+best-of-XAI comparisons of :func:`xaiprune.stats.xai_against_baselines` are exploration and say so. The
+summaries show ACC, balanced accuracy and AUC at the profile's own pruning ratios (:func:`summary_ratios`).
+The metrics builders give the keys the tests read (ratio keys ``"0.3"``).
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ def _at(values: pd.Series, at: list[float]) -> pd.Series:
     return values.round(3).isin([round(r, 3) for r in at])
 
 
+LABELS = {"acc": "ACC", "bal_acc": "balanced acc", "auc": "AUC"}
+
+
 def summary_table(frame: pd.DataFrame, res: dict, source: str, at: list[float]) -> pd.DataFrame:
-    """"mean [lo, hi]" of test ACC and AUC per criterion (rows) at the ratios ``at`` (columns).
+    """"mean [lo, hi]" of test AUC, balanced accuracy and ACC per criterion (rows) at the ratios ``at`` (columns).
 
     ``source``: ``"draws"`` for the t interval over reference draws only, ``"both"`` for the interval over
     draws and test images (:func:`xaiprune.stats.intervals`).
@@ -42,19 +46,20 @@ def summary_table(frame: pd.DataFrame, res: dict, source: str, at: list[float]) 
         raise ValueError(f"source={source!r}; expected 'draws' or 'both'")
     lo, hi = ("lo_draws", "hi_draws") if source == "draws" else ("lo", "hi")
     rows = []
-    for value in ("acc", "auc"):
+    for value in ("auc", "bal_acc", "acc"):
         s = stats.intervals(frame[_at(frame["ratio"], at)], res, value)
         s["cell"] = [f"{m:.3f} [{a:.3f}, {b:.3f}]" for m, a, b in zip(s["mean"], s[lo], s[hi])]
-        rows.append(s.assign(metric=value.upper()))
-    return pd.concat(rows).pivot_table(index="criterion", columns=["metric", "ratio"], values="cell", aggfunc="first")
+        rows.append(s.assign(metric=LABELS[value]))
+    table = pd.concat(rows).pivot_table(index="criterion", columns=["metric", "ratio"], values="cell", aggfunc="first")
+    return table[[c for v in ("auc", "bal_acc", "acc") for c in table.columns if c[0] == LABELS[v]]]
 
 
 def verdict_field(criteria: list[str]) -> str:
-    """Which criteria the verdict compares: the XAI ones against the baselines."""
+    """Which criteria the exploratory comparison pits against each other: the best XAI one against the best baseline."""
     xai = [c for c in criteria if c in names.XAI_CRITERIA]
     base = [c for c in criteria if c not in names.XAI_CRITERIA]
-    return (f"The verdict compares the best of {len(xai)} XAI criteria ({', '.join(xai)}) with the best of "
-            f"{len(base)} baselines ({', '.join(base)}), each picked after the fact by its mean.")
+    return (f"Exploratory (decides nothing): the best of {len(xai)} XAI criteria ({', '.join(xai)}) against the best "
+            f"of {len(base)} baselines ({', '.join(base)}), each picked after the fact by its mean.")
 
 
 def _pair(v: dict, prefix: str = "") -> str:
@@ -64,23 +69,23 @@ def _pair(v: dict, prefix: str = "") -> str:
 
 
 def verdict_lines(winners: list[dict], arch: str, at: list[float]) -> str:
-    """One line per verdict of :func:`xaiprune.stats.xai_against_baselines` (with test resamples) at ``at``."""
+    """One line per exploratory outcome of :func:`xaiprune.stats.xai_against_baselines` (with test resamples) at ``at``."""
     keep = {round(r, 3) for r in at}
     return "\n".join(
-        f"{arch} at {v['ratio']:.0%}, test {v['metric'].upper()}: {_pair(v, 'best baseline ')}: {v['outcome']} "
+        f"exploratory, {arch} at {v['ratio']:.0%}, test {v['metric'].upper()}: {_pair(v, 'best baseline ')}: {v['outcome']} "
         f"(draws only: {v['outcome_draws']}; paired difference {v['diff']:+.3f} "
         f"[{v['diff_ci'][0]:+.3f}, {v['diff_ci'][1]:+.3f}])" for v in winners if round(v["ratio"], 3) in keep)
 
 
 def verdict_counts(winners: list[dict], arch: str) -> str:
-    """Over every pruned ratio, how often the best XAI criterion is better, worse or tied, per metric."""
+    """Over every pruned ratio, how often the best XAI criterion is better, worse or tied, per metric (exploratory)."""
     lines = []
     for metric in ("auc", "acc"):
         got = [v for v in winners if v["metric"] == metric]
         n = {(key, o): sum(v[key] == o for v in got) for key in ("outcome", "outcome_draws")
              for o in ("XAI better", "baseline better", "tie")}
         lines.append(
-            f"{arch}, test {metric.upper()} over {len(got)} pruning ratios: the best XAI criterion is better than the "
+            f"exploratory, {arch}, test {metric.upper()} over {len(got)} pruning ratios: the best XAI criterion is better than the "
             f"best baseline at {n['outcome', 'XAI better']}, worse at {n['outcome', 'baseline better']}, and "
             f"indistinguishable (overlapping 95% intervals over draws and test images) at {n['outcome', 'tie']}; "
             f"with intervals over reference draws only: better at {n['outcome_draws', 'XAI better']}, worse at "
@@ -144,41 +149,34 @@ def bias_table(sweeps: dict[str, pd.DataFrame], study: pd.DataFrame, criteria: l
                              aggfunc="first")
 
 
-def rank_table(repaired: pd.DataFrame, min_ratio: float = 0.5) -> pd.DataFrame:
-    """Mean test ACC over the ratios of at least ``min_ratio`` per criterion (rows) and repair (columns), each cell
-    "acc (rank among the criteria under that repair)"."""
+def rank_table(repaired: pd.DataFrame, metric: str = "bal_acc", min_ratio: float = 0.5) -> pd.DataFrame:
+    """Mean ``metric`` over the ratios of at least ``min_ratio`` per criterion (rows) and repair (columns), each cell
+    "value (rank among the criteria under that repair)"."""
     rows = repaired[repaired["ratio"] >= min_ratio - 1e-9]
-    order = rows.groupby(["repair", "criterion"])["acc"].mean().unstack("repair")
-    order = order[[r for r in [*repair_study.REPAIRS, "best"] if r in order]]
+    order = rows.groupby(["repair", "criterion"])[metric].mean().unstack("repair")
+    order = order[[r for r in repair_study.REPAIRS if r in order]]
     ranks = order.rank(ascending=False, method="min").astype(int)
     return order.round(3).astype(str).add(" (" + ranks.astype(str) + ")")
 
 
-def _repair_line(name: str, labels: int, hit: dict | None, per_ratio: list[dict], min_ratio: float) -> str:
-    if hit:
-        return f"{name} [{labels} labelled images]: target MET at {hit['ratio']:.0%} pruned: {_pair(hit)}"
-    top = max((v for v in per_ratio if v["ratio"] >= min_ratio - 1e-9),
-              key=lambda v: v["xai_mean"] - v["baseline_mean"], default=None)
-    closest = f"; closest at {top['ratio']:.0%}: {_pair(top)} ({top['outcome']})" if top else ""
-    return f"{name} [{labels} labelled images]: target NOT met{closest}"
+def endpoint_table(frame: pd.DataFrame, by: tuple[str, ...] = ("criterion",)) -> pd.DataFrame:
+    """Mean AUC, balanced accuracy and ACC over the draws per ``by`` group (rows) and ratio (columns)."""
+    mean = frame.groupby([*by, "ratio"])[["auc", "bal_acc", "acc"]].mean().rename(columns=LABELS)
+    return mean.unstack("ratio").round(3)
 
 
-def repair_verdicts(repaired: pd.DataFrame, res: dict, best: str, min_ratio: float = 0.5) -> tuple[dict, str]:
-    """Per repair (and ``best``): the ACC verdicts against L1 and Taylor at every ratio, and whether the target of
-    :func:`xaiprune.pruning.repair_study.target` is met; returns them (the metrics' ``verdicts``) and one line
-    per repair."""
-    verdicts, lines = {}, []
-    for repair in [*repair_study.REPAIRS, "best"]:
-        rows = repaired[repaired["repair"] == repair]
-        per_ratio = stats.xai_against_baselines(rows, "acc", res, baselines=("l1", "taylor"))
-        hit = repair_study.target(per_ratio, min_ratio=min_ratio)
-        labels = int(rows["labels"].max())
-        verdicts[repair] = {"combination": best if repair == "best" else repair, "labels": labels,
-                            "unlabelled": int(rows["unlabelled"].max()), "draws": int(rows["draw"].nunique()),
-                            "target": hit, "per_ratio": per_ratio}
-        name = f"{repair} (= {best})" if repair == "best" else repair
-        lines.append(_repair_line(name, labels, hit, per_ratio, min_ratio))
-    return verdicts, "\n".join(lines)
+def repair_lines(results: list[dict], frame: pd.DataFrame, repair: str, labels: int) -> str:
+    """One line per comparison of :func:`xaiprune.pruning.verdict.comparisons` under the chosen ``repair`` (on test):
+    the paired difference of the decisive metric with its Holm-corrected interval, AUC and ACC beside."""
+    mean = frame.groupby(["criterion", "ratio"])[list(stats.ENDPOINTS)].mean()
+    lines = [f"{repair} (chosen on validation; {labels} labelled images), on test:"]
+    for r in results:
+        a, b = mean.loc[(r["primary"], r["ratio"])], mean.loc[(r["baseline"], r["ratio"])]
+        lo, hi = r["interval_holm"]
+        lines.append(f"  {r['ratio']:.0%} pruned, {r['primary']} minus {r['baseline']}: {LABELS[r['metric']]} "
+                     f"{r['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] Holm, {'above' if r['above_margin'] else 'not above'} "
+                     f"0 (AUC {a['auc']:.3f} vs {b['auc']:.3f}, ACC {a['acc']:.3f} vs {b['acc']:.3f})")
+    return "\n".join(lines)
 
 
 def check_sweep(sweep: pd.DataFrame, res: dict, sensitivity: pd.DataFrame, segments: list[str]) -> None:
@@ -188,7 +186,7 @@ def check_sweep(sweep: pd.DataFrame, res: dict, sensitivity: pd.DataFrame, segme
     macs = sweep.groupby(["criterion", "ratio"])["macs"].mean().unstack("ratio")
     checks["FLOPs must not grow with the ratio"] = bool((macs.diff(axis=1).fillna(0) <= 0).all().all())
     checks["the sensitivity table must cover every segment"] = set(sensitivity["segment"]) == set(segments)
-    for value in ("acc", "auc"):
+    for value in stats.ENDPOINTS:
         ci = stats.intervals(sweep, res, value)
         checks[f"{value}: intervals over draws and test images must contain those over draws alone"] = bool(
             ((ci["lo"] <= ci["lo_draws"] + 1e-12) & (ci["hi"] >= ci["hi_draws"] - 1e-12)).all())
@@ -204,21 +202,22 @@ def ratio_key(r: float) -> str:
     return str(round(float(r), 3))
 
 
+def _means(frame: pd.DataFrame, by: list[str]) -> dict:
+    mean = frame.groupby(by)[list(stats.ENDPOINTS)].mean()
+    return {key: {k: round(float(v), 6) for k, v in row.items()} for key, row in mean.iterrows()}
+
+
 def sweep_metrics(sweep: pd.DataFrame, criteria: list[str], ratios: list[float]) -> dict:
-    """``{criterion: {"0.3": {"acc", "auc"}}}`` (keys :func:`ratio_key`): mean test ACC and AUC over the draws,
-    rounded to 6 places."""
-    mean = sweep.groupby(["criterion", "ratio"])[["acc", "auc"]].mean()
-    return {c: {ratio_key(r): {"acc": round(float(mean.loc[(c, r), "acc"]), 6),
-                               "auc": round(float(mean.loc[(c, r), "auc"]), 6)} for r in ratios} for c in criteria}
+    """``{criterion: {"0.3": {"acc", "bal_acc", "auc"}}}`` (keys :func:`ratio_key`): means over the draws, rounded to
+    6 places."""
+    mean = _means(sweep, ["criterion", "ratio"])
+    return {c: {ratio_key(r): mean[c, r] for r in ratios} for c in criteria}
 
 
-def repair_metrics(repaired: pd.DataFrame, unpruned: pd.DataFrame, criteria: list[str], ratios: list[float]) -> dict:
-    """The ``repairs`` (``{repair: {criterion: {"0.3": {"acc", "auc"}}}}``, ratio keys :func:`ratio_key`) and
-    ``unpruned`` (:func:`xaiprune.pruning.repair_study.unpruned_outputs` per repair) metrics."""
-    means = repaired.groupby(["repair", "criterion", "ratio"])[["acc", "auc"]].mean()
-    return {"repairs": {r: {c: {ratio_key(x): {"acc": round(float(means.loc[(r, c, x), "acc"]), 6),
-                                               "auc": round(float(means.loc[(r, c, x), "auc"]), 6)} for x in ratios}
-                            for c in criteria} for r in [*repair_study.REPAIRS, "best"]},
-            "unpruned": {row["repair"]: {"acc": round(row["acc"], 6), "max_prob_change": float(row["max_prob_change"]),
-                                         "labels": row["labels"], "unlabelled": row["unlabelled"]}
-                         for row in unpruned.to_dict("records")}}
+def repair_metrics(repaired: pd.DataFrame) -> dict:
+    """``{repair: {criterion: {"0.3": {"acc", "bal_acc", "auc"}}}}`` of a :func:`~xaiprune.pruning.repair_study.repair_sweep`
+    frame (ratio keys :func:`ratio_key`): means over the draws."""
+    out: dict = {}
+    for (repair, c, r), v in _means(repaired, ["repair", "criterion", "ratio"]).items():
+        out.setdefault(repair, {}).setdefault(c, {})[ratio_key(r)] = v
+    return out

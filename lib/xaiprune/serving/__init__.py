@@ -23,8 +23,9 @@ filters) and :mod:`~xaiprune.serving.payload` (packed quantiser indices and imag
 
 For ``07_distributed.ipynb``, on top of them: :mod:`~xaiprune.serving.runs` (what its runs share, the policies
 each serves, who each fault hits, the replays), :mod:`~xaiprune.serving.analysis` (what it reads off the logs:
-tables, the estimate against the oracle, the pipelining bound), :mod:`~xaiprune.serving.plots` (its figures) and
-:mod:`~xaiprune.serving.verdict` (its ``metrics.json`` and targets). None of them is imported by the serving
+tables, the estimate against the oracle, the pipelining bound), :mod:`~xaiprune.serving.plots` (its figures),
+:mod:`~xaiprune.serving.evidence` (its four claims' evidence: paired bootstraps over requests, Holm) and
+:mod:`~xaiprune.serving.verdict` (its ``metrics.json`` and checks). None of them is imported by the serving
 processes; the names below are.
 """
 

@@ -14,16 +14,18 @@ import pandas as pd
 
 from xaiprune.planning import system
 
-FORMATS = {"acc": "{:.3f}", "auc": "{:.3f}", "ACC": "{:.3f}", "AUC": "{:.3f}", "ACC where pruned": "{:.3f}",
-           "AUC where pruned": "{:.3f}", "p50_ms": "{:.1f}", "p95_ms": "{:.1f}", "mean_ms": "{:.1f}",
-           "predicted_ms": "{:.1f}", "deadline_hit_rate": "{:.1%}", "bytes_per_inference": "{:,.0f}",
-           "bytes_saved_by_pruning": "{:.1%}", "modelled energy (J)": "{:.3f}", "mean_pruning": "{:.2f}",
-           "latency_error": "{:+.1%}", "throughput_rps": "{:.1f}", "mean |expected - predicted| (ms)": "{:.1f}"}
-SERVED = ["acc", "auc", "p50_ms", "p95_ms", "deadline_hit_rate", "bytes_per_inference", "bytes_saved_by_pruning",
+FORMATS = {**{k: "{:.3f}" for k in ("acc", "bal_acc", "auc", "ACC", "balanced ACC", "AUC", "ACC where pruned",
+                                     "balanced ACC where pruned", "AUC where pruned", "modelled energy (J)")},
+           "p50_ms": "{:.1f}", "p95_ms": "{:.1f}", "mean_ms": "{:.1f}", "predicted_ms": "{:.1f}",
+           "deadline_hit_rate": "{:.1%}", "bytes_per_inference": "{:,.0f}", "bytes_saved_by_pruning": "{:.1%}",
+           "mean_pruning": "{:.2f}", "latency_error": "{:+.1%}", "throughput_rps": "{:.1f}",
+           "mean |expected - predicted| (ms)": "{:.1f}"}
+SERVED = ["acc", "bal_acc", "auc", "p50_ms", "p95_ms", "deadline_hit_rate", "bytes_per_inference", "bytes_saved_by_pruning",
           "energy_j", "mean_pruning", "distinct_plans", "duplicated", "received_twice"]
-STRESS = ["acc", "auc", "p50_ms", "p95_ms", "deadline_hit_rate", "bytes_per_inference", "bytes_saved_by_pruning",
+STRESS = ["acc", "bal_acc", "auc", "p50_ms", "p95_ms", "deadline_hit_rate", "bytes_per_inference", "bytes_saved_by_pruning",
           "mean_pruning", "distinct_plans", "latency_error"]
-REPLAY = {"acc": "ACC", "auc": "AUC", "acc_pruned": "ACC where pruned", "auc_pruned": "AUC where pruned",
+REPLAY = {"acc": "ACC", "bal_acc": "balanced ACC", "auc": "AUC", "acc_pruned": "ACC where pruned",
+          "bal_acc_pruned": "balanced ACC where pruned", "auc_pruned": "AUC where pruned",
           "requests": "requests", "pruned_requests": "requests pruned", "distinct_plans": "level vectors"}
 LOAD = ["throughput_rps", "p50_ms", "p95_ms", "mean_ms", "predicted_ms", "distinct_plans"]
 FAULT = ["device", "requests", "answered_once", "failed", "lost", "duplicated", "received_twice", "replanned",

@@ -16,8 +16,8 @@ filters go), so a replay reports accuracy only.
 Each distinct plan is built once per criterion and runs only the images served under it, under
 ``torch.inference_mode``. The default batch is one image, as on the devices: batches change float
 rounding (about 2e-6 in a logit of VGG-16-BN), which is enough to move the AUC of a nearly collapsed
-pruned model. :func:`table` gives ACC and AUC as :func:`xaiprune.serving.summarise` does (MedMNIST's
-``getACC``/``getAUC`` on the softmax of the logits), so they compare with the served policies' numbers.
+pruned model. :func:`table` gives ACC, balanced accuracy and AUC as 07's summaries of the served policies do
+(:func:`xaiprune.stats.endpoints` on the softmax of the logits), so they compare with the served numbers.
 Used by ``07_distributed.ipynb``.
 """
 
@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from xaiprune import data, models
+from xaiprune import data, models, stats
 from xaiprune.pruning import prune
 
 
@@ -109,26 +109,27 @@ def _rows(requests: pd.DataFrame, n_segments: int, test: data.Split) -> pd.DataF
 
 
 def metrics(logits: np.ndarray, labels: np.ndarray, flag: str) -> dict[str, float]:
-    """ACC and AUC as :func:`xaiprune.serving.summarise` computes them; NaN where undefined (no request, one class)."""
+    """ACC, balanced accuracy and AUC (:func:`xaiprune.stats.endpoints`) of the softmax of ``logits``, as 07's
+    summaries compute them; NaN where undefined (no request; AUC of one class)."""
     from medmnist import INFO
-    from medmnist.evaluator import getACC, getAUC
 
     if len(labels) == 0:
-        return {"acc": float("nan"), "auc": float("nan")}
-    task, y = INFO[flag]["task"], np.asarray(labels)[:, None]
-    probs = torch.softmax(torch.as_tensor(np.asarray(logits), dtype=torch.float32), dim=1).numpy()
-    return {"acc": float(getACC(y, probs, task)),
-            "auc": float(getAUC(y, probs, task)) if len(np.unique(y)) > 1 else float("nan")}
+        return {k: float("nan") for k in stats.ENDPOINTS}
+    y = np.asarray(labels)[:, None]
+    probs = torch.softmax(torch.as_tensor(np.asarray(logits), dtype=torch.float64), dim=1).numpy()
+    out = stats.endpoints(y, probs, INFO[flag]["task"])
+    return {**out, "auc": out["auc"] if len(np.unique(y)) > 1 else float("nan")}
 
 
 def table(rep: Replay, flag: str) -> pd.DataFrame:
-    """One row per criterion: ACC and AUC over every replayed request, and over those whose plan pruned."""
+    """One row per criterion: ACC, balanced accuracy and AUC over every replayed request, and over those whose plan
+    pruned (``*_pruned``)."""
     labels, pruned = rep.requests["label"].to_numpy(), rep.pruned
     rows = []
     for c, logits in rep.logits.items():
         every, where = metrics(logits, labels, flag), metrics(logits[pruned], labels[pruned], flag)
-        rows.append({"criterion": c, "acc": every["acc"], "auc": every["auc"], "acc_pruned": where["acc"],
-                     "auc_pruned": where["auc"], "requests": len(labels), "pruned_requests": int(pruned.sum()),
+        rows.append({"criterion": c, **every, **{f"{k}_pruned": v for k, v in where.items()},
+                     "requests": len(labels), "pruned_requests": int(pruned.sum()),
                      "distinct_plans": int(rep.requests["levels"].nunique())})
     return pd.DataFrame(rows).set_index("criterion")
 

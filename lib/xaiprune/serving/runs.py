@@ -24,7 +24,7 @@ import yaml
 from xaiprune import data, paths, train
 from xaiprune.planning import agent, nlp, system
 from xaiprune.planning.env import fade_trace
-from xaiprune.serving import replay
+from xaiprune.serving import evidence, replay
 from xaiprune.serving.config import RunConfig
 from xaiprune.serving.launcher import Outcome, launch
 from xaiprune.serving.records import summarise
@@ -49,6 +49,7 @@ class Study:
     agent_file: Path               # 06's agent (.zip, .json) for these profiles' criterion
     checkpoint: str                # 02's checkpoint, relative to the project root
     model: torch.nn.Module
+    reference: data.Split          # the reference draw (from validation) every criterion's filters are scored on
     scores: dict[str, str]         # criterion -> its filter scores file (``scores/scores_<criterion>.pt``)
     out_dir: Path                  # artifacts/<profile>/07_distributed
     n: int                         # requests per policy on the ward
@@ -97,8 +98,8 @@ def prepare(values: dict) -> Study:
                           (info["n_channels"], v["size"], v["size"]))
     n_test = info["n_samples"]["test"]
     n = n_test if v["n_requests"] == 0 else min(v["n_requests"], n_test)
-    return Study(v, arch, info, ward, stress, profiles, profiles_file, agent_file, checkpoint, model, scores, out_dir,
-                 n, fade_trace(n, ward.n, low=v["fade_low"]))
+    return Study(v, arch, info, ward, stress, profiles, profiles_file, agent_file, checkpoint, model, reference, scores,
+                 out_dir, n, fade_trace(n, ward.n, low=v["fade_low"]))
 
 
 @dataclass
@@ -130,8 +131,19 @@ class Served:
 def _serve(study: Study, scenario: str, policies: list[dict], n: int, trace, folder: str, **kw) -> Served:
     out = launch(study.config(scenario, policies, n, trace, **kw), study.out_dir / folder, overwrite=True)
     order = [p["name"] for p in policies]
-    return Served(scenario, system.load_scenario(scenario), out,
-                  summarise(out.requests, study.values["flag"], order, study.profiles), n, trace, kw.get("fault") or [])
+    summary = with_endpoints(summarise(out.requests, study.values["flag"], order, study.profiles), out.requests,
+                             study.info["task"])
+    return Served(scenario, system.load_scenario(scenario), out, summary, n, trace, kw.get("fault") or [])
+
+
+def with_endpoints(summary: pd.DataFrame, requests: pd.DataFrame, task: str) -> pd.DataFrame:
+    """``summary`` with ACC, balanced accuracy (after ACC) and AUC from :func:`xaiprune.stats.endpoints`."""
+    if summary.empty:
+        return summary
+    ends = evidence.endpoints_table(requests, task).reindex(summary.index)
+    out = summary.assign(acc=ends["acc"], auc=ends["auc"])
+    out.insert(out.columns.get_loc("acc") + 1, "bal_acc", ends["bal_acc"].astype(float))
+    return out
 
 
 def ward_policies(static_level: float, agent_file: Path) -> list[dict]:
