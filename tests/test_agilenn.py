@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from captum.attr import IntegratedGradients
@@ -164,13 +166,25 @@ def test_training_is_cached_and_reused(synthetic, isolated, monkeypatch):
     first = training.train_or_load(cfg, progress=False)
     assert not first.cached and first.path.is_file() and first.path.is_relative_to(paths.models_dir())
     assert len(first.history) == 2 and all(0 <= h["train_skewness"] <= 1 for h in first.history)
+    best = max(range(2), key=lambda i: first.history[i]["val_auc"])  # the checkpoint: best validation AUC
+    val = data.load_split("pneumoniamnist", "val")
+    assert training.endpoints(first.model, val)["auc"] == pytest.approx(first.history[best]["val_auc"])
     again = training.train_or_load(cfg, progress=False)
     assert again.cached and all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(),
                                                                    again.model.state_dict().values()))
     other = training.checkpoint_path(training.AgileConfig(epochs=2, ref_epochs=1, batch_size=32, lr=0.01, rho=0.9))
     assert other != first.path  # another setting is another checkpoint
-    m = training.evaluate(first, data.load_split("pneumoniamnist", "test"))
+    test = data.load_split("pneumoniamnist", "test")
+    m = training.evaluate(first, test)
     assert 0 <= m["skewness"] <= 1 and 0 <= m["local_acc"] <= 1 and 0 <= m["ordered"] <= 1
+    assert set(m) >= {"acc", "bal_acc", "auc", "local_acc", "local_bal_acc", "local_auc"}
+    runs = training.train_seeds(cfg, [0, 1], progress=False)  # seed 0 is the model above, read back
+    assert runs[0].cached and not runs[1].cached and [r.config.seed for r in runs] == [0, 1]
+    assert training.reference_path(runs[1].config) != training.reference_path(cfg)  # a seed retrains the reference too
+    p0, p1 = (training.probabilities(r.model, test) for r in runs)
+    assert p0.shape == (len(test), 2) and np.allclose(p0.sum(1), 1, atol=1e-5) and not np.allclose(p0, p1)
+    with pytest.raises(ValueError, match="distinct training seeds"):
+        training.train_seeds(cfg, [0, 0])
 
 
 def test_the_skewness_loss_trains_the_extractor_through_the_gradients():
@@ -194,21 +208,40 @@ def test_the_skewness_loss_trains_the_extractor_through_the_gradients():
     assert shares[-1] > shares[0] + 0.02, shares
 
 
-@pytest.mark.parametrize("agile_ms,agile_acc,verdict", [
-    (5.0, 0.85, "supported"),           # 8x faster than the fastest other scheme, 0.5 points lost
-    (10.0, 0.85, "partly supported"),   # faster than every scheme, but 4x only
-    (5.0, 0.80, "partly supported"),    # 8x faster, 5.5 points lost
-    (50.0, 0.85, "not supported"),      # slower than full offload
-])
-def test_the_agilenn_claim_follows_its_rule(agile_ms, agile_acc, verdict):
-    from xaiprune.study import claims
+def _claim_inputs(auc_diff_lo: float, model_min: float, measured_lo: float) -> tuple[dict, dict, dict]:
+    """The three inputs of claim.claim with the corrected AUC interval's lower end, the least modelled ratio and the
+    lower end of the least measured ratio chosen."""
+    acc = {"auc": {"diff": auc_diff_lo + 0.01, "interval_holm": [auc_diff_lo, auc_diff_lo + 0.02], "margin": -0.02,
+                   "above_margin": auc_diff_lo > -0.02, "p_holm": 0.01, "n_seeds": [3, 1]},
+           "agilenn": {"acc": 0.8, "bal_acc": 0.8, "auc": 0.9}, "full": {"acc": 0.85, "bal_acc": 0.82, "auc": 0.91},
+           "difference": {"acc": -0.05, "bal_acc": -0.02, "auc": -0.01}}
+    modelled = {"local": 90.0, "offload_png": model_min, "offload_jpeg": model_min + 1, "split": 70.0}
+    ratio = {"ratio": measured_lo + 1, "interval": [measured_lo, measured_lo + 2], "p": 0.01, "target": 6.0}
+    measured = {"ratios": {m: ratio for m in modelled}, "min": {**ratio, "against": "offload_png"}, "images": 40}
+    return acc, modelled, measured
 
-    row = lambda ms, acc=0.855: {"latency_ms_p50": ms, "test_acc": acc}  # noqa: E731
-    m10 = {"local_only": row(70.0), "full_offload": row(40.0), "split": row(55.0), "link": {"mbps": 60.0},
-           "agilenn": {**row(agile_ms, agile_acc), "skewness": 0.8, "device_flops_ratio": 0.001}}
-    got = [c for c in claims.claims({"10_agilenn": m10}) if c["notebooks"] == "10"][0]
-    assert got["verdict"] == verdict and "Rule: supported when" in got["evidence"]
-    assert [c for c in claims.claims({}) if c["notebooks"] == "10"][0]["verdict"] == claims.MISSING
+
+@pytest.mark.parametrize("auc_lo,model_min,measured_lo,verdict", [
+    (-0.01, 60.0, 6.5, "supported"),          # every part holds
+    (-0.01, 60.0, 4.0, "partly supported"),   # the measured ratio's interval reaches below 6
+    (-0.05, 5.0, 4.0, "not supported"),       # AUC below the margin and both latency ratios below 6
+    (-0.05, 6.0, 4.0, "partly supported"),    # the modelled ratio exactly at the target is met
+])
+def test_the_agilenn_claim_needs_auc_and_both_latency_figures(auc_lo, model_min, measured_lo, verdict):
+    from xaiprune.agilenn import claim
+    from xaiprune.study import protocol
+
+    acc, modelled, measured = _claim_inputs(auc_lo, model_min, measured_lo)
+    load = {"start": [0.5, 0.4, 0.3], "end": [0.9, 0.5, 0.3], "cpus": 2}
+    c = claim.claim(acc, modelled, measured, protocol.AGILENN_SPEEDUP, load, 60.0)
+    assert c["verdict"] == verdict and c["n_seeds"] == 3 and c["interval"] == acc["auc"]["interval_holm"]
+    assert c["target_met"] == (verdict == "supported") and c["extra"]["load_average"] == load
+    assert c["extra"]["modelled_min_ratio"] == model_min and c["extra"]["measured_min_ratio"]["against"] == "offload_png"
+    row = protocol.row("agilenn", c["measured"], c["interval"], c["n_seeds"], c["verdict"], c["evidence"], "val", **c["extra"])
+    assert set(protocol.ROW_KEYS) <= set(row) and row["verdict"] == verdict and "load average 0.50 then 0.90" in row["evidence"]
+    word = "met" if c["parts"]["measured_ratio_at_least_target"] else "NOT met"
+    assert any(line.startswith("measured latency ratio") and line.endswith(word)
+               for line in claim.claim_lines(c, acc, modelled, measured, _latency(), _link(), _COSTS, _pay()))
 
 
 def test_remapping_renumbers_the_channels_of_the_same_function():
@@ -231,51 +264,144 @@ def test_remapping_renumbers_the_channels_of_the_same_function():
     assert torch.allclose(imp_new, imp[:, order], rtol=1e-4, atol=1e-7)
 
 
-def test_the_link_predicts_as_offload_does_and_the_latency_tables_follow():
-    import pandas as pd
+_COSTS = {"device_flops": 1e5, "remote_flops": 1e6, "offloaded_values": 800}
+_MS = {"local": 70.0, "offload_png": 40.0, "offload_jpeg": 35.0, "split": 55.0, "agilenn": 5.0}
 
-    from xaiprune.agilenn import analysis as agilenn_analysis
+
+def _link():
+    from xaiprune.agilenn import analysis
+
+    scn, dev, rem = offload.OffloadConfig("pneumoniamnist", 28, "a", "b").ends()
+    return analysis.Link.of(small(1, 2).eval(), (1, 28, 28), scn, dev, rem, 2)
+
+
+def _pay():
+    from xaiprune.agilenn import analysis
+
+    return analysis.Payloads(np.array([100, 120]), np.array([600, 640]), np.array([300, 340]), True, True, None,
+                             {"acc": 0.8, "bal_acc": 0.75, "auc": 0.9})
+
+
+def _served(ms: dict = _MS, images: int = 2, spread: float = 1.0):
+    """Every method at factor 1.0 on ``images`` images, image i at ms + spread x (i - mean)."""
+    off = np.arange(images) - (images - 1) / 2
+    return pd.DataFrame([{"method": m, "image": i, "multiplier": 1.0, "latency_ms": v + spread * off[i], "bytes": 10}
+                         for m, v in ms.items() for i in range(images)])
+
+
+def _latency():
+    from xaiprune.agilenn import analysis
+
+    link = _link()
+    return analysis.latency_frame(_served(), link, analysis.sent(_pay(), link, _COSTS))
+
+
+def test_the_link_predicts_as_offload_does_and_the_latency_tables_follow():
+    from xaiprune.agilenn import analysis, claim
 
     model, shape = small(1, 2).eval(), (1, 28, 28)
-    scn, dev, rem = offload.OffloadConfig("pneumoniamnist", 28, "a", "b").ends()
-    link = agilenn_analysis.Link.of(model, shape, scn, dev, rem, 2)
+    link, pay = _link(), _pay()
+    scn, dev, rem = link.scn, link.dev, link.rem
     last = len(link.seg_flops)
     for m in (0.001, 1.0, 100.0):
         assert link.best_cut(m) == offload.best_cut(model, shape, scn, dev, rem, 2, m)
     assert link.cut_seconds(last) == pytest.approx(link.full_flops / scn.devices[dev].speed)  # nothing sent
     assert link.table()["cut after it: predicted ms"].iloc[-1] == pytest.approx(1e3 * link.cut_seconds(last))
-    pay = agilenn_analysis.Payloads(np.array([100, 120]), np.array([600, 640]), np.array([300, 340]), True, True, None,
-                               {"acc": 0.8, "auc": 0.9})
-    costs = {"device_flops": 1e5, "remote_flops": 1e6, "offloaded_values": 800}
-    sent = agilenn_analysis.sent(pay, link, costs)
+    sent = analysis.sent(pay, link, _COSTS)
     assert sent["offload_png"] == (0, 620.0, link.full_flops) and sent["agilenn"] == (1e5, 110.0, 1e6)
     assert link.predicted_ms("local", 0.01, sent) == pytest.approx(1e3 * link.cut_seconds(last))
     want = 1e3 * offload.predicted_seconds(scn, dev, rem, 1e5, 110.0, 1e6, 8, 0.5)
     assert link.predicted_ms("agilenn", 0.5, sent) == pytest.approx(want)
-    jobs = agilenn_analysis.jobs([0, 1], [0.1, 1.0], {0.1: 1, 1.0: 2})
+    for method in analysis.METHODS:  # the parts add up to the prediction; local sends nothing
+        for m in (0.01, 1.0):
+            assert sum(link.parts_ms(method, m, sent).values()) == pytest.approx(link.predicted_ms(method, m, sent))
+    assert link.parts_ms("local", 1.0, sent)["link"] == 0 and link.parts_ms("offload_png", 1.0, sent)["device"] == 0
+    jobs = analysis.jobs([0, 1], [0.1, 1.0], {0.1: 1, 1.0: 2})
     assert len(jobs) == 2 + 2 * 2 * 4 and jobs[:2] == [["local", 0, 1.0, 0], ["local", 1, 1.0, 0]] and ["split", 1, 1.0, 2] in jobs
-    ms = {"local": 70.0, "offload_png": 40.0, "offload_jpeg": 35.0, "split": 55.0, "agilenn": 5.0}
-    served = pd.DataFrame([{"method": m, "multiplier": 1.0, "latency_ms": v + d, "bytes": 10} for m, v in ms.items() for d in (-1, 1)])
-    latency = agilenn_analysis.latency_frame(served, link, sent)
-    assert agilenn_analysis.at(latency, "split")["p50"] == 55.0 and (latency["requests"] == 2).all()
-    speed = agilenn_analysis.speedups(latency)
-    assert speed == {"local": 14.0, "split": 11.0, "offload_png": 8.0, "offload_jpeg": 7.0}
-    ev = {"acc": 0.85, "auc": 0.9, "local_acc": 0.7, "local_auc": 0.8, "skewness": 0.82, "ordered": 0.5}
-    met = agilenn_analysis.targets(0.86, ev, 0.01, speed)
-    assert all(met.values()) and not agilenn_analysis.targets(0.9, ev, 0.06, speed)["device_flops_at_most_5pct"]
-    assert len(agilenn_analysis.target_lines(latency, link, 0.86, ev, costs, pay, met)) == 7
-    ablations = pd.DataFrame([{"variant": "default", "test ACC": 0.8, "local ACC": 0.7, "skewness": 0.8, "ordered": 0.5,
-                               "bytes": 110.0}]).set_index("variant")
-    m = agilenn_analysis.metrics(latency, link, 1, {"acc": 0.86, "auc": 0.9}, ev, costs, pay, ablations, met, arch="small_cnn",
-                            k=4, centroids=8, quality=90, emulate=True, images=2)
+    latency = _latency()
+    assert analysis.at(latency, "split")["p50"] == 55.0 and (latency["requests"] == 2).all()
+    speed = analysis.speedups(latency)
+    assert speed == {"local": 14.0, "offload_png": 8.0, "offload_jpeg": 7.0, "split": 11.0}
+    modelled = claim.modelled_ratios(link, sent)
+    assert modelled["local"] == pytest.approx(link.predicted_ms("local", 1.0, sent) / link.predicted_ms("agilenn", 1.0, sent))
+    measured = claim.measured_ratios(_served(), 6.0, n_boot=200)
+    parts = claim.latency_parts(link, sent, measured)
+    assert parts.loc["split", "measured median ms"] == 55.0
+    assert parts["overhead ms"].to_numpy() == pytest.approx((parts["measured median ms"] - parts["modelled ms"]).to_numpy())
+    evs = [{"acc": 0.85, "bal_acc": 0.8, "auc": 0.9, "local_acc": 0.7, "local_auc": 0.8, "skewness": 0.82, "ordered": 0.5}]
+    acc = {"agilenn": {"acc": 0.85, "bal_acc": 0.8, "auc": 0.9}, "full": {"acc": 0.86, "bal_acc": 0.81, "auc": 0.91},
+           "auc": {"diff": -0.01, "interval_holm": [-0.03, 0.01]}}
+    c = {"parts": {"auc_above_margin": False}, "extra": {"modelled_ratios": modelled, "load_average": {"start": [0.1]}}}
+    ablations = pd.DataFrame([{"variant": "default", "test AUC": 0.9, "test ACC": 0.8, "local AUC": 0.85, "local ACC": 0.7,
+                               "skewness": 0.8, "ordered": 0.5, "bytes": 110.0}]).set_index("variant")
+    m = analysis.metrics(latency, link, 1, acc, evs, _COSTS, pay, ablations, c, measured, arch="small_cnn", k=4, centroids=8,
+                         quality=90, emulate=True, seeds=[0])
     assert m["agilenn"]["bits_per_value"] == round(8 * 110 / 800, 4) and m["full_offload"]["bytes_per_image"] == 620.0
-    assert m["speedup_vs"]["local"] == 14.0 and m["ablations"]["default"]["test_acc"] == 0.8
+    assert m["agilenn"]["test_auc"] == 0.9 and m["local_only"]["test_bal_acc"] == 0.81 and m["agilenn"]["seeds"] == [0]
+    assert m["speedup_vs"]["local"] == 14.0 and m["ablations"]["default"]["test_auc"] == 0.9
     assert m["split"]["cut_after"] == link.seg_names[0] and m["latency_by_bandwidth"]["agilenn"]["1"]["p50"] == 5.0
+    assert m["latency_ratios"]["measured_min"]["against"] == "offload_jpeg" and m["link"]["images"] == 2
+    json.dumps(m)  # plain data
+
+
+def test_measured_ratios_bootstrap_the_served_images_paired():
+    from xaiprune.agilenn import claim
+
+    exact = claim.measured_ratios(_served(spread=0.0, images=5), 6.0, n_boot=300)  # no spread: no uncertainty
+    assert exact["ratios"]["local"]["ratio"] == pytest.approx(14.0) and exact["ratios"]["local"]["interval"] == pytest.approx([14.0, 14.0])
+    assert exact["min"]["against"] == "offload_jpeg" and exact["min"]["ratio"] == pytest.approx(7.0)
+    assert exact["min"]["p"] == 0.0 and exact["median_ms"]["split"]["median"] == 55.0
+    noisy = claim.measured_ratios(_served(spread=2.0, images=9), 6.0, n_boot=500)
+    lo, hi = noisy["min"]["interval"]
+    assert lo < noisy["min"]["ratio"] < hi and lo <= min(r["interval"][0] for r in noisy["ratios"].values()) + 1e-9
+    assert noisy["images"] == 9 and noisy["n_boot"] == 500
+    # the same per-image load on every scheme moves every median together: paired resamples keep the ratio exact
+    served = _served(spread=0.0, images=6)
+    served["latency_ms"] *= 1 + served["image"] % 2
+    paired = claim.measured_ratios(served, 6.0, n_boot=300)["ratios"]["local"]
+    assert paired["ratio"] == pytest.approx(14.0)
+    with pytest.raises(ValueError, match=r"no request of \['split'\]"):
+        claim.measured_ratios(served[served["method"] != "split"], 6.0)
+    with pytest.raises(ValueError, match="1 image"):
+        claim.measured_ratios(_served(images=1), 6.0)
+
+
+def test_accuracy_compares_every_seed_with_the_full_model_on_the_same_images():
+    from xaiprune.agilenn import claim
+    from xaiprune import stats
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    def probs(noise):  # noqa: E306
+        s = np.clip(y + rng.normal(0, noise, len(y)), 0, 1)
+        return np.stack([1 - s, s], 1)
+    full = probs(0.6)
+    same = claim.accuracy([full, full.copy()], full, y, stats.BINARY, -0.02, n_boot=300)
+    assert same["auc"]["diff"] == 0 and same["auc"]["above_margin"] and same["difference"]["bal_acc"] == 0
+    assert "boot" not in same["auc"] and same["auc"]["n_seeds"] == [2, 1] and len(same["seeds"]) == 2
+    worse = claim.accuracy([probs(3.0), probs(3.0), probs(3.0)], full, y, stats.BINARY, -0.02, n_boot=300)
+    assert worse["auc"]["diff"] < -0.02 and not worse["auc"]["above_margin"]
+    assert worse["agilenn"]["auc"] == pytest.approx(np.mean([s["auc"] for s in worse["seeds"]]))
+    assert worse["full"] == stats.endpoints(y, full, stats.BINARY)
+
+
+def test_the_endpoint_table_and_the_load_of_a_serving_run(monkeypatch, tmp_path):
+    from xaiprune.agilenn import analysis
+
+    x = torch.zeros(6, 1, 28, 28)
+    test = data.Split(x=x, y=torch.tensor([0, 1, 1, 1, 0, 1]), flag="pneumoniamnist", split="test", size=28)
+    ev = {"acc": 0.8, "bal_acc": 0.7, "auc": 0.9, "local_acc": 0.6, "local_bal_acc": 0.5, "local_auc": 0.7}
+    table = analysis.endpoint_table("small_cnn", {"acc": 0.9, "bal_acc": 0.85, "auc": 0.95}, [ev, ev], [3, 4], test)
+    assert table.loc["AgileNN, seed 4", "auc"] == 0.9 and table.loc["AgileNN local predictor alone (link down), seed 3", "auc"] == 0.7
+    assert table.loc["always the most frequent class"].to_dict() == pytest.approx({"acc": 4 / 6, "bal_acc": 0.5, "auc": 0.5})
+    loads = iter([(0.5, 0.4, 0.3), (1.5, 0.6, 0.35)])
+    monkeypatch.setattr(analysis.os, "getloadavg", lambda: next(loads))
+    monkeypatch.setattr(analysis.offload, "run", lambda cfg, folder, progress=True: "served")
+    served, load = analysis.serve(None, tmp_path)
+    assert served == "served" and load["start"] == [0.5, 0.4, 0.3] and load["end"] == [1.5, 0.6, 0.35] and load["cpus"] >= 1
 
 
 def test_payloads_round_trip_and_served_answers_are_compared_with_the_batched_ones():
-    import pandas as pd
-
     from xaiprune.agilenn import analysis as agilenn_analysis
 
     torch.manual_seed(0)

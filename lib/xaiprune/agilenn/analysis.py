@@ -1,35 +1,39 @@
-"""The analysis of ``10_agilenn``: the link's cost model, payloads, latency tables, ablations, targets and metrics.
+"""The analysis of ``10_agilenn``: the link's cost model, payloads, latency tables, ablations and metrics.
 
 - :class:`Link`: the study's model on the device-remote link of a scenario: per-segment FLOPs and output bytes,
   the system model's latency of every cut (:func:`xaiprune.agilenn.offload.predicted_seconds`), Neurosurgeon's best
-  interior cut, and the prediction of every method;
+  interior cut, and the prediction of every method, whole or in its parts (device, link, remote);
+- :func:`endpoint_table`: ACC, balanced accuracy and AUC of every model on test;
 - :func:`payloads` (a :class:`Payloads`) and :func:`bytes_table`: what each method sends, round trips checked;
-- :func:`jobs`, :func:`latency_frame`, :func:`agreement`: the serving run's requests and their summary;
+- :func:`jobs`, :func:`serve`, :func:`latency_frame`, :func:`agreement`: the serving run (with the machine's load
+  average before and after) and its summary;
 - :func:`per_pixel` and :func:`crossover_lines`: bytes per pixel of AgileNN against the image;
 - :func:`ablation_variants`, :func:`ablations`: the variants trained at the same budget;
-- :func:`speedups`, :func:`targets` (the targets of this project's reconstruction, docs/DESIGN.md),
-  :func:`target_lines`, :func:`check` and :func:`metrics` (``metrics.json``).
+- :func:`speedups`, :func:`check` and :func:`metrics` (``metrics.json``); the claim's statistics are in
+  :mod:`xaiprune.agilenn.claim`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from medmnist import INFO
 
-from xaiprune import data, train
+from xaiprune import data, stats
 from xaiprune.agilenn import model as agilenn, offload, training
 from xaiprune.planning import system
 from xaiprune.pruning import prune
 from xaiprune.serving import payload
 
 METHODS = ["local", "offload_png", "offload_jpeg", "split", "agilenn"]
-# The targets of this project's reconstruction (docs/DESIGN.md), at the scenario's own bandwidth.
-TARGETS = {"acc_points": 0.02, "device_flops_ratio": 0.05, "skewness": 0.8}
+OTHERS = [m for m in METHODS if m != "agilenn"]  # the schemes AgileNN's latency is compared with
 
 
 @dataclass
@@ -74,6 +78,20 @@ class Link:
                              "output bytes (float32)": self.seg_out,
                              "cut after it: predicted ms": [1e3 * self.cut_seconds(c + 1) for c in range(len(self.seg_flops))]})
 
+    def parts_ms(self, method: str, multiplier: float, sent: dict) -> dict[str, float]:
+        """:meth:`predicted_ms` in its parts: device compute, the link (the send and the answer's return), remote compute."""
+        if method == "split":
+            c = self.best_cut(multiplier)
+            d, b, r = sum(self.seg_flops[:c]), self.seg_out[c - 1], sum(self.seg_flops[c:])
+        else:
+            d, b, r = sent[method]
+        wire = 0.0
+        if b or r:
+            wire = (system.transfer_seconds(self.scn, self.dev, self.rem, b, multiplier)
+                    + system.transfer_seconds(self.scn, self.rem, self.dev, 4 * self.n_classes, multiplier))
+        return {"device": 1e3 * d / self.scn.devices[self.dev].speed, "link": 1e3 * wire,
+                "remote": 1e3 * r / self.scn.devices[self.rem].speed}
+
     def predicted_ms(self, method: str, multiplier: float, sent: dict) -> float:
         """The system model's milliseconds of ``method``; ``sent[method]``: (device FLOPs, bytes sent, remote FLOPs)."""
         if method == "split":
@@ -106,7 +124,7 @@ def payloads(model: agilenn.AgileNN, study_model, test: data.Split, bits: int, c
     jpeg = [payload.encode_image(x, "jpeg", jpeg_quality) for x in test.x]
     png_exact = all(torch.equal(payload.decode_image(b), x) for b, x in zip(png, test.x))
     jpeg_x = torch.stack([payload.decode_image(b) for b in jpeg])
-    jpeg_metrics = train.evaluate(study_model, data.Split(jpeg_x, test.y, test.flag, "test", test.size))
+    jpeg_metrics = training.endpoints(study_model, data.Split(jpeg_x, test.y, test.flag, "test", test.size))
     size = lambda bs: np.array([len(b) for b in bs])  # noqa: E731
     return Payloads(size(agile), size(png), size(jpeg), roundtrip, png_exact, jpeg_x, jpeg_metrics)
 
@@ -129,6 +147,21 @@ def sent(pay: Payloads, link: Link, costs: dict) -> dict:
             "agilenn": (costs["device_flops"], pay.agile.mean(), costs["remote_flops"])}
 
 
+def endpoint_table(arch: str, full: dict, evs: list[dict], seeds: list[int], test: data.Split) -> pd.DataFrame:
+    """Test ACC, balanced accuracy and AUC of the study's model, AgileNN per training seed and their mean, its local
+    predictor alone (per seed) and the answer "always the most frequent class" (:func:`xaiprune.stats.endpoints`)."""
+    y, task = test.y.numpy().reshape(len(test), -1), INFO[test.flag]["task"]
+    const = (np.tile(y.mean(0) > 0.5, (len(y), 1)) if task == stats.MULTILABEL
+             else np.eye(int(y.max()) + 1 if task != stats.BINARY else 2)[np.full(len(y), np.bincount(y[:, 0]).argmax())])
+    cols = list(stats.ENDPOINTS)
+    rows = [(f"study model {arch} (the full model)", full)] + [(f"AgileNN, seed {s}", e) for s, e in zip(seeds, evs)]
+    rows += [("AgileNN, mean over seeds", {m: np.mean([e[m] for e in evs]) for m in cols})]
+    rows += [(f"AgileNN local predictor alone (link down), seed {s}", {m: e[f"local_{m}"] for m in cols})
+             for s, e in zip(seeds, evs)]
+    rows += [("always the most frequent class", stats.endpoints(y, const.astype(float), task))]
+    return pd.DataFrame([{"model": name, **{m: float(e[m]) for m in cols}} for name, e in rows]).set_index("model")
+
+
 def jobs(images: list[int], factors: list[float], cuts: dict) -> list[list]:
     """The serving run's jobs: local once per image, then every other method per bandwidth factor, interleaved by image."""
     out = [["local", i, 1.0, 0] for i in images]
@@ -136,6 +169,15 @@ def jobs(images: list[int], factors: list[float], cuts: dict) -> list[list]:
         for i in images:
             out += [["offload_png", i, m, 0], ["offload_jpeg", i, m, 0], ["split", i, m, cuts[m]], ["agilenn", i, m, 0]]
     return out
+
+
+def serve(cfg: offload.OffloadConfig, folder: Path, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+    """Serve ``cfg``'s jobs (:func:`xaiprune.agilenn.offload.run`); the machine's load average (1, 5, 15 minutes,
+    :func:`os.getloadavg`) just before and just after, and its CPU count, go with the measurement."""
+    before = os.getloadavg()
+    served = offload.run(cfg, folder, progress)
+    after = os.getloadavg()
+    return served, {"start": [round(v, 2) for v in before], "end": [round(v, 2) for v in after], "cpus": os.cpu_count()}
 
 
 def latency_frame(served: pd.DataFrame, link: Link, sent_by_method: dict) -> pd.DataFrame:
@@ -192,8 +234,8 @@ def ablation_variants(ratios: list[float], centroids: list[int]) -> list[tuple[s
 
 def ablations(config: training.AgileConfig, variants: list[tuple[str, dict]], epochs: int, test: data.Split,
               codec: str, data_root: str | None = None) -> pd.DataFrame:
-    """Train (or read back) every variant for ``epochs`` epochs; per variant its k, test ACC, local ACC, skewness,
-    ordered share, mean bytes sent, device MFLOPs and training seconds."""
+    """Train (or read back) every variant for ``epochs`` epochs; per variant its k, test AUC and ACC, local AUC and ACC,
+    skewness, ordered share, mean bytes sent, device MFLOPs and training seconds."""
     rows = []
     for name, change in variants:
         t = training.train_or_load(dataclasses.replace(config, epochs=epochs, **change), data_root)
@@ -201,7 +243,8 @@ def ablations(config: training.AgileConfig, variants: list[tuple[str, dict]], ep
         with torch.no_grad():
             idx = t.model.outputs(test.x)["indices"]
         b = agilenn.bits_per_index(t.config.centroids)
-        rows.append({"variant": name, "k": t.model.k, "test ACC": e["acc"], "local ACC": e["local_acc"], "skewness": e["skewness"],
+        rows.append({"variant": name, "k": t.model.k, "test AUC": e["auc"], "test ACC": e["acc"], "local AUC": e["local_auc"],
+                     "local ACC": e["local_acc"], "skewness": e["skewness"],
                      "ordered": e["ordered"], "bytes": np.mean([len(payload.encode_indices(i, b, codec)) for i in idx]),
                      "device MFLOPs": cst["device_flops"] / 1e6, "seconds": t.seconds, "cached": t.cached})
     return pd.DataFrame(rows).set_index("variant")
@@ -214,44 +257,7 @@ def at(latency: pd.DataFrame, method: str) -> pd.Series:
 
 def speedups(latency: pd.DataFrame) -> dict:
     """Each other method's median latency over AgileNN's, at the scenario's bandwidth."""
-    return {m: float(at(latency, m)["p50"] / at(latency, "agilenn")["p50"]) for m in ("local", "split", "offload_png", "offload_jpeg")}
-
-
-def targets(study_acc: float, ev: dict, flops_ratio: float, speed: dict) -> dict:
-    """ACC within 2 points of the study's model, device FLOPs at most 5% of its, skewness at least 0.8, and median
-    latency below local only and split computing."""
-    return {"acc_within_2_points": bool(study_acc - ev["acc"] <= TARGETS["acc_points"]),
-            "device_flops_at_most_5pct": bool(flops_ratio <= TARGETS["device_flops_ratio"]),
-            "skewness_at_least_0_8": bool(ev["skewness"] >= TARGETS["skewness"]),
-            "latency_below_local_and_split": bool(speed["local"] > 1 and speed["split"] > 1)}
-
-
-def target_lines(latency: pd.DataFrame, link: Link, study_acc: float, ev: dict, costs: dict, pay: Payloads, met: dict) -> list[str]:
-    """Each target met or not, the comparison with full offload explained, and the paper's headline ratio."""
-    a, speed, flops_ratio = (lambda m: at(latency, m)), speedups(latency), costs["device_flops"] / link.full_flops
-    word = lambda key: "met" if met[key] else "NOT met"  # noqa: E731
-    png_b, ag_b = pay.png.mean(), pay.agile.mean()
-    lines = [f"ACC: AgileNN {ev['acc']:.3f} against the study's {study_acc:.3f} ({(study_acc - ev['acc']) * 100:+.1f} points lost): "
-             f"{word('acc_within_2_points')}",
-             f"device FLOPs: {flops_ratio:.3%} of the study model's: {word('device_flops_at_most_5pct')}",
-             f"skewness: {ev['skewness']:.3f}: {word('skewness_at_least_0_8')}",
-             f"median latency at {link.mbps():.0f} Mbit/s: AgileNN {a('agilenn')['p50']:.1f} ms; local {a('local')['p50']:.1f} ms "
-             f"({speed['local']:.1f}x), split {a('split')['p50']:.1f} ms ({speed['split']:.1f}x): {word('latency_below_local_and_split')}",
-             f"against full offload (PNG, {a('offload_png')['p50']:.1f} ms): AgileNN is {speed['offload_png']:.1f}x "
-             f"{'faster' if speed['offload_png'] > 1 else 'slower'}. It sends {ag_b:.0f} bytes against the image's {png_b:.0f} "
-             f"({'more' if ag_b > png_b else 'fewer'}: section 7), so the difference is not in the bytes: the remote runs "
-             f"{costs['remote_flops'] / 1e6:.1f} MFLOPs for AgileNN ({costs['remote_flops'] / link.full_flops:.1%} of the study's "
-             f"model that full offload runs). At the scenario's bandwidth the transfer of either costs "
-             f"{1e3 * system.transfer_seconds(link.scn, link.dev, link.rem, max(png_b, ag_b)):.2f} ms or less.",
-             f"AgileNN's measured median exceeds the system model's {a('agilenn')['predicted_ms']:.1f} ms by "
-             f"{a('agilenn')['p50'] - a('agilenn')['predicted_ms']:.1f} ms: a round trip is two messages of the serving system "
-             "(a header and a payload each, gloo sends that complete when the peer receives) between two processes on a shared "
-             f"CPU, which the model does not charge; full offload pays them too, but beside {a('offload_png')['predicted_ms']:.0f} ms "
-             f"of remote compute. By the model alone AgileNN would be "
-             f"{a('offload_png')['predicted_ms'] / a('agilenn')['predicted_ms']:.0f}x faster than full offload.",
-             f"'over 6x lower latency than existing schemes': {min(speed.values()):.1f}x against the fastest other scheme at "
-             f"this bandwidth ({'met' if min(speed.values()) >= 6 else 'NOT met'} as measured)"]
-    return lines
+    return {m: float(at(latency, m)["p50"] / at(latency, "agilenn")["p50"]) for m in OTHERS}
 
 
 def check(pay: Payloads, agree: pd.Series, agree_local: float, link: Link, cut: int, ev: dict) -> None:
@@ -265,37 +271,51 @@ def check(pay: Payloads, agree: pd.Series, agree_local: float, link: Link, cut: 
     assert 0 <= ev["skewness"] <= 1 and 0 <= ev["ordered"] <= 1
 
 
-def _method(latency: pd.DataFrame, name: str, acc: float, auc: float, device_flops: float, nbytes: float, **extra) -> dict:
+def _method(latency: pd.DataFrame, name: str, ep: dict, device_flops: float, nbytes: float, **extra) -> dict:
     r = at(latency, name)
-    return {"test_acc": round(acc, 6), "test_auc": round(auc, 6), "device_mflops": round(device_flops / 1e6, 6),
-            "bytes_per_image": round(float(nbytes), 1), "latency_ms_p50": round(float(r["p50"]), 3),
-            "latency_ms_p95": round(float(r["p95"]), 3), "predicted_ms": round(float(r["predicted_ms"]), 3), **extra}
+    return {"test_acc": round(ep["acc"], 6), "test_bal_acc": round(ep["bal_acc"], 6), "test_auc": round(ep["auc"], 6),
+            "device_mflops": round(device_flops / 1e6, 6), "bytes_per_image": round(float(nbytes), 1),
+            "latency_ms_p50": round(float(r["p50"]), 3), "latency_ms_p95": round(float(r["p95"]), 3),
+            "predicted_ms": round(float(r["predicted_ms"]), 3), **extra}
 
 
-def metrics(latency: pd.DataFrame, link: Link, cut: int, study_metrics: dict, ev: dict, costs: dict, pay: Payloads,
-            ablation_frame: pd.DataFrame, met: dict, *, arch: str, k: int, centroids: int, quality: int, emulate: bool,
-            images: int) -> dict:
-    """``metrics.json`` of ``10_agilenn``."""
-    s, j = study_metrics, pay.jpeg_metrics
+def _rounded(v):
+    if isinstance(v, dict):
+        return {k: _rounded(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_rounded(x) for x in v]
+    return round(float(v), 6) if isinstance(v, (float, np.floating)) else v
+
+
+def metrics(latency: pd.DataFrame, link: Link, cut: int, acc: dict, evs: list[dict], costs: dict, pay: Payloads,
+            ablation_frame: pd.DataFrame, c: dict, measured: dict, *, arch: str, k: int, centroids: int, quality: int,
+            emulate: bool, seeds: list[int]) -> dict:
+    """``metrics.json`` of ``10_agilenn`` (the notebook adds the claim row and the choices). ``agilenn``'s endpoints
+    are the means over the training seeds (``seeds``: each seed's), the rest of its row the served seed's (the first)."""
+    s, j, ev = acc["full"], pay.jpeg_metrics, evs[0]
     return {
-        "local_only": _method(latency, "local", s["acc"], s["auc"], link.full_flops, 0, arch=arch),
-        "full_offload": _method(latency, "offload_png", s["acc"], s["auc"], 0, pay.png.mean(), codec="png"),
-        "full_offload_jpeg": _method(latency, "offload_jpeg", j["acc"], j["auc"], 0, pay.jpeg.mean(), quality=quality),
-        "split": _method(latency, "split", s["acc"], s["auc"], sum(link.seg_flops[:cut]), link.seg_out[cut - 1],
+        "local_only": _method(latency, "local", s, link.full_flops, 0, arch=arch),
+        "full_offload": _method(latency, "offload_png", s, 0, pay.png.mean(), codec="png"),
+        "full_offload_jpeg": _method(latency, "offload_jpeg", j, 0, pay.jpeg.mean(), quality=quality),
+        "split": _method(latency, "split", s, sum(link.seg_flops[:cut]), link.seg_out[cut - 1],
                          cut_after=link.seg_names[cut - 1]),
-        "agilenn": _method(latency, "agilenn", ev["acc"], ev["auc"], costs["device_flops"], pay.agile.mean(),
+        "agilenn": _method(latency, "agilenn", acc["agilenn"], costs["device_flops"], pay.agile.mean(),
                            skewness=round(ev["skewness"], 6), local_only_acc=round(ev["local_acc"], 6),
                            local_only_auc=round(ev["local_auc"], 6), ordered=round(ev["ordered"], 6),
                            device_flops_ratio=round(costs["device_flops"] / link.full_flops, 6),
                            remote_mflops=round(costs["remote_flops"] / 1e6, 6), k=k, centroids=centroids,
-                           bits_per_value=round(float(8 * pay.agile.mean() / costs["offloaded_values"]), 4)),
+                           bits_per_value=round(float(8 * pay.agile.mean() / costs["offloaded_values"]), 4),
+                           seeds=seeds, per_seed=_rounded([{m: e[m] for m in ("acc", "bal_acc", "auc", "skewness")} for e in evs])),
+        "auc_vs_full": _rounded({k_: v for k_, v in acc["auc"].items()}),
         "latency_by_bandwidth": {m: {f"{r.multiplier:g}": {"p50": round(r.p50, 3), "p95": round(r.p95, 3)}
                                      for r in latency[latency["method"] == m].itertuples()} for m in METHODS},
         "speedup_vs": {m: round(v, 3) for m, v in speedups(latency).items()},
-        "ablations": {name: {c.replace(" ", "_").lower(): round(float(r[c]), 6)
-                             for c in ("test ACC", "local ACC", "skewness", "ordered", "bytes")}
+        "latency_ratios": _rounded({"modelled": c["extra"]["modelled_ratios"], "measured": measured["ratios"],
+                                    "measured_min": measured["min"], "load_average": c["extra"]["load_average"]}),
+        "ablations": {name: {col.replace(" ", "_").lower(): round(float(r[col]), 6)
+                             for col in ("test AUC", "test ACC", "local AUC", "local ACC", "skewness", "ordered", "bytes")}
                       for name, r in ablation_frame.iterrows()},
-        "targets": met,
+        "targets": c["parts"],
         "link": {"device": link.scn.devices[link.dev].name, "remote": link.scn.devices[link.rem].name,
-                 "mbps": round(link.mbps(), 3), "emulated": emulate, "images": images},
+                 "mbps": round(link.mbps(), 3), "emulated": emulate, "images": measured["images"]},
     }

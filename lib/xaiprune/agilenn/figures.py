@@ -1,5 +1,6 @@
-"""The figures of ``10_agilenn``: training, importance per channel, latency against bandwidth, bytes against image
-size, ablations. Each function draws one figure from values the notebook computed and shows it."""
+"""The figures of ``10_agilenn``: training per seed, importance per channel, latency against bandwidth, latency in its
+modelled parts and measured overhead, bytes against image size, ablations. Each function draws one figure from values
+the notebook computed and shows it."""
 
 from __future__ import annotations
 
@@ -10,17 +11,20 @@ import pandas as pd
 from xaiprune.agilenn import analysis as agilenn_analysis
 
 
-def training(history: list[dict], rho: float) -> None:
-    """Left: validation ACC per epoch (circle: the kept epoch). Right: skewness on the training batches against rho."""
-    hist = pd.DataFrame(history)
-    best = hist.loc[hist["val_acc"].idxmax()]
+def training(histories: list[list[dict]], seeds: list[int], rho: float) -> None:
+    """Per training seed. Left: validation AUC per epoch (circles: the kept epochs). Right: skewness on the training
+    batches against rho."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
-    axes[0].plot(hist["epoch"], hist["val_acc"], marker="o", ms=3)
-    axes[0].plot([best["epoch"]], [best["val_acc"]], "o", ms=10, mfc="none", color="C3")
-    axes[0].set_xlabel("epoch"); axes[0].set_ylabel("validation ACC")
-    axes[1].plot(hist["epoch"], hist["train_skewness"], marker="o", ms=3, label="training batches")
+    for j, (history, seed) in enumerate(zip(histories, seeds)):
+        hist = pd.DataFrame(history)
+        best = hist.loc[hist["val_auc"].idxmax()]
+        axes[0].plot(hist["epoch"], hist["val_auc"], marker="o", ms=3, color=f"C{j}", label=f"seed {seed}")
+        axes[0].plot([best["epoch"]], [best["val_auc"]], "o", ms=10, mfc="none", color=f"C{j}")
+        axes[1].plot(hist["epoch"], hist["train_skewness"], marker="o", ms=3, color=f"C{j}", label=f"seed {seed}")
+    axes[0].set_xlabel("epoch"); axes[0].set_ylabel("validation AUC"); axes[0].legend(fontsize=8)
     axes[1].axhline(rho, color="C3", ls="--", lw=0.8, label=f"rho = {rho}")
-    axes[1].set_xlabel("epoch"); axes[1].set_ylabel("skewness"); axes[1].set_ylim(0, 1); axes[1].legend()
+    axes[1].set_xlabel("epoch"); axes[1].set_ylabel("skewness (training batches)"); axes[1].set_ylim(0, 1)
+    axes[1].legend(fontsize=8)
     plt.tight_layout(); plt.show()
 
 
@@ -52,6 +56,23 @@ def latency(frame: pd.DataFrame, link: "agilenn_analysis.Link", factors: list[fl
     ax.legend(fontsize=7, ncol=2); plt.tight_layout(); plt.show()
 
 
+def latency_parts(table: pd.DataFrame) -> None:
+    """Per method at the scenario's bandwidth (:func:`xaiprune.agilenn.claim.latency_parts`): the modelled milliseconds
+    stacked (device, link, remote), then the overhead the model does not charge; black: the measured median with its
+    95% interval over the served images."""
+    fig, ax = plt.subplots(figsize=(8.5, 3.4))
+    y, left = np.arange(len(table)), np.zeros(len(table))
+    for col, color in (("modelled device ms", "C0"), ("modelled link ms", "C1"), ("modelled remote ms", "C2"),
+                       ("overhead ms", "0.75")):
+        width = table[col].clip(lower=0).to_numpy()
+        ax.barh(y, width, left=left, color=color, label=col.replace(" ms", ""))
+        left += width
+    med, lo, hi = (table[f"measured {c} ms"].to_numpy() for c in ("median", "lo", "hi"))
+    ax.errorbar(med, y, xerr=[med - lo, hi - med], fmt="k|", ms=12, capsize=3, label="measured median (95% interval)")
+    ax.set_yticks(y, table.index); ax.set_xlabel("ms per image at the scenario's bandwidth"); ax.legend(fontsize=7)
+    plt.tight_layout(); plt.show()
+
+
 def crossover(offloaded_channels: int, bits_per_value: float, png_ratio: float, size: int, sent_bytes: float) -> None:
     """Bytes per image against the image side: the PNG image (grayscale, RGB) and AgileNN at strides 2, 3 and 4."""
     sides = np.array([28, 64, 96, 128, 224])
@@ -67,8 +88,8 @@ def crossover(offloaded_channels: int, bits_per_value: float, png_ratio: float, 
 
 
 def ablations(frame: pd.DataFrame, rho: float) -> None:
-    """Per variant: test ACC, the local predictor's ACC and the achieved skewness (dashed: rho)."""
+    """Per variant: test AUC, the local predictor's AUC and the achieved skewness (dashed: rho)."""
     fig, ax = plt.subplots(figsize=(8, 3.4))
-    frame[["test ACC", "local ACC", "skewness"]].plot.bar(ax=ax, rot=20)
+    frame[["test AUC", "local AUC", "skewness"]].plot.bar(ax=ax, rot=20)
     ax.axhline(rho, color="C3", ls="--", lw=0.8); ax.set_ylim(0, 1); ax.legend(fontsize=8)
     plt.tight_layout(); plt.show()

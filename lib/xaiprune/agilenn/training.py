@@ -7,8 +7,9 @@ Two steps, each cached under ``artifacts/models/`` by a hash of its config and o
    cross-entropy; its body, frozen in eval mode, then scores AgileNN's feature channels;
 2. **AgileNN** is trained with ``klambda * CE + (1 - klambda) * (skewness loss + disorder loss)``,
    differentiating through the integrated gradients of the reference (double backpropagation). Its
-   feature extractor starts from the reference's stem. The epoch with the best validation ACC is kept
-   (the official code keeps the best *test* accuracy). ``importance_losses=False`` trains with
+   feature extractor starts from the reference's stem. The epoch with the best validation AUC (the
+   claim's primary endpoint) is kept, for both networks (the official code keeps the best *test*
+   accuracy): a choice made on validation only. ``importance_losses=False`` trains with
    cross-entropy only. With ``remap`` (the official code's optional channel remapping) the reference's
    feature channels are first renumbered by their mean importance on the train split
    (:func:`xaiprune.agilenn.model.permute_channels`: the same function), so that the extractor, copied from
@@ -17,15 +18,17 @@ Two steps, each cached under ``artifacts/models/`` by a hash of its config and o
 
 Adam with a cosine schedule (the official code: SGD with momentum, 200 epochs on a GPU), the extractor
 at its own, larger learning rate ``extractor_lr`` (in a few epochs its few weights must move far for the
-importance to move), no augmentation, seeded batch order. Metrics are MedMNIST's ``getACC``/``getAUC`` through
-:func:`xaiprune.train.evaluate`. Used by ``10_agilenn.ipynb``.
+importance to move), no augmentation, seeded batch order. Metrics (ACC, balanced accuracy, AUC) come from
+the per-image probabilities (:func:`probabilities`) through :func:`xaiprune.stats.endpoints`.
+:func:`train_seeds` trains one model per training seed, its reference network included. Used by
+``10_agilenn.ipynb``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +37,11 @@ from medmnist import INFO
 from torch import nn
 from tqdm import tqdm
 
-from xaiprune import data, paths, train
+from xaiprune import data, paths, stats, train
 from xaiprune.agilenn import model as agilenn
 from xaiprune.pruning import prune
 
-CACHE_VERSION = 2  # bump when the code changes what a config produces
+CACHE_VERSION = 3  # bump when the code changes what a config produces
 _ORDERS: dict[tuple[str, int], torch.Tensor] = {}  # (reference checkpoint, train images) -> remapping order
 
 
@@ -157,10 +160,10 @@ def _fit_reference(config: AgileConfig, tr: data.Split, val: data.Split, progres
                 opt.step()
                 sched.step()
                 bar.update()
-            acc = train.evaluate(ref, val)["acc"]
-            bar.set_postfix(val_acc=f"{acc:.3f}")
-            if acc > best:
-                best, best_state = acc, {k: v.detach().clone() for k, v in ref.state_dict().items()}
+            auc = endpoints(ref, val)["auc"]
+            bar.set_postfix(val_auc=f"{auc:.3f}")
+            if best_state is None or auc > best:
+                best, best_state = auc, {k: v.detach().clone() for k, v in ref.state_dict().items()}
     ref.load_state_dict(best_state)
     return ref.eval()
 
@@ -234,14 +237,14 @@ def _fit(config: AgileConfig, ref: agilenn.Reference, tr: data.Split, val: data.
                 sched.step()
                 sums += [ce.item() * len(idx), skew.item() * len(idx), len(idx)]
                 bar.update()
-            val_acc = train.evaluate(model, val)["acc"]
+            on_val = endpoints(model, val)
             skew_mean = float(sums[1] / sums[2]) if config.importance_losses else None  # not measured without the losses
             history.append({"epoch": epoch + 1, "train_ce": float(sums[0] / sums[2]), "train_skewness": skew_mean,
-                            "val_acc": float(val_acc)})
+                            "val_acc": float(on_val["acc"]), "val_auc": float(on_val["auc"])})
             bar.set_postfix(epoch=epoch + 1, ce=f"{sums[0] / sums[2]:.3f}", skew=f"{sums[1] / sums[2]:.2f}",
-                            val_acc=f"{val_acc:.3f}")
-            if val_acc > best:
-                best, best_state = val_acc, {k: v.detach().clone() for k, v in model.state_dict().items()}
+                            val_auc=f"{on_val['auc']:.3f}")
+            if best_state is None or on_val["auc"] > best:
+                best, best_state = on_val["auc"], {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
     return Trained(model.eval(), ref, config, history)
 
@@ -279,6 +282,25 @@ def train_or_load(config: AgileConfig, data_root: str | None = None, progress: b
     return trained
 
 
+def train_seeds(config: AgileConfig, seeds: list[int], data_root: str | None = None, progress: bool = True
+                ) -> list[Trained]:
+    """One trained AgileNN per training seed: ``config`` with ``seed`` replaced, the reference network included
+    (its seed is the same field), each trained once and then read from its cache."""
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds={seeds}: expected distinct training seeds, at least one")
+    return [train_or_load(replace(config, seed=int(s)), data_root, progress) for s in seeds]
+
+
+def probabilities(model: nn.Module, split: data.Split) -> np.ndarray:
+    """Per-image probabilities (N, classes) of ``model`` on ``split``, as :func:`xaiprune.stats.endpoints` reads them."""
+    return train.predict(model, split.x, split.flag)
+
+
+def endpoints(model: nn.Module, split: data.Split) -> dict[str, float]:
+    """ACC, balanced accuracy and AUC of ``model`` on ``split`` (:func:`xaiprune.stats.endpoints`)."""
+    return stats.endpoints(split.y.numpy(), probabilities(model, split), INFO[split.flag]["task"])
+
+
 def load(path: str | Path) -> agilenn.AgileNN:
     """An AgileNN checkpoint written by :func:`train_or_load` (``weights_only=True``), in eval mode."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -312,15 +334,16 @@ def importance_on(trained: Trained, split: data.Split, batch_size: int = 256) ->
 
 
 def evaluate(trained: Trained, split: data.Split) -> dict:
-    """ACC/AUC of AgileNN and of its local predictor alone; achieved skewness and ordered share on ``split``.
+    """ACC, balanced accuracy and AUC of AgileNN and of its local predictor alone (``local_*``); achieved
+    skewness and ordered share on ``split``.
 
     ``skewness``: mean share of the importance held by the local channels; ``ordered``: share of images
     whose every local channel outranks every remote one (the disorder loss's aim).
     """
     imp, k = importance_on(trained, split), trained.model.k
-    full, local = train.evaluate(trained.model, split), train.evaluate(LocalOnly(trained.model), split)
+    full, local = endpoints(trained.model, split), endpoints(LocalOnly(trained.model), split)
     ordered = (imp[:, :k].min(1).values >= imp[:, k:].max(1).values).float().mean()
-    return {"acc": full["acc"], "auc": full["auc"], "local_acc": local["acc"], "local_auc": local["auc"],
+    return {**full, **{f"local_{m}": v for m, v in local.items()},
             "skewness": float(agilenn.skewness(imp, k).mean()), "ordered": float(ordered)}
 
 
