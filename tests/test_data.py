@@ -113,3 +113,17 @@ def test_reference_set_refuses_test_split_and_bad_sizes(synthetic, isolated):
     val = data.load_split("pneumoniamnist", "val", 28, path.parent)
     with pytest.raises(ValueError, match="cannot draw"):
         data.reference_set(val, n_per_class=100)
+
+
+def test_excluding_leaves_out_the_images_that_tuned_something(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "verify", lambda path, flag, size: path)  # the synthetic file's MD5 is its own
+    data.write_synthetic(tmp_path, "pneumoniamnist", 28, n={"train": 4, "val": 40, "test": 4})
+    val = data.load_split("pneumoniamnist", "val", 28, tmp_path)
+    ref = data.reference_set(val, n_per_class=3, seed=0)
+    rest = data.excluding(val, [ref.x, val.x[:5]])
+    used = {x.numpy().tobytes() for x in torch.cat([ref.x, val.x[:5]])}
+    assert len(rest) >= len(val) - len(ref) - 5 and rest.split == "val"
+    assert not any(x.numpy().tobytes() in used for x in rest.x)
+    assert len(data.excluding(val, [ref.x], n=7, seed=1)) == 7
+    with pytest.raises(ValueError, match="nothing left"):
+        data.excluding(val, [val.x])

@@ -134,7 +134,8 @@ def test_claims_of_notebooks_that_did_not_run_are_not_measured_and_the_rest_get_
     rows = {c["id"]: c for c in res["claims"]}
     assert list(rows) == list(protocol.CLAIMS)
     assert rows["dyfip"]["verdict"] == claims.SUPPORTED and rows["dyfip"]["paper"] == protocol.DYFIP
-    assert rows["dyfip"]["headline"] == "-0.004 [-0.018, 0.011]; Balanced accuracy 0.510 at 45.6% of the FLOPs"
+    assert rows["dyfip"]["headline"] == (f"{protocol.CLAIMS['dyfip'].measured_as}: -0.004 [-0.018, 0.011]; "
+                                         "Balanced accuracy 0.510 at 45.6% of the FLOPs")
     assert rows["agilenn"]["verdict"] == claims.MISSING and rows["agilenn"]["headline"].startswith("not measured; ")
     assert res["run"] == {"profile": "smoke", "date": "2026-12-05", "finished": "2026-12-05T10:00:00+00:00",
                           "commit": "0123456789abcdef-dirty", "wall_seconds": 130.0, "machine": "x"}

@@ -313,19 +313,21 @@ def test_the_claim_is_decided_on_balanced_accuracy_with_holm_and_the_flops_bound
     out = lambda probs, flops: [dyfip.Outcome(p, np.full(len(y), flops), np.zeros(len(y), bool)) for p in probs]  # noqa: E731
     engine = fake_engine(y, majority)
     assert stats.endpoints(y, balanced, "multi-class")["acc"] == stats.endpoints(y, majority, "multi-class")["acc"]
-    c = dyfip_analysis.claim(engine, {"dyfip": out([balanced] * 3, 40), "random": out([majority] * 5, 40)}, 0.5, -0.02,
+    c = dyfip_analysis.claim(engine, {"dyfip": out([balanced] * 3, 40), "random": out([majority] * 5, 40)}, 0.5, -0.02, 0.0,
                              n_boot=300)
     assert c["verdict"] == stats.SUPPORTED and c["vs_full"]["diff"] == pytest.approx(0.6 - 1 / 3, abs=5e-5)  # ACC equal, BA not
     assert c["vs_full"]["n_seeds"] == [3, 1] and c["vs_random"]["n_seeds"] == [3, 5] and c["mean_flops_ratio"] == 0.4
     assert {"p_holm", "interval_holm"} <= set(c["vs_full"]) and "boot" not in c["vs_random"]
     lines = dyfip_analysis.target_lines(c)
     assert "at most 50%" in lines[0] and lines[0].endswith("met") and lines[-1] == "verdict: supported"
-    costly = dyfip_analysis.claim(engine, {"dyfip": out([balanced], 60), "random": out([majority], 60)}, 0.5, -0.02, n_boot=300)
+    costly = dyfip_analysis.claim(engine, {"dyfip": out([balanced], 60), "random": out([majority], 60)}, 0.5, -0.02, 0.0,
+                                  n_boot=300)
     assert costly["verdict"] == stats.PARTLY and not costly["flops_met"] and "NOT met" in dyfip_analysis.target_lines(costly)[0]
-    same = dyfip_analysis.claim(engine, {"dyfip": out([majority], 40), "random": out([majority], 40)}, 0.5, -0.02, n_boot=300)
+    same = dyfip_analysis.claim(engine, {"dyfip": out([majority], 40), "random": out([majority], 40)}, 0.5, -0.02, 0.0,
+                                n_boot=300)
     assert same["vs_full"]["above_margin"] and not same["vs_random"]["above_margin"] and same["verdict"] == stats.PARTLY
     worse = dyfip_analysis.claim(fake_engine(y, balanced), {"dyfip": out([majority], 40), "random": out([balanced], 40)},
-                                 0.5, -0.02, n_boot=300)
+                                 0.5, -0.02, 0.0, n_boot=300)
     assert worse["verdict"] == stats.NOT and not worse["wins_somewhere"]
 
 
@@ -349,7 +351,7 @@ def test_the_test_at_the_chosen_point_runs_every_policy_per_seed_and_fills_the_m
     assert s["random"]["n"] == 6 and s["full"]["n"] == 1 and s["full"]["mean_flops_ratio"] == 1.0 and s["dyfip"]["bal_acc"] == pytest.approx(
         np.mean([engs[0].metrics(o)["bal_acc"] for o in dy]))
     assert len(dyfip_analysis.table(s)) == len(dyfip_analysis.LABELS)
-    c = dyfip_analysis.claim(engs[0], outcomes, 0.5, -0.02, n_boot=200)
+    c = dyfip_analysis.claim(engs[0], outcomes, 0.5, -0.02, 0.0, n_boot=200)
     assert c["n_seeds"] == 2 and c["vs_random"]["n_seeds"] == [2, 6]
     assert c["target_met"] == (c["flops_met"] and c["vs_full"]["above_margin"] and c["vs_random"]["above_margin"])
     text = dyfip_analysis.evidence(s, point, c)

@@ -8,6 +8,9 @@ import pytest
 
 from xaiprune.planning import evaluation, judging, rl, system
 from xaiprune.planning.env import WardEnv
+from xaiprune.study import protocol
+
+DECLARED = protocol.CLAIMS["rl_near_optimum"].params  # nominal_share, max_violations
 
 
 def toy():
@@ -72,12 +75,12 @@ def test_ward_metrics_and_targets_come_from_the_summary(judged):
         assert m[window]["requests"] == int(r["requests"])
     assert m["greedy"] == m["policies"]["greedy"] and set(m["policies"]) == {evaluation.AGENT, judging.OPTIMUM, "greedy"}
     assert m["training_seconds"] == 12.3 and m["decision_ms"] == round(float(timing.loc["w", evaluation.AGENT]), 4)
-    targets = evaluation.targets_of(m, 0.95)
-    assert set(targets) == set(evaluation.targets(0.95)) and all(isinstance(v, bool) for v in targets.values())
-    assert "fade: >= 95% of the optimum" in targets and "fade: >= 90% of the optimum" in evaluation.targets(0.9)
+    targets = evaluation.targets_of(m, 0.95, **DECLARED)
+    assert set(targets) == set(evaluation.targets(0.95, **DECLARED)) and all(isinstance(v, bool) for v in targets.values())
+    assert "fade: >= 95% of the optimum" in targets and "fade: >= 90% of the optimum" in evaluation.targets(0.9, **DECLARED)
     assert targets["training < 8 min"] and targets["decision faster than the enumeration"] == (
         m["decision_ms"] < m["enumeration_ms"])
-    text = evaluation.describe_ward("w", m, 0.95)
+    text = evaluation.describe_ward("w", m, 0.95, **DECLARED)
     assert text.count("\n") == len(targets) and ("NOT met" in text) == (not all(targets.values()))
 
 
@@ -89,12 +92,12 @@ def test_the_metrics_have_the_keys_the_study_reads(judged):
     adapted = {judging.OPTIMUM: {"distinct_plans": 2, "mean_pruning_nominal": 0.0, "mean_pruning_fade_bottom": 0.3,
                                  "violations_fade": 0, "fade_requests": 5, "pruning_after_recovery": 0.0}}
     m = evaluation.metrics("w", per_ward, adapted, evaluation.optimum_bound(frame), {"w": 0.123456789}, [5.0, 6.0],
-                           0.95, criterion="lrp", timesteps=10, demo_requests=5, fade_low=0.003)
+                           0.95, **DECLARED, criterion="lrp", timesteps=10, demo_requests=5, fade_low=0.003)
     assert set(m) == {"scenario", "criterion", "timesteps", "demo_requests", "nominal", "fade", "greedy", "decision_ms",
                       "enumeration_ms", "cbc_ms", "distinct_plans", "training_seconds", "wards", "unpruned_limit",
                       "fade_low", "trace", "optimum_prunes_in_fade", "optimum_bound", "targets"}
     assert m["cbc_ms"] == 5.5 and m["unpruned_limit"] == {"w": 0.12346} and m["optimum_prunes_in_fade"] is True
-    assert m["nominal"] == per_ward["w"]["nominal"] and set(m["targets"]["w"]) == set(evaluation.targets(0.95))
+    assert m["nominal"] == per_ward["w"]["nominal"] and set(m["targets"]["w"]) == set(evaluation.targets(0.95, **DECLARED))
 
 
 def test_adaptation_reads_pruning_at_nominal_bandwidth_at_the_bottom_and_after_recovery():
@@ -191,16 +194,16 @@ def test_the_nested_bootstrap_resamples_seeds_then_runs_then_requests():
 
 
 def test_the_claim_needs_the_interval_above_the_margin_few_violations_and_the_nominal_share():
-    good = evaluation.near_optimum(toy_frame({0: 0.99, 1000: 0.97, 2000: 0.98}), 0.95, n_boot=400)
+    good = evaluation.near_optimum(toy_frame({0: 0.99, 1000: 0.97, 2000: 0.98}), 0.95, **DECLARED, n_boot=400)
     assert good["measured"] == pytest.approx(0.98) and good["interval"][0] >= 0.95 and good["target_met"]
     assert good["wins_somewhere"] and good["seeds"] == 3 and good["violation_rate"] == 0.0 and good["nominal"] == pytest.approx(1.0)
     assert good["by_seed"][1000]["fade"]["acc_vs_optimum"] == pytest.approx(0.97)
-    spread = evaluation.near_optimum(toy_frame({0: 1.0, 1000: 0.91}), 0.95, n_boot=400)
+    spread = evaluation.near_optimum(toy_frame({0: 1.0, 1000: 0.91}), 0.95, **DECLARED, n_boot=400)
     assert spread["measured"] >= 0.95 and spread["interval"][0] < 0.95
     assert not spread["target_met"] and spread["wins_somewhere"], "a seed below the margin: partly supported"
-    violating = evaluation.near_optimum(toy_frame({0: 1.0}, {0: 1}), 0.95, n_boot=200)
+    violating = evaluation.near_optimum(toy_frame({0: 1.0}, {0: 1}), 0.95, **DECLARED, n_boot=200)
     assert violating["violation_rate"] == pytest.approx(0.2) and not violating["target_met"]
-    nominal = evaluation.near_optimum(toy_frame({0: 1.0}, nominal_share=0.97), 0.95, n_boot=200)
+    nominal = evaluation.near_optimum(toy_frame({0: 1.0}, nominal_share=0.97), 0.95, **DECLARED, n_boot=200)
     assert nominal["interval"][0] >= 0.95 and nominal["nominal"] == pytest.approx(0.97) and not nominal["target_met"]
     text = evaluation.claim_evidence(good)
-    assert "3 training seed(s)" in text and "98.00%" in text and f"{evaluation.NOMINAL_SHARE:.0%} asked" in text
+    assert "3 training seed(s)" in text and "98.00%" in text and "98% asked" in text

@@ -35,7 +35,7 @@ def toy_sweep(signal: dict, draws: int = 3, ratios=(0.0, 0.3, 0.6)) -> tuple[pd.
 
 def run(signal: dict, **kwargs) -> dict:
     frame, scores = toy_sweep(signal, **kwargs)
-    return verdict.claim(frame, scores, Y, TASK, "toy", n_boot=300, seed=1)
+    return verdict.claim(frame, scores, Y, TASK, "toy", 0.0, 0.5, n_boot=300, seed=1)
 
 
 def every(value: dict) -> dict:
@@ -45,7 +45,7 @@ def every(value: dict) -> dict:
 @pytest.mark.parametrize("ratios, expected", [([0.0, 0.3, 0.6], 0.6), ([0.0, 0.4, 0.6], 0.4), ([0.5, 0.1], 0.5),
                                               ([0.0], None)])
 def test_the_headline_ratio_is_the_pruned_ratio_nearest_half(ratios, expected):
-    assert verdict.headline_ratio(ratios) == expected
+    assert verdict.nearest_pruned(ratios, 0.5) == expected
 
 
 def test_a_clear_lrp_win_everywhere_is_supported():
@@ -70,7 +70,7 @@ def test_a_tie_is_not_supported():
         same = frame.merge(frame[frame["criterion"] == "lrp"], on=["draw", "ratio"], suffixes=("", "_lrp"))
         for m, m_lrp in zip(same.loc[same["criterion"] == c, "model"], same.loc[same["criterion"] == c, "model_lrp"]):
             scores[m] = scores[m_lrp]
-    out = verdict.claim(frame, scores, Y, TASK, "toy", n_boot=300, seed=1)
+    out = verdict.claim(frame, scores, Y, TASK, "toy", 0.0, 0.5, n_boot=300, seed=1)
     assert out["row"]["verdict_"] == stats.NOT and out["row"]["measured"] == 0.0
     assert not any(c["above_margin"] for c in out["comparisons"])
 
@@ -98,10 +98,15 @@ def test_without_lrp_or_a_baseline_the_claim_is_not_measured():
         assert protocol.row("xai_criterion", **out["row"])["verdict"] == protocol.MISSING
 
 
+def test_a_claim_against_only_some_baselines_is_not_measured():
+    out = run(every({"lrp": 3.0, "l1": 1.0}))
+    assert out["row"]["verdict_"] == stats.MISSING and "every baseline" in out["row"]["evidence"]
+
+
 def test_comparisons_respect_min_ratio_and_the_family_is_corrected():
     frame, scores = toy_sweep(every({"lrp": 3.0, "l1": 1.0, "taylor": 1.0, "random": 1.0}))
     got = verdict.comparisons(frame, scores, Y, TASK, metric="bal_acc", min_ratio=0.5, n_boot=200)
     assert {c["ratio"] for c in got} == {0.6} and {c["metric"] for c in got} == {"bal_acc"}
     assert all(c["p_holm"] >= c["p"] for c in got) and "boot" not in got[0]
-    assert set(verdict.compact(got)[0]) == {"ratio", "baseline", "metric", "diff", "interval", "interval_holm", "p_holm",
-                                            "above_margin", "n_seeds", "paired"}
+    assert set(verdict.compact(got)[0]) == {"ratio", "baseline", "metric", "diff", "interval", "interval_holm", "interval_family",
+                                            "p_holm", "above_margin", "n_seeds", "paired"}

@@ -99,6 +99,18 @@ def test_latency_model_needs_every_policy_within_and_no_request_lost():
     assert tight["target_met"] and tight["measured"] == pytest.approx(0.3) and set(tight["load"]) >= {"1min", "cpus"}
     lost = evidence.latency_model([run], {"kill": {**ok, "lost": 1}}, 0.35, n_boot=100)
     assert not lost["target_met"] and lost["wins_somewhere"] and lost["lost"] == 1
+    idle = evidence.latency_model([run], {"kill": ok, "hang": {**ok, "triggered": False}}, 0.35, n_boot=100)
+    assert not idle["target_met"] and "never acted" in idle["evidence"], "a fault that did not act tests nothing"
+
+
+def test_a_latency_error_is_within_only_when_its_corrected_interval_is():
+    rng = np.random.default_rng(0)
+    noisy = timed("n", rng.uniform(5.0, 30.0, 12), [15.0] * 12)  # mean error near +17%, wide interval
+    run = SimpleNamespace(scenario="w", requests=noisy)
+    e = evidence.latency_model([run], {"kill": {"lost": 0, "duplicated": 0, "triggered": True, "recovery_s": 0.1}},
+                               0.2, n_boot=500)
+    err = e["policies"]["w: n"]
+    assert err["interval"][1] > 0.2 and not err["within"] and not e["target_met"]
 
 
 def test_pipelining_is_measured_against_the_busiest_device_bound():

@@ -210,6 +210,19 @@ def test_holm_steps_down_and_narrows_each_level_in_turn():
     assert [r["p_holm"] for r in family] == pytest.approx([3 * ps[0], max(3 * ps[0], 2 * ps[1]), 1.0])
     assert [r["above_margin"] for r in family] == [True, False, False]
     assert family[0]["level_holm"] == pytest.approx(1 - 0.05 / 3) and "boot" not in family[0]
+    assert family[2]["level_holm"] == family[1]["level_holm"] == pytest.approx(1 - 0.05 / 2), "a failure keeps its level"
+    assert all(r["interval_family"][0] <= r["interval_holm"][0] for r in family), "the family interval is the widest"
+
+
+def test_after_a_failure_no_later_interval_clears_the_margin():
+    def with_p(p, n=10000):  # bootstrap values whose doubled one-sided p against 0 is p
+        below = int(round(p / 2 * n))
+        return stats.summarise_bootstrap(1.0, np.r_[-np.ones(below), np.linspace(0.5, 1.5, n - below)])
+
+    family = stats.holm([with_p(0.01), with_p(0.03), with_p(0.04)], alpha=0.05)
+    assert [r["above_margin"] for r in family] == [True, False, False]
+    assert family[2]["level_holm"] == pytest.approx(1 - 0.05 / 2), "it keeps the failing step's level"
+    assert family[2]["interval_holm"][0] < 0, "at its own level 1 - 0.05 / 1 it would have cleared 0"
 
 
 def test_the_verdict_rule_never_counts_missing_data_as_a_win():

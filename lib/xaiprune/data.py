@@ -270,6 +270,22 @@ def reference_set(val: Split, n_per_class: int = 10, bias: dict[int, float] | No
     return Split(x=val.x[idx], y=val.y[idx], flag=val.flag, split="val", size=val.size)
 
 
+def excluding(split: Split, used: list[torch.Tensor], n: int = 0, seed: int = 0) -> Split:
+    """The images of ``split`` that are in none of ``used`` (compared by content), optionally ``n`` of them drawn with
+    ``seed`` (0: all), in their split order: where a choice is made when some images of the split already tuned
+    something (reference images scored the filters, unlabelled ones re-estimated BatchNorm), so that the choice
+    is not made on the images that shaped what it chooses between."""
+    if n < 0:
+        raise ValueError(f"n={n}; expected 0 (every image) or a positive number of images")
+    taken = {hashlib.sha1(x.numpy().tobytes()).digest() for images in used for x in images}
+    free = [i for i, x in enumerate(split.x) if hashlib.sha1(x.numpy().tobytes()).digest() not in taken]
+    if not free:
+        raise ValueError(f"every image of the {split.split} split is among the used ones: nothing left to choose on")
+    order = torch.randperm(len(free), generator=torch.Generator().manual_seed(seed))
+    idx = torch.tensor(free, dtype=torch.long)[order[:n] if n else order].sort().values
+    return Split(x=split.x[idx], y=split.y[idx], flag=split.flag, split=split.split, size=split.size)
+
+
 def skewed_fractions(n_classes: int, major: float) -> dict[int, float]:
     """Class fractions of a draw biased toward class 0: ``major`` for class 0, the rest split evenly.
 

@@ -300,20 +300,26 @@ def holm(results: list[dict], alpha: float = 0.05) -> list[dict]:
     """Holm's step-down correction over a family of :func:`paired_difference` results, in place and returned.
 
     Sorted by p, the i-th smallest (from 0) is tested at ``alpha / (m - i)``; once one fails, every later
-    one fails. Each result gains ``p_holm`` (the adjusted p-value), ``level_holm`` and ``interval_holm`` (the
-    percentile interval at its own corrected level) and ``above_margin`` (the verdict's input: the corrected
-    interval lies above the margin). The bootstrap values are dropped after use (they do not go to JSON).
+    one fails and keeps the failing step's level, so that an interval printed as corrected never clears the
+    margin while its comparison is marked as failed. Each result gains ``p_holm`` (the adjusted p-value),
+    ``level_holm`` and ``interval_holm`` (the percentile interval at that level), ``above_margin`` (the
+    verdict's input: the corrected interval lies above the margin) and ``interval_family``: the interval at
+    the Bonferroni level ``1 - alpha / m``, for a check in the other direction ("below 0 nowhere"), which
+    the one-sided step-down does not control. The bootstrap values are dropped after use (not JSON).
     """
     m = len(results)
     order = sorted(range(m), key=lambda i: results[i]["p"])
-    running, failed = 0.0, False
+    running, failed_level = 0.0, None
     for rank, i in enumerate(order):
         r = results[i]
         running = max(running, min(1.0, (m - rank) * r["p"]))
-        level = 1 - alpha / (m - rank)
+        if failed_level is None and running >= alpha:
+            failed_level = 1 - alpha / (m - rank)
+        level = failed_level if failed_level is not None else 1 - alpha / (m - rank)
         lo, hi = np.quantile(r["boot"], [(1 - level) / 2, (1 + level) / 2])
-        failed = failed or running >= alpha
-        r.update(p_holm=running, level_holm=level, interval_holm=[float(lo), float(hi)], above_margin=not failed)
+        flo, fhi = np.quantile(r["boot"], [alpha / (2 * m), 1 - alpha / (2 * m)])
+        r.update(p_holm=running, level_holm=level, interval_holm=[float(lo), float(hi)],
+                 interval_family=[float(flo), float(fhi)], above_margin=failed_level is None)
     for r in results:
         r.pop("boot", None)
     return results

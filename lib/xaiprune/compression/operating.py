@@ -42,15 +42,9 @@ def selection_split(val: data.Split, references: list[data.Split], n: int, seed:
     """Up to ``n`` validation images (0: all) outside every reference draw, drawn with ``seed``: the split on which
     every curve is measured and every choice made (the reference images tuned the relevance and the BatchNorm
     correction, so they are left out)."""
-    if n < 0:
-        raise ValueError(f"n={n}; expected 0 (every image) or a positive number of validation images")
     if val.split != "val":
         raise ValueError(f"choices are made on the validation split, got split={val.split!r}")
-    used = {hashlib.sha1(x.numpy().tobytes()).digest() for r in references for x in r.x}
-    free = [i for i, x in enumerate(val.x) if hashlib.sha1(x.numpy().tobytes()).digest() not in used]
-    order = torch.randperm(len(free), generator=torch.Generator().manual_seed(seed))
-    idx = torch.tensor(free, dtype=torch.long)[order[:n] if n else order].sort().values
-    return data.Split(x=val.x[idx], y=val.y[idx], flag=val.flag, split="val", size=val.size)
+    return data.excluding(val, [r.x for r in references], n, seed)
 
 
 def _point(row: pd.Series | None) -> dict | None:

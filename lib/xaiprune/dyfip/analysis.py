@@ -118,7 +118,7 @@ def _compact(r: dict) -> dict:
 
 
 def claim(engine: core.Engine, outcomes: dict[str, list[core.Outcome]], max_flops: float, margin_full: float,
-          margin_random: float = 0.0, n_boot: int = 2000, seed: int = 0) -> dict:
+          margin_random: float, n_boot: int = 2000, seed: int = 0) -> dict:
     """The claim's family on test balanced accuracy: DyFiP (one probability array per branch seed) minus the full
     model (one), with ``margin_full``, and minus random filters of the same width (draws x branch seeds), with
     ``margin_random``; paired over the test images, seeds nested, Holm-corrected across the two.

@@ -26,8 +26,6 @@ from xaiprune.planning.system import Profiles, Scenario
 
 AGENT = "sequential agent"
 WINDOWS = ("nominal", "fade")
-NOMINAL_SHARE = 0.98   # the claim's share of the optimum's accuracy on nominal requests (the protocol's wording)
-MAX_VIOLATIONS = 0.02  # the claim's largest violation rate during fades (the protocol's wording)
 _SEEDED = re.compile(re.escape(AGENT) + r" \[seed (-?\d+)\]$")
 
 
@@ -42,14 +40,15 @@ def seed_of(policy: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def targets(margin: float) -> dict[str, Callable[[dict], bool]]:
-    """The study's targets for the agent on one ward, checked by :func:`targets_of`; ``margin`` is the claim's share
-    of the optimum during fades (``protocol.CLAIMS["rl_near_optimum"].margin``)."""
+def targets(margin: float, nominal_share: float, max_violations: float) -> dict[str, Callable[[dict], bool]]:
+    """The study's targets for the agent on one ward, checked by :func:`targets_of`: ``margin`` (the share of the
+    optimum during fades), ``nominal_share`` and ``max_violations`` are the claim's, as the protocol declares them
+    (``protocol.CLAIMS["rl_near_optimum"]``: its margin and params); the decision-time lines are the study's own."""
     return {
-        f"nominal: >= {NOMINAL_SHARE:.0%} of the optimum": lambda m: m["nominal"]["acc_vs_optimum"] >= NOMINAL_SHARE,
+        f"nominal: >= {nominal_share:.0%} of the optimum": lambda m: m["nominal"]["acc_vs_optimum"] >= nominal_share,
         "nominal: < 1% violations": lambda m: m["nominal"]["violation_rate"] < 0.01,
         f"fade: >= {margin:.0%} of the optimum": lambda m: m["fade"]["acc_vs_optimum"] >= margin,
-        f"fade: < {MAX_VIOLATIONS:.0%} violations": lambda m: m["fade"]["violation_rate"] < MAX_VIOLATIONS,
+        f"fade: < {max_violations:.0%} violations": lambda m: m["fade"]["violation_rate"] < max_violations,
         "fade: beats greedy": lambda m: m["fade"]["acc_vs_optimum"] > m["greedy"]["fade"]["acc_vs_optimum"],
         "decision < 1 ms": lambda m: m["decision_ms"] < 1.0,
         "decision faster than the enumeration": lambda m: m["decision_ms"] < m["enumeration_ms"],
@@ -160,12 +159,13 @@ def _interval(boot: np.ndarray, level: float = 0.95) -> list[float]:
     return [float(v) for v in np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])]
 
 
-def near_optimum(evaluation: pd.DataFrame, margin: float, n_boot: int = 2000, seed: int = 0) -> dict:
+def near_optimum(evaluation: pd.DataFrame, margin: float, nominal_share: float, max_violations: float,
+                 n_boot: int = 2000, seed: int = 0) -> dict:
     """The claim's numbers: the agent's accuracy over the optimum's on faded requests pooled over training seeds,
     wards and held-out runs (``measured``) with its nested bootstrap interval (:func:`seed_bootstrap`) and the
     one-sided p of "at most ``margin``"; the fade's violation rate and the nominal share with their intervals;
     greedy's fade share (the comparator); ``target_met``: the interval's lower end at least ``margin``, fade
-    violations under :data:`MAX_VIOLATIONS` and the nominal share at least :data:`NOMINAL_SHARE`;
+    violations under ``max_violations`` and the nominal share at least ``nominal_share`` (the claim's);
     ``wins_somewhere``: the pooled fade share at least ``margin``."""
     fade = seed_bootstrap(evaluation, "fade", n_boot=n_boot, seed=seed)
     nominal = seed_bootstrap(evaluation, "nominal", n_boot=n_boot, seed=seed + 1)
@@ -179,8 +179,9 @@ def near_optimum(evaluation: pd.DataFrame, margin: float, n_boot: int = 2000, se
             "by_seed": {k: {"fade": v, "nominal": nominal["by_seed"][k]} for k, v in fade["by_seed"].items()},
             "seeds": fade["seeds"], "runs": fade["runs"], "fade_requests": fade["requests"],
             "nominal_requests": nominal["requests"],
-            "target_met": bool(s["interval"][0] >= margin and fade["violations"] < MAX_VIOLATIONS
-                               and nominal["acc"] >= NOMINAL_SHARE),
+            "nominal_share": nominal_share, "max_violations": max_violations,
+            "target_met": bool(s["interval"][0] >= margin and fade["violations"] < max_violations
+                               and nominal["acc"] >= nominal_share),
             "wins_somewhere": bool(fade["acc"] >= margin)}
 
 
@@ -191,7 +192,7 @@ def claim_evidence(c: dict) -> str:
             f"with a feasible plan), the agent delivers {c['measured']:.2%} of the exact optimum's accuracy during "
             f"fades (nested bootstrap over seeds, runs and requests {lo:.2%}-{hi:.2%}; greedy {c['greedy_fade']:.2%}) "
             f"with {c['violation_rate']:.2%} violations. On nominal requests it delivers {c['nominal']:.2%} "
-            f"({c['nominal_interval'][0]:.2%}-{c['nominal_interval'][1]:.2%}) against the {NOMINAL_SHARE:.0%} asked.")
+            f"({c['nominal_interval'][0]:.2%}-{c['nominal_interval'][1]:.2%}) against the {c['nominal_share']:.0%} asked.")
 
 
 def optimum_bound(evaluation: pd.DataFrame) -> dict:
@@ -284,24 +285,25 @@ def ward_metrics(name: str, results: pd.DataFrame, evaluation: pd.DataFrame, tim
     return out
 
 
-def targets_of(m: dict, margin: float) -> dict[str, bool]:
-    """Every target of :func:`targets` (``margin``: the claim's), met or not, for a ward's :func:`ward_metrics`."""
-    return {target: bool(check(m)) for target, check in targets(margin).items()}
+def targets_of(m: dict, margin: float, nominal_share: float, max_violations: float) -> dict[str, bool]:
+    """Every target of :func:`targets` (the claim's numbers), met or not, for a ward's :func:`ward_metrics`."""
+    return {target: bool(check(m)) for target, check in targets(margin, nominal_share, max_violations).items()}
 
 
-def describe_ward(name: str, m: dict, margin: float) -> str:
+def describe_ward(name: str, m: dict, margin: float, nominal_share: float, max_violations: float) -> str:
     """A ward's :func:`ward_metrics` in words, then one line per target (``met`` or ``NOT met``)."""
     lines = [f"{name} (pooled over seeds): nominal {m['nominal']['acc_vs_optimum']:.2%} of the optimum, "
              f"{m['nominal']['violation_rate']:.2%} violations; fade {m['fade']['acc_vs_optimum']:.2%} "
              f"({m['fade']['violation_rate']:.2%} violations; greedy {m['greedy']['fade']['acc_vs_optimum']:.2%}); "
              f"decision {m['decision_ms']:.3f} ms vs enumeration {m['enumeration_ms']:.3f} ms; "
              f"{m['distinct_plans']} distinct plans; trained in {m['training_seconds']:.0f} s"]
-    lines += [f"    {'met    ' if ok else 'NOT met'}  {target}" for target, ok in targets_of(m, margin).items()]
+    lines += [f"    {'met    ' if ok else 'NOT met'}  {target}" for target, ok in
+              targets_of(m, margin, nominal_share, max_violations).items()]
     return "\n".join(lines)
 
 
 def metrics(scenario: str, per_ward: dict[str, dict], adapted: dict[str, dict], bound: dict, limits: dict[str, float],
-            cbc_ms: list[float], margin: float, **settings) -> dict:
+            cbc_ms: list[float], margin: float, nominal_share: float, max_violations: float, **settings) -> dict:
     """06's ``metrics.json``: the first ward's numbers at the top (pooled over seeds), every ward's under ``wards``,
     the unpruned limits, the replayed fade, the bound check, the targets (``margin``: the claim's fade share);
     ``settings`` (criterion, timesteps, ...) copied as they are."""
@@ -316,5 +318,5 @@ def metrics(scenario: str, per_ward: dict[str, dict], adapted: dict[str, dict], 
         "trace": {p: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in a.items()} for p, a in adapted.items()},
         "optimum_prunes_in_fade": prunes_in_fade(adapted[judging.OPTIMUM]),
         "optimum_bound": {**bound, "largest_accuracy_above_optimum": round(bound["largest_accuracy_above_optimum"], 8)},
-        "targets": {name: targets_of(m, margin) for name, m in per_ward.items()},
+        "targets": {name: targets_of(m, margin, nominal_share, max_violations) for name, m in per_ward.items()},
     }

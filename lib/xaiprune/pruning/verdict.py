@@ -7,7 +7,7 @@ pruned models, no repair: :func:`xaiprune.stats.paired_difference` over the same
 reference draws (LRP, Taylor) or random draws nested inside (draw k against draw k when both sides have
 as many draws, unpaired otherwise: L1 is one deterministic model). The family (ratios x baselines) is
 Holm-corrected (:func:`xaiprune.stats.holm`) and the verdict reads the corrected intervals at the
-headline ratio, the sweep's ratio nearest :data:`HEADLINE` (:func:`claim`).
+headline ratio, the sweep's ratio nearest the claim's declared one (:func:`claim`).
 
 This module computes; it does not import the study package: the notebook passes the returned
 ``row`` to ``protocol.row``.
@@ -22,10 +22,9 @@ from xaiprune import stats
 
 PRIMARY = "lrp"  # the paper's criterion, declared the primary one
 BASELINES = ("l1", "taylor", "random")
-HEADLINE = 0.5  # the headline ratio is the sweep's pruned ratio nearest this
 
 
-def headline_ratio(ratios, near: float = HEADLINE) -> float | None:
+def nearest_pruned(ratios, near: float) -> float | None:
     """The pruned ratio (> 0) of ``ratios`` nearest ``near`` (the smaller one on a tie); None if none is pruned."""
     pruned = sorted({round(float(r), 6) for r in ratios if r > 0})
     return min(pruned, key=lambda r: (abs(r - near), r)) if pruned else None
@@ -60,7 +59,8 @@ def comparisons(frame: pd.DataFrame, scores: list[np.ndarray], y: np.ndarray, ta
 
 def compact(results: list[dict]) -> list[dict]:
     """The JSON of :func:`comparisons` (rounded): what a claim row carries per comparison."""
-    keys = ("ratio", "baseline", "metric", "diff", "interval", "interval_holm", "p_holm", "above_margin", "n_seeds",
+    keys = ("ratio", "baseline", "metric", "diff", "interval", "interval_holm", "interval_family", "p_holm", "above_margin",
+            "n_seeds",
             "paired")
     return [{k: (round(r[k], 4) if isinstance(r[k], float) else
                  [round(x, 4) for x in r[k]] if k.startswith("interval") else r[k]) for k in keys} for r in results]
@@ -77,19 +77,21 @@ def _evidence(frame: pd.DataFrame, results: list[dict], headline: float, stronge
     cells = ", ".join(f"{c} {m.loc[c, 'auc']:.3f} (balanced acc {m.loc[c, 'bal_acc']:.3f}, ACC {m.loc[c, 'acc']:.3f})"
                       for c in side)
     above = sum(r["above_margin"] for r in results)
-    below = sum(r["interval_holm"][1] < 0 for r in results)
+    below = sum(r["interval_family"][1] < 0 for r in results)
     lo, hi = strongest["interval_holm"]
     return (f"{arch}, {headline:.0%} of filters removed, no repair: test AUC {cells}. {strongest['primary']} minus the "
             f"strongest baseline ({strongest['baseline']}) {strongest['diff']:+.3f}, Holm-corrected interval "
             f"[{lo:+.3f}, {hi:+.3f}]; over all {len(results)} comparisons ({frame.loc[frame['ratio'] > 0, 'ratio'].nunique()} "
             f"ratios x the baselines) {strongest['primary']} is above 0 with its corrected interval in {above} and "
-            f"below 0 in {below}.")
+            f"below 0 (family-wise interval) in {below}.")
 
 
-def claim(frame: pd.DataFrame, scores: list[np.ndarray], y: np.ndarray, task: str, arch: str, margin: float = 0.0,
-          primary: str = PRIMARY, baselines: tuple[str, ...] = BASELINES, n_boot: int = 2000, seed: int = 0) -> dict:
+def claim(frame: pd.DataFrame, scores: list[np.ndarray], y: np.ndarray, task: str, arch: str, margin: float,
+          headline_ratio: float, primary: str = PRIMARY, baselines: tuple[str, ...] = BASELINES, n_boot: int = 2000,
+          seed: int = 0) -> dict:
     """The claim's numbers for one architecture: ``row`` (the arguments of ``protocol.row`` but the id), the
-    ``headline`` ratio, the ``strongest`` baseline there and the ``comparisons`` (:func:`compact`).
+    ``headline`` ratio (the sweep's pruned ratio nearest the declared ``headline_ratio``), the ``strongest``
+    baseline there and the ``comparisons`` (:func:`compact`).
 
     measured = ``primary`` minus the strongest baseline (the smallest difference) at the headline ratio,
     interval = its Holm-corrected interval; the target is met when the corrected interval lies above
@@ -97,16 +99,17 @@ def claim(frame: pd.DataFrame, scores: list[np.ndarray], y: np.ndarray, task: st
     win somewhere is any comparison above the margin. ``n_seeds``: the primary criterion's draws. When
     the primary criterion, a baseline or a pruned ratio is missing, the verdict is "not measured".
     """
-    headline = headline_ratio(frame["ratio"])
+    headline = nearest_pruned(frame["ratio"], headline_ratio)
     results = comparisons(frame, scores, y, task, primary, baselines, "auc", margin, n_boot=n_boot, seed=seed)
     at = [r for r in results if headline is not None and r["ratio"] == round(headline, 3)]
-    if not at:
-        why = (f"{arch}: no comparison: the criteria ({', '.join(sorted(frame['criterion'].unique()))}) need {primary} "
-               f"and one of {', '.join(baselines)}, at a pruned ratio.")
+    wanted = [b for b in baselines if b != primary]
+    if sorted(r["baseline"] for r in at) != sorted(wanted):
+        why = (f"{arch}: not measured: the criteria ({', '.join(sorted(frame['criterion'].unique()))}) need {primary} "
+               f"and every baseline ({', '.join(wanted)}) at a pruned ratio; a claim against some of them is not the claim.")
         return {"row": {"measured": None, "interval": None, "n_seeds": 0, "verdict_": stats.MISSING, "evidence": why},
                 "headline": headline, "strongest": None, "comparisons": []}
     strongest = min(at, key=lambda r: r["diff"])
-    target_met = all(r["above_margin"] for r in at) and not any(r["interval_holm"][1] < 0 for r in results)
+    target_met = all(r["above_margin"] for r in at) and not any(r["interval_family"][1] < 0 for r in results)
     wins = any(r["above_margin"] for r in results)
     draws = int((frame["criterion"] == primary).groupby(frame["ratio"]).sum().max())
     row = {"measured": strongest["diff"], "interval": strongest["interval_holm"], "n_seeds": draws,

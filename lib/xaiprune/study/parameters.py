@@ -212,7 +212,8 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
                             "and every choice made (0: all of them)", (within(0),)),
         "filter_ratios": _FRACTIONS.but(default=[0.1, 0.2, 0.3, 0.4],
                                         doc="fractions of filters removed by DeepLIFT and its baselines (technique 1)"),
-        "filter_baselines": _CRITERIA_LIST.but(default=["l1", "taylor", "random"], doc="non-XAI filter criteria of technique 1"),
+        "filter_baselines": _CRITERIA_LIST.but(default=["l1", "taylor"], doc="non-XAI filter criteria of technique 1 "
+                                               "(random, if added, needs at least 5 draws to count as a baseline)"),
         "sparsities": _FRACTIONS.but(default=[0.7, 0.8, 0.9, 0.95], doc="fractions of conv and linear weights removed (technique 2)"),
         "share_bits": Param("list[int]", [1, 2, 3, 4], "bits of a shared weight's index, 2^bits centres per layer (technique 3)",
                             (nonempty, unique, each(within(1, 16)))),

@@ -28,7 +28,8 @@ def results(summary: dict) -> dict:
     (:func:`xaiprune.study.claims.claims`), each with a headline: the measured value, its interval and the
     verdict's first sentence of evidence."""
     meta, metrics = summary["metadata"], summary["metrics"]
-    rows = [{**r, "headline": f"{measured_text(r)}; " + r["evidence"].split(". ")[0]} for r in claims(metrics)]
+    rows = [{**r, "headline": (f"{r['measured_as']}: " if r.get("measured_as") and r["measured"] is not None else "")
+             + f"{measured_text(r)}; " + r["evidence"].split(". ")[0]} for r in claims(metrics)]
     return {"run": {"profile": meta["profile"], "date": meta["finished"][:10], "finished": meta["finished"],
                     "commit": meta["git_commit"], "wall_seconds": meta["wall_seconds"], "machine": meta.get("machine", "")},
             "seconds": {stem: info.get("seconds") for stem, info in meta["notebooks"].items()}, "claims": rows}
@@ -80,12 +81,12 @@ def render_timing_table(res: dict) -> str:
 def render_protocol() -> str:
     """docs/protocol.md's table: every claim as :mod:`xaiprune.study.protocol` declares it, before any run."""
     head = ("claim", "paper; reconstructed?", "hypothesis", "primary endpoint", "choices on", "comparator", "margin",
-            "target", "test", "seeds at least")
+            "target", "a row's measured value", "test", "seeds at least")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in protocol.CLAIMS.values():
         recon = f"yes: {c.reconstruction}" if c.reconstructed else "no"
         cells = (f"`{c.id}`: {c.claim}", f"{c.paper}; {recon}", c.hypothesis, c.endpoint, c.selection_split,
-                 c.comparator, f"{c.margin:g}", c.target, c.test, str(c.min_seeds))
+                 c.comparator, f"{c.margin:g}", c.target, c.measured_as, c.test, str(c.min_seeds))
         lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
     return "\n".join(lines)
 

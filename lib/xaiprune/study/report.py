@@ -262,7 +262,8 @@ def _claim_row(c: dict) -> str:
     recon = "reconstructed: " + c.get("reconstruction", "") if c["reconstructed"] else "as published"
     cells = [html.escape(c["claim"]) + f"<br><small>{html.escape(c['paper'])}; {html.escape(recon)}</small>",
              html.escape(c["notebooks"]), html.escape(c["endpoint"]) + f"<br><small>choices on {c['selection_split']}</small>",
-             html.escape(c["comparator"]), html.escape(c["target"]), html.escape(measured_text(c)), seeds,
+             html.escape(c["comparator"]), html.escape(c["target"]),
+             html.escape(measured_text(c)) + f"<br><small>{html.escape(c.get('measured_as', ''))}</small>", seeds,
              html.escape(c["test"])]
     return ("<tr>" + "".join(f"<td>{x}</td>" for x in cells)
             + f"<td class='verdict' style='color:{_VERDICT_COLOUR[c['verdict']]}'>{c['verdict']}</td>"
