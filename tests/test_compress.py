@@ -220,7 +220,7 @@ def curves_for_plan() -> pd.DataFrame:
 
 
 def test_the_operating_point_is_chosen_on_validation_and_the_counterpart_matched_at_no_larger_ratio():
-    entries = operating.plan(curves_for_plan(), base_auc=0.952)
+    entries = operating.plan(curves_for_plan(), base_auc=0.952, points=1)
     by = {(e["technique"], e["counterpart"]["variant"]): e for e in entries}
     first = by[("weight pruning", "magnitude")]
     assert first["status"] == "compared" and first["xai"]["ratio"] == 10.0 and first["counterpart"]["ratio"] == 8.0
@@ -267,7 +267,7 @@ def test_the_claim_needs_every_technique_above_the_margin_and_nothing_compared_i
     none = operating.compare(entries[2:], probs, y, stats.BINARY, margin=0.0, n_boot=400)
     assert none["target_met"] is None and none["wins_somewhere"] is False and none["measured"] is None
     assert stats.verdict(none["target_met"], none["wins_somewhere"]) == stats.MISSING
-    text = operating.evidence(entries, result, 3)
+    text = operating.evidence(entries, result, 3, 1)
     assert f"{t['a']['diff']:+.4f}" in text and "c not measured" in text and "first-order Taylor saliency" in text
     lines = compress_results.claim_lines(result, "every technique above 0")
     assert lines[-1].startswith("target (every technique above 0): NOT met") and lines[0].startswith("a: above the margin")
@@ -365,13 +365,13 @@ def test_ratios_and_the_saved_setting_are_read_on_validation_auc():
                               "auc": [0.5, 0.6], "acc": [0.9, 0.9]})
         return pd.concat([xai, other]).assign(technique=tech)
     curves = pd.concat([rows(t) for t in compress_results.TECHNIQUES + ["weight pruning, no correction"]], ignore_index=True)
-    table = compress_results.ratio_table(curves, 0.855)
+    table = compress_results.ratio_table(curves, 0.855, 1)
     assert len(table) == 2 * 5  # the uncorrected rows are shown beside, never read
     assert table.loc[("sharing", "x (XAI)"), "ratio at 1 AUC point"] == 20.0
     assert table.loc[("sharing", "x (XAI)"), "ratio at 3 AUC points"] == 20.0
     assert pd.isna(table.loc[("sharing", "b"), "ratio at 1 AUC point"])
-    assert compress_results.choose_saved(curves, 0.855)["setting"] == (0.8, 3)
-    assert compress_results.choose_saved(curves, 0.99)["setting"] == (0.7, 4)  # none within 1 point: the highest AUC
+    assert compress_results.choose_saved(curves, 0.855, 1)["setting"] == (0.8, 3)
+    assert compress_results.choose_saved(curves, 0.99, 1)["setting"] == (0.7, 4)  # none within 1 point: the highest AUC
 
 
 def test_the_combined_model_is_saved_reloaded_and_checked(isolated, tmp_path):

@@ -1,6 +1,12 @@
-"""Intervals for the pruning comparison: reference-set draws, test-set sampling, and both.
+"""Metrics from probabilities, the study's one test procedure, and the descriptive intervals of notebook 04.
 
-Notebook ``04_pruning_comparison`` measures each criterion at each ratio on K reference draws, all on one
+**What decides every claim** (the end of this module; :mod:`xaiprune.study.protocol` declares how each claim
+uses it): :func:`endpoints` turns a model's probabilities into ACC, balanced accuracy and AUC (the one place in
+the study); :func:`paired_difference` compares a method with its comparator on the same test images, with
+the seeds of each side nested in the bootstrap; :func:`holm` corrects a claim's family of comparisons;
+:func:`verdict` names the outcome.
+
+**What only describes** (the rest): intervals for 04's figures and tables. Notebook ``04_pruning_comparison`` measures each criterion at each ratio on K reference draws, all on one
 fixed test split. Two sources of error follow:
 
 - **reference draws**: :func:`mean_ci`, the Student-t interval of the mean over the K draws,
@@ -14,10 +20,9 @@ fixed test split. Two sources of error follow:
   is the test-set interval.
 
 :func:`intervals` gives both and their combination: the two half-widths (each side separately,
-since the bootstrap interval need not be symmetric) add in quadrature, as the errors of two
-independent sources do, so the combined interval reduces to either one when the other is zero.
-:func:`xai_against_baselines` states the verdict on the combined intervals and also reports the
-draw-only outcome and the paired difference. Used by ``04_pruning_comparison.ipynb``.
+since the bootstrap interval need not be symmetric) add in quadrature, a descriptive band for the
+figures that decides nothing. :func:`xai_against_baselines` is 04's exploratory best-of-XAI against
+best-of-baselines comparison, picked after the fact; the claim is decided by :func:`paired_difference`.
 """
 
 from __future__ import annotations
@@ -155,7 +160,7 @@ def xai_against_baselines(frame: pd.DataFrame, value: str = "auc", resampled: di
     ``diff``/``diff_ci`` the paired difference (best XAI minus best baseline) with its interval from both
     sources. Without it, only draw-only intervals exist and decide ``outcome``. ``baselines`` restricts the
     baseline side to these criteria (e.g. ``("l1", "taylor")``); by default every non-XAI criterion.
-    Used by ``04_pruning_comparison.ipynb`` for its verdict.
+    Exploratory in ``04_pruning_comparison.ipynb``: both sides are picked after the fact, so it decides nothing.
     """
     if resampled is None:
         summary = mean_ci(frame, ["ratio", "criterion"], value, level)

@@ -5,7 +5,7 @@ split and then treats it as frozen. A checkpoint embeds its config (nanoGPT styl
 ``torch.load(..., weights_only=True)``. The cache key is a hash of the config and of the data
 file's MD5: the same parameters reuse a checkpoint, changed parameters never do.
 
-Metrics are MedMNIST's own: ``medmnist.evaluator.getAUC`` and ``getACC``, the functions behind
+Metrics are MedMNIST's own (through :func:`xaiprune.stats.endpoints`): ``getAUC`` and ``getACC``, the functions behind
 ``medmnist.Evaluator.evaluate``, so numbers compare with the MedMNIST v2 benchmark. They are computed
 in every run, also for a reused checkpoint (:func:`train_or_load`); the metrics stored at training time
 are kept beside them and a difference is a warning (:class:`StaleMetricsWarning`).
@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from medmnist import INFO
-from medmnist.evaluator import getACC, getAUC
+from medmnist.evaluator import getACC
 from torch import nn
 from tqdm import tqdm
 
-from xaiprune import data, models, paths
+from xaiprune import data, models, paths, stats
 
 CACHE_VERSION = 2  # bump when training code changes what a config produces
 METRIC_TOLERANCE = 1e-6  # stored and re-evaluated metrics further apart than this are a warning
@@ -127,12 +127,12 @@ def predict(model: nn.Module, x: torch.Tensor, flag: str, batch_size: int = 64) 
 
 
 def evaluate(model: nn.Module, split: data.Split) -> dict[str, float]:
-    """ACC and AUC of ``model`` on ``split`` with MedMNIST's metric functions."""
+    """ACC, balanced accuracy and AUC of ``model`` on ``split`` (:func:`xaiprune.stats.endpoints`: MedMNIST's
+    ``getACC`` and ``getAUC``, and the mean per-class recall)."""
     scores = predict(model, split.x, split.flag)
     y = split.y.numpy()
     y = y if y.ndim == 2 else y[:, None]
-    task = INFO[split.flag]["task"]
-    return {"acc": float(getACC(y, scores, task)), "auc": float(getAUC(y, scores, task))}
+    return stats.endpoints(y, scores, INFO[split.flag]["task"])
 
 
 def evaluate_splits(model: nn.Module, config: TrainConfig, data_root: str | None = None) -> dict[str, float]:

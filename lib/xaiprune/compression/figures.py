@@ -62,10 +62,10 @@ def _technique_panel(ax, here: pd.DataFrame, value: str, base: dict) -> None:
     _log_ticks(ax.xaxis, lambda v, _: f"{v / 1e6:g}")
 
 
-def curves(frame: pd.DataFrame, base: dict, full_bits: int) -> None:
+def curves(frame: pd.DataFrame, base: dict, full_bits: int, points: float) -> None:
     """One column per technique: validation ACC, balanced accuracy and AUC (rows) against the size in Mbit, the XAI
     variant in colour with its 95% interval over the draws, the counterparts in grey; dashed: the 32-bit model,
-    dotted: its AUC minus :data:`~xaiprune.compression.operating.POINTS` (the operating points' limit); the top axis
+    dotted: its AUC minus ``points`` (the claim's: the operating points' limit); the top axis
     gives the compression ratio."""
     techs = results.TECHNIQUES
     fig, axes = plt.subplots(3, len(techs), figsize=(4.2 * len(techs), 10), sharey="row")
@@ -75,7 +75,7 @@ def curves(frame: pd.DataFrame, base: dict, full_bits: int) -> None:
             _technique_panel(ax, frame[frame["technique"] == tech], value, base)
             ax.set_xlabel("size (Mbit)" if i == 2 else "")
             if value == "auc":
-                ax.axhline(base["auc"] - operating.POINTS / 100, color="k", lw=0.8, ls=":")
+                ax.axhline(base["auc"] - points / 100, color="k", lw=0.8, ls=":")
             if i == 0:
                 ax.set_title(tech)
                 top = ax.secondary_xaxis("top", functions=(lambda b: full_bits / np.maximum(b, 1),

@@ -2,7 +2,7 @@
 
 Every curve of the notebook is measured on a validation subset (:func:`selection_split`). There, for each
 technique, :func:`plan` chooses the XAI variant's **operating point**: the setting with the largest compression
-ratio whose mean validation AUC (over the reference draws) is within :data:`POINTS` AUC point of the
+ratio whose mean validation AUC (over the reference draws) is within the claim's ``points`` AUC point of the
 uncompressed model's. Each non-XAI counterpart is then taken at the **same or the nearest smaller** compression
 ratio (never a larger one: the counterpart compresses at most as much as the XAI variant). Only those
 settings are evaluated on the test split, once.
@@ -32,7 +32,6 @@ import torch
 from xaiprune import data, stats
 from xaiprune.compression import experiments
 
-POINTS = 1         # AUC points of validation loss at which the operating ratio is read (the claim's hypothesis)
 LOOSE_POINTS = 3   # a looser loss, shown beside
 DRIFT_POINTS = 5   # a model whose AUC is within this many points of the uncompressed model's "still ranks well"
 N_BOOT = 2000      # bootstrap resamples of every paired difference (the protocol's test)
@@ -61,7 +60,7 @@ def _not_larger(curve: pd.DataFrame, ratio: float) -> pd.Series | None:
     return None if ok.empty else ok.loc[ok["ratio"].idxmax()]
 
 
-def plan(curves: pd.DataFrame, base_auc: float, points: float = POINTS) -> list[dict]:
+def plan(curves: pd.DataFrame, base_auc: float, points: float) -> list[dict]:
     """One entry per (technique, counterpart) of :data:`experiments.TECHNIQUES` in the validation ``curves``: the
     XAI operating point and the counterpart's matched setting (each ``{variant, setting, ratio, val_auc}`` or
     None) and ``status``: "compared", or why not."""
@@ -135,7 +134,7 @@ def table(result: dict) -> pd.DataFrame:
                           "p (Holm)": r["p_holm"], "above margin": r["above_margin"]} for r in result["comparisons"]])
 
 
-def evidence(entries: list[dict], result: dict, draws: int) -> str:
+def evidence(entries: list[dict], result: dict, draws: int, points: float) -> str:
     """One or two sentences with this run's numbers for the claim's row."""
     at = {(e["technique"], e["counterpart"]["variant"]): e for e in entries}
     parts = [f"{r['technique']} {at[(r['technique'], r['counterpart'])]['xai']['ratio']:.1f}x against {r['counterpart']} "
@@ -143,7 +142,7 @@ def evidence(entries: list[dict], result: dict, draws: int) -> str:
              "[{:+.4f}, {:+.4f}]".format(*r["interval_holm"]) for r in result["comparisons"]]
     missing = [f"{t} not measured ({v['why']})" for t, v in result["techniques"].items() if v["why"]]
     return ("Test AUC of each XAI variant at the largest ratio within "
-            f"{POINTS} AUC point of the uncompressed model on validation, minus its counterpart's at the same or the "
+            f"{points:g} AUC point of the uncompressed model on validation, minus its counterpart's at the same or the "
             f"nearest smaller ratio (Holm-corrected 95% intervals, {draws} reference draws; compression is deterministic "
             "given a draw): " + "; ".join(parts + missing) + ". The weight relevance |w dR/dw| of techniques 2-5 is the "
             "weight-level first-order Taylor saliency, so they test a Taylor-type saliency against magnitude, not an "

@@ -68,15 +68,15 @@ def shown(r: float | None) -> str:
     return "-" if r is None else f"{r:.1f}x"
 
 
-def ratio_table(curves: pd.DataFrame, base_auc: float) -> pd.DataFrame:
+def ratio_table(curves: pd.DataFrame, base_auc: float, points: float) -> pd.DataFrame:
     """Per technique and variant: the largest mean compression ratio whose mean validation AUC lost at most
-    :data:`operating.POINTS` (and :data:`operating.LOOSE_POINTS`) AUC points; None where no setting qualifies."""
+    ``points`` (the claim's) and :data:`operating.LOOSE_POINTS` AUC points; None where no setting qualifies."""
     out = []
     for (tech, variant), g in curves[curves["technique"].isin(TECHNIQUES)].groupby(["technique", "variant"], sort=False):
-        at = [experiments.ratio_at(g, base_auc, p) for p in (operating.POINTS, operating.LOOSE_POINTS)]
+        at = [experiments.ratio_at(g, base_auc, p) for p in (points, operating.LOOSE_POINTS)]
         out.append({"technique": tech, "variant": variant + (" (XAI)" if g["xai"].iloc[0] else ""),
                     **{f"ratio at {p} AUC point{'s' * (p > 1)}": None if r is None else float(r["ratio"])
-                       for p, r in zip((operating.POINTS, operating.LOOSE_POINTS), at)}})
+                       for p, r in zip((points, operating.LOOSE_POINTS), at)}})
     return pd.DataFrame(out).set_index(["technique", "variant"])
 
 
@@ -107,11 +107,11 @@ def drift_line(found: dict, n_classes: int) -> str:
 
 
 # ----- the saved model --------------------------------------------------------------------------------
-def choose_saved(curves: pd.DataFrame, base_auc: float) -> pd.Series:
-    """The combined XAI setting with the largest ratio within :data:`operating.POINTS` point of validation AUC (the
+def choose_saved(curves: pd.DataFrame, base_auc: float, points: float) -> pd.Series:
+    """The combined XAI setting with the largest ratio within ``points`` (the claim's) point of validation AUC (the
     combined operating point), or the one with the highest validation AUC if none qualifies."""
     combined = curves[(curves["technique"] == "combined") & curves["xai"]]
-    chosen = experiments.ratio_at(combined, base_auc, operating.POINTS)
+    chosen = experiments.ratio_at(combined, base_auc, points)
     return chosen if chosen is not None else combined.loc[combined["auc"].idxmax()]
 
 

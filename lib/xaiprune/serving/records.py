@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xaiprune import stats
 from xaiprune.planning import system
 from xaiprune.serving import wire
 
@@ -191,7 +192,6 @@ def summarise(requests, flag: str, order: list[str] | None = None, profiles: sys
     """
     import pandas as pd
     from medmnist import INFO
-    from medmnist.evaluator import getACC, getAUC
 
     task = INFO[flag]["task"]
     rows = []
@@ -200,7 +200,7 @@ def summarise(requests, flag: str, order: list[str] | None = None, profiles: sys
         y = g["label"].to_numpy()[:, None]
         energy = pd.DataFrame(g["energy_j"].tolist())
         rows.append({"policy": name, "criterion": g["criterion"].iloc[0], "requests": len(g),
-                     "acc": float(getACC(y, scores, task)), "auc": float(getAUC(y, scores, task)),
+                     **stats.endpoints(y, scores, task),
                      "p50_ms": float(g["latency_ms"].median()), "p95_ms": float(g["latency_ms"].quantile(0.95)),
                      "mean_ms": float(g["latency_ms"].mean()), "predicted_ms": float(g["predicted_latency_ms"].mean()),
                      "latency_error": float(g["latency_ms"].mean() / g["predicted_latency_ms"].mean() - 1),

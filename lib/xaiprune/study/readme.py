@@ -23,13 +23,18 @@ class ReadmeError(RuntimeError):
     """No summary to read, or a document without its generated block."""
 
 
+def _short(text: str, limit: int = 200) -> str:
+    """``text`` cut at a word before ``limit`` characters, marked when cut (the report has the whole evidence)."""
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ... (the report has the rest)"
+
+
 def results(summary: dict) -> dict:
     """docs/results.json: the run, the seconds per notebook and one row per claim, as the report has them
     (:func:`xaiprune.study.claims.claims`), each with a headline: the measured value, its interval and the
     verdict's first sentence of evidence."""
     meta, metrics = summary["metadata"], summary["metrics"]
     rows = [{**r, "headline": (f"{r['measured_as']}: " if r.get("measured_as") and r["measured"] is not None else "")
-             + f"{measured_text(r)}; " + r["evidence"].split(". ")[0]} for r in claims(metrics)]
+             + f"{measured_text(r)}; " + _short(r["evidence"].split(". ")[0])} for r in claims(metrics)]
     return {"run": {"profile": meta["profile"], "date": meta["finished"][:10], "finished": meta["finished"],
                     "commit": meta["git_commit"], "wall_seconds": meta["wall_seconds"], "machine": meta.get("machine", "")},
             "seconds": {stem: info.get("seconds") for stem, info in meta["notebooks"].items()}, "claims": rows}
