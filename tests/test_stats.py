@@ -202,6 +202,21 @@ def test_the_paired_difference_finds_a_real_gain_and_not_a_null_one():
         stats.paired_difference(strong, weak, y, "multi-class", paired_seeds=True)
 
 
+def test_pairing_by_seed_counts_the_seeds_variation_once():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, size=(300, 1))
+    skills = (0.0, 0.15, 0.3)  # the seed matters a lot: both sides share it
+    a = [_probs(rng, y, k + 0.1, 3) for k in skills]
+    groups = [[_probs(rng, y, k, 3) for _ in range(4)] for k in skills]
+    by_seed = stats.paired_by_seed(a, groups, y, "multi-class", "auc", n_boot=600)
+    flat = stats.paired_difference(a, [p for g in groups for p in g], y, "multi-class", "auc", n_boot=600)
+    assert by_seed["diff"] == pytest.approx(flat["diff"]) and by_seed["n_seeds"] == [3, 12]
+    width = lambda r: r["interval"][1] - r["interval"][0]  # noqa: E731
+    assert width(by_seed) < width(flat) and by_seed["interval"][0] > 0
+    with pytest.raises(ValueError, match="one group per seed"):
+        stats.paired_by_seed(a, groups[:2], y, "multi-class")
+
+
 def test_holm_steps_down_and_narrows_each_level_in_turn():
     boot = np.linspace(-1, 1, 101)
     family = [stats.summarise_bootstrap(0.0, boot + shift) for shift in (2.0, 0.97, 0.0)]

@@ -287,6 +287,32 @@ def paired_difference(a: list[np.ndarray], b: list[np.ndarray], y: np.ndarray, t
     return summarise_bootstrap(observed, boot, margin, n_seeds=(len(a), len(b)))
 
 
+def paired_by_seed(a: list[np.ndarray], b_groups: list[list[np.ndarray]], y: np.ndarray, task: str, metric: str = "auc",
+                   margin: float = 0.0, n_boot: int = 2000, seed: int = 0) -> dict:
+    """As :func:`paired_difference`, when each of ``a``'s seeds has its own draws on the other side: ``a[j]`` (one
+    probability array per seed j, e.g. a trained branch) against ``b_groups[j]`` (the random draws made with that
+    same seed j). Each resample draws the test images, then the seeds jointly for both sides, then within each
+    drawn seed its draws; so the variation between seeds counts once, not twice as in an unpaired comparison.
+    """
+    if len(a) != len(b_groups) or not a or len({len(g) for g in b_groups}) != 1 or not b_groups[0]:
+        raise ValueError(f"a has {len(a)} seeds and b_groups {[len(g) for g in b_groups]} draws per seed: expected one "
+                         "group per seed of a, every group with the same positive number of draws")
+    y = np.asarray(y)
+    w = resample_weights(len(y), n_boot, seed)
+    ma = np.stack([weighted_endpoints(y, p, task, w)[metric] for p in a])                               # (S, B)
+    mb = np.stack([[weighted_endpoints(y, p, task, w)[metric] for p in g] for g in b_groups])         # (S, D, B)
+    rng = np.random.default_rng(seed + 1)
+    n_seeds, n_draws = mb.shape[:2]
+    pick = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    draws = rng.integers(0, n_draws, size=(n_boot, n_seeds, n_draws))
+    cols = np.arange(n_boot)
+    boot = _seed_means(ma, pick) - mb[pick[:, :, None], draws, cols[:, None, None]].mean(axis=(1, 2))
+    one = np.ones((1, len(y)))
+    observed = float(np.mean([weighted_endpoints(y, p, task, one)[metric][0] for p in a])
+                     - np.mean([weighted_endpoints(y, p, task, one)[metric][0] for g in b_groups for p in g]))
+    return summarise_bootstrap(observed, boot, margin, n_seeds=(len(a), n_seeds * n_draws))
+
+
 def summarise_bootstrap(observed: float, boot: np.ndarray, margin: float = 0.0, level: float = 0.95,
                         n_seeds: tuple[int, int] = (1, 1)) -> dict:
     """A paired difference as the study reports it: observed value, percentile interval, one-sided p against

@@ -121,15 +121,18 @@ def claim(engine: core.Engine, outcomes: dict[str, list[core.Outcome]], max_flop
           margin_random: float, n_boot: int = 2000, seed: int = 0) -> dict:
     """The claim's family on test balanced accuracy: DyFiP (one probability array per branch seed) minus the full
     model (one), with ``margin_full``, and minus random filters of the same width (draws x branch seeds), with
-    ``margin_random``; paired over the test images, seeds nested, Holm-corrected across the two.
+    ``margin_random`` (paired by branch seed: :func:`xaiprune.stats.paired_by_seed`); paired over the test
+    images, seeds nested, Holm-corrected across the two.
 
     ``target_met``: DyFiP's mean FLOPs ratio at most ``max_flops`` and both corrected intervals above their
     margins; ``wins_somewhere``: either is. Returns both comparisons (compact), the FLOPs ratio and the verdict.
     """
     dy = [o.probs for o in outcomes["dyfip"]]
-    pair = lambda b, m: stats.paired_difference(dy, b, engine.y, engine.task, "bal_acc", m, n_boot, seed)  # noqa: E731
-    vs_full, vs_random = stats.holm([pair([engine.full().probs], margin_full),
-                                     pair([o.probs for o in outcomes["random"]], margin_random)])
+    rand = [o.probs for o in outcomes["random"]]  # draw d of branch seed j at d * seeds + j
+    per_seed = [rand[j::len(dy)] for j in range(len(dy))]
+    vs_full, vs_random = stats.holm([
+        stats.paired_difference(dy, [engine.full().probs], engine.y, engine.task, "bal_acc", margin_full, n_boot, seed),
+        stats.paired_by_seed(dy, per_seed, engine.y, engine.task, "bal_acc", margin_random, n_boot, seed)])
     flops = float(np.mean([o.macs.mean() for o in outcomes["dyfip"]]) / engine.full_macs)
     target = bool(flops <= max_flops and vs_full["above_margin"] and vs_random["above_margin"])
     wins = bool(vs_full["above_margin"] or vs_random["above_margin"])
