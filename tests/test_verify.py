@@ -79,6 +79,8 @@ def test_the_surrogate_claim_is_the_mean_error_over_pruned_plans_with_a_bootstra
     assert not bad["target_met"] and not bad["wins_somewhere"]
     text = verify.claim_evidence(c, checks, "acc")
     assert "Over 4 pruned plans" in text and "1.00 points" in text and "bal_acc 0.500-0.700" in text and "ACC only" in text
+    shifted = verify.claim_evidence(c, checks.assign(**{"error (points)": [9.4, 1.0, -1.0, 0.5, -1.5]}), "acc", "test")
+    assert "unpruned plan alone is off by +9.40 points" in shifted and "not the product of retentions" in shifted
     with pytest.raises(ValueError, match="no pruned plan"):
         verify.surrogate_claim(checks.head(1), 0.02)
 

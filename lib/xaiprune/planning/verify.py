@@ -120,11 +120,15 @@ def claim_evidence(c: dict, checks: pd.DataFrame, metric: str, split: str = "val
     """:func:`surrogate_claim` in one or two sentences, with the other endpoints of the same plans beside."""
     pruned = checks[checks["mean level"] > 0]
     beside = ", ".join(f"{k} {pruned[k].min():.3f}-{pruned[k].max():.3f}" for k in stats.ENDPOINTS if k != metric)
+    unpruned = checks.loc[checks["mean level"] == 0, "error (points)"]
+    shift = ("" if unpruned.empty else f" The unpruned plan alone is off by {float(unpruned.iloc[0]):+.2f} points: A_0 "
+             f"is the unpruned model's accuracy on the split the table was measured on, so this much of the error is the "
+             f"difference between that split and {split}, not the product of retentions.")
     return (f"Over {c['n_plans']} pruned plans of the fixed design, measured on {split}, the surrogate's {metric.upper()} "
             f"is off by {100 * c['measured']:.2f} points on average (95% bootstrap over plans "
             f"{100 * c['interval'][0]:.2f}-{100 * c['interval'][1]:.2f}; largest {100 * c['max']:.2f}; "
-            f"{c['within_margin']} plans within {100 * c['margin']:g} points). The surrogate models {metric.upper()} "
-            f"only; the same plans measure {beside}.")
+            f"{c['within_margin']} plans within {100 * c['margin']:g} points).{shift} The surrogate models "
+            f"{metric.upper()} only; the same plans measure {beside}.")
 
 
 @dataclass
