@@ -296,3 +296,35 @@ def test_a_faults_outcome_counts_its_requests_and_bounds_the_recovery():
     quiet = serving.fault_outcome(summary, requests.assign(attempts=1), events.iloc[:0],
                                   {"policy": "rejoin", "device": "d2", "request": 1, "kind": "hang"})
     assert not quiet["triggered"] and quiet["recovery_s"] == 0.0   # nothing shows the fault: it never acted
+
+
+def test_a_late_result_is_discarded_but_still_teaches_the_link_estimate():
+    """A plan over a link that has faded far below the estimate times out on every attempt; its answers come too
+    late to be used, but each one measured the links it crossed, so the estimate must learn from them, or the
+    planner keeps choosing the same plan."""
+    from types import SimpleNamespace
+
+    from xaiprune.planning.system import Plan
+    from xaiprune.serving.dispatch import Dispatch
+
+    seen = []
+
+    class Source(Dispatch):
+        def __init__(self):
+            self.flights, self.events, self.order = {}, [], [0, 2, 1]  # rank -> device index
+            self.planner = SimpleNamespace(observe=lambda plan, b, us: seen.append((plan, list(b), list(us))))
+            self.node = SimpleNamespace(check_result=lambda msg: None)
+            self.ledger = SimpleNamespace(received=lambda policy, request: None)
+
+        def _seen(self, rank, msg=None, in_time=False):
+            pass
+
+        def event(self, what, **detail):
+            self.events.append(what)
+
+    source = Source()
+    late = wire.Message(wire.RESULT, request=7, attempt=0, devices=[1, 2], levels=[0, 1], link_bytes=[100, 200, 8],
+                        link_us=[10, 4_500_000, 5])
+    source._handle(2, late)
+    assert source.events == ["discarded"]
+    assert seen == [(Plan([2, 1], [0, 1]), [100, 200, 8], [10, 4_500_000, 5])]

@@ -15,6 +15,7 @@ import dataclasses
 import queue
 import time
 
+from xaiprune.planning.system import Plan
 from xaiprune.serving import wire
 from xaiprune.serving.flights import Flight, late_holders
 from xaiprune.serving.segments import PayloadError
@@ -126,7 +127,9 @@ class Dispatch:
             self.ledger.received(msg.policy, msg.request)  # every well-formed result counts, used or not
             if f is not None:
                 self.complete(f, msg)
-            else:
+            else:  # too late to answer, not too late to teach: its hops measured the links it crossed
+                self.planner.observe(Plan([self.order[r] for r in msg.devices], list(msg.levels)), msg.link_bytes,
+                                     msg.link_us)
                 self.event("discarded", rank=src, message="result", request=msg.request, attempt=msg.attempt)
         elif msg.kind == wire.ACTIVATION and f is not None:  # the plan passes through the source midway
             self.advance(f, lambda: self.node.advance(msg, msg.payload), msg)
