@@ -127,6 +127,8 @@ def test_summaries_carry_the_study_endpoints_and_the_verdict_prints_the_rows():
                            index=pd.Index(["XAI + NLP", "one device"], name="policy"))
     out = runs.with_endpoints(summary, requests, BINARY)
     assert list(out.columns) == ["acc", "bal_acc", "auc", "p50_ms"]
+    again = runs.with_endpoints(summary.assign(bal_acc=0.0)[["acc", "bal_acc", "auc", "p50_ms"]], requests, BINARY)
+    assert list(again.columns) == ["acc", "bal_acc", "auc", "p50_ms"], "a summary that has balanced accuracy keeps one"
     g = requests[requests["policy"] == "XAI + NLP"]
     want = stats.endpoints(g["label"].to_numpy()[:, None], evidence.probabilities(g), BINARY)
     assert out.loc["XAI + NLP", ["acc", "bal_acc", "auc"]].tolist() == pytest.approx([want[k] for k in stats.ENDPOINTS])

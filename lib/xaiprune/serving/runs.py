@@ -141,7 +141,7 @@ def with_endpoints(summary: pd.DataFrame, requests: pd.DataFrame, task: str) -> 
     if summary.empty:
         return summary
     ends = evidence.endpoints_table(requests, task).reindex(summary.index)
-    out = summary.assign(acc=ends["acc"], auc=ends["auc"])
+    out = summary.drop(columns=["bal_acc"], errors="ignore").assign(acc=ends["acc"], auc=ends["auc"])
     out.insert(out.columns.get_loc("acc") + 1, "bal_acc", ends["bal_acc"].astype(float))
     return out
 
