@@ -4,11 +4,12 @@ Each notebook writes its headline numbers to ``artifacts/<profile>/<stem>/metric
 :func:`write_metrics`). After the run, :func:`build` renders every executed notebook to HTML with
 nbconvert and writes, in ``reports/<profile>/``:
 
-- ``report.html``: the one page to read. The run's metadata, the papers' claims against this run's
-  evidence with a verdict for each (:func:`claims`, rules written out in the page), then per notebook
-  its headline figures (code cells tagged ``headline``) and key numbers;
+- ``report.html``: the one page to read. The run's metadata, one row per claim as the notebooks wrote it
+  under :mod:`xaiprune.study.protocol` (collected by :func:`claims`: endpoint, comparator, target, measured
+  value with its corrected interval, seeds, test, verdict, evidence), then per notebook its headline
+  figures (code cells tagged ``headline``) and key numbers;
 - ``index.html``: every metric of every notebook, parameters and wall time per notebook;
-- ``summary.json``: all metrics and the metadata, for machines.
+- ``summary.json``: the metadata, the claim rows (``claims``) and all metrics, for machines.
 """
 
 from __future__ import annotations
