@@ -11,6 +11,7 @@ from medmnist import INFO
 from torch import nn
 
 from xaiprune import data, models, paths
+from xaiprune.synthetic import write_synthetic
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def synthetic(tmp_path, monkeypatch):
 
     def make(flag: str = "pneumoniamnist", size: int = 28, folder: Path | None = None,
              n: dict | None = None, seed: int = 0) -> Path:
-        path = data.write_synthetic(folder or tmp_path / "synthetic", flag, size, n=n, seed=seed)
+        path = write_synthetic(folder or tmp_path / "synthetic", flag, size, n=n, seed=seed)
         key = "MD5" if size == 28 else f"MD5_{size}"
         monkeypatch.setitem(INFO[flag], key, data.md5sum(path))
         return path

@@ -12,6 +12,7 @@ import nbformat
 import pytest
 
 from xaiprune import data, paths, serving
+from xaiprune.synthetic import write_synthetic
 from xaiprune.study import pipeline
 from conftest import needs_real_data, real_root
 
@@ -179,7 +180,7 @@ medmnist.info.INFO[{flag!r}].update(MD5={md5!r}, n_samples={n!r})
 def test_smoke_chain_on_a_synthetic_multiclass_flag(tmp_path):
     """Every notebook runs unchanged on a 5-class RGB flag (synthetic, in the official format)."""
     flag, n = "retinamnist", {"train": 400, "val": 300, "test": 100}
-    path = data.write_synthetic(tmp_path / "data", flag, n=n, separable=True)
+    path = write_synthetic(tmp_path / "data", flag, n=n, separable=True)
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(SITECUSTOMIZE.format(flag=flag, md5=data.md5sum(path), n=n))

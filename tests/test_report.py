@@ -104,10 +104,11 @@ def test_run_metadata_records_parameters_data_md5_and_load(tmp_path, monkeypatch
     from pathlib import Path
 
     from xaiprune import data
+    from xaiprune.synthetic import write_synthetic
     from xaiprune.study import runinfo
     from xaiprune.study.schema import Step
 
-    data.write_synthetic(tmp_path, "pneumoniamnist", 28)
+    write_synthetic(tmp_path, "pneumoniamnist", 28)
     monkeypatch.setattr(data, "verify", lambda path, flag, size: path)  # the synthetic file's MD5 is its own
     step = Step(Path("01_data.ipynb"), {}, parameters={"flag": "pneumoniamnist", "size": 28, "data_root": str(tmp_path)})
     meta = runinfo.run_metadata("default", [step], 1.0, runinfo.machine_state())

@@ -4,10 +4,10 @@ One subpackage per system of the study, with only what every system uses at the 
 
 - top level: :mod:`~xaiprune.paths` (every folder), :mod:`~xaiprune.names` (the registry of names a parameter
   may take), :mod:`~xaiprune.data` (MedMNIST files and the scarce reference set), :mod:`~xaiprune.models`
-  (segmented, LRP-ready classifiers), :mod:`~xaiprune.train` (cached deterministic training) and
-  :mod:`~xaiprune.stats` (intervals and paired comparisons);
-- :mod:`xaiprune.pruning`: filter relevance and pruning without fine-tuning (notebooks 03-04; Yeom et al. 2021,
-  Baccour et al.);
+  (segmented, LRP-ready classifiers), :mod:`~xaiprune.train` (cached deterministic training),
+  :mod:`~xaiprune.stats` (intervals and paired comparisons) and :mod:`~xaiprune.synthetic` (tiny files for tests);
+- :mod:`xaiprune.pruning`: filter relevance and pruning without fine-tuning (notebooks 03-04, and 11 in the ward
+  regime; Yeom et al. 2021, Baccour et al.);
 - :mod:`xaiprune.planning`: the system model, the integer program and the RL agent (05-06; Baccour et al.,
   reconstructed);
 - :mod:`xaiprune.serving`: the plans served on real processes over emulated links (07);

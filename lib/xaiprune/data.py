@@ -9,7 +9,11 @@ Search order for ``<flag>[_<size>].npz``: an explicit ``data_root`` argument alo
 nothing is downloaded into it); else ``$MEDMNIST_ROOT``, ``data/medmnist/`` of the project, else a
 download from ``INFO[flag]`` into ``data/medmnist/``.
 
-Used by every notebook; ``01_data.ipynb`` shows what it loads.
+One flag is the project's own construction, not a MedMNIST benchmark: ``hospital`` (:data:`names.HOSPITAL`)
+unites pneumoniamnist (2 classes), breastmnist (2) and retinamnist (5, converted to grayscale by luminance)
+into one 9-class triage task, labels offset in that order, each official split kept and each file
+MD5-checked as usual. Each source is a *ward* (:class:`Ward`). Used by every notebook; ``01_data.ipynb`` shows
+what it loads.
 Reference: Yang et al., "MedMNIST v2", Scientific Data 10, 41 (2023), https://doi.org/10.1038/s41597-022-01721-8
 """
 
@@ -20,7 +24,8 @@ import os
 import shutil
 import tempfile
 import urllib.request
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import medmnist
@@ -40,17 +45,64 @@ class DataError(RuntimeError):
     """A MedMNIST file cannot be found, downloaded or trusted; the message says what to do."""
 
 
+class ScarceClassWarning(UserWarning):
+    """A class has fewer validation images than a reference set asks for: all of them were drawn."""
+
+
+
+
+@dataclass(frozen=True)
+class Ward:
+    """One source of the ``hospital`` flag: its name, MedMNIST flag and the hospital labels of its classes."""
+
+    name: str
+    flag: str
+    offset: int
+    n_classes: int
+
+    @property
+    def classes(self) -> list[int]:
+        return list(range(self.offset, self.offset + self.n_classes))
+
+
+def wards() -> list[Ward]:
+    """The wards of the ``hospital`` flag in label order: pneumonia (0-1), breast (2-3), retina (4-8)."""
+    out, offset = [], 0
+    for name, flag in names.WARDS.items():
+        out.append(Ward(name, flag, offset, len(INFO[flag]["label"])))
+        offset += out[-1].n_classes
+    return out
+
+
+def ward(name: str) -> Ward:
+    found = {w.name: w for w in wards()}
+    if name not in found:
+        raise ValueError(f"ward={name!r}; expected one of {list(found)}")
+    return found[name]
+
+
+def info(flag: str) -> dict:
+    """``INFO[flag]`` for a MedMNIST flag; for ``hospital``, the same keys built from its three sources."""
+    if flag != names.HOSPITAL:
+        return INFO[flag]
+    sources = [INFO[w.flag] for w in wards()]
+    return {"python_class": None, "task": "multi-class", "n_channels": 1,
+            "description": "The project's own 9-class triage task (not a MedMNIST benchmark): "
+                           + ", ".join(names.WARDS.values()) + ", retina in grayscale by luminance.",
+            "label": {str(w.offset + int(i)): f"{w.name}: {text}" for w in wards()
+                      for i, text in INFO[w.flag]["label"].items()},
+            "n_samples": {s: sum(src["n_samples"][s] for src in sources) for s in SPLITS}}
 
 
 def check_flag_size(flag: str, size: int) -> dict:
-    """Return ``INFO[flag]`` after checking that ``flag`` is a 2D MedMNIST flag and ``size`` exists."""
-    if flag not in INFO:
+    """Return ``info(flag)`` after checking that ``flag`` is a 2D MedMNIST flag (or ``hospital``) and ``size`` exists."""
+    if flag != names.HOSPITAL and flag not in INFO:
         raise ValueError(f"flag={flag!r} is not a MedMNIST dataset; expected one of {flags_2d()}")
-    if flag not in flags_2d():
+    if flag != names.HOSPITAL and flag not in flags_2d():
         raise ValueError(f"flag={flag!r} is a 3D dataset; this study handles 2D flags: {flags_2d()}")
     if size not in SIZES:
         raise ValueError(f"size={size!r} is not a MedMNIST image size; expected one of {SIZES}")
-    return INFO[flag]
+    return info(flag)
 
 
 def file_name(flag: str, size: int) -> str:
@@ -58,16 +110,15 @@ def file_name(flag: str, size: int) -> str:
     return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
 
 
-def _suffix(size: int) -> str:
-    return "" if size == 28 else f"_{size}"
-
-
 def expected_md5(flag: str, size: int) -> str:
-    return check_flag_size(flag, size)[f"MD5{_suffix(size)}"]
+    """The official MD5 (``hospital``: its sources' MD5s joined by ``+``, so that its caches follow any of them)."""
+    if flag == names.HOSPITAL:
+        return "+".join(expected_md5(w.flag, size) for w in wards())
+    return check_flag_size(flag, size)["MD5" if size == 28 else f"MD5_{size}"]
 
 
 def url(flag: str, size: int) -> str:
-    return check_flag_size(flag, size)[f"url{_suffix(size)}"]
+    return check_flag_size(flag, size)["url" if size == 28 else f"url_{size}"]
 
 
 def md5sum(path: Path, chunk: int = 1 << 20) -> str:
@@ -172,7 +223,8 @@ def resolve(flag: str, size: int = 28, data_root: str | os.PathLike | None = Non
 class Split:
     """One split as tensors: ``x`` float (N, C, H, W) normalised to [-1, 1], ``y`` int64 labels.
 
-    ``y`` is (N,) for single-label tasks and (N, L) for multi-label ChestMNIST.
+    ``y`` is (N,) for single-label tasks and (N, L) for multi-label ChestMNIST. ``counts`` is set on a
+    reference set only: per class, the images asked, available and drawn (:func:`reference_set`).
     """
 
     x: torch.Tensor
@@ -180,6 +232,7 @@ class Split:
     flag: str
     split: str
     size: int
+    counts: dict | None = field(default=None, compare=False)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -211,6 +264,8 @@ def load_split(flag: str, split: str, size: int = 28,
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r}; expected one of {SPLITS}")
+    if flag == names.HOSPITAL:
+        return _load_hospital(split, size, data_root)
     info = check_flag_size(flag, size)
     path = resolve(flag, size, data_root)
     dataset_cls = getattr(medmnist, info["python_class"])
@@ -221,9 +276,44 @@ def load_split(flag: str, split: str, size: int = 28,
     return Split(x=to_tensor(ds.imgs), y=labels, flag=flag, split=split, size=size)
 
 
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 luminance weights (PIL's "L"); they sum to 1, so they commute with [-1, 1]
+
+
+def _load_hospital(split: str, size: int, data_root: str | os.PathLike | None) -> Split:
+    """The ``hospital`` split: each source's split (resolved and MD5-checked), RGB to luminance, labels offset."""
+    xs, ys = [], []
+    for w in wards():
+        part = load_split(w.flag, split, size, data_root)
+        x = part.x if part.x.shape[1] == 1 else torch.einsum("nchw,c->nhw", part.x, torch.tensor(LUMA))[:, None]
+        xs.append(x)
+        ys.append(part.y + w.offset)
+    return Split(x=torch.cat(xs).contiguous(), y=torch.cat(ys), flag=names.HOSPITAL, split=split, size=size)
+
+
+def ward_split(split: Split, name: str) -> Split:
+    """The images of ``split`` (a ``hospital`` split) from ward ``name``'s source, with their hospital labels."""
+    if split.flag != names.HOSPITAL:
+        raise ValueError(f"ward_split needs a {names.HOSPITAL!r} split, got flag={split.flag!r}")
+    w = ward(name)
+    keep = (split.y >= w.offset) & (split.y < w.offset + w.n_classes)
+    return Split(x=split.x[keep], y=split.y[keep], flag=split.flag, split=split.split, size=split.size)
+
+
+def restrict(y: np.ndarray, logits: torch.Tensor | np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """A ward's view of hospital predictions: its labels as 0..k-1, softmax over its own classes' logits, its task.
+
+    The ward knows its task, so it answers among its own classes only (the unrestricted view is the
+    argmax over all nine: an answer from another ward's classes is wrong there).
+    """
+    w = ward(name)
+    local = torch.as_tensor(np.asarray(logits))[:, w.classes].double()
+    task = "binary-class" if w.n_classes == 2 else "multi-class"
+    return np.asarray(y).reshape(-1, 1) - w.offset, torch.softmax(local, dim=1).numpy(), task
+
+
 def class_names(flag: str) -> list[str]:
-    """Label names in label order, from ``INFO[flag]['label']``."""
-    labels = INFO[flag]["label"]
+    """Label names in label order, from ``info(flag)['label']``."""
+    labels = info(flag)["label"]
     return [labels[str(i)] for i in range(len(labels))]
 
 
@@ -233,7 +323,7 @@ def class_indices(y: torch.Tensor, c: int) -> torch.Tensor:
 
 
 def reference_set(val: Split, n_per_class: int = 10, bias: dict[int, float] | None = None,
-                  seed: int = 0) -> Split:
+                  seed: int = 0, classes: list[int] | None = None) -> Split:
     """The scarce local reference set: a seeded draw of images from the validation split.
 
     Args:
@@ -244,30 +334,43 @@ def reference_set(val: Split, n_per_class: int = 10, bias: dict[int, float] | No
             fractions (missing classes get 0, at least one image per listed class with a positive
             fraction).
         seed: the draw's seed; the same seed gives the same images.
+        classes: the labels drawn from (default: all of the flag's); a ward of ``hospital`` draws its own.
+
+    Scarce classes, one rule for every notebook: a class with fewer validation images than asked gives
+    all it has (RetinaMNIST's class 4 has 6), with a :class:`ScarceClassWarning` naming the class and the
+    counts; the split's ``counts`` records, per class, the images asked, available and drawn. A class
+    asked for that has no validation image at all is an error.
     """
     if val.split != "val":
         raise ValueError(f"reference set must come from the validation split, got split={val.split!r}")
     if n_per_class < 1:
         raise ValueError(f"n_per_class={n_per_class}; expected a positive integer")
-    n_classes = len(INFO[val.flag]["label"])
-    total = n_per_class * n_classes
+    all_classes = range(len(info(val.flag)["label"]))
+    classes = list(all_classes) if classes is None else list(classes)
+    if not classes or any(c not in all_classes for c in classes):
+        raise ValueError(f"classes={classes}; expected labels of {val.flag} (0..{len(all_classes) - 1})")
+    total = n_per_class * len(classes)
     if bias is None:
-        counts = {c: n_per_class for c in range(n_classes)}
+        wanted = {c: n_per_class for c in classes}
     else:
-        if any(c not in range(n_classes) or f < 0 for c, f in bias.items()) or sum(bias.values()) <= 0:
-            raise ValueError(f"bias={bias}; expected non-negative fractions for classes 0..{n_classes - 1}")
+        if any(c not in classes or f < 0 for c, f in bias.items()) or sum(bias.values()) <= 0:
+            raise ValueError(f"bias={bias}; expected non-negative fractions for classes {classes}")
         norm = sum(bias.values())
-        counts = {c: (max(1, round(total * bias.get(c, 0) / norm)) if bias.get(c, 0) > 0 else 0)
-                  for c in range(n_classes)}
+        wanted = {c: (max(1, round(total * bias.get(c, 0) / norm)) if bias.get(c, 0) > 0 else 0) for c in classes}
     gen = torch.Generator().manual_seed(seed)
-    chosen = []
-    for c, k in counts.items():
+    chosen, counts = [], {}
+    for c, k in wanted.items():
         idx = class_indices(val.y, c)
-        if k > len(idx):
-            raise ValueError(f"class {c} has {len(idx)} validation images; cannot draw {k}")
-        chosen.append(idx[torch.randperm(len(idx), generator=gen)[:k]])
+        if k and not len(idx):
+            raise ValueError(f"class {c} of {val.flag} has no validation image: no reference set can hold it")
+        counts[c] = {"asked": k, "available": len(idx), "drawn": min(k, len(idx))}
+        chosen.append(idx[torch.randperm(len(idx), generator=gen)[:counts[c]["drawn"]]])
+    short = {c: n for c, n in counts.items() if n["drawn"] < n["asked"]}
+    if short:
+        warnings.warn("; ".join(f"{val.flag} class {c} has {n['available']} validation images: drew all of them, "
+                                f"not {n['asked']}" for c, n in short.items()), ScarceClassWarning, stacklevel=2)
     idx = torch.cat(chosen)
-    return Split(x=val.x[idx], y=val.y[idx], flag=val.flag, split="val", size=val.size)
+    return Split(x=val.x[idx], y=val.y[idx], flag=val.flag, split="val", size=val.size, counts=counts)
 
 
 def excluding(split: Split, used: list[torch.Tensor], n: int = 0, seed: int = 0) -> Split:
@@ -295,38 +398,3 @@ def skewed_fractions(n_classes: int, major: float) -> dict[int, float]:
     if n_classes < 2 or not 0 < major < 1:
         raise ValueError(f"n_classes={n_classes}, major={major}: expected at least 2 classes and 0 < major < 1")
     return {0: major, **{c: (1 - major) / (n_classes - 1) for c in range(1, n_classes)}}
-
-
-def write_synthetic(folder: str | os.PathLike, flag: str = "pneumoniamnist", size: int = 28,
-                    n: dict[str, int] | None = None, seed: int = 0, separable: bool = False) -> Path:
-    """Write a tiny synthetic file in the official npz format (for tests; never real data).
-
-    Keys ``{split}_images`` (uint8, N x H x W[x C]) and ``{split}_labels`` (uint8, N x 1 or N x L),
-    like the official files; single-label classes cycle 0, 1, ..., so every split is balanced. With
-    ``separable``, an image of class c is brighter in the c-th horizontal band, so that a model can
-    learn the task. Its MD5 does not match INFO, so tests load it with verification patched or through
-    :func:`to_tensor` directly.
-    """
-    info = check_flag_size(flag, size)
-    n = n or {"train": 16, "val": 8, "test": 8}
-    rng = np.random.default_rng(seed)
-    n_classes = len(info["label"])
-    arrays = {}
-    for split, count in n.items():
-        shape = (count, size, size) if info["n_channels"] == 1 else (count, size, size, info["n_channels"])
-        arrays[f"{split}_images"] = rng.integers(0, 256, size=shape, dtype=np.uint8)
-        if info["task"] == "multi-label, binary-class":
-            arrays[f"{split}_labels"] = rng.integers(0, 2, size=(count, n_classes), dtype=np.uint8)
-        else:
-            arrays[f"{split}_labels"] = (np.arange(count) % n_classes).astype(np.uint8)[:, None]
-            if separable:
-                band = size // n_classes
-                images = arrays[f"{split}_images"] // 2
-                for i, c in enumerate(arrays[f"{split}_labels"][:, 0]):
-                    images[i, c * band:(c + 1) * band] += 127
-                arrays[f"{split}_images"] = images
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / file_name(flag, size)
-    np.savez_compressed(path, **arrays)
-    return path

@@ -21,6 +21,8 @@ SCOPES = ("global", "per-layer")  # how pruning.prune ranks filters
 CRITERIA = ("bn_scale", "deeplift", "gradxact", "ig", "l1", "lamp", "lrp", "lrp_epsilon", "random", "taylor")
 XAI_CRITERIA = ("lrp", "lrp_epsilon", "deeplift", "ig", "gradxact")  # the criteria that are explanations
 XAI_METHODS = ("deeplift", "gradxact", "ig", "lrp", "lrp_epsilon")  # pruning.xai.METHODS
+HOSPITAL = "hospital"  # the project's virtual flag: the three MedMNIST files below as one 9-class triage task
+WARDS = {"pneumonia": "pneumoniamnist", "breast": "breastmnist", "retina": "retinamnist"}  # ward -> source, label order
 
 
 def flags_2d() -> list[str]:

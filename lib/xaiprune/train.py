@@ -26,12 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from medmnist import INFO
 from medmnist.evaluator import getACC
 from torch import nn
 from tqdm import tqdm
 
-from xaiprune import data, models, paths, stats
+from xaiprune import data, models, names, paths, stats
 
 CACHE_VERSION = 2  # bump when training code changes what a config produces
 METRIC_TOLERANCE = 1e-6  # stored and re-evaluated metrics further apart than this are a warning
@@ -54,9 +53,12 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     max_train: int = 0        # 0: the whole train split; n > 0: the first n images (smoke runs)
+    balance: bool = False     # draw every class (and, for hospital, every ward) equally often; keep by balanced accuracy
 
     def validate(self) -> "TrainConfig":
         data.check_flag_size(self.flag, self.size)
+        if self.balance and is_multilabel(self.flag):
+            raise ValueError(f"balance=True: {self.flag} is multi-label; class balancing needs single-label classes")
         if self.arch not in models.ARCHS:
             raise ValueError(f"arch={self.arch!r}; expected one of {sorted(models.ARCHS)}")
         for name in ("epochs", "batch_size"):
@@ -109,7 +111,7 @@ def deterministic():
 
 
 def is_multilabel(flag: str) -> bool:
-    return INFO[flag]["task"] == "multi-label, binary-class"
+    return data.info(flag)["task"] == "multi-label, binary-class"
 
 
 def loss_fn(flag: str) -> nn.Module:
@@ -117,13 +119,16 @@ def loss_fn(flag: str) -> nn.Module:
 
 
 @torch.no_grad()
+def logits(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """The model's outputs on ``x``, in eval mode and batches of ``batch_size``."""
+    model.eval()
+    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
 def predict(model: nn.Module, x: torch.Tensor, flag: str, batch_size: int = 64) -> np.ndarray:
     """Scores as MedMNIST's evaluator expects: softmax probabilities, or sigmoids for multi-label."""
-    model.eval()
-    outs = [model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-    logits = torch.cat(outs)
-    probs = torch.sigmoid(logits) if is_multilabel(flag) else torch.softmax(logits, dim=1)
-    return probs.numpy()
+    out = logits(model, x, batch_size)
+    return (torch.sigmoid(out) if is_multilabel(flag) else torch.softmax(out, dim=1)).numpy()
 
 
 def evaluate(model: nn.Module, split: data.Split) -> dict[str, float]:
@@ -132,7 +137,7 @@ def evaluate(model: nn.Module, split: data.Split) -> dict[str, float]:
     scores = predict(model, split.x, split.flag)
     y = split.y.numpy()
     y = y if y.ndim == 2 else y[:, None]
-    return stats.endpoints(y, scores, INFO[split.flag]["task"])
+    return stats.endpoints(y, scores, data.info(split.flag)["task"])
 
 
 def evaluate_splits(model: nn.Module, config: TrainConfig, data_root: str | None = None) -> dict[str, float]:
@@ -158,19 +163,21 @@ def majority_rate(split: data.Split) -> float:
     """
     y = split.y.numpy()
     y = y if y.ndim == 2 else y[:, None]
-    task = INFO[split.flag]["task"]
+    task = data.info(split.flag)["task"]
     if is_multilabel(split.flag):
         scores = np.broadcast_to((y.mean(0) > 0.5).astype(float), y.shape)
     else:
-        counts = np.bincount(y[:, 0], minlength=len(INFO[split.flag]["label"]))
+        counts = np.bincount(y[:, 0], minlength=len(data.info(split.flag)["label"]))
         scores = np.zeros((len(y), len(counts)))
         scores[:, counts.argmax()] = 1.0
     return float(getACC(y, scores, task))
 
 
 def cache_key(config: TrainConfig) -> str:
-    """Hash of the config, the data file's expected MD5 and :data:`CACHE_VERSION`."""
-    payload = {"config": asdict(config), "data_md5": data.expected_md5(config.flag, config.size),
+    """Hash of the config, the data file's expected MD5 and :data:`CACHE_VERSION` (``balance`` enters only when set,
+    so that the checkpoints trained before it existed keep their keys)."""
+    fields = {k: v for k, v in asdict(config).items() if k != "balance" or v}
+    payload = {"config": fields, "data_md5": data.expected_md5(config.flag, config.size),
                "version": CACHE_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -180,8 +187,42 @@ def checkpoint_path(config: TrainConfig) -> Path:
             f"{config.arch}-{config.flag}-{config.size}-{cache_key(config)}" / "checkpoint.pt")
 
 
+def sampling_weights(train: data.Split) -> torch.Tensor:
+    """Per-image draw weights under which every class is drawn equally often; for ``hospital``, every ward
+    equally often and every class equally often within its ward (retina's five classes share a third)."""
+    y = train.y.numpy()
+    counts = np.bincount(y, minlength=len(data.info(train.flag)["label"])).astype(float)
+    if train.flag != names.HOSPITAL:
+        return torch.from_numpy(1.0 / (counts[y] * np.count_nonzero(counts)))
+    share = np.zeros_like(counts)
+    for w in data.wards():
+        share[w.classes] = 1.0 / (len(data.wards()) * w.n_classes)
+    return torch.from_numpy(share[y] / counts[y])
+
+
+def evaluate_wards(model: nn.Module, split: data.Split) -> dict[str, dict[str, float]]:
+    """Per ward of a ``hospital`` split: ACC, balanced accuracy and AUC answering among the ward's own classes
+    (:func:`xaiprune.data.restrict`), and ``unrestricted_acc`` and ``unrestricted_bal_acc`` of the argmax over all nine."""
+    out = {}
+    for w in data.wards():
+        part = data.ward_split(split, w.name)
+        out_w = logits(model, part.x)
+        y_local, probs, task = data.restrict(part.y.numpy(), out_w, w.name)
+        wide = stats.unrestricted(part.y.numpy(), out_w.numpy(), w.classes)
+        out[w.name] = {**stats.endpoints(y_local, probs, task), **{f"unrestricted_{k}": v for k, v in wide.items()}}
+    return out
+
+
+def selection_score(model: nn.Module, val: data.Split, config: TrainConfig, val_metrics: dict) -> tuple[float, str]:
+    """What picks the kept epoch, and its name: the mean over wards of their balanced accuracy (``hospital``),
+    balanced accuracy (``balance``), else AUC (the MedMNIST benchmark's choice); ``val_metrics``: :func:`evaluate`'s."""
+    if config.flag == names.HOSPITAL:
+        return float(np.mean([m["bal_acc"] for m in evaluate_wards(model, val).values()])), "ward_bal_acc"
+    return (val_metrics["bal_acc"], "bal_acc") if config.balance else (val_metrics["auc"], "auc")
+
+
 def fit(config: TrainConfig, data_root: str | None = None, progress: bool = True) -> Trained:
-    """Train ``config.arch`` on the train split; keep the epoch with the best validation AUC.
+    """Train ``config.arch`` on the train split; keep the epoch with the best validation score (:func:`selection_score`).
 
     Adam with cosine annealing, cross-entropy (BCE for multi-label), no augmentation, batch order
     from a seeded generator and deterministic kernels: two runs of one config on one machine give
@@ -194,7 +235,7 @@ def fit(config: TrainConfig, data_root: str | None = None, progress: bool = True
 def _fit(config: TrainConfig, data_root: str | None = None, progress: bool = True) -> Trained:
     config.validate()
     seed_everything(config.seed)
-    info = INFO[config.flag]
+    info = data.info(config.flag)
     train = data.load_split(config.flag, "train", config.size, data_root)
     val = data.load_split(config.flag, "val", config.size, data_root)
     if config.max_train:
@@ -207,12 +248,14 @@ def _fit(config: TrainConfig, data_root: str | None = None, progress: bool = Tru
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(config.seed)
 
+    weights = sampling_weights(train) if config.balance else None
     history, best, best_state = [], -1.0, None
     bar = tqdm(total=config.epochs * steps_per_epoch, desc=f"train {config.arch}", unit="step",
                mininterval=2.0, disable=not progress)
     for epoch in range(config.epochs):
         model.train()
-        order = torch.randperm(len(train), generator=gen)
+        order = (torch.randperm(len(train), generator=gen) if weights is None
+                 else torch.multinomial(weights, len(train), replacement=True, generator=gen))
         total, seen = 0.0, 0
         for i in range(0, len(train), config.batch_size):
             idx = order[i:i + config.batch_size]
@@ -227,11 +270,12 @@ def _fit(config: TrainConfig, data_root: str | None = None, progress: bool = Tru
             seen += len(idx)
             bar.update()
         val_metrics = evaluate(model, val)
-        history.append({"epoch": epoch + 1, "train_loss": total / seen,
-                        "val_acc": val_metrics["acc"], "val_auc": val_metrics["auc"]})
-        bar.set_postfix(epoch=epoch + 1, loss=f"{total / seen:.3f}", val_auc=f"{val_metrics['auc']:.3f}")
-        if val_metrics["auc"] > best:
-            best = val_metrics["auc"]
+        score, kept_by = selection_score(model, val, config, val_metrics)
+        history.append({"epoch": epoch + 1, "train_loss": total / seen, "val_acc": val_metrics["acc"],
+                        "val_auc": val_metrics["auc"], **({f"val_{kept_by}": score} if kept_by != "auc" else {})})
+        bar.set_postfix(epoch=epoch + 1, loss=f"{total / seen:.3f}", **{f"val_{kept_by}": f"{score:.3f}"})
+        if score > best:
+            best = score
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     bar.close()
     model.load_state_dict(best_state)
@@ -261,7 +305,7 @@ def load(path: str | Path) -> Trained:
     """
     payload = torch.load(path, map_location="cpu", weights_only=True)
     config = TrainConfig(**payload["config"])
-    info = INFO[config.flag]
+    info = data.info(config.flag)
     model = models.build(config.arch, info["n_channels"], len(info["label"]))
     model.load_state_dict(payload["state_dict"])
     model.eval()
@@ -298,27 +342,29 @@ def train_or_load(config: TrainConfig, data_root: str | None = None, progress: b
     return trained
 
 
-def record_checkpoints(trained: dict[str, Trained]) -> Path:
-    """Write ``artifacts/<profile>/02_train/checkpoints.json``: which checkpoint each architecture of this run is."""
+def record_checkpoints(trained: dict[str, Trained], record: str = "checkpoints") -> Path:
+    """Write ``artifacts/<profile>/02_train/<record>.json``: which checkpoint each architecture of this run is
+    (``checkpoints``: the study's models; ``hospital``: the hospital-wide ones)."""
     entries = {arch: {"checkpoint": paths.relative(t.path), "config": asdict(t.config)} for arch, t in trained.items()}
-    path = paths.artifact_dir("02_train") / "checkpoints.json"
+    path = paths.artifact_dir("02_train") / f"{record}.json"
     path.write_text(json.dumps(entries, indent=2))
     return path
 
 
-def trained_checkpoints(archs: list[str], flag: str, size: int) -> dict[str, str]:
+def trained_checkpoints(archs: list[str], flag: str, size: int, record: str = "checkpoints") -> dict[str, str]:
     """Checkpoint paths (relative to the project root) of the last ``02_train`` run for ``archs``.
 
     A missing run or architecture, or a model trained on other data than ``flag`` at ``size``, is a
-    clear error before any work starts.
+    clear error before any work starts. ``record``: ``hospital`` for the hospital-wide models.
     """
-    path = paths.stage_dir("02_train") / "checkpoints.json"
+    path = paths.stage_dir("02_train") / f"{record}.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run 02_train.ipynb first")
     entries = json.loads(path.read_text())
     missing = [a for a in archs if a not in entries]
     if missing:
-        raise ValueError(f"archs {missing} were not trained by the last 02_train run (it trained {sorted(entries)})")
+        raise ValueError(f"archs {missing} were not trained by the last 02_train run (its {record} record holds "
+                         f"{sorted(entries)})")
     for a in archs:
         cfg = entries[a]["config"]
         if (cfg["flag"], cfg["size"]) != (flag, size):
@@ -326,12 +372,12 @@ def trained_checkpoints(archs: list[str], flag: str, size: int) -> dict[str, str
     return {a: entries[a]["checkpoint"] for a in archs}
 
 
-def trained_models(archs: list[str], flag: str, size: int) -> dict[str, models.SegmentedModel]:
+def trained_models(archs: list[str], flag: str, size: int, record: str = "checkpoints") -> dict[str, models.SegmentedModel]:
     """The frozen models of the last ``02_train`` run for ``archs`` (checked as :func:`trained_checkpoints`).
 
-    Used by notebooks 03-07.
+    Used by notebooks 03-07 and 11.
     """
-    return {a: load(paths.ROOT / p).model for a, p in trained_checkpoints(archs, flag, size).items()}
+    return {a: load(paths.ROOT / p).model for a, p in trained_checkpoints(archs, flag, size, record).items()}
 
 
 PACKAGES = ("xaiprune", "torch", "numpy", "medmnist", "captum", "torch-pruning", "pulp", "gymnasium",

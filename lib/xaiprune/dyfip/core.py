@@ -70,24 +70,6 @@ def check_setting(flag: str, size: int, n_segments: int, k: int, keeps: list, ta
         raise ValueError("; ".join(problems))
 
 
-def capped_reference_set(val: data.Split, n_per_class: int, seed: int = 0) -> tuple[data.Split, dict[int, dict]]:
-    """:func:`xaiprune.data.reference_set`, with each class capped at its number of validation images.
-
-    Returns the draw and, per class, ``{"asked", "available", "drawn"}`` so that a cap can be shown.
-    (Candidate for :mod:`xaiprune.data`: ``reference_set(..., cap=True)``.)
-    """
-    if val.split != "val" or n_per_class < 1:
-        raise ValueError(f"expected the validation split and n_per_class >= 1, got {val.split!r} and {n_per_class}")
-    gen, chosen, caps = torch.Generator().manual_seed(seed), [], {}
-    for c in range(len(INFO[val.flag]["label"])):
-        idx = data.class_indices(val.y, c)
-        drawn = min(n_per_class, len(idx))
-        caps[c] = {"asked": n_per_class, "available": len(idx), "drawn": drawn}
-        chosen.append(idx[torch.randperm(len(idx), generator=gen)[:drawn]])
-    idx = torch.cat(chosen)
-    return data.Split(x=val.x[idx], y=val.y[idx], flag=val.flag, split="val", size=val.size), caps
-
-
 # ----- the branch ----------------------------------------------------------------------------------
 class BranchHead(nn.Module):
     """The coarse branch: 1x1 conv (``width`` filters), BatchNorm, ReLU, global average pool, linear."""

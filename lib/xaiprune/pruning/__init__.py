@@ -1,4 +1,5 @@
-"""Filter relevance and pruning without fine-tuning: notebooks ``03_xai_scores`` and ``04_pruning_comparison``.
+"""Filter relevance and pruning without fine-tuning: notebooks ``03_xai_scores``, ``04_pruning_comparison`` and
+``11_ward_regime``.
 
 Reproduces the criterion of Baccour et al. (ICC 2023; FGCS 2024): filters are scored by an explanation
 method (LRP by default) on a handful of local reference images and the least relevant are removed, with no
@@ -15,5 +16,7 @@ The baselines are L1 norm (Li et al. 2017), first-order Taylor (Molchanov et al.
 - :mod:`~xaiprune.pruning.repairs` and :mod:`~xaiprune.pruning.repair_study`: repairs that train nothing
   (BatchNorm re-estimation, decision recalibration, mean-activation compensation) and their study;
 - :mod:`~xaiprune.pruning.summaries` and :mod:`~xaiprune.pruning.plots`: the tables, sentences, metrics and
-  figures of notebook 04, computed from its sweeps.
+  figures of notebook 04, computed from its sweeps (and notebook 11's figure);
+- :mod:`~xaiprune.pruning.wards`: the ward regime of notebook 11, a hospital-wide model pruned for one ward's
+  classes, and its claim.
 """

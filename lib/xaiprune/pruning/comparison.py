@@ -34,7 +34,6 @@ import hashlib
 import numpy as np
 import pandas as pd
 import torch
-from medmnist import INFO
 from tqdm import tqdm
 
 from xaiprune import data, models, stats, train
@@ -58,10 +57,13 @@ class Evaluator:
             only at that level (see ``04_pruning_comparison``).
         share: an evaluator of the same model (on another split) whose pruning graph and rankings this one
             uses, so that a criterion scores each reference set once for both splits.
+        ward: for a model of the ``hospital`` flag, the ward whose images ``split`` holds
+            (:func:`xaiprune.data.ward_split`): every model answers among the ward's own classes
+            (:func:`xaiprune.data.restrict`), and its metrics are the ward's. ``logits`` keep all outputs.
     """
 
     def __init__(self, model: models.SegmentedModel, split: data.Split, batch_size: int = EVAL_BATCH,
-                 share: Evaluator | None = None):
+                 share: Evaluator | None = None, ward: str | None = None):
         self.model, self.split = model.eval(), split
         self.input_shape = tuple(split.x.shape[1:])
         if share is not None and (share.model is not model or share.input_shape != self.input_shape):
@@ -71,7 +73,12 @@ class Evaluator:
             raise ValueError(f"batch_size={batch_size}; expected a positive integer")
         self.batch_size = batch_size
         self.y = split.y.numpy() if split.y.ndim == 2 else split.y.numpy()[:, None]
-        self.task = INFO[split.flag]["task"]
+        self.task = data.info(split.flag)["task"]
+        self.ward = ward
+        if ward is not None:
+            if not np.isin(self.y, data.ward(ward).classes).all():
+                raise ValueError(f"ward={ward!r}: the split holds images of other wards; pass data.ward_split(split, {ward!r})")
+            self.y, _, self.task = data.restrict(self.y, np.zeros((len(self.y), len(data.info(split.flag)["label"]))), ward)
         self.multilabel = train.is_multilabel(split.flag)
         self.scores: list[np.ndarray] = []  # per-image probabilities of model id i, (N, n_classes)
         self.logits: list[np.ndarray] = []  # per-image logits of model id i (repairs shift them)
@@ -121,7 +128,10 @@ class Evaluator:
     def record(self, logits: torch.Tensor) -> dict:
         """Store a model's logits and probabilities (softmax, or sigmoid for multi-label) under a new model id;
         returns the id with its ACC, balanced accuracy and AUC (:func:`xaiprune.stats.endpoints`)."""
-        probs = (torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)).numpy()
+        if self.ward is not None:
+            probs = data.restrict(self.y, logits, self.ward)[1]
+        else:
+            probs = (torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)).numpy()
         self.logits.append(logits.numpy())
         self.scores.append(probs)
         return {"model": len(self.scores) - 1, **stats.endpoints(self.y, probs, self.task)}

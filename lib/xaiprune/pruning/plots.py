@@ -108,3 +108,31 @@ def scaling_figure(scaling: pd.DataFrame, arch: str, ratio: float, value: str = 
     ax.set_ylabel(f"{split} {LABELS[value]}")
     ax.set_title(f"{arch}, {ratio:.0%} pruned, draw 0: {split} {LABELS[value]} against unlabelled images", fontsize=10)
     return figures.finish(fig, show)
+
+
+def ward_figure(frames: dict[str, pd.DataFrame], arch: str, anchor: dict, chance: dict[str, float],
+                show: bool = True) -> plt.Figure:
+    """The ward regime for one architecture: balanced accuracy among the ward's classes against the ratio, per
+    criterion (solid: as pruned; dashed: after the no-label repairs), one panel per ward; dotted, chance. Grey
+    markers: Yeom et al.'s accuracies for the nearest architecture (another data set and model: orientation only)."""
+    fig, axes = plt.subplots(1, len(frames), figsize=(5.2 * len(frames), 4.2), squeeze=False)
+    family = "vgg16" if arch.startswith("vgg") else "resnet18" if arch.startswith("resnet") else None
+    palette = dict(zip(sorted(next(iter(frames.values()))["criterion"].unique()), sns.color_palette("tab10")))
+    for ax, (ward, frame) in zip(axes[0], frames.items()):
+        for state, style in (("none", "-"), ("batchnorm+recalibrate", "--")):
+            at = frame[frame["repair"] == state]
+            means = at.groupby(["criterion", "ratio"])["bal_acc"].mean().reset_index()
+            for c, g in means.groupby("criterion"):
+                ax.plot(g["ratio"], g["bal_acc"], style, marker="o", ms=3, color=palette[c],
+                        label=c if state == "none" else None)
+        ax.axhline(chance[ward], color="grey", ls=":", lw=1)
+        for (model, ratio), values in anchor.items():
+            if model == family:
+                for criterion, acc in values.items():
+                    ax.scatter([ratio], [acc / 100], marker="*", s=40, color="grey", zorder=3)
+                    ax.annotate(criterion, (ratio, acc / 100), fontsize=6, color="grey", xytext=(3, 0),
+                                textcoords="offset points")
+        ax.set(xlabel="fraction of filters removed", ylabel="test balanced accuracy (ward's classes)", ylim=(0, 1.02),
+               title=f"{arch}, ward {ward}")
+    axes[0][0].legend(fontsize=8, ncol=2, title="solid: pruned; dashed: + repairs", title_fontsize=7)
+    return figures.finish(fig, show)

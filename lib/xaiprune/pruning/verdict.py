@@ -32,14 +32,16 @@ def nearest_pruned(ratios, near: float) -> float | None:
 
 def comparisons(frame: pd.DataFrame, scores: list[np.ndarray], y: np.ndarray, task: str, primary: str = PRIMARY,
                 baselines: tuple[str, ...] = BASELINES, metric: str = "auc", margin: float = 0.0,
-                min_ratio: float = 0.0, n_boot: int = 2000, seed: int = 0) -> list[dict]:
+                min_ratio: float = 0.0, n_boot: int = 2000, seed: int = 0, correct: bool = True) -> list[dict]:
     """``primary`` minus each baseline present in ``frame``, at every pruned ratio of at least ``min_ratio``, Holm-corrected.
 
     ``frame`` has one row per criterion, draw and ratio (a sweep of :mod:`xaiprune.pruning.comparison`), its
     ``model`` column indexing ``scores`` (per-image probabilities). Every comparison uses the same ``seed``,
     hence the same test resamples. Each result is :func:`xaiprune.stats.paired_difference`'s (after
     :func:`xaiprune.stats.holm`: ``p_holm``, ``interval_holm``, ``above_margin``) with ``ratio``, ``baseline``,
-    ``primary``, ``metric`` and ``paired`` (draws paired) added; empty when ``primary`` is absent.
+    ``primary``, ``metric`` and ``paired`` (draws paired) added; empty when ``primary`` is absent. With
+    ``correct=False`` the results are returned uncorrected (with their bootstrap values), for a caller that
+    corrects a wider family at once.
     """
     out = []
     pruned = frame[(frame["ratio"] > 0) & (frame["ratio"] >= min_ratio - 1e-9)]
@@ -54,7 +56,7 @@ def comparisons(frame: pd.DataFrame, scores: list[np.ndarray], y: np.ndarray, ta
                                           metric, margin, n_boot, seed, paired_seeds=paired)
             out.append({**res, "ratio": round(float(ratio), 3), "baseline": baseline, "primary": primary,
                         "metric": metric, "paired": paired})
-    return stats.holm(out)
+    return stats.holm(out) if correct else out
 
 
 def compact(results: list[dict]) -> list[dict]:

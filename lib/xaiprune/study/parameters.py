@@ -21,7 +21,7 @@ import re
 
 from xaiprune import paths
 from xaiprune.study.rules import (ARCHS, CRITERIA, DATA, RULES, RUN_RULES, SCOPES, SEGMENTS, SIZES,  # noqa: F401
-                                      XAI_CRITERIA, XAI_METHODS, _data_file, _multiclass_flag, flags_2d,
+                                      WARDS, XAI_CRITERIA, XAI_METHODS, _data_file, _multiclass_flag, flags_2d,
                                       multiclass_flags_2d, scenario_names)
 from xaiprune.study.schema import (Param, ParameterError, Run, check_values, each, fingerprint, length, nonempty, one_of,
                              optional, unique, within)
@@ -38,7 +38,7 @@ SHARED = {
     "data_root": Param("str", "", "folder with the npz; empty searches $MEDMNIST_ROOT, then data/medmnist/"),
     "seed": Param("int", 0, "seed of the reference-set draw", (within(0),)),
     "archs": Param("list[str]", ["vgg16_bn"], "architectures trained by 02_train", (nonempty, unique, each(one_of(ARCHS)))),
-    "n_per_class": Param("int", 10, "reference images per class", (within(1),)),
+    "n_per_class": Param("int", 10, "reference images per class (a class with fewer validation images gives all it has, and says so)", (within(1),)),
     "scenario": Param("str", "ward-4", "file in params/scenarios/", (one_of(scenario_names),)),
 }
 
@@ -62,6 +62,9 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
         "lr": Param("float", 0.001, "Adam learning rate at the start of the cosine schedule", (within(0, lo_open=True),)),
         "weight_decay": Param("float", 0.0001, "L2 penalty lambda", (within(0),)),
         "max_train": Param("int", 0, "0 trains on the whole train split, n > 0 on its first n images only", (within(0),)),
+        "hospital_archs": Param("list[str]", ["vgg16_bn", "resnet18"], "architectures of the hospital-wide model "
+                                "(9 classes, three sources; empty: none)", (unique, each(one_of(ARCHS)))),
+        "hospital_epochs": Param("int", 3, "training epochs of the hospital-wide models (balanced draws)", (within(1),)),
     },
     "03_xai_scores": {
         **_pick(*_DATA, "seed", "archs", "n_per_class", archs="architectures trained by 02_train to score"),
@@ -259,6 +262,26 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
         "ablation_centroids": Param("list[int]", [4, 16], "other centroid counts trained for the ablation (empty: none)",
                                     (unique, each(within(2)))),
         "emulate": Param("bool", True, "emulate the scenario's device speeds and links (False on real hardware)"),
+    },
+    "11_ward_regime": {
+        **_pick("size", "data_root", "seed", "n_per_class", seed="first seed of the reference draws (draw k uses seed + k)",
+                n_per_class="reference images per class of the ward (capped at the class's validation images)"),
+        "hospital_archs": Param("list[str]", ["vgg16_bn", "resnet18"], "hospital-wide models pruned (trained by 02_train)",
+                                (nonempty, unique, each(one_of(ARCHS)))),
+        "wards": Param("list[str]", list(WARDS), "wards, one source each: pneumonia, breast, retina",
+                       (nonempty, unique, each(one_of(tuple(WARDS))))),
+        "criteria": _CRITERIA_LIST.but(default=["lrp", "l1", "taylor", "random"],
+                                       doc="criteria on every draw, as pruned and repaired (the claim needs lrp, l1 and taylor)"),
+        "explore_criteria": _CRITERIA_LIST.but(default=["ig", "deeplift", "gradxact"], checks=(unique, each(one_of(CRITERIA))),
+                                               doc="exploration criteria, on the first explore_draws draws, as pruned only (empty: none)"),
+        "explore_draws": Param("int", 2, "reference draws of the exploration criteria (scoring IG and DeepLIFT costs most)",
+                               (within(1),)),
+        "ratios": _FRACTIONS.but(default=[0.0, 0.3, 0.5], doc="fractions of filters removed; 0.0 (the unpruned "
+                                 "model) must be one of them, the claim reads 0.3 and 0.5"),
+        "draws": Param("int", 5, "reference draws per ward (the protocol asks for at least 5)", (within(2),)),
+        "unlabelled": Param("int", 256, "unlabelled validation images of the ward for the BatchNorm repair (all, if fewer)",
+                            (within(2),)),
+        "ig_steps": Param("int", 8, "Riemann steps of integrated gradients", (within(1),)),
     },
 }
 

@@ -137,8 +137,8 @@ def data_note(steps: list[Step]) -> str:
     """Where each data file of this run is (an explicit ``data_root`` was checked by the schema)."""
     from xaiprune import data
 
-    wanted = {(p.get("dyfip_flag", p.get("flag")), p["size"], p["data_root"]) for p in (s.parameters for s in steps)
-              if "size" in p and "data_root" in p}
+    wanted = {(flag, p["size"], p["data_root"]) for p in (s.parameters for s in steps) if "size" in p and "data_root" in p
+              for flag in runinfo.read_flags(p)}
     lines = []
     for flag, size, root in sorted(wanted):
         name, dirs = data.file_name(flag, size), data.candidate_dirs(root or None)

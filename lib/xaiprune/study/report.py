@@ -214,7 +214,9 @@ img{max-width:100%;border:1px solid #eee;margin:.4em 0}
 .banner{background:#fff3cd;border:1px solid #e0b84c;padding:.6em .9em}
 """
 KEY_METRICS = {  # what the report shows per notebook (the index has everything)
-    "02_train": lambda m: {f"{a} test {k}": v[f"test_{k}"] for a, v in m.items() for k in ("acc", "auc")},
+    "02_train": lambda m: {f"{a} test {k}": v[f"test_{k}"] for a, v in m.items() if a != "hospital" for k in ("acc", "auc")}
+    | {f"hospital {a} {w} test balanced acc": v["test"]["bal_acc"] for a, by in m.get("hospital", {}).items()
+       for w, v in by.items()},
     "05_nlp": lambda m: {**{f"CBC solve time {k} (s)": v for k, v in m.get("solve_seconds", {}).items()},
                          **{f"surrogate error {k}": v for k, v in m.get("surrogate_error", {}).items()}},
     "06_rl": lambda m: {f"agent {w} {k}": m[w][k] for w in ("nominal", "fade") if w in m

@@ -13,7 +13,7 @@ from typing import Callable
 
 from medmnist import INFO
 
-from xaiprune.names import (ARCHS, CRITERIA, SCOPES, SEGMENTS, SIZES, XAI_CRITERIA, XAI_METHODS,  # noqa: F401
+from xaiprune.names import (ARCHS, CRITERIA, SCOPES, SEGMENTS, SIZES, WARDS, XAI_CRITERIA, XAI_METHODS,  # noqa: F401
                             flags_2d, multiclass_flags_2d, scenario_devices, scenario_names)
 
 DATA = ("flag", "size", "data_root")  # the parameters that locate the data file, the same in every notebook
@@ -40,8 +40,9 @@ def _data_file(v: dict) -> list[str]:
     root = Path(v["data_root"]).expanduser()
     if not root.is_dir():
         return [f"data_root={v['data_root']!r}: expected an existing folder holding the MedMNIST npz; {root} does not exist"]
-    want = root / data.file_name(v["dyfip_flag"] if "dyfip_flag" in v else v["flag"], v["size"])
-    return [] if want.is_file() else [f"data_root={v['data_root']!r}: expected the file {want}; it is not there"]
+    flags = [v["dyfip_flag"]] if "dyfip_flag" in v else [v["flag"]] if "flag" in v else list(WARDS.values())
+    wants = [root / data.file_name(f, v["size"]) for f in flags]
+    return [f"data_root={v['data_root']!r}: expected the file {w}; it is not there" for w in wants if not w.is_file()]
 
 
 def _second_ward(v: dict) -> list[str]:
@@ -95,6 +96,14 @@ RULES: dict[str, list[Callable[[dict], list[str]]]] = {
         if set(v["filter_baselines"]) & set(XAI_CRITERIA) else [],
     ],
     "10_agilenn": [_agilenn_setting],
+    "11_ward_regime": [
+        lambda v: [] if 0.0 in v["ratios"] else [f"ratios={v['ratios']}: expected 0.0 among them (the unpruned model "
+                                                 "of every ward)"],
+        lambda v: [] if v["explore_draws"] <= v["draws"] else [
+            f"explore_draws={v['explore_draws']}: expected at most draws={v['draws']} (the exploration reuses the draws)"],
+        lambda v: [f"explore_criteria: {sorted(set(v['criteria']) & set(v['explore_criteria']))} also in criteria; "
+                   "expected each criterion in one list"] if set(v["criteria"]) & set(v["explore_criteria"]) else [],
+    ],
     "07_distributed": [
         lambda v: [] if v["fault_at"] < v["fault_requests"] else [
             f"fault_at={v['fault_at']}: expected a request index below fault_requests={v['fault_requests']}"],
@@ -165,6 +174,15 @@ def _compression_arch(by: dict[str, dict]) -> list[str]:
     return [] if arch in have else [f"09_compression.archs: {arch!r} expected among 02_train.archs={have}"]
 
 
+def _hospital_archs(by: dict[str, dict]) -> list[str]:
+    """11_ward_regime prunes hospital-wide models, which 02_train must have trained."""
+    if "11_ward_regime" not in by or "02_train" not in by:
+        return []
+    want, have = by["11_ward_regime"]["hospital_archs"], by["02_train"]["hospital_archs"]
+    missing = [a for a in want if a not in have]
+    return [f"11_ward_regime.hospital_archs: {missing} expected among 02_train.hospital_archs={have}"] if missing else []
+
+
 def _one_fade(by: dict[str, dict]) -> list[str]:
     """07 serves the fade 06's agent was judged on: one depth, declared in both."""
     if "06_rl" not in by or "07_distributed" not in by:
@@ -176,5 +194,5 @@ def _one_fade(by: dict[str, dict]) -> list[str]:
 
 RUN_RULES: list[Callable[[dict[str, dict]], list[str]]] = [
     lambda by: [p for name in ("profile", *DATA) for p in _agree(by, name)],
-    _first_arch, _levels, _agent_scenario, _agilenn_arch, _compression_arch, _one_fade,
+    _first_arch, _levels, _agent_scenario, _agilenn_arch, _compression_arch, _hospital_archs, _one_fade,
 ]

@@ -13,7 +13,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-from xaiprune import data, paths, train
+from xaiprune import data, names, paths, train
 from xaiprune.study.schema import Step
 
 
@@ -44,12 +44,19 @@ def machine_state() -> dict:
             "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
+def read_flags(p: dict) -> list[str]:
+    """The MedMNIST flags a notebook with parameters ``p`` reads: ``flag``, ``dyfip_flag``, and the hospital-wide
+    model's three sources when it has ``hospital_archs``."""
+    flags = {p.get("flag"), p.get("dyfip_flag")} - {None}
+    return sorted(flags | (set(names.WARDS.values()) if p.get("hospital_archs") else set()))
+
+
 def data_files(steps: list[Step]) -> dict[str, dict]:
-    """Every MedMNIST file the run's notebooks read (``flag`` and ``dyfip_flag`` at their ``size``), with its MD5."""
+    """Every MedMNIST file the run's notebooks read (:func:`read_flags` at their ``size``), with its MD5."""
     out = {}
     for step in steps:
         p = step.parameters
-        for flag in sorted({p.get("flag"), p.get("dyfip_flag")} - {None}):
+        for flag in read_flags(p):
             size, name = p.get("size", 28), data.file_name(flag, p.get("size", 28))
             if name in out:
                 continue
