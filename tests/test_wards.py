@@ -70,3 +70,17 @@ def test_the_claim_needs_two_wards_above_both_baselines_by_the_margin():
     assert wards.claim(none, "vgg16_bn", names, 5, 0.05, 2, [0.3, 0.5])["verdict_"] == "not supported"
     gone = [r for r in results if not (r["ward"] == "retina" and r["baseline"] == "taylor")]
     assert wards.claim(gone, "vgg16_bn", names, 5, 0.05, 2, [0.3, 0.5])["verdict_"] == "not measured"
+
+
+def test_a_ward_recalibrates_only_its_own_classes():
+    from xaiprune.pruning import repair_study
+    model = small(1, 9)
+    test = data.ward_split(hospital_split("test"), "breast")
+    ev = comparison.Evaluator(model, test, ward="breast")
+    m = ev.evaluate(model)["model"]
+    ref = data.ward_split(hospital_split("val", seed=3), "breast")
+    ref_logits = torch.randn(len(ref), 9, generator=torch.Generator().manual_seed(0)).double()
+    refit = repair_study._refit(ev, m, ref_logits, ref)["model"]
+    shift = ev.logits[refit] - ev.logits[m]
+    others = [c for c in range(9) if c not in (2, 3)]
+    assert np.allclose(shift[:, others], 0) and not np.allclose(shift[:, [2, 3]], 0)

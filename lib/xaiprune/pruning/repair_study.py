@@ -67,8 +67,14 @@ def _shifted(evaluator: comparison.Evaluator, model_id: int, shift: torch.Tensor
 
 def _refit(evaluator: comparison.Evaluator, model_id: int, ref_logits: torch.Tensor, reference: data.Split) -> dict:
     """Decision recalibration of a measured model: the bias shift fitted on its reference logits, applied to its
-    stored test logits (equal to evaluating :func:`xaiprune.pruning.repairs.recalibrate_decision`'s copy)."""
-    shift = repairs.fit_bias(ref_logits, reference.y, multilabel=evaluator.multilabel)
+    stored test logits (equal to evaluating :func:`xaiprune.pruning.repairs.recalibrate_decision`'s copy). An
+    evaluator of a ward refits only the ward's own classes, on their logits (the others' biases stay: a ward's
+    reference set says nothing about them, and a fit over all outputs would push them down without end)."""
+    if evaluator.ward is None:
+        return _shifted(evaluator, model_id, repairs.fit_bias(ref_logits, reference.y, multilabel=evaluator.multilabel))
+    ward = data.ward(evaluator.ward)
+    shift = torch.zeros(ref_logits.shape[1], dtype=torch.float64)
+    shift[ward.classes] = repairs.fit_bias(ref_logits[:, ward.classes], reference.y - ward.offset)
     return _shifted(evaluator, model_id, shift)
 
 
