@@ -84,3 +84,13 @@ def test_a_ward_recalibrates_only_its_own_classes():
     shift = ev.logits[refit] - ev.logits[m]
     others = [c for c in range(9) if c not in (2, 3)]
     assert np.allclose(shift[:, others], 0) and not np.allclose(shift[:, [2, 3]], 0)
+
+
+def test_the_two_regimes_are_read_from_the_advantages():
+    ep = lambda b: {"0.3": {"acc": b, "bal_acc": b, "auc": b}}  # noqa: E731
+    regime = {"vgg16_bn": {"pneumonia": {"lrp": ep(0.8), "l1": ep(0.6), "taylor": ep(0.7)},
+                           "breast": {"lrp": ep(0.7), "l1": ep(0.5), "taylor": ep(0.6)}}}
+    own = {"vgg16_bn": {"lrp": ep(0.6), "l1": ep(0.6), "taylor": ep(0.65)}}
+    text = wards.two_regimes(regime, own, [0.3])[0]
+    assert "+10.0 points (pneumonia)" in text and "-5.0 on the model trained" in text and "breadth helps LRP" in text
+    assert "not measured" in wards.two_regimes(regime, None, [0.3])[0]

@@ -43,6 +43,7 @@ PRIMARY = verdict.PRIMARY
 BASELINES = ("l1", "taylor")
 REPAIRED = "batchnorm+recalibrate"
 STATES = ("none", REPAIRED)
+POINTS_NOTE = 0.02  # two regimes whose mean LRP advantages differ by less than this are read as alike (prose only)
 
 # Yeom et al. 2021 (Fig. 4 and 5): ImageNet models pruned for random 3-class subsets, no fine-tuning, mean of
 # 20 runs; test accuracy (%) by criterion. Drawn for orientation only: another data set, another model.
@@ -189,3 +190,41 @@ def curves(frame: pd.DataFrame, state: str = "none") -> pd.DataFrame:
     """Mean balanced accuracy (and its spread over draws) per criterion and ratio, for the figure."""
     at = frame[frame["repair"] == state]
     return at.groupby(["criterion", "ratio"])["bal_acc"].agg(["mean", "std"]).reset_index()
+
+
+def _advantage(means: dict, ratio: float) -> float | None:
+    """LRP minus the better of L1 and Taylor in ``means`` (criterion -> ratio string -> endpoints), balanced accuracy."""
+    key = f"{ratio:g}"
+    try:
+        return means[PRIMARY][key]["bal_acc"] - max(means[b][key]["bal_acc"] for b in BASELINES)
+    except KeyError:
+        return None
+
+
+def two_regimes(regime: dict, own: dict | None, ratios: list[float]) -> list[str]:
+    """Sentences on what the two regimes say together: LRP's advantage over the better of L1 and Taylor (mean test
+    balanced accuracy, no repair) per ward here (``regime``: :func:`metrics`'s ``regime``), beside the same
+    advantage on the model of the ward's own task (``own``: notebook 04's metrics, or None when it did not run)."""
+    out = []
+    for arch, by_ward in regime.items():
+        for r in ratios:
+            here = {w: _advantage(m, r) for w, m in by_ward.items()}
+            here = {w: v for w, v in here.items() if v is not None}
+            if not here:
+                continue
+            there = _advantage(own[arch], r) if own and arch in own else None
+            mean = float(np.mean(list(here.values())))
+            text = (f"{arch}, {r:.0%} of filters removed: LRP minus the better of L1 and Taylor is "
+                    + ", ".join(f"{v * 100:+.1f} points ({w})" for w, v in here.items())
+                    + f" on the broad model's wards (mean {mean * 100:+.1f})")
+            if there is None:
+                out.append(text + "; the own-task model of 04 was not measured at this ratio in this profile.")
+                continue
+            gap = mean - there
+            reading = ("breadth helps LRP, as Yeom et al. argue" if gap > POINTS_NOTE else
+                       "breadth does not help LRP here" if gap < -POINTS_NOTE else "the two regimes are within "
+                       f"{POINTS_NOTE * 100:g} points of each other")
+            out.append(text + f", against {there * 100:+.1f} on the model trained for the pneumonia task alone (04): "
+                       f"{reading}.")
+    return out
+
