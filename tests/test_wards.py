@@ -68,6 +68,8 @@ def test_the_claim_needs_two_wards_above_both_baselines_by_the_margin():
     assert wards.claim(weaker, "vgg16_bn", names, 5, 0.05, 2, [0.3, 0.5])["verdict_"] == "partly supported"
     none = [{**r, "diff": -0.01, "above_margin": False} for r in results]
     assert wards.claim(none, "vgg16_bn", names, 5, 0.05, 2, [0.3, 0.5])["verdict_"] == "not supported"
+    collapsed = [{**r, "diff": 0.001, "above_margin": True} for r in results]  # 0.501 against 0.500: no win
+    assert wards.claim(collapsed, "vgg16_bn", names, 5, 0.05, 2, [0.3, 0.5])["verdict_"] == "not supported"
     gone = [r for r in results if not (r["ward"] == "retina" and r["baseline"] == "taylor")]
     assert wards.claim(gone, "vgg16_bn", names, 5, 0.05, 2, [0.3, 0.5])["verdict_"] == "not measured"
 
