@@ -221,9 +221,13 @@ def two_regimes(regime: dict, own: dict | None, ratios: list[float]) -> list[str
                 out.append(text + "; the own-task model of 04 was not measured at this ratio in this profile.")
                 continue
             gap = mean - there
-            reading = ("breadth helps LRP, as Yeom et al. argue" if gap > POINTS_NOTE else
-                       "breadth does not help LRP here" if gap < -POINTS_NOTE else "the two regimes are within "
-                       f"{POINTS_NOTE * 100:g} points of each other")
+            if gap > POINTS_NOTE:
+                reading = ("breadth helps LRP, as Yeom et al. argue" if mean > 0 else "LRP trails the better weight "
+                           "criterion in both regimes, by less on the broad model: breadth narrows the gap, it does not "
+                           "reverse it")
+            else:
+                reading = ("breadth does not help LRP here" if gap < -POINTS_NOTE else
+                           f"the two regimes are within {POINTS_NOTE * 100:g} points of each other")
             out.append(text + f", against {there * 100:+.1f} on the model trained for the pneumonia task alone (04): "
                        f"{reading}.")
     return out
