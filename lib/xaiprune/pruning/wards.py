@@ -218,7 +218,7 @@ def two_regimes(regime: dict, own: dict | None, ratios: list[float]) -> list[str
                     + ", ".join(f"{v * 100:+.1f} points ({w})" for w, v in here.items())
                     + f" on the broad model's wards (mean {mean * 100:+.1f})")
             if there is None:
-                out.append(text + "; the own-task model of 04 was not measured at this ratio in this profile.")
+                out.append(text + f"; 04 measured no own-task {arch} at this ratio in this profile.")
                 continue
             gap = mean - there
             if gap > POINTS_NOTE:
