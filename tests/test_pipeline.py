@@ -170,20 +170,24 @@ def test_to_before_from_is_refused(no_execution, capsys):
 
 
 SITECUSTOMIZE = """
-# Test only: trust the synthetic file (its MD5 and split sizes) in every process of the run (pipeline, kernels, workers).
+# Test only: trust the synthetic files (their MD5 and split sizes) in every process of the run (pipeline, kernels, workers).
 import medmnist.info
-medmnist.info.INFO[{flag!r}].update(MD5={md5!r}, n_samples={n!r})
+for flag, md5 in {md5s!r}.items():
+    medmnist.info.INFO[flag].update(MD5=md5, n_samples={n!r})
 """
 
 
 @pytest.mark.slow
 def test_smoke_chain_on_a_synthetic_multiclass_flag(tmp_path):
-    """Every notebook runs unchanged on a 5-class RGB flag (synthetic, in the official format)."""
+    """Every notebook runs unchanged on a 5-class RGB flag (synthetic, in the official format); the hospital-wide
+    model of 02 and 11 unites it with synthetic pneumonia and breast files."""
     flag, n = "retinamnist", {"train": 400, "val": 300, "test": 100}
-    path = write_synthetic(tmp_path / "data", flag, n=n, separable=True)
+    md5s = {f: data.md5sum(write_synthetic(tmp_path / "data", f, n=n, separable=True))
+            for f in ("pneumoniamnist", "breastmnist", flag)}
+    path = tmp_path / "data" / data.file_name(flag, 28)
     hook = tmp_path / "hook"
     hook.mkdir()
-    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE.format(flag=flag, md5=data.md5sum(path), n=n))
+    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE.format(md5s=md5s, n=n))
     out = run_smoke(tmp_path / "project", path.parent, "-p", f"flag={flag}",
                     PYTHONPATH=os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
     m = json.loads((out / "summary.json").read_text())["metrics"]
