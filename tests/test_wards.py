@@ -94,7 +94,7 @@ def test_the_two_regimes_are_read_from_the_advantages():
                            "breast": {"lrp": ep(0.7), "l1": ep(0.5), "taylor": ep(0.6)}}}
     own = {"vgg16_bn": {"lrp": ep(0.6), "l1": ep(0.6), "taylor": ep(0.65)}}
     text = wards.two_regimes(regime, own, [0.3])[0]
-    assert "+10.0 points (pneumonia)" in text and "-5.0 on the model trained" in text and "breadth helps LRP" in text
+    assert "+10.0 points (pneumonia)" in text and "-5.0 on 04's model" in text and "breadth helps LRP" in text
     assert "04 measured no own-task vgg16_bn" in wards.two_regimes(regime, None, [0.3])[0]
     behind = {"vgg16_bn": {w: {**m, "lrp": ep(0.55)} for w, m in regime["vgg16_bn"].items()}}
     assert "does not reverse it" in wards.two_regimes(behind, {"vgg16_bn": {**own["vgg16_bn"], "lrp": ep(0.4)}}, [0.3])[0]

@@ -49,8 +49,6 @@ class ScarceClassWarning(UserWarning):
     """A class has fewer validation images than a reference set asks for: all of them were drawn."""
 
 
-
-
 @dataclass(frozen=True)
 class Ward:
     """One source of the ``hospital`` flag: its name, MedMNIST flag and the hospital labels of its classes."""
@@ -63,6 +61,10 @@ class Ward:
     @property
     def classes(self) -> list[int]:
         return list(range(self.offset, self.offset + self.n_classes))
+
+    @property
+    def task(self) -> str:
+        return "binary-class" if self.n_classes == 2 else "multi-class"
 
 
 def wards() -> list[Ward]:
@@ -307,8 +309,7 @@ def restrict(y: np.ndarray, logits: torch.Tensor | np.ndarray, name: str) -> tup
     """
     w = ward(name)
     local = torch.as_tensor(np.asarray(logits))[:, w.classes].double()
-    task = "binary-class" if w.n_classes == 2 else "multi-class"
-    return np.asarray(y).reshape(-1, 1) - w.offset, torch.softmax(local, dim=1).numpy(), task
+    return np.asarray(y).reshape(-1, 1) - w.offset, torch.softmax(local, dim=1).numpy(), w.task
 
 
 def class_names(flag: str) -> list[str]:

@@ -78,7 +78,7 @@ class Evaluator:
         if ward is not None:
             if not np.isin(self.y, data.ward(ward).classes).all():
                 raise ValueError(f"ward={ward!r}: the split holds images of other wards; pass data.ward_split(split, {ward!r})")
-            self.y, _, self.task = data.restrict(self.y, np.zeros((len(self.y), len(data.info(split.flag)["label"]))), ward)
+            self.y, self.task = self.y - data.ward(ward).offset, data.ward(ward).task
         self.multilabel = train.is_multilabel(split.flag)
         self.scores: list[np.ndarray] = []  # per-image probabilities of model id i, (N, n_classes)
         self.logits: list[np.ndarray] = []  # per-image logits of model id i (repairs shift them)

@@ -186,12 +186,6 @@ def metrics(arch: str, runs: dict[str, tuple[comparison.Evaluator, pd.DataFrame]
     return {"regime": {arch: out}}
 
 
-def curves(frame: pd.DataFrame, state: str = "none") -> pd.DataFrame:
-    """Mean balanced accuracy (and its spread over draws) per criterion and ratio, for the figure."""
-    at = frame[frame["repair"] == state]
-    return at.groupby(["criterion", "ratio"])["bal_acc"].agg(["mean", "std"]).reset_index()
-
-
 def _advantage(means: dict, ratio: float) -> float | None:
     """LRP minus the better of L1 and Taylor in ``means`` (criterion -> ratio string -> endpoints), balanced accuracy."""
     key = f"{ratio:g}"
@@ -228,7 +222,7 @@ def two_regimes(regime: dict, own: dict | None, ratios: list[float]) -> list[str
             else:
                 reading = ("breadth does not help LRP here" if gap < -POINTS_NOTE else
                            f"the two regimes are within {POINTS_NOTE * 100:g} points of each other")
-            out.append(text + f", against {there * 100:+.1f} on the model trained for the pneumonia task alone (04): "
+            out.append(text + f", against {there * 100:+.1f} on 04's model, trained for the study's flag alone: "
                        f"{reading}.")
     return out
 
