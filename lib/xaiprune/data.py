@@ -77,10 +77,9 @@ def wards() -> list[Ward]:
 
 
 def ward(name: str) -> Ward:
-    found = {w.name: w for w in wards()}
-    if name not in found:
-        raise ValueError(f"ward={name!r}; expected one of {list(found)}")
-    return found[name]
+    if (found := {w.name: w for w in wards()}.get(name)) is None:
+        raise ValueError(f"ward={name!r}; expected one of {[w.name for w in wards()]}")
+    return found
 
 
 def info(flag: str) -> dict:
