@@ -39,15 +39,14 @@ def tail_of(model, block=1):
     return prefix, tail, shape
 
 
-def test_a_cached_subnetwork_gives_the_logits_of_the_full_tail_with_the_same_filters_zeroed():
+def test_a_subnetwork_gives_the_logits_of_the_full_tail_with_the_same_filters_zeroed():
     model = five_class_cnn()
     _, tail, shape = tail_of(model)
     relevance = random_relevance(model)
     builder = subnets.SubnetBuilder(tail, shape)
-    cache = subnets.SubnetCache(lambda s: builder.build(builder.plan(subnets.subset_scores(relevance, s), 0.5)), 2)
     x = torch.randn(7, *shape, generator=torch.Generator().manual_seed(1))
-    for s in [(0, 3), (1, 2), (0, 3)]:
-        sub = cache.get(s)
+    for s in [(0, 3), (1, 2)]:
+        sub = builder.build(builder.plan(subnets.subset_scores(relevance, s), 0.5))
         plan = builder.plan(subnets.subset_scores(relevance, s), 0.5)
         removed = builder.removed_filters(plan)
         assert {layer: len(idx) for layer, idx in removed.items()} == {"segments.block2.0": 16, "segments.block3.0": 32}
@@ -57,7 +56,6 @@ def test_a_cached_subnetwork_gives_the_logits_of_the_full_tail_with_the_same_fil
             got, want, full = sub(x), masked(x), tail(x)
         assert torch.allclose(got, want, atol=1e-5, rtol=0), (got - want).abs().max()
         assert not torch.allclose(got, full, atol=1e-3)  # the zeroing matters: this is not the unpruned tail
-    assert (cache.hits, cache.misses) == (1, 2)
     assert [c.out_channels for c in models.conv_layers(tail).values()] == [32, 64]  # the original tail is untouched
 
 
@@ -122,7 +120,8 @@ def test_flops_of_a_subnetwork_fall_with_keep():
 
 
 @pytest.mark.parametrize("change,match", [
-    ({"k": 0}, "k=0"), ({"k": 5}, "k=5: expected 1 <= k < 5"), ({"keeps": [0.5, 0.0]}, r"keeps=\[0.5, 0.0\]"),
+    ({"ks": [0]}, r"ks=\[0\]"), ({"ks": [2, 5]}, r"ks=\[2, 5\]: expected each k with 1 <= k < 5"), ({"ks": []}, r"ks=\[\]"),
+    ({"keeps": [0.5, 0.0]}, r"keeps=\[0.5, 0.0\]"),
     ({"keeps": [1.5]}, r"keeps=\[1.5\]"), ({"keeps": []}, r"keeps=\[\]"), ({"taus": [0.0, 1.0]}, r"taus=\[0.0, 1.0\]"),
     ({"branch_block": 0}, "branch_block=0"),
     ({"branch_block": 3}, "branch_block=3: expected 1 <= branch_block < 3"),
@@ -130,14 +129,17 @@ def test_flops_of_a_subnetwork_fall_with_keep():
     ({"flag": "chestmnist"}, "dyfip_flag='chestmnist'.*multi-label"),
 ])
 def test_bad_settings_are_refused_by_the_library_naming_the_parameter(change, match):
-    setting = {"flag": "retinamnist", "size": 28, "n_segments": 3, "k": 2, "keeps": [0.5], "taus": [0.9, 1.0], "branch_block": 1}
+    setting = {"flag": "retinamnist", "size": 28, "n_segments": 3, "ks": [2], "keeps": [0.5], "taus": [0.9, 1.0], "branch_block": 1}
     with pytest.raises(ValueError, match=match):
         dyfip.check_setting(**{**setting, **change})
 
 
 @pytest.mark.parametrize("change,match", [
-    ({"k": 0}, "08_dyfip: k=0: expected a value in [1, inf)"),
-    ({"k": 5}, "08_dyfip: k=5: expected 1 <= k < 5, the number of classes of dyfip_flag='retinamnist'"),
+    ({"ks": [0]}, "08_dyfip: ks=[0]: expected every element a value in [1, inf)"),
+    ({"ks": [2, 9]}, "08_dyfip: ks=[2, 9]: expected every k with 1 <= k < 9, the number of classes of dyfip_flag='hospital'"),
+    ({"ks": [2, 5]}, "08_dyfip: ks=[2, 5]: expected every k with 1 <= k < 5, the number of classes of second_flag='retinamnist'"),
+    ({"second_flag": "hospital"}, "08_dyfip: second_flag='hospital': expected another flag than dyfip_flag"),
+    ({"second_flag": "breastmnist"}, "08_dyfip: second_flag='breastmnist': expected a single-label"),
     ({"keeps": [0.5, 0.0]}, "08_dyfip: keeps=[0.5, 0.0]: expected every element a value in (0, 1]"),
     ({"taus": [0.0]}, "08_dyfip: taus=[0.0]: expected every element a value in (0, 1]"),
     ({"branch_seeds": 0}, "08_dyfip: branch_seeds=0: expected a value in [1, inf)"),
@@ -164,7 +166,7 @@ def test_a_binary_flag_fails_the_pipeline_check_before_any_notebook_runs(monkeyp
     assert "08_dyfip: dyfip_flag='breastmnist': expected a single-label" in capsys.readouterr().err
     # the study's binary flag does not reach notebook 08: its own flag keeps its value
     steps = pipeline.plan(pipeline.discover(), pipeline.load_profile("default"), ["flag=breastmnist"])
-    assert {s.stem: s.parameters for s in steps}["08_dyfip"]["dyfip_flag"] == "retinamnist"
+    assert {s.stem: s.parameters for s in steps}["08_dyfip"]["dyfip_flag"] == "hospital"
 
 
 def test_names_repeated_in_the_schema_agree_with_the_library():
@@ -194,16 +196,18 @@ def test_reference_sets_are_capped_at_a_class_share_and_the_cap_is_reported():
         data.reference_set(data.Split(val.x, val.y, "retinamnist", "test", 28), 10)
 
 
-def test_the_lru_cache_drops_the_least_recently_used_subnetwork():
-    built = []
-    cache = subnets.SubnetCache(lambda key: built.append(key) or nn.Linear(2, 2), capacity=2)
-    for key in ["a", "b", "a", "c", "b", "a"]:
-        cache.get(key)
-    assert built == ["a", "b", "c", "b", "a"]  # b dropped by c (a was used more recently), then a dropped by b
-    assert (cache.hits, cache.misses) == (1, 5) and cache.hit_rate == pytest.approx(1 / 6)
-    assert list(cache.entries) == ["b", "a"] and len(cache.build_seconds) == 5
-    with pytest.raises(ValueError, match="capacity=0"):
-        subnets.SubnetCache(lambda k: None, 0)
+def test_the_truncated_top_k_entropy_frees_the_k_minus_1_strongest_rivals():
+    logits = torch.tensor([[3.0, 1.0, 0.0, -1.0], [0.0, 2.0, 1.0, -3.0]])
+    y = torch.tensor([1, 0])
+    ce = torch.nn.functional.cross_entropy(logits, y)
+    assert torch.allclose(dyfip.topk_entropy(logits, y, 1), ce)  # k = 1 is the cross-entropy
+    # k = 2: the strongest rival is free; the loss is log(1 + sum of exp(z_j - z_y) over the others)
+    # row 1: rivals 3, 0, -1 against 1 -> +2 free, -1 and -2 left; row 2: rivals 2, 1, -3 against 0 -> +2 free, +1 and -3 left
+    by_hand = (torch.log1p(torch.exp(torch.tensor(-1.0)) + torch.exp(torch.tensor(-2.0)))
+               + torch.log1p(torch.exp(torch.tensor(1.0)) + torch.exp(torch.tensor(-3.0)))) / 2
+    assert torch.allclose(dyfip.topk_entropy(logits, y, 2), by_hand)
+    assert dyfip.topk_entropy(logits, y, 2) < dyfip.topk_entropy(logits, y, 1)
+    assert torch.allclose(dyfip.branch_loss(logits, y, 2), ce + by_hand) and torch.allclose(dyfip.branch_loss(logits, y, 1), ce)
 
 
 def test_the_branch_learns_separable_features_deterministically():
@@ -211,13 +215,14 @@ def test_the_branch_learns_separable_features_deterministically():
     y = torch.arange(200) % N_CLASSES
     x = torch.randn(200, 8, 3, 3, generator=gen) * 0.5
     x[torch.arange(200), y] += 3.0  # class c lights up channel c
-    heads = [dyfip.train_branch(x[:150], y[:150], x[150:], y[150:], N_CLASSES, width=16, epochs=15, seed=1, lr=1e-2)
-             for _ in range(2)]
-    (head, history), (other, _) = heads
+    heads = [dyfip.train_branch(x[:150], y[:150], x[150:], y[150:], N_CLASSES, width=16, epochs=15, seed=1, lr=1e-2,
+                                batch_size=64, k=k, weights=w) for k, w in ((1, None), (1, None), (2, torch.ones(150)))]
+    (head, history), (other, _), (top2, _) = heads
     assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(), other.state_dict().values()))
     with torch.no_grad():
         acc = (head(x[150:]).argmax(1) == y[150:]).float().mean()
-    assert acc > 0.9 and len(history) == 15 and not head.training
+        recall = dyfip.topk_recall(top2(x[150:]), y[150:], 2)
+    assert acc > 0.9 and len(history) == 15 and not head.training and recall > 0.9
 
 
 def tiny_engines(n_branches: int = 2, split: str = "test") -> tuple[models.SegmentedModel, list[dyfip.Engine]]:
@@ -260,16 +265,17 @@ def test_the_validation_grid_averages_over_branch_seeds_and_the_engine_agrees_wi
     """keep=1 and no refresh is the full tail restricted to the candidates; static keep=1 is the full model;
     a matched static model costs no more than the budget; serving one image at a time gives the batched answers."""
     _, engs = tiny_engines(2, split="val")
-    frame = evaluation.grid(engs, 2, [0.5, 1.0], [0.2, 1.0], "none")
-    assert len(frame) == 2 * 2 * 2 + 2 * 2 + 2 * 2  # DyFiP seeds x keeps x taus, static per keep, exit per seed x tau
+    frame = evaluation.grid({2: engs, 3: engs}, [0.5, 1.0], [0.2, 1.0], "none")
+    assert len(frame) == 2 * (2 * 2 * 2) + 2 * 2 + 2 * (2 * 2)  # k x seeds x keeps x taus, static per keep, exit per k, seed, tau
+    assert set(frame.query("policy == 'dyfip'")["k"]) == {2, 3} and set(frame.query("policy == 'static_l1'")["k"]) == {0}
     for j, e in enumerate(engs):
-        at_one = frame.query(f"policy == 'dyfip' and branch_seed == {j} and keep == 1.0 and tau_exit == 1.0").iloc[0]
+        at_one = frame.query(f"policy == 'dyfip' and k == 2 and branch_seed == {j} and keep == 1.0 and tau_exit == 1.0").iloc[0]
         assert at_one["bal_acc"] == e.metrics(e.full_restricted(2, 1.0))["bal_acc"] and at_one["exit_rate"] == 0
     static_one = frame.query("policy == 'static_l1' and keep == 1.0").iloc[0]
     assert static_one["acc"] == engs[0].metrics(engs[0].exit_only(1.0))["acc"]
     means = evaluation.seed_means(frame)
-    row = means.query("policy == 'dyfip' and keep == 0.5 and tau_exit == 0.2").iloc[0]
-    seeds = frame.query("policy == 'dyfip' and keep == 0.5 and tau_exit == 0.2")
+    row = means.query("policy == 'dyfip' and k == 3 and keep == 0.5 and tau_exit == 0.2").iloc[0]
+    seeds = frame.query("policy == 'dyfip' and k == 3 and keep == 0.5 and tau_exit == 0.2")
     assert row["seeds"] == 2 and row["bal_acc"] == pytest.approx(seeds["bal_acc"].mean())
     assert row["bal_acc_sd"] == pytest.approx(seeds["bal_acc"].std(ddof=1))
     assert row["max_flops_ratio"] == seeds["max_flops_ratio"].max()
@@ -277,9 +283,16 @@ def test_the_validation_grid_averages_over_branch_seeds_and_the_engine_agrees_wi
     kp = engs[0].matched_keep(budget)
     assert engs[0].static_macs("l1", kp) <= budget < engs[0].static_macs("l1", min(1.0, kp + 2 ** -9))
     assert engs[0].static_macs("xai_total", kp) == engs[0].static_macs("l1", kp)  # FLOPs: how many filters, not which
-    served = serve.stream(engs[1], 2, 0.5, 1.0, "candidates", capacity=3, n_images=12)
-    batched = evaluation.at_point(engs, 2, 0.5, 1.0, "candidates", draws=1)["dyfip"][1].probs[:12].argmax(1)
-    assert np.array_equal(served["preds"], batched) and served["hits"] + served["misses"] == 12
+    outcomes = evaluation.at_point(engs, 2, 0.5, 0.2, "candidates", draws=1)
+    nets = {name: serve.prebuild(engs[1], 2, 0.5, "candidates", sel) for name, sel in serve.SELECTION.items()}
+    assert all(len(v["nets"]) == 10 for v in nets.values())  # C(5, 2) candidate sets, every one built ahead of time
+    log = serve.serve(engs[1], 2, 0.2, nets, n_images=12)
+    assert len(log) == 12 * len(serve.POLICIES) and log.groupby("image")["policy"].nunique().eq(len(serve.POLICIES)).all()
+    batched = {name: outcomes[name][1].probs for name in serve.SELECTION} | {"full": engs[1].full().probs}
+    assert serve.agreement(log, batched) == {p: 1.0 for p in batched}  # served one at a time = batched, every policy
+    table = serve.latency_table(log)
+    assert list(table.index) == list(serve.POLICIES) and table.loc["full", "worst_vs_full"] == 1.0
+    assert (table["worst_ms"] >= table["p99_ms"]).all() and (table["p99_ms"] >= table["median_ms"]).all()
 
 
 def test_the_operating_point_is_the_cheapest_within_the_margin_else_the_most_accurate():
@@ -289,7 +302,9 @@ def test_the_operating_point_is_the_cheapest_within_the_margin_else_the_most_acc
         {"policy": "dyfip", "keep": 0.5, "tau_exit": 0.9, "bal_acc": 0.59, "mean_flops_ratio": 0.4},
         {"policy": "dyfip", "keep": 0.8, "tau_exit": 1.0, "bal_acc": 0.62, "mean_flops_ratio": 0.7},
         {"policy": "static_l1", "keep": 0.1, "tau_exit": 1.0, "bal_acc": 0.90, "mean_flops_ratio": 0.05}])  # never chosen
+    means["k"] = [2, 2, 3, 3, 0]
     point = evaluation.choose(means, 0.60, -0.02)
+    assert point["k"] == 3
     assert (point["keep"], point["tau_exit"], point["points_within_margin"], point["points"]) == (0.5, 0.9, 3, 4)
     assert point["val_bal_acc"] == 0.59 and point["val_mean_flops_ratio"] == 0.4 and point["val_full_bal_acc"] == 0.60
     fallback = evaluation.choose(means, 0.70, -0.02)  # nothing within 2 points: the best balanced accuracy
@@ -308,67 +323,84 @@ def answers(y: np.ndarray, right: np.ndarray, n_classes: int = 3) -> np.ndarray:
     return np.eye(n_classes)[np.where(right, y, (y + 1) % n_classes)]
 
 
-def test_the_claim_is_decided_on_balanced_accuracy_with_holm_and_the_flops_bound():
+DECLARED = {"max_flops": 0.5, "points_static_tail": 0.02, "max_worst_latency": 0.6}
+
+
+def latency(dyfip_worst: float) -> pd.DataFrame:
+    return pd.DataFrame({"worst_ms": [10.0, 10 * dyfip_worst], "worst_vs_full": [1.0, dyfip_worst]}, index=["full", "dyfip"])
+
+
+def test_the_claim_is_decided_on_balanced_accuracy_with_holm_the_flops_bound_and_the_worst_case():
     y = np.repeat([0, 1, 2], [180, 60, 60])
     majority = np.eye(3)[np.zeros(len(y), int)]  # ACC 0.6, balanced accuracy 1/3
     balanced = answers(y, np.concatenate([np.arange(n) < 0.6 * n for n in (180, 60, 60)]))  # ACC 0.6, BA 0.6
     out = lambda probs, flops: [dyfip.Outcome(p, np.full(len(y), flops), np.zeros(len(y), bool)) for p in probs]  # noqa: E731
     engine = fake_engine(y, majority)
     assert stats.endpoints(y, balanced, "multi-class")["acc"] == stats.endpoints(y, majority, "multi-class")["acc"]
-    c = dyfip_analysis.claim(engine, {"dyfip": out([balanced] * 3, 40), "random": out([majority] * 6, 40)}, 0.5, -0.02, 0.0,
-                             n_boot=300)
+
+    def claim(dy, agnostic, rnd, flops=40, worst=0.5, eng=engine):
+        outcomes = {"dyfip": out(dy, flops), "branch_static_tail": out(agnostic, flops), "random_specific": out(rnd, flops)}
+        return dyfip_analysis.claim(eng, outcomes, latency(worst), DECLARED, -0.02, n_boot=300)
+
+    c = claim([balanced] * 3, [majority] * 3, [majority] * 6)
     assert c["verdict"] == stats.SUPPORTED and c["vs_full"]["diff"] == pytest.approx(0.6 - 1 / 3, abs=5e-5)  # ACC equal, BA not
-    assert c["vs_full"]["n_seeds"] == [3, 1] and c["vs_random"]["n_seeds"] == [3, 6] and c["mean_flops_ratio"] == 0.4
-    assert {"p_holm", "interval_holm"} <= set(c["vs_full"]) and "boot" not in c["vs_random"]
+    assert c["vs_full"]["n_seeds"] == [3, 1] and c["vs_random_specific"]["n_seeds"] == [3, 6] and c["mean_flops_ratio"] == 0.4
+    assert c["vs_branch_static_tail"]["n_seeds"] == [3, 3] and {"p_holm", "interval_holm"} <= set(c["vs_full"])
     lines = dyfip_analysis.target_lines(c)
-    assert "at most 50%" in lines[0] and lines[0].endswith("met") and lines[-1] == "verdict: supported"
-    costly = dyfip_analysis.claim(engine, {"dyfip": out([balanced], 60), "random": out([majority], 60)}, 0.5, -0.02, 0.0,
-                                  n_boot=300)
-    assert costly["verdict"] == stats.PARTLY and not costly["flops_met"] and "NOT met" in dyfip_analysis.target_lines(costly)[0]
-    same = dyfip_analysis.claim(engine, {"dyfip": out([majority], 40), "random": out([majority], 40)}, 0.5, -0.02, 0.0,
-                                n_boot=300)
-    assert same["vs_full"]["above_margin"] and not same["vs_random"]["above_margin"] and same["verdict"] == stats.PARTLY
-    worse = dyfip_analysis.claim(fake_engine(y, balanced), {"dyfip": out([majority], 40), "random": out([balanced], 40)},
-                                 0.5, -0.02, 0.0, n_boot=300)
+    assert "at most 50%" in lines[0] and all(line.endswith("met") for line in lines[:-1]) and lines[-1] == "verdict: supported"
+    slow = claim([balanced] * 3, [majority] * 3, [majority] * 6, worst=0.8)
+    assert slow["verdict"] == stats.PARTLY and not slow["parts"]["worst_latency"] and "NOT met" in dyfip_analysis.target_lines(slow)[-2]
+    costly = claim([balanced], [majority], [majority], flops=60)
+    assert costly["verdict"] == stats.PARTLY and not costly["parts"]["flops"]
+    agnostic = claim([balanced] * 3, [balanced] * 3, [majority] * 6)  # the class-agnostic tail does as well: no lead
+    assert not agnostic["parts"]["vs_branch_static_tail"] and agnostic["verdict"] == stats.PARTLY
+    worse = claim([majority], [balanced], [balanced], eng=fake_engine(y, balanced))
     assert worse["verdict"] == stats.NOT and not worse["wins_somewhere"]
 
 
 def test_the_test_at_the_chosen_point_runs_every_policy_per_seed_and_fills_the_metrics():
     _, engs = tiny_engines(2)
     outcomes = evaluation.at_point(engs, 2, 0.5, 0.3, "candidates", draws=3)
-    assert {p: len(o) for p, o in outcomes.items()} == {"dyfip": 2, "dyfip_no_refresh": 2, "oracle": 2, "random": 6,
-                                                        "branch_alone": 2, "exit_only": 2, "branch_topk_full_tail": 2}
-    rnd, dy = outcomes["random"], outcomes["dyfip"]
+    assert {p: len(o) for p, o in outcomes.items()} == {
+        "dyfip": 2, "dyfip_no_refresh": 2, "oracle": 2, "branch_only": 2, "branch_static_tail": 2, "random_specific": 6,
+        "random_agnostic": 6, "exit_only": 2, "branch_topk_full_tail": 2}
+    rnd, dy, agn = outcomes["random_specific"], outcomes["dyfip"], outcomes["random_agnostic"]
     assert not np.array_equal(rnd[0].probs, rnd[2].probs)  # draws 0 and 1 of branch seed 0 keep other filters
-    assert all(np.array_equal(r.macs, dy[i % 2].macs) for i, r in enumerate(rnd))  # the same width costs the same
-    alone = outcomes["branch_alone"][0]
+    assert not np.array_equal(agn[0].probs, agn[2].probs)
+    for policy in ("random_specific", "random_agnostic", "branch_static_tail"):  # the same width costs the same
+        assert all(np.array_equal(r.macs, dy[i % 2].macs) for i, r in enumerate(outcomes[policy]))
+        assert all(np.array_equal(r.exited, dy[i % 2].exited) for i, r in enumerate(outcomes[policy]))  # the same exits
+    alone = outcomes["branch_only"][0]
     assert alone.exited.all() and (alone.macs == engs[0].prefix_macs + engs[0].branch_macs).all()
-    frame = evaluation.grid(engs, 2, [0.5], [0.3, 1.0], "candidates")
+    frame = evaluation.grid({2: engs}, [0.5], [0.3, 1.0], "candidates")
     means = evaluation.seed_means(frame)
     full = engs[0].metrics(engs[0].full())
     assert full["mean_flops_ratio"] == 1.0 and full["bal_acc"] == engs[0].metrics(engs[0].exit_only(1.0))["bal_acc"]
     point = evaluation.choose(means, full["bal_acc"], -0.02)
     kp, static = evaluation.static_at(engs[0], point["val_mean_flops_ratio"], ["none", "candidates"])
     s = dyfip_analysis.summaries(engs[0], outcomes, static, "candidates")
-    assert s["random"]["n"] == 6 and s["full"]["n"] == 1 and s["full"]["mean_flops_ratio"] == 1.0 and s["dyfip"]["bal_acc"] == pytest.approx(
-        np.mean([engs[0].metrics(o)["bal_acc"] for o in dy]))
-    assert len(dyfip_analysis.table(s)) == len(dyfip_analysis.LABELS)
-    c = dyfip_analysis.claim(engs[0], outcomes, 0.5, -0.02, 0.0, n_boot=200)
-    assert c["n_seeds"] == 2 and c["vs_random"]["n_seeds"] == [2, 6]
-    assert c["target_met"] == (c["flops_met"] and c["vs_full"]["above_margin"] and c["vs_random"]["above_margin"])
-    text = dyfip_analysis.evidence(s, point, c)
+    assert s["random_specific"]["n"] == 6 and s["full"]["n"] == 1 and s["full"]["mean_flops_ratio"] == 1.0
+    assert s["dyfip"]["bal_acc"] == pytest.approx(np.mean([engs[0].metrics(o)["bal_acc"] for o in dy]))
+    assert s["random_specific"]["bal_acc_lo"] <= s["random_specific"]["bal_acc"] <= s["random_specific"]["bal_acc_hi"]
+    shown = dyfip_analysis.table(s)
+    assert len(shown) == len(dyfip_analysis.LABELS) and np.isnan(shown.loc["DyFiP", "auc"])  # restricted AUC apart
+    assert shown.loc["full model", "restricted AUC"] != shown.loc["full model", "restricted AUC"]
+    nets = {name: serve.prebuild(engs[0], 2, 0.5, "candidates", sel) for name, sel in serve.SELECTION.items()}
+    log = serve.serve(engs[0], 2, 0.3, nets, n_images=6)
+    table = serve.latency_table(log)
+    c = dyfip_analysis.claim(engs[0], outcomes, table, DECLARED, -0.02, n_boot=200)
+    assert c["n_seeds"] == 2 and c["vs_random_specific"]["n_seeds"] == [2, 6] and c["target_met"] == all(c["parts"].values())
+    text = dyfip_analysis.evidence(s, {**point, "k": 2}, c, "retinamnist")
     assert f"{s['dyfip']['bal_acc']:.3f}" in text.split(". ")[0] and "chosen on validation" in text
     recall = evaluation.recall(engs, N_CLASSES)
     assert list(recall) == [1, 2, 3, 4]
-    dyfip_analysis.check(engs[0], means, point, s, full["acc"], recall, 0.0, 1.0)
+    dyfip_analysis.check(engs[0], means, point, s, full["acc"], recall, 0.0, {"dyfip": 1.0})
     with pytest.raises(AssertionError, match="batched ones"):
-        dyfip_analysis.check(engs[0], means, point, s, full["acc"], recall, 0.0, 0.5)
-    served = serve.stream(engs[0], 2, 0.5, 0.3, "candidates", capacity=2, n_images=5)
-    requests = serve.requests_frame(served, engs[0].split.y)
-    assert requests["label"].tolist() == engs[0].split.y[:5].tolist()
-    assert set(serve.latency_summary(requests)) == {"dyfip", "dyfip_with_build", "full"}
-    metrics = dyfip_analysis.metrics(s, c, point, kp, full, 0.2, {}, recall, 2, 0.1, served, 2, {})
-    assert metrics["test"]["dyfip"]["bal_acc"] == round(s["dyfip"]["bal_acc"], 6) and metrics["cache"]["images"] == 5
+        dyfip_analysis.check(engs[0], means, point, s, full["acc"], recall, 0.0, {"dyfip": 0.5})
+    metrics = dyfip_analysis.metrics(s, c, {**point, "k": 2}, kp, full, 0.2, {}, recall, 0.1, table, {})
+    assert set(metrics["ablation"]) == set(dyfip_analysis.ABLATION) and metrics["ablation"]["branch_only"]["worst_latency_ms"] > 0
+    assert metrics["dyfip_vs_branch_static_tail"]["bal_acc_diff"] == c["vs_branch_static_tail"]["diff"]
+    assert metrics["test"]["dyfip"]["bal_acc"] == round(s["dyfip"]["bal_acc"], 6) and not metrics["test"]["dyfip"]["auc_comparable"]
     assert metrics["operating_point"]["keep"] == 0.5 and metrics["targets"]["target_met"] == c["target_met"]
 
 

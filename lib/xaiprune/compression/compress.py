@@ -1,19 +1,19 @@
-"""XAI-guided compression: relevance decides which weights to prune, how to share them and how many bits a layer keeps.
+"""XAI-guided compression: a score decides which weights to prune, how to share them and how many bits a layer keeps.
 
 The project's reconstruction of Sabih, Hannig and Teich, "Utilizing Explainable AI for Quantization and
 Pruning of Deep Neural Networks" (2020, https://arxiv.org/abs/2008.09072), whose full text is not
-available here (see ``docs/DESIGN.md``). Every conv and linear weight tensor of a trained model becomes a :class:`Code`:
+available here (see ``docs/DESIGN.md``). Every conv and linear weight tensor of a trained model becomes a :class:`Code`.
+The scores come from :mod:`xaiprune.compression.relevance` (DeepLIFT, the Taylor counterpart, the magnitude), and so
+do the dead weights every variant removes first:
 
-- **weight relevance** (:func:`weight_relevance`): ``r_i = sum_n |w_i * dR_n/dw_i|`` over the reference
-  images, with ``R_n`` the explained output (the logit of image n's true class); a weight that never
-  affects the output gets exactly 0. The non-XAI counterpart is the magnitude ``|w_i|``;
-- **unstructured pruning** (:class:`WeightRanking`): one global ranking of the scores over all layers, so
-  each layer's sparsity follows from the scores; every layer keeps at least its best weight;
-- **weight sharing** (:func:`share`): per layer, 1-D k-means with ``k = 2^b`` centres, each weight's
-  relevance as its sample weight (scikit-learn ``KMeans(sample_weight=...)``), against unweighted k-means;
+- **unstructured pruning** (:class:`WeightRanking`): the dead weights go first, then one global ranking of the
+  scores over all live weights of all layers, so each layer's sparsity follows from the scores; every layer
+  keeps at least its best live weight;
+- **weight sharing** (:func:`share`): per layer, 1-D k-means with ``k = 2^b`` centres on the kept weights, each
+  weight's score as its sample weight (scikit-learn ``KMeans(sample_weight=...)``), or unweighted (plain k-means);
 - **quantisation** (:func:`quantise`): symmetric, per output channel, simulated in float; **mixed precision**
-  (:func:`allocate_bits`) gives each layer 2..8 bits from its share of relevance under a total bit budget,
-  against uniform bits and a non-XAI allocation by weight range at the same total.
+  (:func:`allocate_bits`) gives each layer 2..8 bits from its share of a score, or of the weights' range
+  (:func:`range_sensitivity`), under a total bit budget, against uniform bits at the same total.
 
 Sizes are counted in bits exactly by :mod:`xaiprune.compression.storage` (codes x bits + codebooks or scales +
 sparse index + every other tensor raw), which also writes and reads the real file. Pruned weights stay
@@ -23,9 +23,7 @@ exactly zero whatever follows. Used by ``09_compression.ipynb``.
 from __future__ import annotations
 
 import copy
-import hashlib
 import heapq
-import json
 import numbers
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -35,10 +33,9 @@ import torch
 from sklearn.cluster import KMeans
 from torch import nn
 
-from xaiprune import data, paths
-from xaiprune.pruning import repairs, xai
+from xaiprune import data
+from xaiprune.pruning import repairs
 
-RELEVANCE_VERSION = 1   # bump when weight_relevance changes what it computes
 HIST_BINS = 4096        # k-means runs on a weighted histogram of this many bins per layer (see share)
 BIT_LIMITS = (1, 16)    # accepted bit widths of a code
 MIXED_RANGE = (2, 8)    # per-layer bits of mixed precision
@@ -70,75 +67,38 @@ def weight_layers(model: nn.Module) -> "OrderedDict[str, nn.Module]":
     return OrderedDict((f"{n}.weight", m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
 
 
-# ----- relevance of every weight ----------------------------------------------------------------------
-def _state_hash(model: nn.Module) -> str:
-    digest = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        digest.update(k.encode())
-        digest.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def relevance_file(model: nn.Module, reference: data.Split):
-    """Cache file of :func:`weight_relevance`: a hash of the weights, the images, the labels and the version."""
-    payload = {"model": _state_hash(model), "images": hashlib.sha256(reference.x.numpy().tobytes()).hexdigest(),
-               "labels": reference.y.tolist(), "version": RELEVANCE_VERSION}
-    return paths.ARTIFACTS / "relevance" / f"weights-{hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]}.pt"
-
-
-def weight_relevance(model: nn.Module, reference: data.Split, cache: bool = True) -> "OrderedDict[str, torch.Tensor]":
-    """Relevance of every conv and linear weight: ``r = sum_n |w * dR_n/dw|`` over the reference images.
-
-    ``R_n`` is the explained output, the logit of image n's true class (multi-label: its first positive
-    label, as :mod:`xaiprune.pruning.xai`); the absolute value is taken per image, then summed (as the filter
-    relevance of :mod:`xaiprune.pruning.xai` sums |R| per image). One backward pass per image. With ``cache``,
-    the result is kept in ``artifacts/relevance/`` under :func:`relevance_file`.
-    """
-    check_reference(reference)
-    path = relevance_file(model, reference) if cache else None
-    if path is not None and path.is_file():
-        return OrderedDict(torch.load(path, map_location="cpu", weights_only=True))
-    net = copy.deepcopy(model).eval()
-    layers = weight_layers(net)
-    params = [m.weight for m in layers.values()]
-    sums = [torch.zeros_like(p, dtype=torch.float64) for p in params]
-    for x, target in zip(reference.x, xai._targets(reference.y)):
-        grads = torch.autograd.grad(net(x[None])[0, int(target)], params)
-        for s, p, g in zip(sums, params, grads):
-            s += (p.detach() * g).abs().double()
-    out = OrderedDict((k, s.float()) for k, s in zip(layers, sums))
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(dict(out), path.with_suffix(".tmp"))
-        path.with_suffix(".tmp").replace(path)
-    return out
-
-
-def magnitude(model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
-    """The non-XAI score of every conv and linear weight: ``|w|``."""
-    return OrderedDict((k, m.weight.detach().abs().clone()) for k, m in weight_layers(model).items())
-
-
+# ----- pruning by a score ----------------------------------------------------------------------------
 class WeightRanking:
-    """All weights of all layers ranked once by a score; :meth:`masks` removes the lowest ``sparsity`` of them.
+    """All live weights of all layers ranked once by a score; :meth:`masks` removes the lowest ``sparsity`` of them.
 
-    One global ranking (raw scores, no per-layer normalisation), so each layer's sparsity is what the
-    scores give it. Ties (above all the exact zeros of relevance) are broken by ``tiebreak`` (e.g. the
-    magnitude), then by position. Every layer keeps at least its highest-scored weight.
+    ``dead`` (``{key: bool tensor}``, True for a weight no input reaches: see
+    :func:`xaiprune.compression.relevance.dead_weights`) are removed at every sparsity and are not counted in it:
+    ``sparsity`` is the fraction of the live weights removed. One global ranking (raw scores, no per-layer
+    normalisation), so each layer's sparsity is what the scores give it. Ties (above all the exact zeros of
+    relevance) are broken by ``tiebreak`` (scores, e.g. the magnitude, or a :class:`WeightRanking` of them over the
+    same weights, sorted once for many rankings), then by position. Every layer keeps at least its highest-scored
+    live weight.
     """
 
-    def __init__(self, scores: "dict[str, torch.Tensor]", tiebreak: "dict[str, torch.Tensor] | None" = None):
+    def __init__(self, scores: "dict[str, torch.Tensor]", tiebreak: "dict[str, torch.Tensor] | WeightRanking | None" = None,
+                 dead: "dict[str, torch.Tensor] | None" = None):
         self.shapes = OrderedDict((k, tuple(s.shape)) for k, s in scores.items())
         flat = torch.cat([s.detach().flatten().double() for s in scores.values()])
-        first = (torch.argsort(torch.cat([tiebreak[k].detach().flatten() for k in scores]), stable=True)
-                 if tiebreak is not None else torch.arange(len(flat)))
+        self.live = (torch.cat([~dead[k].flatten() for k in scores]) if dead is not None
+                     else torch.ones(len(flat), dtype=torch.bool))
+        if tiebreak is not None and not isinstance(tiebreak, WeightRanking):
+            tiebreak = WeightRanking(tiebreak, dead=dead)
+        if tiebreak is not None and not torch.equal(tiebreak.live, self.live):
+            raise ValueError("tiebreak ranks other weights (another model or other dead weights)")
+        first = tiebreak.order if tiebreak is not None else torch.nonzero(self.live)[:, 0]  # live, in the tiebreak's order
         self.order = first[torch.argsort(flat[first], stable=True)]  # stable: equal scores keep the tiebreak's order
-        self.best = OrderedDict((k, int(torch.argmax(s.flatten()))) for k, s in scores.items())
+        masked = flat.masked_fill(~self.live, -float("inf")).split([int(np.prod(s)) for s in self.shapes.values()])
+        self.best = OrderedDict((k, int(torch.argmax(m))) for k, m in zip(self.shapes, masked))
 
     def masks(self, sparsity: float) -> "OrderedDict[str, torch.Tensor]":
         """``{key: bool tensor}``: True for the weights kept."""
         n_removed = int(round(check_sparsity(sparsity) * len(self.order)))
-        keep = torch.ones(len(self.order), dtype=torch.bool)
+        keep = self.live.clone()
         keep[self.order[:n_removed]] = False
         out, start = OrderedDict(), 0
         for k, shape in self.shapes.items():
@@ -316,12 +276,14 @@ def allocate_bits(counts: "dict[str, int]", sensitivity: "dict[str, float]", ave
     return bits
 
 
-def range_sensitivity(model: nn.Module) -> "OrderedDict[str, float]":
-    """Non-XAI sensitivity of each layer: its weights' summed squared channel range, ``sum_c n_c max|w_c|^2``."""
+def range_sensitivity(model: nn.Module, masks: "dict[str, torch.Tensor] | None" = None) -> "OrderedDict[str, float]":
+    """Non-XAI sensitivity of each layer: its kept weights' summed squared channel range, ``sum_c n_c max|w_c|^2``
+    (``n_c``, ``max|w_c|``: over channel c's weights that ``masks`` keeps; all without ``masks``)."""
     out = OrderedDict()
     for k, m in weight_layers(model).items():
-        w = m.weight.detach().reshape(m.weight.shape[0], -1)
-        out[k] = float((w.abs().amax(1) ** 2).sum() * w.shape[1])
+        keep = torch.ones_like(m.weight, dtype=torch.bool) if masks is None else masks[k]
+        w = (m.weight.detach() * keep).reshape(m.weight.shape[0], -1)
+        out[k] = float((w.abs().amax(1) ** 2 * keep.reshape(len(w), -1).sum(1)).sum())
     return out
 
 
@@ -333,14 +295,13 @@ def layer_sums(scores: "dict[str, torch.Tensor]", masks: "dict[str, torch.Tensor
 # ----- the whole model --------------------------------------------------------------------------------
 def compress(model: nn.Module, kind: str = "raw", bits: "int | dict[str, int] | None" = None,
              masks: "dict[str, torch.Tensor] | None" = None, sample_weights: "dict[str, torch.Tensor] | None" = None,
-             seed: int = 0, memo: dict | None = None) -> "OrderedDict[str, Code]":
+             seed: int = 0) -> "OrderedDict[str, Code]":
     """A :class:`Code` for every conv and linear weight: pruned by ``masks``, then stored as ``kind``.
 
     Args:
         kind: "raw" (float32), "share" (k-means, weighted by ``sample_weights`` if given) or "quant".
         bits: bits per code, one for all layers or ``{key: bits}`` (mixed precision); not for "raw".
         masks: ``{key: bool tensor}`` of kept weights (:meth:`WeightRanking.masks`); None prunes nothing.
-        memo: a dict reused across calls to skip recomputing identical unpruned layer codes.
     """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}; expected one of {KINDS}")
@@ -350,19 +311,12 @@ def compress(model: nn.Module, kind: str = "raw", bits: "int | dict[str, int] | 
     out = OrderedDict()
     for k, m in layers.items():
         mask = None if masks is None else masks[k]
-        sw = None if sample_weights is None else sample_weights[k]
-        key = (k, kind, per[k], id(sw) if sw is not None else None)
-        if memo is not None and mask is None and key in memo:
-            out[k] = memo[key]
-            continue
         if kind == "raw":
             out[k] = raw(m.weight, mask)
         elif kind == "share":
-            out[k] = share(m.weight, per[k], sw, mask, seed)
+            out[k] = share(m.weight, per[k], None if sample_weights is None else sample_weights[k], mask, seed)
         else:
             out[k] = quantise(m.weight, per[k], mask)
-        if memo is not None and mask is None:
-            memo[key] = out[k]
     return out
 
 

@@ -13,22 +13,23 @@ import numpy as np
 import pandas as pd
 
 from xaiprune import stats
-from xaiprune.compression import operating, results
+from xaiprune.compression import results
 
 LABELS = {"acc": "ACC", "bal_acc": "balanced accuracy", "auc": "AUC"}
+COLOURS = {"deeplift": "C3", "taylor": "C0"}  # the XAI variant and its Taylor counterpart; the rest in grey tones
 
 
 def weight_pruning(view: pd.DataFrame, base: dict) -> None:
-    """Validation ACC, balanced accuracy and AUC against the fraction of weights removed, per variant, with and
+    """Validation ACC, balanced accuracy and AUC against the fraction of live weights removed, per variant, with and
     without the BatchNorm correction (``view``: mean over draws per technique, variant and setting); dashed: the
     32-bit model."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
     for ax, value in zip(axes, stats.ENDPOINTS):
         for (tech, variant), g in view.groupby(["technique", "variant"], sort=False):
-            ax.plot(g["setting"], g[value], "o-" if tech == "weight pruning" else "x:",
-                    label=f"{variant} ({tech.split(', ')[-1]})")
+            ax.plot(g["setting"], g[value], "o-" if tech == "weight_pruning" else "x:",
+                    label=variant + (" (no correction)" if tech != "weight_pruning" else ""))
         ax.axhline(base[value], color="k", lw=0.8, ls="--")
-        ax.set_xlabel("fraction of weights removed"); ax.set_ylabel(f"validation {LABELS[value]}")
+        ax.set_xlabel("fraction of live weights removed"); ax.set_ylabel(f"validation {LABELS[value]}")
     axes[2].legend(fontsize=8)
     plt.tight_layout()
     plt.show()
@@ -54,7 +55,7 @@ def _technique_panel(ax, here: pd.DataFrame, value: str, base: dict) -> None:
     others = iter(["0.25", "0.5", "0.7"])
     for variant, g in here.groupby("variant", sort=False):
         g = g.sort_values("bits")
-        color = "C3" if g["xai"].iloc[0] else next(others)
+        color = COLOURS.get(variant) or next(others)
         ax.plot(g["bits"], g[value], "o-", ms=3, color=color, label=variant)
         ax.fill_between(g["bits"], g[f"{value}_lo"].clip(0, 1), g[f"{value}_hi"].clip(0, 1), color=color, alpha=0.2, lw=0)
     ax.axhline(base[value], color="k", lw=0.8, ls="--")
@@ -63,10 +64,10 @@ def _technique_panel(ax, here: pd.DataFrame, value: str, base: dict) -> None:
 
 
 def curves(frame: pd.DataFrame, base: dict, full_bits: int, points: float) -> None:
-    """One column per technique: validation ACC, balanced accuracy and AUC (rows) against the size in Mbit, the XAI
-    variant in colour with its 95% interval over the draws, the counterparts in grey; dashed: the 32-bit model,
-    dotted: its AUC minus ``points`` (the claim's: the operating points' limit); the top axis
-    gives the compression ratio."""
+    """One column per technique: validation ACC, balanced accuracy and AUC (rows) against the size in Mbit, DeepLIFT in
+    red and Taylor in blue with their 95% intervals over the draws, the other counterparts in grey; dashed: the 32-bit
+    model, dotted: its AUC minus ``points`` (the claim's: the operating points' limit); the top axis gives the overall
+    compression ratio."""
     techs = results.TECHNIQUES
     fig, axes = plt.subplots(3, len(techs), figsize=(4.2 * len(techs), 10), sharey="row")
     for j, tech in enumerate(techs):
@@ -77,7 +78,7 @@ def curves(frame: pd.DataFrame, base: dict, full_bits: int, points: float) -> No
             if value == "auc":
                 ax.axhline(base["auc"] - points / 100, color="k", lw=0.8, ls=":")
             if i == 0:
-                ax.set_title(tech)
+                ax.set_title(tech.replace("_", " "))
                 top = ax.secondary_xaxis("top", functions=(lambda b: full_bits / np.maximum(b, 1),
                                                            lambda r: full_bits / np.maximum(r, 1e-9)))
                 top.set_xlabel("compression ratio", fontsize=8)

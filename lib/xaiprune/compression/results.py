@@ -3,11 +3,11 @@
 :class:`xaiprune.compression.experiments.Study` measures every compressed copy on a validation subset; this module
 turns its rows (and :func:`xaiprune.compression.experiments.summary`'s curves) into what the notebook shows:
 
-- :func:`layer_table`: each compressible layer's weights, input size and share of relevance, and the weights
-  whose relevance is exactly zero;
-- :func:`ratio_table`: per technique and variant, the ratio at 1 and 3 points of validation AUC;
-  :func:`plan_lines`, :func:`claim_lines` and :func:`drift_line` put :mod:`xaiprune.compression.operating`'s
-  operating points, paired comparisons and threshold drift into words;
+- :func:`layer_table`: each compressible layer's weights, input size, dead weights, share of DeepLIFT relevance,
+  live weights with zero DeepLIFT or Taylor relevance, and DeepLIFT's summation-to-delta gap;
+- :func:`points_table`: per technique and variant, the operating point read on validation (ratio on live weights and
+  overall, at 1 and 3 AUC points) and its test AUC and balanced accuracy; :func:`plan_lines`, :func:`claim_lines` and
+  :func:`drift_line` put :mod:`xaiprune.compression.operating`'s comparisons, targets and threshold drift into words;
 - :func:`choose_saved`, :func:`save_and_reload`, :func:`bits_per_weight`: the combined model chosen on
   validation, written to a file, read back and evaluated once on test;
 - :func:`check_saved`, :func:`check_sizes` and :func:`metrics`.
@@ -22,8 +22,8 @@ import pandas as pd
 import torch
 
 from xaiprune import paths, stats
-from xaiprune.compression import compress, experiments, operating, storage
-from xaiprune.pruning import comparison
+from xaiprune.compression import compress, experiments, operating, relevance, storage
+from xaiprune.pruning import comparison, xai
 
 TECHNIQUES = experiments.TECHNIQUES
 
@@ -33,50 +33,44 @@ def short_names(model: torch.nn.Module) -> dict[str, str]:
     return {k: k.removeprefix("segments.").removesuffix(".weight") for k in compress.weight_layers(model)}
 
 
-def input_sizes(model: torch.nn.Module, x: torch.Tensor) -> dict[str, str]:
-    """Each compressible layer's input height x width (``-`` for a linear layer) on a forward pass of ``x``."""
-    sizes, layers = {}, compress.weight_layers(model)
-    hooks = [m.register_forward_pre_hook(lambda m, i, k=k: sizes.__setitem__(k, "x".join(map(str, i[0].shape[2:])) or "-"))
-             for k, m in layers.items()]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return sizes
+def layer_table(study: experiments.Study, draw: int = 0) -> pd.DataFrame:
+    """Per compressible layer: weights, input size, share of dead weights, share of the DeepLIFT relevance (draw
+    ``draw``), share of its live weights with zero DeepLIFT and zero Taylor relevance in every draw, and on the draw's
+    reference images the gaps of :func:`xaiprune.compression.relevance.completeness`: the weights' contributions against
+    the layer's DeepLIFT attribution, and against ``f(x) - f(x')`` (summation to delta)."""
+    model, ref, short = study.model, study.references[draw], short_names(study.model)
+    shapes = relevance.input_shapes(model, study.split.x[:1])
+    gaps = relevance.completeness(model, ref.x, xai._targets(ref.y))
+    rel = study.relevance[experiments.XAI][draw]
+    total = sum(float(r.sum()) for r in rel.values())
 
-
-def layer_table(model: torch.nn.Module, x: torch.Tensor, relevance: list[dict]) -> tuple[pd.DataFrame, float]:
-    """Per compressible layer: weights, input size, share of relevance (draw 0), share of weights with zero relevance
-    in draw 0 and in every draw; and the share of all weights whose relevance is zero in every draw."""
-    layers, short, spatial = compress.weight_layers(model), short_names(model), input_sizes(model, x[:1])
-    zero_all = {k: torch.stack([r[k] == 0 for r in relevance]).all(0) for k in layers}
-    total = sum(float(r.sum()) for r in relevance[0].values())
-    table = pd.DataFrame({
-        "weights": {short[k]: m.weight.numel() for k, m in layers.items()},
-        "input HxW": {short[k]: spatial[k] for k in layers},
-        "share of relevance": {short[k]: float(relevance[0][k].sum()) / total for k in layers},
-        "zero relevance (draw 0)": {short[k]: float((relevance[0][k] == 0).float().mean()) for k in layers},
-        "zero in every draw": {short[k]: float(zero_all[k].float().mean()) for k in layers},
-    })
-    return table, sum(float(zero_all[k].sum()) for k in layers) / table["weights"].sum()
+    def zero_live(method, k):
+        live = study.live[k]
+        return float((torch.stack([r[k] == 0 for r in study.relevance[method]]).all(0) & live).sum() / live.sum())
+    return pd.DataFrame({short[k]: {
+        "weights": m.weight.numel(), "input HxW": "x".join(map(str, shapes[k][1:])) or "-",
+        "dead": float(study.dead[k].float().mean()), "DeepLIFT share": float(rel[k].sum()) / total,
+        "live, zero DeepLIFT": zero_live("deeplift", k), "live, zero Taylor": zero_live("taylor", k),
+        "weights vs layer": gaps[k]["layer"], "sum-to-delta gap": gaps[k]["delta"]}
+        for k, m in compress.weight_layers(model).items()}).T.infer_objects()
 
 
 # ----- ratios, operating points, the claim ----------------------------------------------------------
-def shown(r: float | None) -> str:
-    return "-" if r is None else f"{r:.1f}x"
-
-
-def ratio_table(curves: pd.DataFrame, base_auc: float, points: float) -> pd.DataFrame:
-    """Per technique and variant: the largest mean compression ratio whose mean validation AUC lost at most
-    ``points`` (the claim's) and :data:`operating.LOOSE_POINTS` AUC points; None where no setting qualifies."""
+def points_table(points: dict, curves: pd.DataFrame, base_auc: float) -> pd.DataFrame:
+    """Per technique and variant (operating points after :func:`operating.at_test`): the setting, the ratio on live
+    weights and overall at the claim's loss, the ratio on live weights at :data:`operating.LOOSE_POINTS` points (all
+    read on validation), the validation AUC and the test AUC and balanced accuracy there."""
     out = []
-    for (tech, variant), g in curves[curves["technique"].isin(TECHNIQUES)].groupby(["technique", "variant"], sort=False):
-        at = [experiments.ratio_at(g, base_auc, p) for p in (points, operating.LOOSE_POINTS)]
-        out.append({"technique": tech, "variant": variant + (" (XAI)" if g["xai"].iloc[0] else ""),
-                    **{f"ratio at {p} AUC point{'s' * (p > 1)}": None if r is None else float(r["ratio"])
-                       for p, r in zip((points, operating.LOOSE_POINTS), at)}})
+    for tech, by in points.items():
+        for v, p in by.items():
+            loose = experiments.ratio_at(curves[(curves["technique"] == tech) & (curves["variant"] == v)], base_auc,
+                                         operating.LOOSE_POINTS)
+            out.append({"technique": tech, "variant": v + (" (XAI)" if v == experiments.XAI else ""),
+                        "setting": p and str(p["setting"]), "ratio on live weights": p and p["live_ratio"],
+                        "overall ratio": p and p["ratio"],
+                        f"live ratio at {operating.LOOSE_POINTS} points": None if loose is None else loose["live_ratio"],
+                        "validation AUC": p and p["val_auc"], "test AUC": p and p["test_auc"],
+                        "test balanced accuracy": p and p["test_bal_acc"]})
     return pd.DataFrame(out).set_index(["technique", "variant"])
 
 
@@ -88,14 +82,20 @@ def plan_lines(entries: list[dict]) -> list[str]:
                                     else f"{e['counterpart']['variant']}: not compared, {e['status']}") for e in entries]
 
 
-def claim_lines(result: dict, target: str) -> list[str]:
-    """The claim's outcome per technique and the protocol's ``target`` met or not."""
-    lines = [f"{t}: {v['outcome']}" + ("" if v["diff"] is None else f", smallest difference {v['diff']:+.4f} against "
-             f"{v['counterpart']} [{v['interval_holm'][0]:+.4f}, {v['interval_holm'][1]:+.4f}]")
-             + (f" ({v['why']})" if v["why"] else "") for t, v in result["techniques"].items()]
-    met = {None: "NOT measured", True: "met", False: "NOT met"}[result["target_met"]]
-    return lines + [f"target ({target}): {met}; XAI above the margin in at least one comparison: "
-                    f"{'yes' if result['wins_somewhere'] else 'no'}"]
+def claim_lines(found: dict, result: dict, factor: float, combined: float) -> list[str]:
+    """The claim's targets (:func:`operating.targets`) and the equal-size comparisons per technique, in words."""
+    lines = [f"{t}: DeepLIFT {operating._x(v['deeplift'])} on live weights, best counterpart {v['best']} "
+             f"{operating._x(v['best_ratio'])}" + ("" if v["factor"] is None else f" ({v['factor']:.2f}x it)")
+             + f"; target {factor:g}x: {'met' if v['met'] else 'NOT met'}" for t, v in found["ratio"].items()]
+    c = found["combined"]
+    lines.append(f"combined: DeepLIFT pipeline {operating._x(c['ratio'])} overall" + (
+        "" if c["test_auc"] is None else f", test AUC {c['test_auc']:.4f} (loss {c['test_loss'] * 100:+.2f} points)")
+        + f"; target {combined:g}x: {'met' if c['met'] else 'NOT met'}")
+    lines += [f"equal size, {t}: {v['outcome']}" + ("" if v["diff"] is None else f", smallest difference "
+              f"{v['diff']:+.4f} against {v['counterpart']} [{v['interval_holm'][0]:+.4f}, {v['interval_holm'][1]:+.4f}]")
+              + (f" ({v['why']})" if v["why"] else "") for t, v in result["techniques"].items()]
+    return lines + [f"below 0 at equal size: {', '.join(found['below']) or 'none'}",
+                    f"not met: {'; '.join(found['not_met']) or 'nothing'}"]
 
 
 def drift_line(found: dict, n_classes: int) -> str:
@@ -108,7 +108,7 @@ def drift_line(found: dict, n_classes: int) -> str:
 
 # ----- the saved model --------------------------------------------------------------------------------
 def choose_saved(curves: pd.DataFrame, base_auc: float, points: float) -> pd.Series:
-    """The combined XAI setting with the largest ratio within ``points`` (the claim's) point of validation AUC (the
+    """The combined DeepLIFT setting with the largest ratio within ``points`` (the claim's) point of validation AUC (the
     combined operating point), or the one with the highest validation AUC if none qualifies."""
     combined = curves[(curves["technique"] == "combined") & curves["xai"]]
     chosen = experiments.ratio_at(combined, base_auc, points)
@@ -117,18 +117,19 @@ def choose_saved(curves: pd.DataFrame, base_auc: float, points: float) -> pd.Ser
 
 def save_and_reload(study: experiments.Study, test: comparison.Evaluator, sparsity: float, bits: int, stage: str,
                     path: Path, arch: str) -> dict:
-    """Rebuild the combined XAI model from draw 0, write it to ``path``, read it back and evaluate both on ``test``.
+    """Rebuild the combined DeepLIFT model from draw 0, write it to ``path`` (its dead weights left to the geometry),
+    read it back and evaluate both on ``test``.
 
     Returns its codes, the in-memory and the reloaded model, the largest logit difference over the test split,
     both models' test endpoints (and those without the BatchNorm correction), the counted size and the file report.
     """
-    codes = study.combined_codes(sparsity, bits, stage, 0, True)
+    codes = study.combined_codes(sparsity, bits, stage, 0, experiments.XAI)
     compressed = study.build(codes, 0)
-    path = storage.save(path, compressed, codes, arch)
+    path = storage.save(path, compressed, codes, arch, tuple(study.split.x.shape[1:]))
     reloaded = storage.load(path)
     ids = [test.evaluate(m)["model"] for m in (compressed, reloaded, study.build(codes, 0, correct=False))]
     in_memory, from_file, plain = (stats.endpoints(test.y, test.scores[i], test.task) for i in ids)
-    size = storage.size_bits(compressed, codes)
+    size = storage.size_bits(compressed, codes, study.dead)
     return {"sparsity": sparsity, "bits": bits, "stage": stage, "path": path, "codes": codes, "compressed": compressed,
             "reloaded": reloaded, "logit_gap": float(np.abs(test.logits[ids[0]] - test.logits[ids[1]]).max()),
             "in_memory": in_memory, "from_file": from_file, "plain": plain, "size": size,
@@ -157,21 +158,21 @@ def bits_per_weight(model: torch.nn.Module, size: dict) -> pd.DataFrame:
 # ----- checks, metrics --------------------------------------------------------------------------------
 def check_saved(study: experiments.Study, saved: dict) -> None:
     """The reloaded model gives the same logits and scores, the file holds exactly the counted streams (plus padding
-    and the header), and every weight pruned by the relevance ranking is zero in the reloaded model."""
+    and the header), and every weight pruned by the DeepLIFT ranking (the dead ones too) is zero in the reloaded model."""
     assert saved["logit_gap"] == 0.0, f"the reloaded model's logits differ by {saved['logit_gap']}"
     assert saved["from_file"] == saved["in_memory"], "the reloaded model scores differently"
     codes, file = saved["codes"], saved["file"]
     padding = 3 * len(codes) + len(saved["compressed"].state_dict()) - len(codes)
     assert 0 <= file["file_bytes"] - file["header_bytes"] - saved["size"]["total"] / 8 <= padding, \
         "the file's streams are not the counted bits"
-    masks = study.rank_xai[0].masks(saved["sparsity"])
+    masks = study.ranking(experiments.XAI, 0).masks(saved["sparsity"])
     assert all(torch.all(saved["reloaded"].get_submodule(k.removesuffix(".weight")).weight[~masks[k]] == 0) for k in masks), \
         "a pruned weight is not zero in the reloaded model"
 
 
 def check_sizes(curves: pd.DataFrame) -> None:
     """The size falls with the sparsity of weight pruning and grows with the bits of sharing and mixed precision."""
-    for tech, setting_order in (("weight pruning", 1), ("sharing", -1), ("mixed precision", -1)):
+    for tech, setting_order in (("weight_pruning", 1), ("sharing", -1), ("mixed_precision", -1)):
         for variant, g in curves[curves["technique"] == tech].groupby("variant"):
             sizes = g.sort_values("setting")["bits"].to_numpy()
             assert np.all(np.diff(sizes) * setting_order < 0), f"{tech}/{variant}: size does not move with the setting"
@@ -187,21 +188,25 @@ def _rounded(v):
     return v.item() if isinstance(v, np.generic) else v
 
 
-def metrics(arch: str, full_bits: int, bn_correction: bool, base: dict, zero_all: float, ratios: pd.DataFrame,
-            entries: list[dict], result: dict, found: dict, saved: dict) -> dict:
+def metrics(study: experiments.Study, arch: str, bn_correction: bool, base: dict, points: dict, entries: list[dict],
+            result: dict, found: dict, drifted: dict, saved: dict) -> dict:
     """``metrics.json`` of ``09_compression`` (the notebook adds ``choices`` and ``claims``). ``base``: the
-    uncompressed model's endpoints per split (``{"val": ..., "test": ...}``)."""
+    uncompressed model's endpoints per split (``{"val": ..., "test": ...}``); ``points``: the operating points after
+    :func:`operating.at_test`, written as ``techniques.<technique>.<variant>`` with ``ratio_at_1pt`` (on live weights),
+    ``overall_ratio_at_1pt`` and the test endpoints there."""
     file, f = saved["file"], saved["from_file"]
-    table = ratios.reset_index()
+    techniques = {t: {v: {"ratio_at_1pt": p and p["live_ratio"], "overall_ratio_at_1pt": p and p["ratio"],
+                          "setting": p and p["setting"], "val_auc": p and p["val_auc"], "test_auc": p and p["test_auc"],
+                          "test_bal_acc": p and p["test_bal_acc"], "test_acc": p and p["test_acc"]}
+                      for v, p in by.items()} for t, by in points.items()}
     return _rounded({
-        "arch": arch, "full_bits": int(full_bits), "bn_correction": bn_correction, "base": base,
-        "zero_relevance_share": zero_all,
-        "ratios_on_validation": [{k: (None if pd.isna(v) else v) for k, v in r.items()} for r in table.to_dict("records")],
-        "operating_points": entries,
-        "comparisons": [{k: v for k, v in r.items()} for r in result["comparisons"]],
-        "techniques": result["techniques"], "threshold_drift": found,
+        "arch": arch, "full_bits": int(study.full_bits), "live_bits": int(study.live_bits), "bn_correction": bn_correction,
+        "base": base, "dead_weight_share": relevance.dead_share(study.dead), "techniques": techniques,
+        "targets": found, "operating_points": entries, "comparisons": result["comparisons"],
+        "equal_size": result["techniques"], "threshold_drift": drifted,
         "saved": {"sparsity": float(saved["sparsity"]), "bits": int(saved["bits"]), "stage": saved["stage"],
-                  "ratio": full_bits / saved["size"]["total"], "test": f, "test_without_correction": saved["plain"],
-                  "file_bytes": int(file["file_bytes"]), "counted_bytes": file["counted_bytes"],
-                  "header_bytes": int(file["header_bytes"]), "file_excess": file["excess"]},
+                  "ratio": study.full_bits / saved["size"]["total"], "live_ratio": study.live_bits / saved["size"]["total"],
+                  "test": f, "test_without_correction": saved["plain"], "file_bytes": int(file["file_bytes"]),
+                  "counted_bytes": file["counted_bytes"], "header_bytes": int(file["header_bytes"]),
+                  "file_excess": file["excess"]},
     })

@@ -7,8 +7,9 @@ reconstruction from the abstract and the authors' earlier work.
 - :mod:`~xaiprune.dyfip.core`: the branch, early exits, candidate sets and the evaluation engine of one split;
 - :mod:`~xaiprune.dyfip.subnets`: class-specific relevance, subset scores and the cached sub-networks;
 - :mod:`~xaiprune.dyfip.evaluation`: branch seeds, the validation grid, the choice of the operating point, the
-  test at that point (random draws, static models at equal FLOPs);
+  test at that point (the ablations, random draws, static models at equal FLOPs);
 - :mod:`~xaiprune.dyfip.analysis`: the notebook's tables, the claim's comparisons, checks and metrics;
-- :mod:`~xaiprune.dyfip.serve`: serving one image at a time through the sub-network cache;
+- :mod:`~xaiprune.dyfip.serve`: every sub-network built ahead of time, the test split served one image at a time;
+- :mod:`~xaiprune.dyfip.study`: one flag's study step by step (the notebook's main flag) or whole (its second);
 - :mod:`~xaiprune.dyfip.figures`: the notebook's figures.
 """

@@ -6,9 +6,9 @@ this is the project's reconstruction, from the abstract and the authors' earlier
 
 1. a frozen base classifier (trained by :func:`xaiprune.train.train_or_load`), cut after block ``b``;
 2. a small **branch** (:class:`BranchHead`: 1x1 conv, BN, ReLU, global average pool, linear) trained on
-   the frozen features of the train split; if its top-1 probability is at least ``tau_exit`` the image
-   exits with the branch's label (:func:`exits`), otherwise its top-``k`` classes are the candidates
-   (:func:`candidate_sets`);
+   the frozen features of the train split for top-``k`` (:func:`branch_loss`: cross-entropy plus Lapin et al.'s
+   truncated top-k entropy); if its top-1 probability is at least ``tau_exit`` the image exits with the
+   branch's label (:func:`exits`), otherwise its top-``k`` classes are the candidates (:func:`candidate_sets`);
 3. class-specific filter relevance and subset scores (:mod:`xaiprune.dyfip.subnets`);
 4. the tail pruned to the candidates' filters, cached per candidate set, its logits restricted to the
    candidates (:func:`restrict`).
@@ -19,8 +19,8 @@ classes when it is built (:data:`REFRESH`; ``"none"`` is the plain reconstructio
 
 :class:`Engine` holds one split's features, one branch's probabilities and the frozen tail, and evaluates
 the policies that need no sub-network per candidate set (the full model, early exit, static pruning with
-the XAI criterion or L1); :mod:`xaiprune.dyfip.evaluation` runs the dynamic ones over branch seeds and
-random draws. FLOPs by :func:`xaiprune.pruning.prune.profile`; ACC, balanced accuracy and AUC by
+the XAI criterion or L1); :mod:`xaiprune.dyfip.evaluation` runs the dynamic ones (and the ablations whose tail
+ignores the candidates, :data:`AGNOSTIC`) over branch seeds and random draws. FLOPs by :func:`xaiprune.pruning.prune.profile`; ACC, balanced accuracy and AUC by
 :func:`xaiprune.stats.endpoints`. Used by ``08_dyfip.ipynb``.
 """
 
@@ -32,33 +32,42 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from medmnist import INFO
 from torch import nn
 
-from xaiprune import data, models, stats, train
+from xaiprune import data, models, names as study_names, stats, train
 from xaiprune.dyfip import subnets
 from xaiprune.pruning import prune, repairs
 
 REFRESH = ("candidates", "all", "none")  # BN statistics of a sub-network from the candidates' reference images, all, or none
+AGNOSTIC = ("xai_total", "random_agnostic")  # filter scores that ignore the candidate set: one choice of filters for all
 
 
 def multiclass(flag: str) -> bool:
     """A single-label flag with more than two classes: the only kind where top-k candidates prune anything."""
-    info = INFO[flag]
+    info = data.info(flag)
     return info["task"] != "multi-label, binary-class" and len(info["label"]) > 2
 
 
-def check_setting(flag: str, size: int, n_segments: int, k: int, keeps: list, taus: list, branch_block: int) -> None:
+def base_config(arch: str, flag: str, size: int, epochs: int, seed: int) -> train.TrainConfig:
+    """The base classifier's training config: as ``02_train`` trains it, so the same flag and epochs reuse 02's
+    checkpoint (the hospital-wide model with balanced draws, any other flag without)."""
+    return train.TrainConfig(arch=arch, flag=flag, size=size, epochs=epochs, seed=seed,
+                             balance=flag == study_names.HOSPITAL).validate()
+
+
+def check_setting(flag: str, size: int, n_segments: int, ks: list, keeps: list, taus: list, branch_block: int,
+                  name: str = "dyfip_flag") -> None:
     """Refuse a setting before any training, naming the parameter (the schema of ``08_dyfip`` checks the same)."""
     data.check_flag_size(flag, size)
-    n = len(INFO[flag]["label"])
+    info = data.info(flag)
+    n = len(info["label"])
     problems = []
     if not multiclass(flag):
-        problems.append(f"dyfip_flag={flag!r}: expected a single-label flag with more than 2 classes ({flag} has {n} "
-                        f"{'labels (multi-label)' if INFO[flag]['task'].startswith('multi-label') else 'classes'}; "
+        problems.append(f"{name}={flag!r}: expected a single-label flag with more than 2 classes ({flag} has {n} "
+                        f"{'labels (multi-label)' if info['task'].startswith('multi-label') else 'classes'}; "
                         "top-k of 2 classes prunes nothing)")
-    elif not 1 <= k < n:
-        problems.append(f"k={k}: expected 1 <= k < {n}, the number of classes of {flag}")
+    elif not ks or any(not 1 <= k < n for k in ks):
+        problems.append(f"ks={ks}: expected each k with 1 <= k < {n}, the number of classes of {flag}")
     if not keeps or any(isinstance(v, bool) or not 0 < v <= 1 for v in keeps):
         problems.append(f"keeps={keeps}: expected fractions of filters in (0, 1]")
     if not taus or any(not 0 < v <= 1 for v in taus):
@@ -85,14 +94,34 @@ class BranchHead(nn.Module):
         return self.head(self.relu(self.bn(self.conv(x))))
 
 
+def topk_entropy(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """Lapin, Hein and Schiele's truncated top-k entropy loss (CVPR 2016), mean over the batch.
+
+    With ``a_j = z_j - z_y`` for the classes ``j != y`` sorted so that ``a_[1] >= a_[2] >= ...``, the loss is
+    ``log(1 + sum_{j >= k} exp(a_[j]))``: the ``k - 1`` strongest rivals are free, so it is low once the true
+    class is among the top ``k``. ``k = 1`` is the cross-entropy.
+    """
+    rivals = (logits - logits.gather(1, y[:, None])).scatter(1, y[:, None], float("-inf"))
+    rest = rivals.sort(dim=1, descending=True).values[:, k - 1:]
+    return torch.logsumexp(torch.cat([torch.zeros_like(rest[:, :1]), rest], dim=1), dim=1).mean()
+
+
+def branch_loss(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """The branch's objective: cross-entropy (the exit rule reads the top-1 probability) plus the truncated
+    top-``k`` entropy (the candidates are the top ``k``; :func:`topk_entropy`); ``k = 1``: cross-entropy alone."""
+    ce = nn.functional.cross_entropy(logits, y)
+    return ce if k == 1 else ce + topk_entropy(logits, y, k)
+
+
 def train_branch(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
                  n_classes: int, width: int = 128, epochs: int = 40, seed: int = 0, lr: float = 1e-3,
-                 batch_size: int = 64) -> tuple[BranchHead, list[dict]]:
-    """Train a :class:`BranchHead` on frozen features (N x C x H x W) with cross-entropy and Adam.
+                 batch_size: int = 128, k: int = 1, weights: torch.Tensor | None = None) -> tuple[BranchHead, list[dict]]:
+    """Train a :class:`BranchHead` on frozen features (N x C x H x W) for top-``k`` (:func:`branch_loss`) with Adam.
 
-    Seeded and deterministic; the epoch with the lowest validation cross-entropy is kept (the exit
-    rule reads the probabilities, so calibration matters more than ranking). Returns it in eval mode
-    and the per-epoch history.
+    Seeded and deterministic. ``weights`` (per training image, e.g. :func:`xaiprune.train.sampling_weights`):
+    each epoch draws ``N`` images with replacement in proportion to them; None shuffles. The epoch with the lowest
+    validation objective is kept (the exit rule reads the probabilities, so calibration matters more than
+    ranking). Returns it in eval mode and the per-epoch history.
     """
     with train.deterministic():
         torch.manual_seed(seed)
@@ -101,15 +130,17 @@ def train_branch(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tens
         gen, history, best = torch.Generator().manual_seed(seed), [], (float("inf"), None)
         for epoch in range(epochs):
             head.train()
-            for idx in torch.randperm(len(train_x), generator=gen).split(batch_size):
-                loss = nn.functional.cross_entropy(head(train_x[idx]), train_y[idx])
+            order = (torch.randperm(len(train_x), generator=gen) if weights is None else
+                     torch.multinomial(weights.double(), len(train_x), replacement=True, generator=gen))
+            for idx in order.split(batch_size):
+                loss = branch_loss(head(train_x[idx]), train_y[idx], k)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
             head.eval()
             with torch.no_grad():
                 logits = head(val_x)
-            val_loss = float(nn.functional.cross_entropy(logits, val_y))
+            val_loss = float(branch_loss(logits, val_y, k))
             history.append({"epoch": epoch + 1, "val_loss": val_loss,
                             "val_acc": float((logits.argmax(1) == val_y).float().mean())})
             if val_loss < best[0]:
@@ -179,7 +210,7 @@ class Engine:
                  reference: data.Split, split: data.Split, aggregate: str = "max", seed: int = 0):
         self.model, self.branch, self.relevance, self.aggregate, self.seed = model.eval(), branch.eval(), relevance, aggregate, seed
         self.prefix, self.tail = subnets.split_model(model, block)
-        self.split, self.task = split, INFO[split.flag]["task"]
+        self.split, self.task = split, data.info(split.flag)["task"]
         self.y = split.y.numpy()[:, None]
         input_shape = tuple(split.x.shape[1:])
         with torch.inference_mode():
@@ -206,19 +237,21 @@ class Engine:
 
     # -- sub-networks --
     def scores(self, selection: str, classes: tuple[int, ...] | None, draw: int = 0) -> dict[str, torch.Tensor]:
-        """Filter scores: ``xai`` for a candidate set, ``random`` (seeded by the set and the draw), or static
-        ``xai_total``/``l1``."""
+        """Filter scores: ``xai`` for a candidate set, ``random`` (seeded by the set and the draw), or, ignoring the set
+        (:data:`AGNOSTIC`), ``random_agnostic`` (seeded by the draw alone), ``xai_total`` (every class's relevance
+        summed) or ``l1``."""
         if selection == "xai":
             return subnets.subset_scores(self.relevance, classes, self.aggregate)
-        if selection == "random":
-            key = (self.seed + draw) * 1_000_003 + sum(c * 31 ** i for i, c in enumerate(classes))
+        if selection in ("random", "random_agnostic"):
+            chosen = classes if selection == "random" and classes else ()
+            key = (self.seed + draw) * 1_000_003 + sum((c + 1) * 31 ** i for i, c in enumerate(chosen))
             gen = torch.Generator().manual_seed(key)
             return {layer: torch.rand(rows.shape[1], generator=gen) for layer, rows in self.relevance.items()}
         if selection == "xai_total":
             return {layer: rows.sum(0) for layer, rows in self.relevance.items()}
         if selection == "l1":
             return prune.criterion_scores(self.tail, "l1", input_shape=self.builder.input_shape)
-        raise ValueError(f"selection={selection!r}; expected 'xai', 'random', 'xai_total' or 'l1'")
+        raise ValueError(f"selection={selection!r}; expected 'xai', 'random', 'random_agnostic', 'xai_total' or 'l1'")
 
     def build(self, selection: str, classes: tuple[int, ...] | None, keep: float, draw: int = 0) -> tuple[nn.Module, int]:
         """The tail pruned for ``classes`` at ``keep`` by ``selection``'s scores (timed), and its MACs."""

@@ -13,20 +13,24 @@ import pandas as pd
 from xaiprune.dyfip import evaluation
 
 
-def branch(histories: list[list[dict]], recall: dict, exit_frame: pd.DataFrame, k: int, taus: list[float]) -> None:
-    """Left: each branch seed's validation loss per epoch (circle: the kept epoch). Middle: validation top-k recall per
-    k, averaged over the seeds. Right: the first seed's exit rate and the ACC of the exited validation images against
-    the exit threshold (dotted: the thresholds of the grid)."""
+def branch(histories: dict[int, list[list[dict]]], recall: dict[int, dict[int, float]], exit_frame: pd.DataFrame,
+           taus: list[float]) -> None:
+    """Left: each branch's (per k and seed) validation objective per epoch (circle: the kept epoch). Middle: validation
+    top-j recall against j of the branches trained for each k, averaged over the seeds. Right: the first branch's exit
+    rate and the ACC of the exited validation images against the exit threshold (dotted: the thresholds of the grid)."""
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
-    for j, history in enumerate(histories):
-        hist = pd.DataFrame(history)
-        axes[0].plot(hist["epoch"], hist["val_loss"], marker="o", ms=3, label=f"branch seed {j}")
-        best = hist.loc[hist["val_loss"].idxmin()]
-        axes[0].scatter([best["epoch"]], [best["val_loss"]], s=120, facecolors="none", edgecolors="k")
-    axes[0].set_xlabel("epoch"); axes[0].set_ylabel("val loss"); axes[0].legend(fontsize=8); axes[0].set_title("branch training")
-    axes[1].bar([str(j) for j in recall], list(recall.values()), color=["C1" if j == k else "C0" for j in recall])
-    axes[1].set_xlabel("k"); axes[1].set_ylabel("validation top-k recall"); axes[1].set_ylim(0, 1)
-    axes[1].set_title("is the true class among the branch's top k?")
+    for i, (k, runs) in enumerate(histories.items()):
+        for j, history in enumerate(runs):
+            hist = pd.DataFrame(history)
+            axes[0].plot(hist["epoch"], hist["val_loss"], marker="o", ms=3, color=f"C{i}", alpha=0.5 + 0.5 * (j == 0),
+                         label=f"top-{k} branches" if j == 0 else None)
+            best = hist.loc[hist["val_loss"].idxmin()]
+            axes[0].scatter([best["epoch"]], [best["val_loss"]], s=120, facecolors="none", edgecolors="k")
+        axes[1].plot(list(recall[k]), list(recall[k].values()), marker="o", color=f"C{i}", label=f"trained for top-{k}")
+    axes[0].set_xlabel("epoch"); axes[0].set_ylabel("validation objective"); axes[0].legend(fontsize=8)
+    axes[0].set_title("branch training (per k and seed)")
+    axes[1].set_xlabel("j"); axes[1].set_ylabel("validation top-j recall"); axes[1].set_ylim(0, 1.02); axes[1].legend(fontsize=8)
+    axes[1].set_title("is the true class among the branch's top j?")
     axes[2].plot(exit_frame["tau"], exit_frame["exit rate"], label="exit rate")
     axes[2].plot(exit_frame["tau"], exit_frame["ACC of exited"], label="ACC of the exited images")
     for tau in taus:
@@ -52,16 +56,21 @@ def pareto(means: pd.DataFrame, point: dict, max_flops: float, chance: float) ->
     model, the margin the choice rule allows (dashed), and the chosen point (circled)."""
     fig, ax = plt.subplots(figsize=(8.5, 4.8))
     dy = means[means["policy"] == "dyfip"]
-    sc = ax.scatter(dy["mean_flops_ratio"], dy["bal_acc"], c=dy["keep"], cmap="viridis", s=28, label="DyFiP (keep x tau)")
+    for i, (k, g) in enumerate(dy.groupby("k")):
+        sc = ax.scatter(g["mean_flops_ratio"], g["bal_acc"], c=g["keep"], cmap="viridis", vmin=dy["keep"].min(),
+                        vmax=dy["keep"].max(), s=28, marker="os^D"[i % 4], label=f"DyFiP, k={k} (keep x tau)")
     front = evaluation.pareto(dy)
     ax.plot(front["mean_flops_ratio"], front["bal_acc"], color="k", lw=1, label="DyFiP Pareto front")
-    for policy, style in (("static_xai", "D-"), ("static_l1", "v-"), ("exit_only", "o:")):
+    for policy, style in (("static_xai", "D-"), ("static_l1", "v-")):
         g = means[means["policy"] == policy].sort_values("mean_flops_ratio")
         ax.plot(g["mean_flops_ratio"], g["bal_acc"], style, ms=4, lw=1, label=policy.replace("_", " "))
+    for k, g in means[means["policy"] == "exit_only"].groupby("k"):
+        g = g.sort_values("mean_flops_ratio")
+        ax.plot(g["mean_flops_ratio"], g["bal_acc"], "o:", ms=4, lw=1, label=f"early exit alone (top-{k} branch)")
     ax.scatter([1.0], [point["val_full_bal_acc"]], marker="*", s=220, color="k", label="full model", zorder=5)
     ax.axhline(point["val_full_bal_acc"] + point["margin"], color="k", lw=0.6, ls="--")
     ax.scatter([point["val_mean_flops_ratio"]], [point["val_bal_acc"]], s=260, facecolors="none", edgecolors="r", lw=1.5,
-               label=f"chosen: keep {point['keep']:g}, tau {point['tau_exit']:g}", zorder=6)
+               label=f"chosen: k {point['k']}, keep {point['keep']:g}, tau {point['tau_exit']:g}", zorder=6)
     ax.axvline(max_flops, color="k", lw=0.6, ls="-.")
     ax.axhline(chance, color="k", lw=0.6, ls=":")
     ax.set_xlabel("mean FLOPs per image / full model"); ax.set_ylabel("validation balanced accuracy")
@@ -81,14 +90,33 @@ def per_class(frame: pd.DataFrame) -> None:
     plt.show()
 
 
-def latency(requests: pd.DataFrame) -> None:
-    """Histogram (log scale) of the milliseconds per image at batch 1: the full model and DyFiP (building excluded)."""
-    times = requests[["dyfip_ms", "full_ms"]]
-    bins = np.geomspace(max(0.1, min(times.min())), times.max().max(), 40)
-    fig, ax = plt.subplots(figsize=(8, 3.4))
-    ax.hist(requests["full_ms"], bins=bins, alpha=0.6, label="full model")
-    ax.hist(requests["dyfip_ms"], bins=bins, alpha=0.6, label="DyFiP (building excluded)")
-    ax.set_xscale("log"); ax.set_xlabel("ms per image, batch 1"); ax.set_ylabel("images"); ax.legend()
-    ax.set_title(f"{len(requests)} test images served one at a time")
+def latency(log: pd.DataFrame) -> None:
+    """Histogram (log scale) of the milliseconds per image at batch 1, one per served policy; a tick marks each
+    policy's worst case."""
+    bins = np.geomspace(max(0.05, log["ms"].min()), log["ms"].max(), 50)
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    for i, (policy, g) in enumerate(log.groupby("policy", sort=False)):
+        ax.hist(g["ms"], bins=bins, alpha=0.45, color=f"C{i}", label=policy)
+        ax.axvline(g["ms"].max(), color=f"C{i}", lw=1.2, ls="--")
+    ax.set_xscale("log"); ax.set_yscale("log"); ax.set_xlabel("ms per image, batch 1 (dashed: the worst case)")
+    ax.set_ylabel("images"); ax.legend(fontsize=8)
+    ax.set_title(f"{log['image'].nunique()} test images served one at a time by every policy (sub-networks built ahead)")
+    plt.tight_layout()
+    plt.show()
+
+
+def ablation(frame: pd.DataFrame) -> None:
+    """Per flag (a panel each), the test balanced accuracy of every ablation policy (bars; whiskers: the interval over
+    draws and seeds where there are several) with its mean FLOPs ratio written on the bar."""
+    flags = list(dict.fromkeys(frame.index.get_level_values("flag")))
+    fig, axes = plt.subplots(1, len(flags), figsize=(6.5 * len(flags), 3.8), squeeze=False)
+    for ax, flag in zip(axes[0], flags):
+        g = frame.loc[flag]
+        err = np.vstack([g["bal_acc"] - g["bal_acc_lo"], g["bal_acc_hi"] - g["bal_acc"]])
+        ax.bar(range(len(g)), g["bal_acc"], yerr=err, capsize=3, color=[f"C{i}" for i in range(len(g))])
+        for i, (acc, flops) in enumerate(zip(g["bal_acc"], g["mean_flops_ratio"])):
+            ax.text(i, acc / 2, f"{flops:.0%}\nFLOPs", ha="center", fontsize=7, color="w")
+        ax.set_xticks(range(len(g)), [p.replace("_", " ") for p in g.index], rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("test balanced accuracy"); ax.set_title(f"{flag}: DyFiP and its ablations")
     plt.tight_layout()
     plt.show()

@@ -1,12 +1,20 @@
-"""DyFiP served one image at a time (batch 1) through an LRU cache of sub-networks, and the serving log.
+"""DyFiP served one image at a time (batch 1), every sub-network built ahead of time, and the serving log.
 
-:func:`stream` times each request of ``08_dyfip``'s section on serving; :func:`requests_frame`,
-:func:`latency_summary` and :func:`serving_lines` turn its log into the notebook's table, summary and sentences.
-Timings depend on the machine's load: the notebook keeps them out of ``metrics.json``.
+A cache that can miss puts a build (a copy of the tail, the channel removal, the BatchNorm refresh) on the
+longest path of a request. Here every candidate set of size ``k`` (``C(classes, k)`` of them) gets its
+sub-network before the first request (:func:`prebuild`, timed and sized apart), so no request ever builds.
+:func:`serve` then answers the test images one at a time with each policy of :data:`POLICIES`, interleaved
+image by image (the order of the policies rotates, so no policy always runs on a warm or a cold cache line), and
+times every answer ``repeats`` times, keeping the fastest: an image's cost without the machine's scheduling
+hiccups, which would otherwise decide the worst case of whichever policy they happened to hit. The **worst case**
+is the slowest image of the whole split.
+:func:`latency_table` and :func:`serving_lines` turn the log into the notebook's table and sentences.
+Timings depend on the machine's load: the notebook records the load beside them.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
@@ -15,61 +23,79 @@ import torch
 
 from xaiprune.dyfip import core, subnets
 
+POLICIES = ("full", "branch_only", "branch_static_tail", "random_specific", "dyfip")
+REPEATS = 2  # timings of each answer; the fastest is the image's cost
+SELECTION = {"branch_static_tail": "xai_total", "random_specific": "random", "dyfip": "xai"}  # their tails' filters
 
-def stream(engine: core.Engine, k: int, keep: float, tau: float, mode: str, capacity: int, n_images: int) -> dict:
-    """Serve test images one at a time (batch 1) through an LRU cache of sub-networks, timing each request.
 
-    Returns per-image milliseconds (building excluded and included), the cache's hit rate and build
-    times, and the full model's batch-1 milliseconds on the same images, for comparison.
-    """
-    sets_of = {}
-    cache = subnets.SubnetCache(lambda s: engine.refresh(engine.build("xai", s, keep)[0], s, mode), capacity)
+def prebuild(engine: core.Engine, k: int, keep: float, mode: str, selection: str, draw: int = 0) -> dict:
+    """Every candidate set's refreshed sub-network for ``selection`` (one build for all sets when the selection
+    ignores the set, :data:`~xaiprune.dyfip.core.AGNOSTIC`; the refresh is per set as in the evaluation):
+    ``{"nets": {set: net}, "seconds": build time, "bytes": their weights}``."""
+    start, built, nets = time.perf_counter(), None, {}
+    for s in itertools.combinations(range(engine.full_logits.shape[1]), k):
+        if built is None or selection not in core.AGNOSTIC:
+            built = engine.build(selection, s, keep, draw)[0]
+        nets[s] = engine.refresh(built, s, mode)
+    return {"nets": nets, "seconds": time.perf_counter() - start,
+            "bytes": sum(subnets.module_bytes(n) for n in nets.values())}
+
+
+def answer(engine: core.Engine, policy: str, nets: dict | None, k: int, tau: float, img: torch.Tensor) -> int:
+    """One image's answer under ``policy``: the full model; the branch alone; or the branch, its exit, and the
+    candidate set's prebuilt tail with its logits restricted to the set."""
+    if policy == "full":
+        return int(engine.model(img).argmax())
+    h = engine.prefix(img)
+    p = torch.softmax(engine.branch(h), dim=1)
+    if policy == "branch_only" or bool(core.exits(p, tau)[0]):
+        return int(p.argmax())
+    s = core.candidate_sets(p, k)[0]
+    return int(core.restrict(nets[s](h), [s]).argmax())
+
+
+def serve(engine: core.Engine, k: int, tau: float, nets: dict[str, dict], n_images: int = 0,
+          repeats: int = REPEATS) -> pd.DataFrame:
+    """Serve the first ``n_images`` test images (0: all) one at a time with every policy of :data:`POLICIES`
+    (``nets``: the :func:`prebuild` of the policies with tails), rotating the policies' order image by image, each
+    answer timed ``repeats`` times. One row per image and policy: the fastest milliseconds and the answer."""
+    if repeats < 1:
+        raise ValueError(f"repeats={repeats}; expected at least 1 timing per image")
     x = engine.split.x[:n_images or len(engine.split)]
-    served, total, full, preds = [], [], [], []
+    rows = []
     with torch.inference_mode():
-        for img in x.split(1):
-            start = time.perf_counter()
-            h = engine.prefix(img)
-            p = torch.softmax(engine.branch(h), dim=1)
-            if bool(core.exits(p, tau)[0]):
-                preds.append(int(p.argmax()))
-                built = 0.0
-            else:
-                s = core.candidate_sets(p, k)[0]
-                before = sum(cache.build_seconds)
-                net = cache.get(s)
-                built = sum(cache.build_seconds) - before
-                preds.append(int(core.restrict(net(h), [s]).argmax()))
-                sets_of[s] = sets_of.get(s, 0) + 1
-            elapsed = time.perf_counter() - start
-            total.append(1e3 * elapsed)
-            served.append(1e3 * (elapsed - built))
-            start = time.perf_counter()
-            engine.model(img)
-            full.append(1e3 * (time.perf_counter() - start))
-    return {"ms": np.array(served), "ms_with_build": np.array(total), "full_ms": np.array(full), "preds": np.array(preds),
-            "hit_rate": cache.hit_rate, "hits": cache.hits, "misses": cache.misses, "build_s": np.array(cache.build_seconds),
-            "peak_cache_bytes": cache.peak_bytes, "sets": sets_of}
+        for i, img in enumerate(x.split(1)):
+            for policy in POLICIES[i % len(POLICIES):] + POLICIES[:i % len(POLICIES)]:
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    pred = answer(engine, policy, nets.get(policy, {}).get("nets"), k, tau, img)
+                    times.append(1e3 * (time.perf_counter() - start))
+                rows.append({"image": i, "policy": policy, "ms": min(times), "prediction": pred})
+    return pd.DataFrame(rows)
 
 
-def requests_frame(served: dict, y: torch.Tensor) -> pd.DataFrame:
-    """:func:`stream`'s log, one row per image served: milliseconds (DyFiP, with build, full model), answer, label."""
-    n = len(served["ms"])
-    return pd.DataFrame({"dyfip_ms": served["ms"], "dyfip_ms_with_build": served["ms_with_build"],
-                         "full_ms": served["full_ms"], "prediction": served["preds"], "label": y[:n].numpy()})
+def latency_table(log: pd.DataFrame) -> pd.DataFrame:
+    """Per policy: median, 99th percentile and worst (the slowest image) milliseconds, and the worst against the full
+    model's worst."""
+    g = log.groupby("policy", sort=False)["ms"]
+    out = pd.DataFrame({"median_ms": g.median(), "p99_ms": g.quantile(0.99), "worst_ms": g.max()}).loc[list(POLICIES)]
+    return out.assign(worst_vs_full=out["worst_ms"] / out.loc["full", "worst_ms"])
 
 
-def latency_summary(requests: pd.DataFrame) -> dict:
-    """Median and p95 milliseconds of DyFiP (building excluded and included) and of the full model."""
-    return {name: {"median_ms": float(np.median(requests[col])), "p95_ms": float(np.percentile(requests[col], 95))}
-            for name, col in (("dyfip", "dyfip_ms"), ("dyfip_with_build", "dyfip_ms_with_build"), ("full", "full_ms"))}
+def agreement(log: pd.DataFrame, batched: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per policy with a batched counterpart (``{policy: probabilities of the same engine}``), the share of served
+    answers equal to the batched argmax."""
+    return {p: float((log[log["policy"] == p]["prediction"].to_numpy() == probs[:log["image"].max() + 1].argmax(1)).mean())
+            for p, probs in batched.items()}
 
 
-def serving_lines(latency: dict, served: dict, capacity: int, tail_bytes: int, agree: float) -> list[str]:
-    """The latency summary, the cache's hit rate, build times and memory, and the agreement with the batched answers."""
-    lines = [f"{name:17s} median {v['median_ms']:7.2f} ms   p95 {v['p95_ms']:7.2f} ms" for name, v in latency.items()]
-    return lines + [f"cache of {capacity}: hit rate {served['hit_rate']:.1%} ({served['hits']} hits, {served['misses']} misses, "
-                    f"{len(served['sets'])} distinct candidate sets); building a sub-network took "
-                    f"{np.median(served['build_s']) * 1e3:.0f} ms median, {served['build_s'].max() * 1e3:.0f} ms at most; "
-                    f"the cache held at most {served['peak_cache_bytes'] / 2**20:.1f} MB (full tail: {tail_bytes / 2**20:.1f} MB); "
-                    f"answers equal to the batched ones: {agree:.1%}"]
+def serving_lines(table: pd.DataFrame, nets: dict[str, dict], agree: dict[str, float], n_images: int) -> list[str]:
+    """The worst case against the full model's, the build ahead of time and its memory, and the agreement."""
+    lines = [f"{p:19s} median {r['median_ms']:6.2f} ms   p99 {r['p99_ms']:6.2f} ms   worst {r['worst_ms']:7.2f} ms "
+             f"({r['worst_vs_full']:.0%} of the full model's worst)" for p, r in table.iterrows()]
+    lines += [f"{p}: {len(v['nets'])} sub-networks built ahead of time in {v['seconds']:.1f} s, "
+              f"{v['bytes'] / 2**20:.0f} MB of weights" for p, v in nets.items()]
+    return lines + [f"{n_images} test images, every policy on each (each answer timed {REPEATS} times, the fastest kept); served "
+                    "answers equal to the batched ones: "
+                    + ", ".join(f"{p} {a:.1%}" for p, a in agree.items())]

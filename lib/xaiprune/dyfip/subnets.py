@@ -13,7 +13,7 @@ segments after ``b``) is pruned per request for a set ``S`` of candidate classes
   monotone in ``S``;
 - every tail layer keeps its top fraction ``keep`` of filters (:meth:`SubnetBuilder.plan`), removed
   physically with Torch-Pruning's own functions through :class:`xaiprune.pruning.ranking.PruningGraph`;
-- the sub-networks are cached per candidate set in a bounded LRU cache (:class:`SubnetCache`).
+- a sub-network per candidate set (``08_dyfip`` builds every one ahead of time, :mod:`xaiprune.dyfip.serve`).
 
 FLOPs are counted with :func:`xaiprune.pruning.prune.profile` (Torch-Pruning's counter, FLOPs = 2 x MACs), the
 project's only counter. :func:`masked_model` is the reference a sub-network must equal: the full tail
@@ -26,10 +26,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Hashable
+from typing import Callable
 
 import torch
 import torch_pruning as tp
@@ -202,41 +201,3 @@ def masked_model(tail: models.SegmentedModel, removed: "dict[str, list[int]]") -
 
 def module_bytes(model: nn.Module) -> int:
     return prune.weight_bytes(model)
-
-
-class SubnetCache:
-    """A bounded LRU cache of sub-networks keyed by candidate set; counts hits, misses and build time.
-
-    Args:
-        make: builds the sub-network for a key (e.g. a candidate set) when it is missing.
-        capacity: most sub-networks held at once; the least recently used one is dropped beyond it.
-    """
-
-    def __init__(self, make: Callable[[Hashable], nn.Module], capacity: int):
-        if capacity < 1:
-            raise ValueError(f"capacity={capacity}; expected at least one sub-network")
-        self.make, self.capacity = make, capacity
-        self.entries: "OrderedDict[Hashable, nn.Module]" = OrderedDict()
-        self.hits = self.misses = 0
-        self.build_seconds: list[float] = []
-        self.peak_bytes = 0
-
-    def get(self, key: Hashable) -> nn.Module:
-        if key in self.entries:
-            self.hits += 1
-            self.entries.move_to_end(key)
-            return self.entries[key]
-        self.misses += 1
-        start = time.perf_counter()
-        value = self.make(key)
-        self.build_seconds.append(time.perf_counter() - start)
-        self.entries[key] = value
-        while len(self.entries) > self.capacity:
-            self.entries.popitem(last=False)
-        self.peak_bytes = max(self.peak_bytes, sum(module_bytes(m) for m in self.entries.values()))
-        return value
-
-    @property
-    def hit_rate(self) -> float:
-        total = self.hits + self.misses
-        return self.hits / total if total else 0.0

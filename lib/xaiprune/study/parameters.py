@@ -21,7 +21,7 @@ import re
 
 from xaiprune import paths
 from xaiprune.study.rules import (ARCHS, CRITERIA, DATA, RULES, RUN_RULES, SCOPES, SEGMENTS, SIZES,  # noqa: F401
-                                      WARDS, XAI_CRITERIA, XAI_METHODS, _data_file, _multiclass_flag, flags_2d,
+                                      WARDS, XAI_CRITERIA, XAI_METHODS, _data_file, _multiclass_flag, _second_flag, flags_2d,
                                       multiclass_flags_2d, scenario_names)
 from xaiprune.study.schema import (Param, ParameterError, Run, check_values, each, fingerprint, length, nonempty, one_of,
                              optional, unique, within)
@@ -177,23 +177,29 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
     },
     "08_dyfip": {
         "profile": SHARED["profile"],
-        "dyfip_flag": Param("str", "retinamnist", "a multi-class 2D MedMNIST flag, its own: the study's flag parameter does not reach it",
+        "dyfip_flag": Param("str", "hospital", "its own multi-class flag (the study's flag parameter does not reach it): "
+                            "hospital, the hospital-wide 9-class task of 02, or a multi-class 2D MedMNIST flag",
                             (_multiclass_flag,)),
         **_pick("size", "data_root", "seed", "archs", "n_per_class",  # profile keeps its place, first
                 seed="seed of the base model's training and the reference draw; branch seed j uses seed + j, random draw d seed + d",
-                archs="the first one is DyFiP's base classifier, trained on dyfip_flag and cached like 02's",
+                archs="the first one is DyFiP's base classifier, trained on dyfip_flag as 02 trains it (and reused from its cache)",
                 n_per_class="reference images per class from the validation split (capped at the class's count)"),
-        "base_epochs": Param("int", 8, "training epochs of the base classifier on dyfip_flag", (within(1),)),
+        "base_epochs": Param("int", 3, "training epochs of the base classifier on dyfip_flag (3 is 02's hospital_epochs: "
+                             "its hospital-wide model is reused)", (within(1),)),
+        "second_flag": Param("str", "retinamnist", "a second flag, run whole with the same settings and reported beside "
+                             "(empty: none)", (_second_flag,)),
+        "second_epochs": Param("int", 8, "training epochs of the base classifier on second_flag", (within(1),)),
         "method": Param("str", "deeplift", "explanation method of the class-specific relevance: deeplift, lrp, ig, gradxact",
                         (one_of(XAI_METHODS),)),
         "aggregate": Param("str", "max", "a filter's score for a candidate set: max or sum over its classes", (one_of(("max", "sum")),)),
         "branch_block": Param("int", 2, "the branch follows this segment (1-based; at least one segment must follow it)", (within(1),)),
         "branch_width": Param("int", 128, "filters of the branch's 1x1 conv", (within(1),)),
         "branch_epochs": Param("int", 20, "training epochs of the branch on the frozen features", (within(1),)),
-        "branch_seeds": Param("int", 3, "training seeds of the branch (the protocol asks for at least 3)", (within(1),)),
-        "random_draws": Param("int", 5, "draws of the random-filter baseline per branch seed (the protocol asks for at least 5)",
+        "branch_seeds": Param("int", 3, "training seeds of the branch for each k (the protocol asks for at least 3)", (within(1),)),
+        "random_draws": Param("int", 5, "draws of each random baseline per branch seed (the protocol asks for at least 5)",
                               (within(1),)),
-        "k": Param("int", 2, "candidate classes when the branch does not exit (at least 1, fewer than the classes)", (within(1),)),
+        "ks": Param("list[int]", [2, 3], "candidate counts of the grid: the branch is trained for each k (top-k objective) "
+                    "and k is chosen on validation (each at least 1, fewer than the classes)", (nonempty, unique, each(within(1)))),
         "bn_refresh": Param("str", "candidates", "BN statistics of a sub-network re-estimated on the reference images of its "
                             "candidate classes, of all classes, or none (the plain reconstruction)",
                             (one_of(("candidates", "all", "none")),)),
@@ -203,8 +209,7 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
         "taus": Param("list[float]", [0.5, 0.7, 0.8, 0.9, 1.0], "exit thresholds of the grid (exit when the branch's top-1 "
                       "probability is at least tau; 1.0 never exits)",
                       (nonempty, unique, each(within(0, 1, lo_open=True)))),
-        "cache_size": Param("int", 6, "sub-networks held at once in the LRU cache", (within(1),)),
-        "latency_images": Param("int", 100, "test images served one at a time (latency, cache hit rate); 0 serves all",
+        "latency_images": Param("int", 0, "test images served one at a time by every policy (worst-case latency); 0 serves all",
                                 (within(0),)),
     },
     "09_compression": {
@@ -217,13 +222,15 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
                                         doc="fractions of filters removed by DeepLIFT and its baselines (technique 1)"),
         "filter_baselines": _CRITERIA_LIST.but(default=["l1", "taylor"], doc="non-XAI filter criteria of technique 1 "
                                                "(random, if added, needs at least 5 draws to count as a baseline)"),
-        "sparsities": _FRACTIONS.but(default=[0.7, 0.8, 0.9, 0.95], doc="fractions of conv and linear weights removed (technique 2)"),
-        "share_bits": Param("list[int]", [1, 2, 3, 4], "bits of a shared weight's index, 2^bits centres per layer (technique 3)",
+        "sparsities": _FRACTIONS.but(default=[0.9, 0.93, 0.95, 0.97], doc="fractions of the live conv and linear weights "
+                                     "removed, after the dead ones (technique 2)"),
+        "share_bits": Param("list[int]", [1, 2, 3], "bits of a shared weight's index, 2^bits centres per layer (technique 3)",
                             (nonempty, unique, each(within(1, 16)))),
-        "budget_bits": Param("list[int]", [2, 3, 4], "average bits per weight of mixed precision, each layer 2..8 (technique 4)",
+        "budget_bits": Param("list[int]", [2, 3], "average bits per live weight of mixed precision, each layer 2..8 (technique 4)",
                              (nonempty, unique, each(within(2, 8)))),
-        "combo_sparsities": _FRACTIONS.but(default=[0.8, 0.9], doc="weight sparsities of the combined pipeline (technique 5)"),
-        "combo_bits": Param("list[int]", [3, 4], "bits after pruning in the combined pipeline (index bits, or average bits if mixed)",
+        "combo_sparsities": _FRACTIONS.but(default=[0.9, 0.95], doc="fractions of the live weights removed in the combined "
+                                           "pipeline (technique 5)"),
+        "combo_bits": Param("list[int]", [2, 3], "bits after pruning in the combined pipeline (index bits, or average bits if mixed)",
                             (nonempty, unique, each(within(1, 16)))),
         "combo_stage": Param("str", "share", "what follows pruning in the combined pipeline: share (k-means) or mixed (mixed precision)",
                              (one_of(("share", "mixed")),)),
@@ -272,8 +279,9 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
                        (nonempty, unique, each(one_of(tuple(WARDS))))),
         "criteria": _CRITERIA_LIST.but(default=["lrp", "l1", "taylor", "random"],
                                        doc="criteria on every draw, as pruned and repaired (the claim needs lrp, l1 and taylor)"),
-        "explore_criteria": _CRITERIA_LIST.but(default=["ig", "deeplift", "gradxact"], checks=(unique, each(one_of(CRITERIA))),
-                                               doc="exploration criteria, on the first explore_draws draws, as pruned only (empty: none)"),
+        "explore_criteria": _CRITERIA_LIST.but(default=["gradxact"], checks=(unique, each(one_of(CRITERIA))),
+                                               doc="exploration criteria, on the first explore_draws draws, as pruned only "
+                                               "(empty: none; ig and deeplift cost about a minute per ward on ResNet-18)"),
         "explore_draws": Param("int", 1, "reference draws of the exploration criteria (scoring IG and DeepLIFT costs most)",
                                (within(1),)),
         "ratios": _FRACTIONS.but(default=[0.0, 0.3, 0.5], doc="fractions of filters removed; 0.0 (the unpruned "

@@ -13,21 +13,26 @@ from typing import Callable
 
 from medmnist import INFO
 
-from xaiprune.names import (ARCHS, CRITERIA, SCOPES, SEGMENTS, SIZES, WARDS, XAI_CRITERIA, XAI_METHODS,  # noqa: F401
+from xaiprune.names import (ARCHS, HOSPITAL, CRITERIA, SCOPES, SEGMENTS, SIZES, WARDS, XAI_CRITERIA, XAI_METHODS,  # noqa: F401
                             flags_2d, multiclass_flags_2d, scenario_devices, scenario_names)
 
 DATA = ("flag", "size", "data_root")  # the parameters that locate the data file, the same in every notebook
 
 
 def _multiclass_flag(v: str) -> str | None:
-    if v in multiclass_flags_2d():
+    if v == HOSPITAL or v in multiclass_flags_2d():
         return None
     why = ""
     if v in INFO:
         n = len(INFO[v]["label"])
         why = (f"{v} is multi-label; " if INFO[v]["task"] == "multi-label, binary-class"
                else f"{v} has {n} classes: top-k of {n} classes prunes nothing; " if n <= 2 else f"{v} is 3D; ")
-    return f"a single-label 2D MedMNIST flag with more than 2 classes ({why}one of {multiclass_flags_2d()})"
+    return (f"a single-label 2D MedMNIST flag with more than 2 classes, or {HOSPITAL!r} ({why}one of "
+            f"{[HOSPITAL, *multiclass_flags_2d()]})")
+
+
+def _second_flag(v: str) -> str | None:
+    return None if v == "" else _multiclass_flag(v)
 
 
 # ----- rules over several parameters of one notebook, and across notebooks -------------------------
@@ -40,8 +45,10 @@ def _data_file(v: dict) -> list[str]:
     root = Path(v["data_root"]).expanduser()
     if not root.is_dir():
         return [f"data_root={v['data_root']!r}: expected an existing folder holding the MedMNIST npz; {root} does not exist"]
-    flags = [v["dyfip_flag"]] if "dyfip_flag" in v else [v["flag"]] if "flag" in v else list(WARDS.values())
-    wants = [root / data.file_name(f, v["size"]) for f in flags]
+    flags = ([v["dyfip_flag"], v["second_flag"]] if "dyfip_flag" in v else [v["flag"]] if "flag" in v
+             else list(WARDS.values()))
+    flags = [g for f in flags if f for g in (WARDS.values() if f == HOSPITAL else [f])]
+    wants = [root / data.file_name(f, v["size"]) for f in dict.fromkeys(flags)]
     return [f"data_root={v['data_root']!r}: expected the file {w}; it is not there" for w in wants if not w.is_file()]
 
 
@@ -51,12 +58,20 @@ def _second_ward(v: dict) -> list[str]:
         f"second_scenario={v['second_scenario']!r}: expected another ward than scenario (or \"\" to skip it)"]
 
 
+def _classes(flag: str) -> int:
+    return sum(len(INFO[f]["label"]) for f in WARDS.values()) if flag == HOSPITAL else len(INFO[flag]["label"])
+
+
 def _dyfip_setting(v: dict) -> list[str]:
-    """08_dyfip: k below the flag's number of classes, and at least one segment after the branch."""
-    n, segments, out = len(INFO[v["dyfip_flag"]]["label"]), SEGMENTS[v["archs"][0]], []
-    if v["k"] >= n:
-        out.append(f"k={v['k']}: expected 1 <= k < {n}, the number of classes of dyfip_flag={v['dyfip_flag']!r} "
-                   "(k = all classes prunes nothing)")
+    """08_dyfip: every k below both flags' numbers of classes, two different flags, a segment after the branch."""
+    segments, out = SEGMENTS[v["archs"][0]], []
+    for name in ("dyfip_flag", "second_flag"):
+        n = _classes(v[name]) if v[name] else None
+        if n is not None and max(v["ks"]) >= n:
+            out.append(f"ks={v['ks']}: expected every k with 1 <= k < {n}, the number of classes of {name}={v[name]!r} "
+                       "(k = all classes prunes nothing)")
+    if v["second_flag"] == v["dyfip_flag"]:
+        out.append(f"second_flag={v['second_flag']!r}: expected another flag than dyfip_flag (or \"\" for none)")
     if v["branch_block"] >= segments:
         out.append(f"branch_block={v['branch_block']}: expected 1 <= branch_block < {segments}, the segments of "
                    f"archs[0]={v['archs'][0]!r} (at least one must follow the branch)")

@@ -45,10 +45,11 @@ def machine_state() -> dict:
 
 
 def read_flags(p: dict) -> list[str]:
-    """The MedMNIST flags a notebook with parameters ``p`` reads: ``flag``, ``dyfip_flag``, and the hospital-wide
-    model's three sources when it has ``hospital_archs``."""
-    flags = {p.get("flag"), p.get("dyfip_flag")} - {None}
-    return sorted(flags | (set(names.WARDS.values()) if p.get("hospital_archs") else set()))
+    """The MedMNIST flags a notebook with parameters ``p`` reads: ``flag``, ``dyfip_flag``, ``second_flag``, and the
+    hospital-wide model's three sources when it has ``hospital_archs`` or a flag is ``hospital``."""
+    flags = {p.get("flag"), p.get("dyfip_flag"), p.get("second_flag")} - {None, ""}
+    hospital = bool(p.get("hospital_archs")) or names.HOSPITAL in flags
+    return sorted((flags - {names.HOSPITAL}) | (set(names.WARDS.values()) if hospital else set()))
 
 
 def data_files(steps: list[Step]) -> dict[str, dict]:
