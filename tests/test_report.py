@@ -118,3 +118,15 @@ def test_run_metadata_records_parameters_data_md5_and_load(tmp_path, monkeypatch
     assert len(meta["machine_start"]["load_average"]) == 3 and meta["machine_end"]["cpu_count"] >= 1
     broken = Step(Path("01_data.ipynb"), {}, parameters={"flag": "pneumoniamnist", "size": 28, "data_root": str(tmp_path / "no")})
     assert "error" in runinfo.data_files([broken])["pneumoniamnist.npz"]
+
+
+def test_the_report_shows_the_dyfip_ablations_of_both_flags_and_the_compression_ratios():
+    one = {"flag": "hospital", "worst_latency_ratio": 0.52,
+           "ablation": {"dyfip": {"bal_acc": 0.52, "mean_flops_ratio": 0.43}, "full": {"bal_acc": 0.55, "mean_flops_ratio": 1.0}}}
+    key = report.KEY_METRICS["08_dyfip"]({**one, "second": {**one, "flag": "retinamnist"}})
+    assert key["hospital dyfip test balanced acc (mean FLOPs 43%)"] == 0.52 and len(key) == 6
+    assert key["retinamnist DyFiP worst-case latency / full model's"] == 0.52
+    assert report.KEY_METRICS["08_dyfip"]({**one, "second": None}).keys() == {k for k in key if k.startswith("hospital")}
+    m09 = {"dead_weight_share": 0.43, "techniques": {"sharing": {"deeplift": {"ratio_at_1pt": 15.5}, "kmeans": {"ratio_at_1pt": None}}}}
+    assert report.KEY_METRICS["09_compression"](m09) == {"dead weights (share of conv and linear weights)": 0.43,
+                                                         "sharing deeplift: ratio at 1 AUC point, live weights": 15.5}

@@ -217,6 +217,13 @@ KEY_METRICS = {  # what the report shows per notebook (the index has everything)
     "02_train": lambda m: {f"{a} test {k}": v[f"test_{k}"] for a, v in m.items() if a != "hospital" for k in ("acc", "auc")}
     | {f"hospital {a} {w} test balanced acc": v["test"]["bal_acc"] for a, by in m.get("hospital", {}).items()
        for w, v in by.items()},
+    "08_dyfip": lambda m: {f"{f['flag']} {p} test balanced acc (mean FLOPs {v['mean_flops_ratio']:.0%})": v["bal_acc"]
+                           for f in (m, m.get("second")) if f and "ablation" in f for p, v in f["ablation"].items()}
+    | {f"{f['flag']} DyFiP worst-case latency / full model's": f["worst_latency_ratio"]
+       for f in (m, m.get("second")) if f and "worst_latency_ratio" in f},
+    "09_compression": lambda m: {"dead weights (share of conv and linear weights)": m["dead_weight_share"]}
+    | {f"{t} {v}: ratio at 1 AUC point, live weights": x["ratio_at_1pt"] for t, vs in m.get("techniques", {}).items()
+       for v, x in vs.items() if x.get("ratio_at_1pt") is not None} if "dead_weight_share" in m else {},
     "05_nlp": lambda m: {**{f"CBC solve time {k} (s)": v for k, v in m.get("solve_seconds", {}).items()},
                          **{f"surrogate error {k}": v for k, v in m.get("surrogate_error", {}).items()}},
     "06_rl": lambda m: {f"agent {w} {k}": m[w][k] for w in ("nominal", "fade") if w in m
