@@ -370,6 +370,10 @@ def test_the_test_at_the_chosen_point_runs_every_policy_per_seed_and_fills_the_m
     rnd, dy, agn = outcomes["random_specific"], outcomes["dyfip"], outcomes["random_agnostic"]
     assert not np.array_equal(rnd[0].probs, rnd[2].probs)  # draws 0 and 1 of branch seed 0 keep other filters
     assert not np.array_equal(agn[0].probs, agn[2].probs)
+    for kind, classes in (("random", (0, 1)), ("random_agnostic", None)):  # each branch seed draws its own filters
+        own = [engs[j].scores(kind, classes, 0) for j in (0, 1)]
+        assert not all(torch.equal(own[0][layer], own[1][layer]) for layer in own[0])
+        assert all(torch.equal(engs[0].scores(kind, classes, 0)[layer], own[0][layer]) for layer in own[0])  # seeded
     for policy in ("random_specific", "random_agnostic", "branch_static_tail"):  # the same width costs the same
         assert all(np.array_equal(r.macs, dy[i % 2].macs) for i, r in enumerate(outcomes[policy]))
         assert all(np.array_equal(r.exited, dy[i % 2].exited) for i, r in enumerate(outcomes[policy]))  # the same exits

@@ -40,6 +40,7 @@ from xaiprune.pruning import prune, repairs
 
 REFRESH = ("candidates", "all", "none")  # BN statistics of a sub-network from the candidates' reference images, all, or none
 AGNOSTIC = ("xai_total", "random_agnostic")  # filter scores that ignore the candidate set: one choice of filters for all
+RANDOM = ("random", "random_agnostic")  # random filter scores: each branch seed draws its own
 
 
 def multiclass(flag: str) -> bool:
@@ -207,8 +208,9 @@ class Engine:
     """
 
     def __init__(self, model: models.SegmentedModel, block: int, branch: BranchHead, relevance: dict,
-                 reference: data.Split, split: data.Split, aggregate: str = "max", seed: int = 0):
+                 reference: data.Split, split: data.Split, aggregate: str = "max", seed: int = 0, branch_id: int = 0):
         self.model, self.branch, self.relevance, self.aggregate, self.seed = model.eval(), branch.eval(), relevance, aggregate, seed
+        self.branch_id = branch_id
         self.prefix, self.tail = subnets.split_model(model, block)
         self.split, self.task = split, data.info(split.flag)["task"]
         self.y = split.y.numpy()[:, None]
@@ -226,10 +228,11 @@ class Engine:
         self._static_macs: dict[tuple[str, float], int] = {}
         self.build_seconds: list[float] = []
 
-    def with_branch(self, branch: BranchHead) -> "Engine":
-        """This engine (features, tail, sub-network builder shared) with ``branch``'s probabilities instead."""
+    def with_branch(self, branch: BranchHead, branch_id: int = 0) -> "Engine":
+        """This engine (features, tail, sub-network builder shared) with ``branch``'s probabilities instead; its random
+        draws are its own (``branch_id`` enters their seeds)."""
         other = copy.copy(self)
-        other.branch = branch.eval()
+        other.branch, other.branch_id = branch.eval(), branch_id
         with torch.inference_mode():
             other.branch_probs = torch.softmax(branch(self.features), dim=1)
         other.branch_macs = subnets.macs(models.SegmentedModel({"branch": branch}), self.builder.input_shape)
@@ -242,9 +245,10 @@ class Engine:
         summed) or ``l1``."""
         if selection == "xai":
             return subnets.subset_scores(self.relevance, classes, self.aggregate)
-        if selection in ("random", "random_agnostic"):
-            chosen = classes if selection == "random" and classes else ()
-            key = (self.seed + draw) * 1_000_003 + sum((c + 1) * 31 ** i for i, c in enumerate(chosen))
+        if selection in RANDOM:  # one stream per (seed, branch, draw, kind and, if class-specific, candidate set)
+            chosen = tuple(classes) if selection == "random" and classes else ()
+            key = int(np.random.SeedSequence([self.seed, self.branch_id, draw, RANDOM.index(selection), *chosen])
+                      .generate_state(1)[0])
             gen = torch.Generator().manual_seed(key)
             return {layer: torch.rand(rows.shape[1], generator=gen) for layer, rows in self.relevance.items()}
         if selection == "xai_total":

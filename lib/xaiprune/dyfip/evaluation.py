@@ -38,14 +38,14 @@ def engines(model, block: int, branches: list, relevance: dict, reference, split
             seed: int = 0) -> list[core.Engine]:
     """One engine per branch on ``split``; all share the first one's features, tail and sub-network builder."""
     first = core.Engine(model, block, branches[0], relevance, reference, split, aggregate, seed)
-    return [first] + [first.with_branch(b) for b in branches[1:]]
+    return [first] + [first.with_branch(b, j) for j, b in enumerate(branches[1:], start=1)]
 
 
 def engines_by_k(model, block: int, branches: dict[int, list], relevance: dict, reference, split, aggregate: str = "max",
                  seed: int = 0) -> dict[int, list[core.Engine]]:
     """:func:`engines` for the branches of every ``k``; all share one engine's features, tail and builder."""
     first = engines(model, block, next(iter(branches.values()))[:1], relevance, reference, split, aggregate, seed)[0]
-    return {k: [first.with_branch(b) for b in bs] for k, bs in branches.items()}
+    return {k: [first.with_branch(b, j) for j, b in enumerate(bs)] for k, bs in branches.items()}
 
 
 def features(prefix, split) -> torch.Tensor:
@@ -60,23 +60,29 @@ def tails(jobs: list[tuple[core.Engine, list[tuple[int, ...]]]], selection: str,
     """Per job (an engine and the candidate set of each of its images), per BatchNorm refresh mode: the tail's logits
     restricted to each image's set (N x classes) and the tail MACs per image.
 
-    Each distinct set's sub-network is built once (``selection``: ``xai``, ``random`` with ``draw``, or one of
-    :data:`~xaiprune.dyfip.core.AGNOSTIC`, whose one tail is built once for all sets), refreshed once per mode and
-    set, and run on the images of every job that has that set. The engines must share one frozen model.
+    A sub-network is built once per distinct set (``selection``: ``xai`` or ``random`` with ``draw``; one for all
+    sets under :data:`~xaiprune.dyfip.core.AGNOSTIC`), refreshed once per mode and set, and run on the images of
+    every job that has that set; a random selection (:data:`~xaiprune.dyfip.core.RANDOM`) is built per job instead,
+    since each branch seed draws its own filters. The engines must share one frozen model.
     """
-    first, built = jobs[0][0], None
+    first, nets, refreshed = jobs[0][0], {}, {}
     out = [{m: (torch.empty_like(e.full_logits), np.zeros(len(e.y), dtype=np.int64)) for m in modes} for e, _ in jobs]
     for s in sorted({t for _, sets in jobs for t in sets}):
-        if built is None or selection not in core.AGNOSTIC:
-            built = first.build(selection, s, keep, draw)
-        net, macs = built
-        who = [torch.as_tensor([i for i, t in enumerate(sets) if t == s], dtype=torch.long) for _, sets in jobs]
-        for mode in modes:
-            refreshed = first.refresh(net, s, mode)
-            for (e, _), idx, res in zip(jobs, who, out):
-                if len(idx):
-                    res[mode][0][idx] = e.run(refreshed, idx)
-                    res[mode][1][idx.numpy()] = macs
+        for j, ((e, sets), res) in enumerate(zip(jobs, out)):
+            idx = torch.as_tensor([i for i, t in enumerate(sets) if t == s], dtype=torch.long)
+            if not len(idx):
+                continue
+            key = (j if selection in core.RANDOM else -1, None if selection in core.AGNOSTIC else s)
+            if key not in nets:
+                nets[key] = (e if selection in core.RANDOM else first).build(selection, s, keep, draw)
+            net, macs = nets[key]
+            for mode in modes:
+                if (key, s, mode) not in refreshed:
+                    refreshed[key, s, mode] = first.refresh(net, s, mode)
+                res[mode][0][idx] = e.run(refreshed[key, s, mode], idx)
+                res[mode][1][idx.numpy()] = macs
+        refreshed.clear()  # a set's networks are not needed again (an agnostic tail's unrefreshed one is)
+        nets = {key: v for key, v in nets.items() if key[1] is None}
     return [{m: (core.restrict(logits, sets), macs) for m, (logits, macs) in res.items()} for (_, sets), res in zip(jobs, out)]
 
 

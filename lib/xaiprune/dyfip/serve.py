@@ -64,24 +64,26 @@ def _timed(engine: core.Engine, policy: str, nets: dict[str, dict], k: int, tau:
 
 
 def serve(engine: core.Engine, k: int, tau: float, nets: dict[str, dict], n_images: int = 0,
-          repeats: int = REPEATS, recheck: float = RECHECK) -> pd.DataFrame:
-    """Serve the first ``n_images`` test images (0: all) one at a time with every policy of :data:`POLICIES`
-    (``nets``: the :func:`prebuild` of the policies with tails), rotating the policies' order image by image; then
-    time each policy's slowest ``recheck`` share of images (at least one) ``repeats - 1`` more times, interleaved,
-    keeping the fastest. The images not timed again keep their one timing, so a worst case can only come out too
-    high, never too low. One row per image and policy: milliseconds and the answer."""
+          repeats: int = REPEATS, recheck: float = RECHECK, seed: int = 0) -> pd.DataFrame:
+    """Serve the first ``n_images`` test images (0: all) one at a time, in an order shuffled with ``seed`` (so that
+    the images that do not exit are not tied to one stretch of the machine's load), with every policy of
+    :data:`POLICIES` (``nets``: the :func:`prebuild` of the policies with tails), rotating the policies' order image by
+    image; then time each policy's slowest ``recheck`` share of images (at least one) ``repeats - 1`` more times,
+    interleaved, keeping the fastest. The images not timed again keep their one timing, so a worst case can only
+    come out too high, never too low. One row per image and policy: milliseconds and the answer."""
     if repeats < 1 or not 0 < recheck <= 1:
         raise ValueError(f"repeats={repeats}, recheck={recheck}; expected at least 1 timing and a share in (0, 1]")
     x = engine.split.x[:n_images or len(engine.split)]
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).tolist()
     rows = []
     with torch.inference_mode():
-        for i, img in enumerate(x.split(1)):
-            for policy in POLICIES[i % len(POLICIES):] + POLICIES[:i % len(POLICIES)]:
-                ms, pred = _timed(engine, policy, nets, k, tau, img)
+        for pos, i in enumerate(order):
+            for policy in POLICIES[pos % len(POLICIES):] + POLICIES[:pos % len(POLICIES)]:
+                ms, pred = _timed(engine, policy, nets, k, tau, x[i:i + 1])
                 rows.append({"image": i, "policy": policy, "ms": ms, "prediction": pred})
         log = pd.DataFrame(rows)
         n = max(1, math.ceil(recheck * len(x)))
-        slow = pd.concat([g.nlargest(n, "ms") for _, g in log.groupby("policy", sort=False)]).sort_values("image")
+        slow = pd.concat([g.nlargest(n, "ms") for _, g in log.groupby("policy", sort=False)]).sort_index()
         for _ in range(repeats - 1):
             for row in slow.itertuples():
                 ms, _ = _timed(engine, row.policy, nets, k, tau, x[row.image:row.image + 1])
@@ -100,8 +102,11 @@ def latency_table(log: pd.DataFrame) -> pd.DataFrame:
 def agreement(log: pd.DataFrame, batched: dict[str, np.ndarray]) -> dict[str, float]:
     """Per policy with a batched counterpart (``{policy: probabilities of the same engine}``), the share of served
     answers equal to the batched argmax."""
-    return {p: float((log[log["policy"] == p]["prediction"].to_numpy() == probs[:log["image"].max() + 1].argmax(1)).mean())
-            for p, probs in batched.items()}
+    out = {}
+    for p, probs in batched.items():
+        served = log[log["policy"] == p]
+        out[p] = float((served["prediction"].to_numpy() == probs.argmax(1)[served["image"].to_numpy()]).mean())
+    return out
 
 
 def serving_lines(table: pd.DataFrame, nets: dict[str, dict], agree: dict[str, float], n_images: int) -> list[str]:

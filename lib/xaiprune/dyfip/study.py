@@ -138,7 +138,7 @@ class Run:
         s, e0, p = self.s, self.test_engines[0], self.point
         nets = {name: serve.prebuild(e0, self.k, p["keep"], s.bn_refresh, sel) for name, sel in serve.SELECTION.items()}
         self.load = os.getloadavg()
-        self.log = serve.serve(e0, self.k, p["tau_exit"], nets, s.latency_images)
+        self.log = serve.serve(e0, self.k, p["tau_exit"], nets, s.latency_images, seed=s.seed)
         self.latency = serve.latency_table(self.log)
         first = {name: self.outcomes[name][0].probs for name in serve.SELECTION}  # draw 0 of seed 0 for the random one
         self.agree = serve.agreement(self.log, {**first, "full": e0.full().probs})

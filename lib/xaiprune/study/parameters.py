@@ -203,7 +203,7 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
         "bn_refresh": Param("str", "candidates", "BN statistics of a sub-network re-estimated on the reference images of its "
                             "candidate classes, of all classes, or none (the plain reconstruction)",
                             (one_of(("candidates", "all", "none")),)),
-        "keeps": Param("list[float]", [0.3, 0.4, 0.5, 0.6], "fractions of every post-branch layer's filters a sub-network "
+        "keeps": Param("list[float]", [0.3, 0.4, 0.5, 0.6, 0.8], "fractions of every post-branch layer's filters a sub-network "
                        "keeps: the grid the operating point is chosen from on validation",
                        (nonempty, unique, each(within(0, 1, lo_open=True)))),
         "taus": Param("list[float]", [0.5, 0.7, 0.8, 0.9, 1.0], "exit thresholds of the grid (exit when the branch's top-1 "
