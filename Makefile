@@ -38,7 +38,7 @@ report: $(STAMP)  ## run the notebooks with PROFILE (default) and build reports/
 check: $(STAMP)  ## check PROFILE's parameters, the kernel and the data file; run nothing
 	$(PY) -m xaiprune.study.pipeline --check --profile $(PROFILE)
 
-smoke: $(STAMP)  ## the whole chain (01-10) with the small CNN in a few minutes; its numbers are not results
+smoke: $(STAMP)  ## the whole chain (01-11) with the small CNN in a few minutes; its numbers are not results
 	$(PY) -m xaiprune.study.pipeline --profile smoke
 
 test: $(STAMP)  ## the test suite (the end-to-end test on real data needs MEDMNIST_ROOT or data/medmnist; docs/tests.md)

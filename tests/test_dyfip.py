@@ -288,7 +288,9 @@ def test_the_validation_grid_averages_over_branch_seeds_and_the_engine_agrees_wi
     assert all(len(v["nets"]) == 10 for v in nets.values())  # C(5, 2) candidate sets, every one built ahead of time
     log = serve.serve(engs[1], 2, 0.2, nets, n_images=12)
     assert len(log) == 12 * len(serve.POLICIES) and log.groupby("image")["policy"].nunique().eq(len(serve.POLICIES)).all()
-    assert (serve.serve(engs[1], 2, 0.2, nets, n_images=3, recheck=1.0)["ms"] > 0).all()  # every image timed again
+    order = log.drop_duplicates("image")["image"].tolist()  # served in a seeded shuffle, each image once per policy
+    assert sorted(order) == list(range(12)) and order != list(range(12))
+    assert order == serve.serve(engs[1], 2, 0.2, nets, n_images=12, recheck=1.0).drop_duplicates("image")["image"].tolist()
     with pytest.raises(ValueError, match="repeats=0"):
         serve.serve(engs[1], 2, 0.2, nets, n_images=3, repeats=0)
     batched = {name: outcomes[name][1].probs for name in serve.SELECTION} | {"full": engs[1].full().probs}

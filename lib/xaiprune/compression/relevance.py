@@ -50,17 +50,8 @@ def live_taps(n: int, kernel: int, stride: int, padding: int, dilation: int) -> 
 
 
 def input_shapes(model: nn.Module, x: torch.Tensor) -> "dict[str, tuple[int, ...]]":
-    """Each conv and linear layer's input shape (without the batch) on a forward pass of ``x``."""
-    shapes, layers = {}, weight_layers(model)
-    hooks = [m.register_forward_pre_hook(lambda m, i, k=k: shapes.__setitem__(k, tuple(i[0].shape[1:])))
-             for k, m in layers.items()]
-    try:
-        with torch.no_grad():
-            model.eval()(x[:1])
-    finally:
-        for h in hooks:
-            h.remove()
-    return shapes
+    """Each conv and linear layer's input shape (without the batch) on a forward pass of ``x[:1]``."""
+    return {k: tuple(i.shape[1:]) for k, (i, _) in layer_io(model, x[:1]).items()}
 
 
 def dead_weights(model: nn.Module, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
