@@ -1,22 +1,22 @@
-"""The analysis of ``10_agilenn``: the link's cost model, payloads, latency tables, ablations and metrics.
+"""The analysis of ``10_agilenn``: payloads, the split's cut, the serving runs per regime, latency tables, ablations.
 
-- :class:`Link`: the study's model on the device-remote link of a scenario: per-segment FLOPs and output bytes,
-  the system model's latency of every cut (:func:`xaiprune.agilenn.offload.predicted_seconds`), Neurosurgeon's best
-  interior cut, and the prediction of every method, whole or in its parts (device, link, remote);
-- :func:`endpoint_table`: ACC, balanced accuracy and AUC of every model on test;
-- :func:`payloads` (a :class:`Payloads`) and :func:`bytes_table`: what each method sends, round trips checked;
-- :func:`jobs`, :func:`serve`, :func:`latency_frame`, :func:`agreement`: the serving run (with the machine's load
-  average before and after) and its summary;
+- :func:`payloads` (a :class:`Payloads`): what each method sends per test image, round trips checked;
+  :func:`cut_bytes` and :func:`choose_cut`: the split's bytes per cut on validation and the cut a regime gets;
+- :func:`modelled`: the modelled milliseconds of every image of a method (:mod:`xaiprune.agilenn.regimes`);
+- :func:`endpoint_table`: ACC, balanced accuracy and AUC of every network per seed on test;
+- :func:`jobs`, :func:`serve`, :func:`run_regime`: the serving run of one regime (every method on the same images in a
+  seeded random order, the machine's load average before and after); :func:`medians` and :func:`latency_table`: per
+  method, the modelled and the measured median with its interval and parts; :func:`method_endpoints`: each method's
+  accuracy; :func:`batched`, :func:`agreement` and :func:`check`: served answers against the batched ones;
 - :func:`per_pixel` and :func:`crossover_lines`: bytes per pixel of AgileNN against the image;
-- :func:`ablation_variants`, :func:`ablations`: the variants trained at the same budget;
-- :func:`speedups`, :func:`check` and :func:`metrics` (``metrics.json``); the claim's statistics are in
-  :mod:`xaiprune.agilenn.claim`.
+- :func:`ablation_variants`, :func:`ablations`: the variants trained at the same budget.
+
+The claim's statistics and ``metrics.json`` are in :mod:`xaiprune.agilenn.claim`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,151 +24,78 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from medmnist import INFO
 
-from xaiprune import data, stats
-from xaiprune.agilenn import model as agilenn, offload, training
-from xaiprune.planning import system
-from xaiprune.pruning import prune
+from xaiprune import data, stats, train
+from xaiprune.agilenn import model as agilenn, offload, regimes, small, training
 from xaiprune.serving import payload
 
-METHODS = ["local", "offload_png", "offload_jpeg", "split", "agilenn"]
-OTHERS = [m for m in METHODS if m != "agilenn"]  # the schemes AgileNN's latency is compared with
-
-
-@dataclass
-class Link:
-    """The study's model on the link from device ``dev`` to remote ``rem`` of ``scn``."""
-
-    scn: system.Scenario
-    dev: int
-    rem: int
-    n_classes: int
-    seg_names: list
-    seg_flops: list
-    seg_out: list
-
-    @classmethod
-    def of(cls, model, shape: tuple[int, int, int], scn: system.Scenario, dev: int, rem: int, n_classes: int) -> "Link":
-        out = list(prune.profile(model, shape)["segment_out_bytes"].values())
-        return cls(scn, dev, rem, n_classes, list(model.segments), offload.flops_per_segment(model, shape), out)
-
-    @property
-    def full_flops(self) -> int:
-        return sum(self.seg_flops)
-
-    def mbps(self, a: int | None = None, b: int | None = None) -> float:
-        """Bandwidth from ``a`` to ``b`` (default: device to remote) in Mbit/s."""
-        a, b = self.dev if a is None else a, self.rem if b is None else b
-        return float(self.scn.bandwidth[a, b] * 8 / 1e6)
-
-    def cut_seconds(self, c: int, multiplier: float = 1.0) -> float:
-        """Predicted latency of a cut after segment ``c`` (1..S; S: everything on the device, nothing sent)."""
-        f = self.seg_flops
-        return offload.predicted_seconds(self.scn, self.dev, self.rem, sum(f[:c]), self.seg_out[c - 1] if c < len(f) else 0,
-                                         sum(f[c:]), 4 * self.n_classes, multiplier)
-
-    def best_cut(self, multiplier: float = 1.0) -> int:
-        """Neurosurgeon's choice among the interior cuts 1..S-1: the least predicted latency at this bandwidth."""
-        return min(range(1, len(self.seg_flops)), key=lambda c: self.cut_seconds(c, multiplier))
-
-    def table(self) -> pd.DataFrame:
-        """Per segment: MFLOPs, output bytes (float32) and the predicted milliseconds of a cut after it."""
-        return pd.DataFrame({"segment": self.seg_names, "MFLOPs": np.array(self.seg_flops) / 1e6,
-                             "output bytes (float32)": self.seg_out,
-                             "cut after it: predicted ms": [1e3 * self.cut_seconds(c + 1) for c in range(len(self.seg_flops))]})
-
-    def parts_ms(self, method: str, multiplier: float, sent: dict) -> dict[str, float]:
-        """:meth:`predicted_ms` in its parts: device compute, the link (the send and the answer's return), remote compute."""
-        if method == "split":
-            c = self.best_cut(multiplier)
-            d, b, r = sum(self.seg_flops[:c]), self.seg_out[c - 1], sum(self.seg_flops[c:])
-        else:
-            d, b, r = sent[method]
-        wire = 0.0
-        if b or r:
-            wire = (system.transfer_seconds(self.scn, self.dev, self.rem, b, multiplier)
-                    + system.transfer_seconds(self.scn, self.rem, self.dev, 4 * self.n_classes, multiplier))
-        return {"device": 1e3 * d / self.scn.devices[self.dev].speed, "link": 1e3 * wire,
-                "remote": 1e3 * r / self.scn.devices[self.rem].speed}
-
-    def predicted_ms(self, method: str, multiplier: float, sent: dict) -> float:
-        """The system model's milliseconds of ``method``; ``sent[method]``: (device FLOPs, bytes sent, remote FLOPs)."""
-        if method == "split":
-            return 1e3 * self.cut_seconds(self.best_cut(multiplier), multiplier)
-        d, b, r = sent[method]
-        return 1e3 * offload.predicted_seconds(self.scn, self.dev, self.rem, d, b, r, 4 * self.n_classes if r else 0, multiplier)
+PARTS = ("device", "up", "remote", "down")  # the measured parts of a request (ms)
 
 
 @dataclass
 class Payloads:
-    """Bytes per test image of AgileNN's payload, the PNG and the JPEG image, and their round trips."""
+    """Bytes per test image of AgileNN's payload and of the PNG image, and whether both decode exactly."""
 
     agile: np.ndarray
     png: np.ndarray
-    jpeg: np.ndarray
     roundtrip: bool
     png_exact: bool
-    jpeg_x: torch.Tensor
-    jpeg_metrics: dict
+
+    def sent(self, method: str, split: np.ndarray | None = None) -> np.ndarray:
+        """Bytes per test image that ``method`` sends (``split``: the split's bytes at its cut)."""
+        if method.startswith("local"):
+            return np.zeros_like(self.png, dtype=float)
+        return {"agilenn": self.agile, "split_small": split}.get(method, self.png).astype(float)
 
 
-def payloads(model: agilenn.AgileNN, study_model, test: data.Split, bits: int, codec: str, jpeg_quality: int) -> Payloads:
-    """Encode every test image's payload (AgileNN's indices, PNG, JPEG), decode it back, and evaluate the study's
-    model on the JPEG-decoded images."""
+def payloads(model: agilenn.AgileNN, test: data.Split, bits: int, codec: str) -> Payloads:
+    """Encode every test image's AgileNN payload and PNG image, and decode both back."""
     with torch.no_grad():
         indices = torch.cat([model.outputs(test.x[i:i + 256])["indices"] for i in range(0, len(test), 256)])
     agile = [payload.encode_indices(i, bits, codec) for i in indices]
     roundtrip = all(torch.equal(payload.decode_indices(b, bits, tuple(i.shape), codec), i) for b, i in zip(agile, indices))
     png = [payload.encode_image(x, "png") for x in test.x]
-    jpeg = [payload.encode_image(x, "jpeg", jpeg_quality) for x in test.x]
     png_exact = all(torch.equal(payload.decode_image(b), x) for b, x in zip(png, test.x))
-    jpeg_x = torch.stack([payload.decode_image(b) for b in jpeg])
-    jpeg_metrics = training.endpoints(study_model, data.Split(jpeg_x, test.y, test.flag, "test", test.size))
-    size = lambda bs: np.array([len(b) for b in bs])  # noqa: E731
-    return Payloads(size(agile), size(png), size(jpeg), roundtrip, png_exact, jpeg_x, jpeg_metrics)
+    return Payloads(np.array([len(b) for b in agile]), np.array([len(b) for b in png]), roundtrip, png_exact)
 
 
-def bytes_table(pay: Payloads, link: Link, cut: int, shape: tuple, values: int, bits: int, codec: str, quality: int) -> pd.DataFrame:
-    """Mean bytes per image of everything a method could send."""
-    rows = [("image, raw uint8", int(np.prod(shape))), ("image, PNG (lossless)", pay.png.mean()),
-            (f"image, JPEG q{quality}", pay.jpeg.mean()),
-            (f"split: {link.seg_names[cut - 1]} output, float32", link.seg_out[cut - 1]),
-            ("AgileNN: offloaded features, one byte per index", values),
-            (f"AgileNN: packed at {bits} bits", math.ceil(values * bits / 8)),
-            (f"AgileNN: packed + {codec} (sent)", pay.agile.mean())]
-    return pd.DataFrame(rows, columns=["what is sent", "bytes per image (mean)"]).set_index("what is sent")
+def cut_bytes(net, split: data.Split, codec: str) -> dict[int, np.ndarray]:
+    """Bytes per image of ``split`` for every interior cut of the small network (1..S-1 segments on the device)."""
+    return {c: small.activation_bytes(net, split, c, codec) for c in range(1, len(net.segments))}
 
 
-def sent(pay: Payloads, link: Link, costs: dict) -> dict:
-    """Per method except split: (device FLOPs, bytes sent, remote FLOPs) of one image."""
-    full = link.full_flops
-    return {"local": (full, 0, 0), "offload_png": (0, pay.png.mean(), full), "offload_jpeg": (0, pay.jpeg.mean(), full),
-            "agilenn": (costs["device_flops"], pay.agile.mean(), costs["remote_flops"])}
+def modelled(regime: regimes.Regime, nets: regimes.Networks, method: str, sent: np.ndarray, cut: int = 0) -> np.ndarray:
+    """Modelled milliseconds of ``method`` for each image, from the bytes that image sends."""
+    return np.array([regimes.modelled_ms(regime, regimes.method_cost(method, nets, b, cut)) for b in sent])
 
 
-def endpoint_table(arch: str, full: dict, evs: list[dict], seeds: list[int], test: data.Split) -> pd.DataFrame:
-    """Test ACC, balanced accuracy and AUC of the study's model, AgileNN per training seed and their mean, its local
-    predictor alone (per seed) and the answer "always the most frequent class" (:func:`xaiprune.stats.endpoints`)."""
-    y, task = test.y.numpy().reshape(len(test), -1), INFO[test.flag]["task"]
-    const = (np.tile(y.mean(0) > 0.5, (len(y), 1)) if task == stats.MULTILABEL
-             else np.eye(int(y.max()) + 1 if task != stats.BINARY else 2)[np.full(len(y), np.bincount(y[:, 0]).argmax())])
-    cols = list(stats.ENDPOINTS)
-    rows = [(f"study model {arch} (the full model)", full)] + [(f"AgileNN, seed {s}", e) for s, e in zip(seeds, evs)]
-    rows += [("AgileNN, mean over seeds", {m: np.mean([e[m] for e in evs]) for m in cols})]
-    rows += [(f"AgileNN local predictor alone (link down), seed {s}", {m: e[f"local_{m}"] for m in cols})
-             for s, e in zip(seeds, evs)]
-    rows += [("always the most frequent class", stats.endpoints(y, const.astype(float), task))]
-    return pd.DataFrame([{"model": name, **{m: float(e[m]) for m in cols}} for name, e in rows]).set_index("model")
+def choose_cut(regime: regimes.Regime, nets: regimes.Networks, val_bytes: dict[int, np.ndarray]) -> int:
+    """Neurosurgeon's choice, made on validation: the cut of least median modelled latency in ``regime``."""
+    return min(val_bytes, key=lambda c: np.median(modelled(regime, nets, "split_small", val_bytes[c], c)))
 
 
-def jobs(images: list[int], factors: list[float], cuts: dict) -> list[list]:
-    """The serving run's jobs: local once per image, then every other method per bandwidth factor, interleaved by image."""
-    out = [["local", i, 1.0, 0] for i in images]
-    for m in factors:
-        for i in images:
-            out += [["offload_png", i, m, 0], ["offload_jpeg", i, m, 0], ["split", i, m, cuts[m]], ["agilenn", i, m, 0]]
-    return out
+def cut_table(regime: regimes.Regime, nets: regimes.Networks, val_bytes: dict[int, np.ndarray], names: list[str]) -> pd.Series:
+    """Median modelled ms of the split at every cut, on validation."""
+    return pd.Series({f"after {names[c - 1]}": float(np.median(modelled(regime, nets, "split_small", b, c)))
+                      for c, b in val_bytes.items()}, name=regime.name)
+
+
+def endpoint_table(rows: dict[str, list[dict]]) -> pd.DataFrame:
+    """Per network (one list of per-seed endpoints each): test ACC, balanced accuracy and AUC, mean and range."""
+    out = []
+    for name, evs in rows.items():
+        r = {"network": name, "seeds": len(evs)}
+        for m in stats.ENDPOINTS:
+            v = [e[m] for e in evs]
+            r |= {m: float(np.mean(v)), f"{m} min": float(np.min(v)), f"{m} max": float(np.max(v))}
+        out.append(r)
+    return pd.DataFrame(out).set_index("network")
+
+
+def jobs(images: list[int], methods: list[str], seed: int) -> list[list]:
+    """Every method on every image, in a seeded random order (no method's requests share one stretch of load)."""
+    out = [[m, int(i)] for i in images for m in methods]
+    return [out[j] for j in np.random.default_rng(seed).permutation(len(out))]
 
 
 def serve(cfg: offload.OffloadConfig, folder: Path, progress: bool = True) -> tuple[pd.DataFrame, dict]:
@@ -180,29 +107,116 @@ def serve(cfg: offload.OffloadConfig, folder: Path, progress: bool = True) -> tu
     return served, {"start": [round(v, 2) for v in before], "end": [round(v, 2) for v in after], "cpus": os.cpu_count()}
 
 
-def latency_frame(served: pd.DataFrame, link: Link, sent_by_method: dict) -> pd.DataFrame:
-    """Per method and bandwidth factor: median, p5 and p95 ms, requests, the predicted ms, mean bytes, and the excess."""
-    by = served.groupby(["method", "multiplier"])
-    latency = by["latency_ms"].agg(p50="median", p5=lambda v: np.percentile(v, 5), p95=lambda v: np.percentile(v, 95),
-                                   requests="size").reset_index()
-    latency["predicted_ms"] = [link.predicted_ms(r.method, r.multiplier, sent_by_method) for r in latency.itertuples()]
-    latency["bytes"] = by["bytes"].mean().values
-    latency["measured - predicted"] = latency["p50"] - latency["predicted_ms"]
-    return latency
+def medians(served: pd.DataFrame, methods: list[str], n_boot: int = 2000, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """Per method, the median latency of each of ``n_boot`` resamples of the served images (the same resample for
+    every method: paired); returns (resampled medians (B, M), observed medians)."""
+    lat = served.pivot_table(index="image", columns="method", values="latency_ms", aggfunc="median")[methods].dropna()
+    if len(lat) < 2:
+        raise ValueError(f"{len(lat)} image(s) served by every method {methods}: expected at least 2")
+    x = lat.to_numpy()
+    boot = np.median(x[np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))], axis=1)
+    return boot, dict(zip(methods, np.median(x, axis=0).tolist()))
 
 
-def agreement(served: pd.DataFrame, study_model, model: agilenn.AgileNN, test: data.Split, jpeg_x: torch.Tensor
-              ) -> tuple[pd.Series, float]:
-    """Share of served answers equal to the batched answer of the same model on the same image, per method; and the
-    same for AgileNN's local predictor."""
-    with torch.no_grad():
-        batched = {"study": study_model(test.x).argmax(1).numpy(), "jpeg": study_model(jpeg_x).argmax(1).numpy(),
-                   "agilenn": model(test.x).argmax(1).numpy(), "local": model.local_logits(test.x).argmax(1).numpy()}
-    source = {"local": "study", "offload_png": "study", "split": "study", "offload_jpeg": "jpeg", "agilenn": "agilenn"}
-    served = served.assign(batched=[batched[source[m]][i] for m, i in zip(served["method"], served["image"])])
-    agree = served.groupby("method").apply(lambda g: float((g["pred"] == g["batched"]).mean()), include_groups=False)
+def latency_table(regime: regimes.Regime, nets: regimes.Networks, served: pd.DataFrame, cut: int, boot: np.ndarray,
+                  methods: list[str], test_sent: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Per method in ``regime``: whether its weights fit on the device, the modelled median ms and its parts (device,
+    link, remote), device MFLOPs (coder included) and mean bytes sent, from the bytes each served image sent (for a
+    method not served, every test image's: ``test_sent``); for the served ``methods``, the measured median with its
+    95% interval over the served images (``boot``: :func:`medians`) and the measured parts' medians."""
+    rows = []
+    for m in regimes.METHODS:
+        r = {"method": m, "fits": regime.fits(regimes.device_weights(m, nets, cut))}
+        got = served[served["method"] == m]
+        sent = got["bytes"].to_numpy(float) if m in methods else test_sent[m]
+        parts = pd.DataFrame([regimes.modelled_parts(regime, regimes.method_cost(m, nets, b, cut)) for b in sent])
+        r |= {f"modelled {p} ms": float(parts[p].median()) for p in parts} | {
+            "modelled ms": float(np.median(parts.sum(1))), "bytes": float(sent.mean()),
+            "device MFLOPs": regimes.device_ops(regime, regimes.method_cost(m, nets, float(np.median(sent)), cut)) / 1e6}
+        if m in methods:
+            j = methods.index(m)
+            r |= {"measured ms": float(got["latency_ms"].median()), "measured lo": float(np.quantile(boot[:, j], 0.025)),
+                  "measured hi": float(np.quantile(boot[:, j], 0.975)), "requests": len(got)}
+            r |= {f"measured {p} ms": float(got[f"{p}_ms"].median()) for p in PARTS}
+        rows.append(r)
+    return pd.DataFrame(rows).set_index("method")
+
+
+@dataclass
+class RegimeRun:
+    """One regime's serving run and its summary (:func:`run_regime`)."""
+
+    regime: regimes.Regime
+    cut: int
+    methods: list
+    served: pd.DataFrame
+    load: dict
+    boot: np.ndarray
+    observed: dict
+    table: pd.DataFrame
+
+
+def run_regime(regime: regimes.Regime, nets: regimes.Networks, cut: int, base: offload.OffloadConfig, images: list[int],
+               test_sent: dict[str, np.ndarray], limit_ms: float, seed: int, folder: Path, progress: bool = True
+               ) -> RegimeRun:
+    """Serve, on ``images``, every method whose modelled median on the test images is at most ``limit_ms``; the
+    medians' paired bootstrap and the :func:`latency_table`."""
+    methods = [m for m in regimes.METHODS if np.median(modelled(regime, nets, m, test_sent[m], cut)) <= limit_ms]
+    cfg = dataclasses.replace(base, regime=regime.as_dict(), cut=cut, jobs=jobs(images, methods, seed))
+    served, load = serve(cfg, folder, progress)
+    boot, observed = medians(served, methods, seed=seed)
+    return RegimeRun(regime, cut, methods, served, load, boot, observed,
+                     latency_table(regime, nets, served, cut, boot, methods, test_sent))
+
+
+NETWORK_OF = {"local_vgg": "vgg", "offload_vgg": "vgg", "local_small": "small", "offload_small": "small",
+              "split_small": "split", "agilenn": "agilenn"}  # which network's answers a method gives (PNG is lossless)
+
+
+def network_endpoints(vgg: dict, smalls: list, agiles: list, cut: int, test: data.Split) -> dict[str, list[dict]]:
+    """Per network of :data:`NETWORK_OF`, its test endpoints per seed (the split with its activation quantised at ``cut``)."""
+    return {"vgg": [vgg], "small": [training.endpoints(s.model, test) for s in smalls],
+            "agilenn": [training.endpoints(r.model, test) for r in agiles],
+            "split": [training.endpoints(small.Split(s.model, cut), test) for s in smalls]}
+
+
+def method_endpoints(by_network: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per method, the endpoints of its network (mean over seeds, and the balanced accuracy's range over them)."""
+    out = {}
+    for m, net in NETWORK_OF.items():
+        evs = by_network[net]
+        out[m] = {e: float(np.mean([v[e] for v in evs])) for e in stats.ENDPOINTS}
+        out[m] |= {"bal_acc_min": min(v["bal_acc"] for v in evs), "bal_acc_max": max(v["bal_acc"] for v in evs)}
+    return out
+
+
+def batched(networks: dict[str, torch.nn.Module], x: torch.Tensor, flag: str) -> dict[str, np.ndarray]:
+    """Per method, the batched predictions on ``x`` of its network (``networks``: keyed as :data:`NETWORK_OF`'s values)."""
+    preds = {net: train.predict(model, x, flag).argmax(1) for net, model in networks.items()}
+    return {m: preds[net] for m, net in NETWORK_OF.items()}
+
+
+def check(pay: Payloads, agreements: list[tuple[pd.Series, float]], runs: list[RegimeRun], evs: list[dict]) -> None:
+    """The payloads decode exactly, the served answers equal the batched ones, every measured part is a duration and
+    the parts add up to no more than the latency, skewness and ordered share are shares."""
+    assert pay.roundtrip, "a payload did not decode to its indices"
+    assert pay.png_exact, "PNG did not give back the pixels"
+    for agree, local in agreements:
+        assert (agree >= 0.97).all() and local >= 0.97, f"served answers differ from the batched ones: {agree.to_dict()}"
+    for r in runs:
+        parts = r.served[[f"{p}_ms" for p in PARTS]]
+        assert (parts[["up_ms", "remote_ms", "down_ms"]] >= 0).all().all(), f"{r.regime.name}: a negative measured part"
+        assert (parts["device_ms"] > -0.05).all(), f"{r.regime.name}: the parts exceed the measured latency"
+    assert all(0 <= e["skewness"] <= 1 and 0 <= e["ordered"] <= 1 for e in evs)
+
+
+def agreement(served: pd.DataFrame, batched: dict[str, np.ndarray], local: np.ndarray) -> tuple[pd.Series, float]:
+    """Share of served answers equal to the batched answer of the same network on the same image, per method
+    (``batched[method]``: predictions on every test image); and the same for AgileNN's local predictor."""
+    same = [batched[m][i] == p for m, i, p in zip(served["method"], served["image"], served["pred"])]
+    agree = served.assign(same=same).groupby("method")["same"].mean()
     ag = served[served["method"] == "agilenn"]
-    return agree, float((ag["pred_local"].values == batched["local"][ag["image"].values]).mean())
+    return agree, float((ag["pred_local"].to_numpy() == local[ag["image"].to_numpy()]).mean())
 
 
 def per_pixel(offloaded_channels: int, bits_per_value: float, png_ratio: float) -> pd.DataFrame:
@@ -218,7 +232,7 @@ def crossover_lines(pay: Payloads, stride: int, shape: tuple, packed: int) -> li
     official_image, official_packed = 96 * 96 * 3, 19 * 32 * 32 * 3 / 8  # CIFAR resized to 96x96 RGB; 19 channels at 32x32, 3 bits
     raw = int(np.prod(shape))
     return [f"this run (stride {stride}): AgileNN sends {pay.agile.mean():.0f} bytes per image, the PNG image "
-            f"{pay.png.mean():.0f}: AgileNN sends {ratio:.2f}x the bytes of full offload ({'more' if ratio > 1 else 'fewer'})",
+            f"{pay.png.mean():.0f}: {ratio:.2f}x the bytes of full offload",
             f"the official setting for comparison: the resized image is {official_image} bytes raw, the packed indices "
             f"{official_packed:.0f} bytes before coding ({official_image / official_packed:.1f}x fewer); here the image is "
             f"{raw} bytes raw and the packed indices {packed} bytes ({raw / packed:.2f}x)"]
@@ -248,74 +262,3 @@ def ablations(config: training.AgileConfig, variants: list[tuple[str, dict]], ep
                      "ordered": e["ordered"], "bytes": np.mean([len(payload.encode_indices(i, b, codec)) for i in idx]),
                      "device MFLOPs": cst["device_flops"] / 1e6, "seconds": t.seconds, "cached": t.cached})
     return pd.DataFrame(rows).set_index("variant")
-
-
-def at(latency: pd.DataFrame, method: str) -> pd.Series:
-    """A method's row of :func:`latency_frame` at the scenario's own bandwidth (factor 1.0)."""
-    return latency[(latency["method"] == method) & (latency["multiplier"] == 1.0)].iloc[0]
-
-
-def speedups(latency: pd.DataFrame) -> dict:
-    """Each other method's median latency over AgileNN's, at the scenario's bandwidth."""
-    return {m: float(at(latency, m)["p50"] / at(latency, "agilenn")["p50"]) for m in OTHERS}
-
-
-def check(pay: Payloads, agree: pd.Series, agree_local: float, link: Link, cut: int, ev: dict) -> None:
-    """The payloads decode to their indices, PNG is lossless, the served answers equal the batched ones, the split
-    is at the best interior cut, skewness and ordered share are shares."""
-    assert pay.roundtrip, "a payload did not decode to its indices"
-    assert pay.png_exact, "PNG did not give back the pixels"
-    assert (agree >= 0.97).all() and agree_local >= 0.97, f"served answers differ from the batched ones: {agree.to_dict()}"
-    interior = [link.cut_seconds(c) for c in range(1, len(link.seg_flops))]
-    assert min(interior) == interior[cut - 1], "the split is not at the best interior cut"
-    assert 0 <= ev["skewness"] <= 1 and 0 <= ev["ordered"] <= 1
-
-
-def _method(latency: pd.DataFrame, name: str, ep: dict, device_flops: float, nbytes: float, **extra) -> dict:
-    r = at(latency, name)
-    return {"test_acc": round(ep["acc"], 6), "test_bal_acc": round(ep["bal_acc"], 6), "test_auc": round(ep["auc"], 6),
-            "device_mflops": round(device_flops / 1e6, 6), "bytes_per_image": round(float(nbytes), 1),
-            "latency_ms_p50": round(float(r["p50"]), 3), "latency_ms_p95": round(float(r["p95"]), 3),
-            "predicted_ms": round(float(r["predicted_ms"]), 3), **extra}
-
-
-def _rounded(v):
-    if isinstance(v, dict):
-        return {k: _rounded(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_rounded(x) for x in v]
-    return round(float(v), 6) if isinstance(v, (float, np.floating)) else v
-
-
-def metrics(latency: pd.DataFrame, link: Link, cut: int, acc: dict, evs: list[dict], costs: dict, pay: Payloads,
-            ablation_frame: pd.DataFrame, c: dict, measured: dict, *, arch: str, k: int, centroids: int, quality: int,
-            emulate: bool, seeds: list[int]) -> dict:
-    """``metrics.json`` of ``10_agilenn`` (the notebook adds the claim row and the choices). ``agilenn``'s endpoints
-    are the means over the training seeds (``seeds``: each seed's), the rest of its row the served seed's (the first)."""
-    s, j, ev = acc["full"], pay.jpeg_metrics, evs[0]
-    return {
-        "local_only": _method(latency, "local", s, link.full_flops, 0, arch=arch),
-        "full_offload": _method(latency, "offload_png", s, 0, pay.png.mean(), codec="png"),
-        "full_offload_jpeg": _method(latency, "offload_jpeg", j, 0, pay.jpeg.mean(), quality=quality),
-        "split": _method(latency, "split", s, sum(link.seg_flops[:cut]), link.seg_out[cut - 1],
-                         cut_after=link.seg_names[cut - 1]),
-        "agilenn": _method(latency, "agilenn", acc["agilenn"], costs["device_flops"], pay.agile.mean(),
-                           skewness=round(ev["skewness"], 6), local_only_acc=round(ev["local_acc"], 6),
-                           local_only_auc=round(ev["local_auc"], 6), ordered=round(ev["ordered"], 6),
-                           device_flops_ratio=round(costs["device_flops"] / link.full_flops, 6),
-                           remote_mflops=round(costs["remote_flops"] / 1e6, 6), k=k, centroids=centroids,
-                           bits_per_value=round(float(8 * pay.agile.mean() / costs["offloaded_values"]), 4),
-                           seeds=seeds, per_seed=_rounded([{m: e[m] for m in ("acc", "bal_acc", "auc", "skewness")} for e in evs])),
-        "auc_vs_full": _rounded({k_: v for k_, v in acc["auc"].items()}),
-        "latency_by_bandwidth": {m: {f"{r.multiplier:g}": {"p50": round(r.p50, 3), "p95": round(r.p95, 3)}
-                                     for r in latency[latency["method"] == m].itertuples()} for m in METHODS},
-        "speedup_vs": {m: round(v, 3) for m, v in speedups(latency).items()},
-        "latency_ratios": _rounded({"modelled": c["extra"]["modelled_ratios"], "measured": measured["ratios"],
-                                    "measured_min": measured["min"], "load_average": c["extra"]["load_average"]}),
-        "ablations": {name: {col.replace(" ", "_").lower(): round(float(r[col]), 6)
-                             for col in ("test AUC", "test ACC", "local AUC", "local ACC", "skewness", "ordered", "bytes")}
-                      for name, r in ablation_frame.iterrows()},
-        "targets": c["parts"],
-        "link": {"device": link.scn.devices[link.dev].name, "remote": link.scn.devices[link.rem].name,
-                 "mbps": round(link.mbps(), 3), "emulated": emulate, "images": measured["images"]},
-    }

@@ -1,18 +1,19 @@
-"""The claim of ``10_agilenn``: over 6x lower latency than every other scheme, with an AUC near the full model's.
+"""The claim of ``10_agilenn`` and its ``metrics.json``: in the paper's regime, AgileNN against the baselines of its size.
 
-Decided in three parts, each by the protocol's rules (:mod:`xaiprune.study.protocol`; margins and targets are
-arguments, the notebook takes them from there):
+The claim is decided in the regime it was made for (the notebook's ``claim_regime``, by default ``paper``) in four
+parts, by the protocol's rules (margins and targets from :mod:`xaiprune.study.protocol`):
 
-- :func:`accuracy`: AgileNN over its training seeds against the full model (the study's model run locally) on the
-  same test images: ACC, balanced accuracy and AUC of each (:func:`xaiprune.stats.endpoints`) and the AUC
-  difference by :func:`xaiprune.stats.paired_difference` (seeds nested), Holm-corrected (:func:`xaiprune.stats.holm`);
-- :func:`modelled_ratios`: the system model's latency of every other scheme over AgileNN's (exact, no interval);
-- :func:`measured_ratios`: the served medians' ratios with a bootstrap over the served images
-  (:func:`xaiprune.stats.summarise_bootstrap`), decided on the lower end of the smallest ratio's interval;
+- :func:`accuracy`: AgileNN over its training seeds minus the equal-capacity network offloaded whole
+  (``offload_small``: the lossless PNG image, so its answers are the small network's), on balanced accuracy and AUC,
+  each by :func:`xaiprune.stats.paired_difference` (test images resampled, the seeds nested and paired: seed j of
+  both starts from the same reference stem), Holm-corrected over the two, against the margin;
+- :func:`modelled_ratio`: the least modelled median latency among the equal-capacity baselines that fit on the
+  device (local, offloaded, split) over AgileNN's, at least the target;
+- :func:`measured_ratio`: the same on the served medians, decided on the lower end of its interval: each resample of
+  the served images (the same for every method) gives the smallest baseline median over AgileNN's.
 
-:func:`latency_parts` separates the modelled milliseconds (device, link, remote) from the overhead of the real
-round trip; :func:`claim` gives the verdict, its evidence and the row's extra keys (the load average of the
-measurement among them), :func:`claim_lines` the notebook's lines.
+:func:`claim` gives the verdict, its evidence and the row's extra keys, :func:`claim_lines` the notebook's lines and
+:func:`metrics` the notebook's ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -21,141 +22,121 @@ import numpy as np
 import pandas as pd
 
 from xaiprune import stats
-from xaiprune.agilenn.analysis import METHODS, OTHERS, Link, Payloads, at
+from xaiprune.agilenn.regimes import EQUAL_CAPACITY
+
+ACCURACY = ("bal_acc", "auc")  # the endpoints of the parity test
 
 
-def accuracy(agile: list[np.ndarray], full: np.ndarray, y: np.ndarray, task: str, margin: float, n_boot: int = 2000,
-             seed: int = 0) -> dict:
-    """AgileNN over its training seeds (one probability array each) against the full model on the same test images.
-
-    ``agilenn`` (the mean over seeds), ``seeds`` and ``full``: ACC, balanced accuracy and AUC
-    (:func:`xaiprune.stats.endpoints`); ``difference``: AgileNN's mean minus the full model's, per endpoint;
-    ``auc``: the claim's primary comparison, the AUC difference by :func:`xaiprune.stats.paired_difference` (test
-    images resampled, the seeds nested) against ``margin``, Holm-corrected over the claim's family (this one
-    comparison: the latency parts are decided separately, each on its own figure).
-    """
+def accuracy(agile: list[np.ndarray], other: list[np.ndarray], y: np.ndarray, task: str, margin: float,
+             n_boot: int = 2000, seed: int = 0) -> dict:
+    """AgileNN's seeds (probabilities each) minus ``other``'s on the same test images: per endpoint of
+    :data:`ACCURACY`, the paired difference, Holm-corrected over the two. Seed j of one side is drawn with seed j of
+    the other (the small network of seed j starts from the same reference stem and sees the same batches)."""
     y = np.asarray(y)
-    diff = stats.holm([stats.paired_difference(agile, [full], y, task, "auc", margin, n_boot, seed)])[0]
-    seeds = [stats.endpoints(y, p, task) for p in agile]
-    mean = {m: float(np.mean([s[m] for s in seeds])) for m in stats.ENDPOINTS}
-    ref = stats.endpoints(y, full, task)
-    return {"agilenn": mean, "seeds": seeds, "full": ref, "difference": {m: mean[m] - ref[m] for m in stats.ENDPOINTS},
-            "auc": diff}
+    diffs = stats.holm([stats.paired_difference(agile, other, y, task, m, margin, n_boot, seed, paired_seeds=True)
+                        for m in ACCURACY])
+    return dict(zip(ACCURACY, diffs))
 
 
-def modelled_ratios(link: Link, sent_by_method: dict, multiplier: float = 1.0) -> dict[str, float]:
-    """Each other scheme's predicted latency over AgileNN's (:meth:`Link.predicted_ms`: no interval, the model is exact)."""
-    mine = link.predicted_ms("agilenn", multiplier, sent_by_method)
-    return {m: link.predicted_ms(m, multiplier, sent_by_method) / mine for m in OTHERS}
+def _baselines(table: pd.DataFrame, column: str) -> list[str]:
+    return [m for m in EQUAL_CAPACITY if m in table.index and table.loc[m, "fits"] and pd.notna(table.loc[m, column])]
 
 
-def _ratio(observed: float, boot: np.ndarray, target: float) -> dict:
-    r = stats.summarise_bootstrap(observed, boot, target)
-    return {"ratio": float(observed), "interval": r["interval"], "p": r["p"], "target": target}
+def modelled_ratio(table: pd.DataFrame) -> dict:
+    """The nearest equal-capacity baseline's modelled median over AgileNN's (:func:`analysis.latency_table` rows)."""
+    base = _baselines(table, "modelled ms")
+    best = min(base, key=lambda m: table.loc[m, "modelled ms"])
+    return {"ratio": float(table.loc[best, "modelled ms"] / table.loc["agilenn", "modelled ms"]), "against": best}
 
 
-def measured_ratios(served: pd.DataFrame, target: float, n_boot: int = 2000, seed: int = 0, multiplier: float = 1.0) -> dict:
-    """Each other scheme's median measured latency over AgileNN's, on the images every scheme served at ``multiplier``.
-
-    The images are resampled with replacement ``n_boot`` times, the same resample for every scheme (paired); each
-    resample gives every scheme's median and so every ratio; ``min`` is the smallest ratio of each resample (the
-    scheme nearest to AgileNN). Each ratio as :func:`xaiprune.stats.summarise_bootstrap` reports it against ``target``
-    (``p``: of "the ratio is at most the target"); ``median_ms``: each scheme's median with its interval.
-    """
-    rows = served[np.isclose(served["multiplier"], multiplier)]
-    lat = rows.pivot_table(index="image", columns="method", values="latency_ms", aggfunc="median")
-    missing = [m for m in METHODS if m not in lat.columns]
-    if missing:
-        raise ValueError(f"no request of {missing} at bandwidth factor {multiplier}")
-    x = lat[METHODS].dropna().to_numpy()
-    if len(x) < 2:
-        raise ValueError(f"{len(x)} image(s) served by every scheme at factor {multiplier}: expected at least 2")
-    med = np.median(x[np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))], axis=1)
-    obs, a = np.median(x, axis=0), METHODS.index("agilenn")
-    boot = {m: med[:, j] / med[:, a] for j, m in enumerate(METHODS) if m != "agilenn"}
-    ratios = {m: _ratio(obs[METHODS.index(m)] / obs[a], boot[m], target) for m in OTHERS}
-    nearest = min(ratios, key=lambda m: ratios[m]["ratio"])
-    low = _ratio(ratios[nearest]["ratio"], np.min(np.stack(list(boot.values())), axis=0), target)
-    medians = {m: {"median": float(obs[j]), "interval": [float(v) for v in np.quantile(med[:, j], [0.025, 0.975])]}
-               for j, m in enumerate(METHODS)}
-    return {"ratios": ratios, "min": {**low, "against": nearest}, "median_ms": medians, "images": len(x), "n_boot": n_boot}
+def measured_ratio(boot: np.ndarray, observed: dict, methods: list[str], level: float = 0.95) -> dict:
+    """The nearest equal-capacity baseline's measured median over AgileNN's, with its paired bootstrap interval
+    (``boot``: resampled medians (B, M) of :func:`analysis.medians`, columns in ``methods``' order)."""
+    base = [m for m in EQUAL_CAPACITY if m in methods]
+    if "agilenn" not in methods or not base:
+        raise ValueError(f"methods={methods}: expected agilenn and at least one of {EQUAL_CAPACITY}")
+    best = min(base, key=observed.get)
+    resampled = boot[:, [methods.index(m) for m in base]].min(1) / boot[:, methods.index("agilenn")]
+    lo, hi = np.quantile(resampled, [(1 - level) / 2, (1 + level) / 2])
+    return {"ratio": observed[best] / observed["agilenn"], "interval": [float(lo), float(hi)], "against": best}
 
 
-def latency_parts(link: Link, sent_by_method: dict, measured: dict, multiplier: float = 1.0) -> pd.DataFrame:
-    """Per method at ``multiplier``: the modelled milliseconds (device, link, remote, total), the measured median with
-    its interval, and the overhead the model does not charge (measured median minus modelled total)."""
-    rows = []
-    for m in METHODS:
-        parts = link.parts_ms(m, multiplier, sent_by_method)
-        med = measured["median_ms"][m]
-        total = sum(parts.values())
-        rows.append({"method": m, **{f"modelled {k} ms": v for k, v in parts.items()}, "modelled ms": total,
-                     "measured median ms": med["median"], "measured lo ms": med["interval"][0],
-                     "measured hi ms": med["interval"][1],
-                     "overhead ms": med["median"] - total})
-    return pd.DataFrame(rows).set_index("method")
+def claim(acc: dict, modelled: dict, measured: dict, target: float, regime: str, load: dict, requests: int) -> dict:
+    """The verdict from the four parts; what :func:`xaiprune.study.protocol.row` takes (``measured``: the measured
+    ratio, ``interval``, ``n_seeds``, ``verdict``, ``evidence``, ``extra``), with ``parts`` and ``target_met``."""
+    parts = {"modelled_ratio_at_least_target": modelled["ratio"] >= target,
+             "measured_ratio_lower_end_at_least_target": measured["interval"][0] >= target,
+             **{f"{m}_within_margin": bool(acc[m]["above_margin"]) for m in ACCURACY}}
+    met, wins = all(parts.values()), any(parts.values())
+    b, a = acc["bal_acc"], acc["auc"]
+    evidence = (f"In the {regime} regime the nearest baseline of AgileNN's own size is {modelled['ratio']:.2f}x AgileNN's "
+                f"latency by the model ({modelled['against']}) and {measured['ratio']:.2f}x "
+                f"[{measured['interval'][0]:.2f}, {measured['interval'][1]:.2f}] as measured ({measured['against']}, "
+                f"{requests} requests per method, load average {load['start'][0]:.2f} then {load['end'][0]:.2f} on "
+                f"{load['cpus']} CPUs); the target is {target:g}x. AgileNN minus the same network offloaded whole "
+                f"(mean over {b['n_seeds'][0]} training seeds each): balanced accuracy {b['diff']:+.4f} "
+                f"[{b['interval_holm'][0]:+.4f}, {b['interval_holm'][1]:+.4f}], AUC {a['diff']:+.4f} "
+                f"[{a['interval_holm'][0]:+.4f}, {a['interval_holm'][1]:+.4f}] (Holm-corrected), margin {b['margin']:+.2f}.")
+    extra = _rounded({"regime": regime, "target_ratio": target, "modelled_ratio": modelled, "measured_ratio": measured,
+                      "accuracy_vs_offload_small": {m: {k: acc[m][k] for k in ("diff", "interval_holm", "p_holm")}
+                                                    for m in ACCURACY},
+                      "load_average": load, "requests": requests, "parts": parts})
+    return {"measured": measured["ratio"], "interval": measured["interval"], "n_seeds": b["n_seeds"][0],
+            "verdict": stats.verdict(met, wins), "evidence": evidence, "extra": extra, "parts": parts, "target_met": met}
+
+
+def claim_lines(c: dict, skew: list[float], rho: float) -> list[str]:
+    """Each part met or not, the skewness target beside (it decides nothing), and the verdict."""
+    word = lambda key: "met" if c["parts"][key] else "NOT met"  # noqa: E731
+    e = c["extra"]
+    mo, me, acc = e["modelled_ratio"], e["measured_ratio"], e["accuracy_vs_offload_small"]
+    return [f"modelled: the nearest baseline of AgileNN's size ({mo['against']}) is {mo['ratio']:.2f}x AgileNN's latency; "
+            f"target {e['target_ratio']:g}x: {word('modelled_ratio_at_least_target')}",
+            f"measured: {me['ratio']:.2f}x [{me['interval'][0]:.2f}, {me['interval'][1]:.2f}] ({me['against']}); the lower "
+            f"end against {e['target_ratio']:g}x: {word('measured_ratio_lower_end_at_least_target')}",
+            *[f"{m} minus offload_small: {acc[m]['diff']:+.4f} [{acc[m]['interval_holm'][0]:+.4f}, "
+              f"{acc[m]['interval_holm'][1]:+.4f}] (Holm): {word(f'{m}_within_margin')}" for m in ACCURACY],
+            f"skewness per seed {', '.join(f'{s:.3f}' for s in skew)} against rho = {rho}: "
+            f"{'met' if min(skew) >= rho else 'NOT met'} (a training target; it decides nothing in the claim)",
+            f"verdict ({e['regime']} regime): {c['verdict']}"]
 
 
 def _rounded(v):
-    """Floats to 4 decimals, through dicts and lists (the row's extra keys go to JSON as the report shows them)."""
+    """Floats to 4 decimals, through dicts and lists (numpy scalars and booleans to plain JSON)."""
     if isinstance(v, dict):
         return {k: _rounded(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [_rounded(x) for x in v]
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
     return round(float(v), 4) if isinstance(v, (float, np.floating)) else v
 
 
-def claim(acc: dict, modelled: dict[str, float], measured: dict, target_ratio: float, load: dict, mbps: float) -> dict:
-    """The claim's verdict from its three parts: the AUC difference's corrected interval above the margin, the modelled
-    latency ratio against every scheme at least ``target_ratio``, and the lower end of the measured one's interval too.
-
-    Returns what :func:`xaiprune.study.protocol.row` takes (``measured``, ``interval``, ``n_seeds``, ``verdict``,
-    ``evidence``, and ``extra``: the latency figures, the load and the endpoints beside), with ``parts``,
-    ``target_met`` and ``wins_somewhere``.
-    """
-    d, low = acc["auc"], min(modelled, key=modelled.get)
-    m = measured["min"]
-    parts = {"auc_above_margin": bool(d["above_margin"]),
-             "modelled_ratio_at_least_target": bool(modelled[low] >= target_ratio),
-             "measured_ratio_at_least_target": bool(m["interval"][0] >= target_ratio)}
-    met, wins, n = all(parts.values()), any(parts.values()), d["n_seeds"][0]
-    evidence = (f"AgileNN's test AUC (mean over {n} training seeds) minus the full model's: {d['diff']:+.4f}, corrected "
-                f"interval [{d['interval_holm'][0]:+.4f}, {d['interval_holm'][1]:+.4f}] against the margin {d['margin']:+.2f}. "
-                f"At {mbps:.0f} Mbit/s the least ratio of another scheme's latency to AgileNN's is {modelled[low]:.1f}x by "
-                f"the model ({low}) and {m['ratio']:.1f}x [{m['interval'][0]:.1f}, {m['interval'][1]:.1f}] as measured "
-                f"({m['against']}, {measured['images']} images, load average {load['start'][0]:.2f} then "
-                f"{load['end'][0]:.2f} on {load['cpus']} CPUs); the target is {target_ratio:g}x.")
-    extra = {"endpoints": {"agilenn": acc["agilenn"], "full_model": acc["full"]}, "p_holm": d["p_holm"],
-             "latency_target_ratio": target_ratio, "modelled_ratios": modelled, "modelled_min_ratio": modelled[low],
-             "measured_ratios": {k: {"ratio": v["ratio"], "interval": v["interval"]} for k, v in measured["ratios"].items()},
-             "measured_min_ratio": {"ratio": m["ratio"], "interval": m["interval"], "against": m["against"]},
-             "latency_images": measured["images"], "load_average": load, "parts": parts}
-    extra = _rounded(extra)
-    return {"measured": d["diff"], "interval": d["interval_holm"], "n_seeds": n, "verdict": stats.verdict(met, wins),
-            "evidence": evidence, "extra": extra, "parts": parts, "target_met": met, "wins_somewhere": wins}
+def regime_metrics(table: pd.DataFrame, endpoints: dict[str, dict], cut_after: str) -> dict:
+    """``regimes.<regime>`` of ``metrics.json``: per method the latency figures, endpoints, device MFLOPs and bytes
+    (``table``: :func:`analysis.latency_table` with ``device MFLOPs`` and ``bytes`` columns added)."""
+    out = {"split_cut_after": cut_after}
+    for m, r in table.iterrows():
+        get = lambda k: None if k not in r or pd.isna(r[k]) else float(r[k])  # noqa: E731
+        out[m] = _rounded({"latency_ms_p50_model": get("modelled ms"), "latency_ms_p50_measured": get("measured ms"),
+                           "latency_lo": get("measured lo"), "latency_hi": get("measured hi"),
+                           "bal_acc": endpoints[m]["bal_acc"], "auc": endpoints[m]["auc"], "acc": endpoints[m]["acc"],
+                           "device_mflops": get("device MFLOPs"), "bytes_per_image": get("bytes"), "fits": bool(r["fits"]),
+                           "requests": int(r["requests"]) if get("requests") is not None else 0})
+    return out
 
 
-def claim_lines(c: dict, acc: dict, modelled: dict, measured: dict, latency: pd.DataFrame, link: Link, costs: dict,
-                pay: Payloads) -> list[str]:
-    """Each part of the claim met or not (targets as :func:`claim` was given them), the comparison with full offload
-    explained by its parts, and the verdict."""
-    word = lambda key: "met" if c["parts"][key] else "NOT met"  # noqa: E731
-    d, e, m, r = acc["auc"], c["extra"], measured["min"], c["extra"]["latency_target_ratio"]
-    a, png_b, ag_b = (lambda k: at(latency, k)), pay.png.mean(), pay.agile.mean()
-    return [f"AUC: AgileNN {acc['agilenn']['auc']:.4f} (mean over {c['n_seeds']} seeds) against the full model's "
-            f"{acc['full']['auc']:.4f}: {d['diff']:+.4f}, corrected interval [{d['interval_holm'][0]:+.4f}, "
-            f"{d['interval_holm'][1]:+.4f}], margin {d['margin']:+.2f}: {word('auc_above_margin')}",
-            f"beside it (decides nothing), AgileNN minus the full model: ACC {acc['difference']['acc']:+.4f}, balanced "
-            f"accuracy {acc['difference']['bal_acc']:+.4f}",
-            "modelled latency ratio (other / AgileNN): " + ", ".join(f"{k} {v:.1f}x" for k, v in modelled.items())
-            + f"; the least {e['modelled_min_ratio']:.1f}x against {r:g}x: {word('modelled_ratio_at_least_target')}",
-            "measured latency ratio (medians): " + ", ".join(f"{k} {v['ratio']:.1f}x [{v['interval'][0]:.1f}, "
-                                                            f"{v['interval'][1]:.1f}]" for k, v in measured["ratios"].items())
-            + f"; the least, {m['against']}, lower end {m['interval'][0]:.1f}x against {r:g}x: "
-            f"{word('measured_ratio_at_least_target')}",
-            f"against full offload (PNG): AgileNN sends {ag_b:.0f} bytes against the image's {png_b:.0f}, and the remote runs "
-            f"{costs['remote_flops'] / 1e6:.1f} MFLOPs for it against {link.full_flops / 1e6:.1f}; the measured medians exceed "
-            f"the model by {a('agilenn')['p50'] - a('agilenn')['predicted_ms']:.1f} ms (AgileNN) and "
-            f"{a('offload_png')['p50'] - a('offload_png')['predicted_ms']:.1f} ms (full offload): the round trip between two "
-            "processes on a shared CPU, which the model does not charge",
-            f"verdict: {c['verdict']}"]
+def agilenn_metrics(evs: list[dict], seeds: list[int], costs: dict, nets, coder_ops: float, agile_bytes: float,
+                    k: int, centroids: int) -> dict:
+    """``agilenn`` of ``metrics.json``: skewness over seeds, device work against its own network and VGG-16-BN."""
+    device = costs["device_flops"] + coder_ops * nets.agile_packed
+    return _rounded({"n_seeds": len(seeds), "seeds": seeds, "skewness": float(np.mean([e["skewness"] for e in evs])),
+                     "skewness_per_seed": [e["skewness"] for e in evs], "skewness_min": min(e["skewness"] for e in evs),
+                     "ordered": float(np.mean([e["ordered"] for e in evs])), "k": k, "centroids": centroids,
+                     "device_mflops": device / 1e6, "device_network_mflops": costs["device_flops"] / 1e6,
+                     "coder_mops": coder_ops * nets.agile_packed / 1e6,
+                     "device_share_of_own_network": device / (costs["device_flops"] + costs["remote_flops"]),
+                     "device_share_of_vgg": device / nets.vgg_flops, "bytes_per_image": agile_bytes,
+                     "bits_per_value": 8 * agile_bytes / costs["offloaded_values"],
+                     "local_only_bal_acc": float(np.mean([e["local_bal_acc"] for e in evs])),
+                     "local_only_auc": float(np.mean([e["local_auc"] for e in evs]))})

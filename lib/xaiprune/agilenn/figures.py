@@ -1,6 +1,6 @@
-"""The figures of ``10_agilenn``: training per seed, importance per channel, latency against bandwidth, latency in its
-modelled parts and measured overhead, bytes against image size, ablations. Each function draws one figure from values
-the notebook computed and shows it."""
+"""The figures of ``10_agilenn``: training per seed, importance per channel, the headline (latency against balanced
+accuracy per method and regime), latency in its modelled and measured parts, bytes against image size, ablations.
+Each function draws one figure from values the notebook computed and shows it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from xaiprune.agilenn import analysis as agilenn_analysis
 
 
 def training(histories: list[list[dict]], seeds: list[int], rho: float) -> None:
@@ -39,37 +38,52 @@ def importance(share: np.ndarray, skewness: np.ndarray, k: int, rho: float) -> N
     plt.tight_layout(); plt.show()
 
 
-def latency(frame: pd.DataFrame, link: "agilenn_analysis.Link", factors: list[float], sent: dict) -> None:
-    """Median latency per method (markers, p5-p95 bars) against the device -> remote bandwidth, with the system model's
-    prediction (lines; for split, the best interior cut at each bandwidth)."""
-    grid = np.geomspace(min(factors) / 3, max(factors) * 3, 60)
-    fig, ax = plt.subplots(figsize=(8.5, 4.4))
-    for j, method in enumerate(agilenn_analysis.METHODS):
-        g = frame[frame["method"] == method].sort_values("multiplier")
-        xs = g["multiplier"] if method != "local" else np.array(factors)
-        ys = lambda col: np.repeat(g[col].values, len(xs)) if method == "local" else g[col].values  # noqa: E731
-        ax.errorbar(np.asarray(xs) * link.mbps(), ys("p50"), yerr=[ys("p50") - ys("p5"), ys("p95") - ys("p50")],
-                    fmt="o", color=f"C{j}", capsize=3, label=f"{method} (measured)")
-        ax.plot(grid * link.mbps(), [link.predicted_ms(method, m, sent) for m in grid], color=f"C{j}", lw=1, alpha=0.7)
-    ax.set_xscale("log"); ax.set_yscale("log")
-    ax.set_xlabel(f"device -> remote bandwidth (Mbit/s; the scenario's: {link.mbps():.0f})"); ax.set_ylabel("latency per image (ms)")
-    ax.legend(fontsize=7, ncol=2); plt.tight_layout(); plt.show()
+MARKERS = {"agilenn": "*", "local_small": "o", "offload_small": "s", "split_small": "D", "local_vgg": "v",
+           "offload_vgg": "^"}
 
 
-def latency_parts(table: pd.DataFrame) -> None:
-    """Per method at the scenario's bandwidth (:func:`xaiprune.agilenn.claim.latency_parts`): the modelled milliseconds
-    stacked (device, link, remote), then the overhead the model does not charge; black: the measured median with its
-    95% interval over the served images."""
-    fig, ax = plt.subplots(figsize=(8.5, 3.4))
-    y, left = np.arange(len(table)), np.zeros(len(table))
-    for col, color in (("modelled device ms", "C0"), ("modelled link ms", "C1"), ("modelled remote ms", "C2"),
-                       ("overhead ms", "0.75")):
-        width = table[col].clip(lower=0).to_numpy()
-        ax.barh(y, width, left=left, color=color, label=col.replace(" ms", ""))
-        left += width
-    med, lo, hi = (table[f"measured {c} ms"].to_numpy() for c in ("median", "lo", "hi"))
-    ax.errorbar(med, y, xerr=[med - lo, hi - med], fmt="k|", ms=12, capsize=3, label="measured median (95% interval)")
-    ax.set_yticks(y, table.index); ax.set_xlabel("ms per image at the scenario's bandwidth"); ax.legend(fontsize=7)
+def headline(tables: dict[str, pd.DataFrame], endpoints: dict[str, dict[str, dict]]) -> None:
+    """One panel per regime: each method's test balanced accuracy (mean over seeds, bars: the seeds' range) against
+    its latency: filled, the measured median with its 95% interval; hollow, the modelled median. A method that does
+    not fit on the device has its modelled figure only (crossed)."""
+    fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4.2), squeeze=False)
+    for ax, (name, t) in zip(axes[0], tables.items()):
+        for j, m in enumerate(t.index):
+            e, r, c = endpoints[name][m], t.loc[m], f"C{j}"
+            yerr = [[e["bal_acc"] - e["bal_acc_min"]], [e["bal_acc_max"] - e["bal_acc"]]]
+            ax.errorbar([r["modelled ms"]], [e["bal_acc"]], yerr=yerr, fmt=MARKERS[m], mfc="none", color=c, ms=9,
+                        alpha=0.7 if r["fits"] else 0.4)
+            if not r["fits"]:
+                ax.plot([r["modelled ms"]], [e["bal_acc"]], "x", color=c, ms=12)
+            if pd.notna(r.get("measured ms", np.nan)):
+                ax.errorbar([r["measured ms"]], [e["bal_acc"]], xerr=[[r["measured ms"] - r["measured lo"]],
+                            [r["measured hi"] - r["measured ms"]]], fmt=MARKERS[m], color=c, ms=9, capsize=3, label=m)
+            else:
+                ax.plot([], [], MARKERS[m], color=c, label=f"{m} (modelled only)")
+        ax.set_xscale("log"); ax.set_xlabel("latency per image (ms; filled: measured, hollow: modelled)")
+        ax.set_ylabel("test balanced accuracy"); ax.set_title(f"{name} regime"); ax.legend(fontsize=7)
+    plt.tight_layout(); plt.show()
+
+
+def latency_parts(tables: dict[str, pd.DataFrame]) -> None:
+    """Per regime and served method: the modelled milliseconds stacked (device, link, remote) above the measured
+    medians of the parts (device, uplink, remote, downlink; the rest of the round trip in grey)."""
+    fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 3.6), squeeze=False)
+    for ax, (name, t) in zip(axes[0], tables.items()):
+        t = t[t["measured ms"].notna()]
+        y = np.arange(len(t))
+        left = np.zeros(len(t))
+        for col, color in (("modelled device ms", "C0"), ("modelled link ms", "C1"), ("modelled remote ms", "C2")):
+            ax.barh(y + 0.2, t[col], left=left, height=0.38, color=color, label=col.replace(" ms", ""))
+            left += t[col].to_numpy()
+        left = np.zeros(len(t))
+        for col, color in (("measured device ms", "C0"), ("measured up ms", "C1"), ("measured remote ms", "C2"),
+                           ("measured down ms", "C3")):
+            ax.barh(y - 0.2, t[col], left=left, height=0.38, color=color, hatch="//", alpha=0.7,
+                    label=col.replace(" ms", ""))
+            left += t[col].to_numpy()
+        ax.set_yticks(y, t.index); ax.set_xlabel("ms per image (median)"); ax.set_title(f"{name} regime")
+        ax.legend(fontsize=6)
     plt.tight_layout(); plt.show()
 
 

@@ -13,6 +13,8 @@ code is copied. The pieces:
   centroids kept in (0, 6) by ``6 * sigmoid``; hard assignment forward, soft assignment's gradient
   backward (Agustsson et al., NeurIPS 2017, https://arxiv.org/abs/1704.00648).
 - :class:`RemotePredictor` (remote): a MobileNetV2-like network on the quantised channels.
+- :func:`small_network`: the same layers without the split, quantiser or local predictor (the
+  equal-capacity baseline).
 - :class:`AgileNN`: all four, and the prediction ``w_0 * local + w_1 * remote`` (``w = softmax``
   of two learned numbers); :meth:`AgileNN.local_logits` alone is the answer when the link is down.
 - :class:`Reference`: the frozen network whose integrated gradients rank the feature channels; it
@@ -157,6 +159,21 @@ class RemotePredictor(nn.Sequential):
         layers += [nn.Conv2d(c, head, 1, bias=False), nn.BatchNorm2d(head), nn.ReLU6(), models.Head(head, n_classes),
                    nn.BatchNorm1d(n_classes)]
         super().__init__(*layers)
+
+
+def small_network(in_channels: int, n_classes: int, channels: int = 24, stride: int = 2) -> models.SegmentedModel:
+    """AgileNN's network without its split: the extractor, then the remote predictor reading all ``channels``.
+
+    The equal-capacity baseline (same layers, same FLOPs up to the first separable convolution's width), as
+    segments so that it runs locally, offloaded whole, or split at a segment boundary: ``extractor``, ``stem``
+    (the separable convolution to 16), one segment per inverted residual stage, and ``head``.
+    """
+    layers, segs = list(RemotePredictor(channels, n_classes)), OrderedDict(extractor=FeatureExtractor(in_channels, channels, stride))
+    segs["stem"], at = nn.Sequential(*layers[:2]), 2
+    for j, (_, _, n, _) in enumerate(REMOTE_STAGES, start=1):
+        segs[f"stage{j}"], at = nn.Sequential(*layers[at:at + n]), at + n
+    segs["head"] = nn.Sequential(*layers[at:])
+    return models.SegmentedModel(segs)
 
 
 class AgileNN(nn.Module):

@@ -1,26 +1,33 @@
-"""Device -> remote inference on two real processes: local only, full offload, split computing, AgileNN.
+"""Device -> remote inference on two real processes, for every method of ``10_agilenn`` in one regime.
 
     python -m xaiprune.agilenn.offload --config run.json --rank 0|1 --port P     (what :func:`run` starts)
 
-Rank 0 is the **device** (the scenario's source device): it holds the test images and serves the jobs of
-the config in order, one image at a time; rank 1 is the **remote worker** (another device of the
-scenario, by default the fastest). They talk through torch.distributed (gloo) with the messages of
-:mod:`xaiprune.serving.wire`; payloads are float32 tensors (:mod:`xaiprune.serving.payload` carries
-compressed bytes in them). Per job (method, image, bandwidth multiplier, cut):
+Rank 0 is the **device**: it holds the test images and serves the config's jobs in order, one image at a time;
+rank 1 is the **remote**. They talk through torch.distributed (gloo) on 127.0.0.1 with the messages of
+:mod:`xaiprune.serving.wire`; payloads are float32 tensors (:mod:`xaiprune.serving.payload` carries coded bytes in
+them). The methods (:data:`xaiprune.agilenn.regimes.METHODS`):
 
-- ``local``: the study's model runs on the device; nothing is sent;
-- ``offload_png`` / ``offload_jpeg``: the image is encoded (PNG, lossless; or JPEG), sent, decoded and
-  classified by the study's model on the remote;
-- ``split``: the device runs the first ``cut`` segments, sends the float32 activation, the remote runs the rest;
-- ``agilenn``: the device runs the feature extractor, the local predictor and the quantiser, sends the
-  packed, compressed centroid indices; the remote rebuilds the values and runs the remote predictor; the
-  device combines both logits.
+- ``local_vgg`` / ``local_small``: the study's VGG-16-BN, or the equal-capacity network
+  (:mod:`xaiprune.agilenn.small`), runs on the device; nothing is sent;
+- ``offload_vgg`` / ``offload_small``: the image is coded as PNG (lossless), sent, decoded and classified by that
+  network on the remote;
+- ``split_small``: the device runs the small network's first ``cut`` segments and sends the activation as
+  compressed uint8 codes; the remote runs the rest;
+- ``agilenn``: the device runs the feature extractor, the local predictor and the quantiser and sends the packed,
+  compressed centroid indices; the remote rebuilds the values and runs the remote predictor; the device combines
+  both answers.
 
-The remote's logits come back in a RESULT message. Emulation (:mod:`xaiprune.serving.emulation`) pads each
-side's compute to FLOPs / the device's speed and waits :func:`xaiprune.planning.system.transfer_seconds` of the bytes
-really sent (the compressed bytes, not their float32 padding; headers are not charged, as in 07) before
-each send. The latency of a job is the device's wall clock from the image in memory to the final answer.
-Both processes read the same config, so a header's ``step`` names the job. Used by ``10_agilenn.ipynb``.
+With ``emulate`` each side pads its compute, coder included, to :func:`xaiprune.agilenn.regimes.device_ops` (or
+``remote_ops``) over its speed, and the sender waits :func:`xaiprune.planning.system.transfer_seconds` of the coded
+bytes before each send (:mod:`xaiprune.serving.emulation`); the modelled latency charges the same work.
+
+**Timing.** The latency of a job is the device's wall clock from the image in memory to the final answer. Its parts
+come from timestamps of both processes on the machine's monotonic clock, which one host's processes share: the
+device's compute (until it starts sending), the uplink (from then until the remote holds the message: the
+receiver's timestamp, so that it measures the real send with emulation off too), the remote's compute and the
+downlink (from the remote's reply until the device holds it). The remote returns its two timestamps after the
+logits, modulo :data:`STAMP_PERIOD` seconds so that float32 keeps them to microseconds; on two hosts the clocks
+differ and only the total and the remote's own time are meaningful. Used by ``10_agilenn.ipynb``.
 """
 
 from __future__ import annotations
@@ -35,21 +42,19 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 from xaiprune import data, paths, train
-from xaiprune.agilenn import model as agilenn, training
-from xaiprune.planning import system
+from xaiprune.agilenn import model as agilenn, regimes, small, training
 from xaiprune.pruning import prune
 from xaiprune.serving import emulation, payload, wire
 from xaiprune.serving.launcher import free_port
 
-METHODS = ("local", "offload_png", "offload_jpeg", "split", "agilenn")
 LIMITS = wire.Limits(world_size=2, n_segments=1, n_levels=1, n_criteria=1)
+STAMP_PERIOD = 100.0  # seconds: the remote's timestamps travel modulo this
 
 
 class OffloadError(RuntimeError):
@@ -58,16 +63,17 @@ class OffloadError(RuntimeError):
 
 @dataclass
 class OffloadConfig:
-    """Everything both processes need. ``jobs``: [method, test image index, bandwidth multiplier, cut]."""
+    """Everything both processes need. ``jobs``: [method, test image index]; ``regime``: a
+    :class:`xaiprune.agilenn.regimes.Regime` as a dict; ``cut``: the split's segments on the device."""
 
     flag: str
     size: int
-    checkpoint: str            # the study's model (02), relative to the project root
+    checkpoint: str            # the study's VGG-16-BN (02), relative to the project root
     agilenn: str               # the AgileNN checkpoint, relative to the project root
-    scenario: str = "ward-4"
-    remote: str = ""           # a device of the scenario; "" picks the fastest device other than the source
+    small: str                 # the equal-capacity network's checkpoint
+    regime: dict
+    cut: int = 1
     codec: str = "zlib"
-    jpeg_quality: int = 90
     emulate: bool = True
     data_root: str = ""
     jobs: list = field(default_factory=list)
@@ -75,74 +81,54 @@ class OffloadConfig:
     request_timeout_s: float = 60.0
     threads: int = 1
 
-    def ends(self) -> tuple[system.Scenario, int, int]:
-        """The scenario, the device's and the remote's device indices; a remote that is not there is an error."""
-        scn = system.load_scenario(self.scenario)
-        names = [d.name for d in scn.devices]
-        if not self.remote:
-            others = [j for j in range(scn.n) if j != scn.source]
-            return scn, scn.source, max(others, key=lambda j: scn.devices[j].speed)
-        if self.remote not in names:
-            raise OffloadError(f"remote={self.remote!r}: no such device in scenario {scn.name!r} (devices: {names})")
-        if names.index(self.remote) == scn.source:
-            raise OffloadError(f"remote={self.remote!r} is the source device of {scn.name!r}: expected another device")
-        return scn, scn.source, names.index(self.remote)
-
     def validate(self) -> "OffloadConfig":
-        self.ends()
+        try:
+            regimes.Regime(**self.regime)
+        except TypeError as exc:
+            raise OffloadError(f"regime={self.regime!r}: expected the fields of a Regime ({exc})") from None
         payload._codec(self.codec)
-        bad = [j for j in self.jobs if len(j) != 4 or j[0] not in METHODS or not j[2] > 0]
+        bad = [j for j in self.jobs if len(j) != 2 or j[0] not in regimes.METHODS or not isinstance(j[1], int)]
         if bad:
-            raise OffloadError(f"jobs {bad[:3]}: expected [method in {METHODS}, image index, multiplier > 0, cut]")
+            raise OffloadError(f"jobs {bad[:3]}: expected [method in {regimes.METHODS}, test image index]")
         return self
 
 
-def flops_per_segment(model: torch.nn.Module, shape: tuple[int, int, int]) -> list[int]:
-    """FLOPs (2 x MACs, :func:`xaiprune.pruning.prune.profile`) of each segment of the study's model."""
-    return [2 * m for m in prune.profile(model, shape)["segment_macs"].values()]
-
-
-def predicted_seconds(scn: system.Scenario, dev: int, rem: int, device_flops: float, sent_bytes: float,
-                      remote_flops: float, returned_bytes: float, multiplier: float = 1.0) -> float:
-    """The system model's latency: device compute, the send, remote compute, the answer's return."""
-    t = device_flops / scn.devices[dev].speed
-    if sent_bytes or remote_flops:
-        t += (system.transfer_seconds(scn, dev, rem, sent_bytes, multiplier) + remote_flops / scn.devices[rem].speed
-              + system.transfer_seconds(scn, rem, dev, returned_bytes, multiplier))
-    return t
-
-
-def best_cut(model, shape, scn: system.Scenario, dev: int, rem: int, n_classes: int, multiplier: float = 1.0) -> int:
-    """Neurosurgeon's choice among the interior cuts 1..S-1: the least predicted latency at this bandwidth."""
-    flops, out = flops_per_segment(model, shape), list(prune.profile(model, shape)["segment_out_bytes"].values())
-    cost = {c: predicted_seconds(scn, dev, rem, sum(flops[:c]), out[c - 1], sum(flops[c:]), 4 * n_classes, multiplier)
-            for c in range(1, len(flops))}
-    return min(cost, key=cost.get)
+def networks(vgg: torch.nn.Module, net: torch.nn.Module, agile: agilenn.AgileNN, shape: tuple[int, int, int],
+             n_classes: int) -> regimes.Networks:
+    """The cost model's summary of the three networks for images of ``shape``."""
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    pv, ps = prune.profile(vgg, shape), prune.profile(net, shape)
+    c = training.costs(agile, shape[0], shape[1])
+    bits = agilenn.bits_per_index(len(agile.quantizer.theta))
+    return regimes.Networks(
+        int(torch.tensor(shape).prod()), 4 * n_classes, 2.0 * sum(pv["segment_macs"].values()), count(vgg),
+        tuple(2.0 * m for m in ps["segment_macs"].values()), tuple(b // 4 for b in ps["segment_out_bytes"].values()),
+        tuple(count(s) for s in net.segments.values()), float(c["device_flops"]), float(c["remote_flops"]),
+        -(-c["offloaded_values"] * bits // 8), count(agile.extractor) + count(agile.local) + count(agile.quantizer))
 
 
 class _Side:
-    """What one process holds: models, costs, its emulator."""
+    """What one process holds: the networks, their costs, the regime and its emulator."""
 
     def __init__(self, cfg: OffloadConfig, rank: int):
-        scn, dev, rem = cfg.ends()
-        self.cfg, self.rank = cfg, rank
-        self.model = train.load(paths.ROOT / cfg.checkpoint).model.eval()
+        self.cfg, self.rank, self.regime = cfg, rank, regimes.Regime(**cfg.regime)
+        self.vgg = train.load(paths.ROOT / cfg.checkpoint).model.eval()
+        self.small = small.load(paths.ROOT / cfg.small)
         self.agile = training.load(paths.ROOT / cfg.agilenn).eval()
         info = data.check_flag_size(cfg.flag, cfg.size)
         self.shape = (info["n_channels"], cfg.size, cfg.size)
-        self.flops = flops_per_segment(self.model, self.shape)
-        self.outs = list(prune.profile(self.model, self.shape)["segment_out_bytes"].values())
-        self.agile_costs = training.costs(self.agile, info["n_channels"], cfg.size)
+        self.nets = networks(self.vgg, self.small, self.agile, self.shape, len(info["label"]))
         self.bits = agilenn.bits_per_index(len(self.agile.quantizer.theta))
-        mult = np.array([j[2] for j in cfg.jobs] or [1.0], dtype=float)
-        trace = np.ones((len(mult), scn.n, scn.n)) * mult[:, None, None]
-        self.emu = emulation.Emulator(scn, [dev, rem], rank, trace, cfg.emulate)
-        with torch.inference_mode():  # warm up both networks (first calls are slow) and record every cut's shape
-            x, self.cut_shapes = torch.zeros(1, *self.shape), {}
-            for c, segment in enumerate(self.model.segments.values(), start=1):
-                x = segment(x)
-                self.cut_shapes[c] = tuple(x.shape)
-            self.agile(torch.zeros(1, *self.shape))
+        self.offloaded = training.costs(self.agile, self.shape[0], cfg.size)["offloaded_shape"]
+        self.emu = emulation.Emulator(self.regime.scenario(), [0, 1], rank, None, cfg.emulate)
+        with torch.inference_mode():  # warm up every network (first calls are slow); the split's activation shape
+            x = torch.zeros(1, *self.shape)
+            self.vgg(x), self.agile(x)
+            self.cut_shape = tuple(self.small.run_segments(x, 0, cfg.cut).shape)
+
+    def ops(self, method: str, sent: int = 0, remote: bool = False) -> float:
+        cost = regimes.method_cost(method, self.nets, sent, self.cfg.cut)
+        return (regimes.remote_ops if remote else regimes.device_ops)(self.regime, cost)
 
 
 def _join(port: int, rank: int, timeout: float):
@@ -157,78 +143,100 @@ def _join(port: int, rank: int, timeout: float):
     return store
 
 
+def _since(a: float, b: float) -> float:
+    """Milliseconds from stamp ``a`` to stamp ``b``, both modulo :data:`STAMP_PERIOD`."""
+    return 1e3 * ((b - a) % STAMP_PERIOD)
+
+
+def _encode(side: _Side, method: str, x: torch.Tensor) -> tuple[bytes, torch.Tensor | None]:
+    """The device's part of an offloading method: the coded bytes to send, and AgileNN's local logits."""
+    if method.startswith("offload"):
+        return payload.encode_image(x[0], "png"), None
+    if method == "split_small":
+        return payload.encode_activation(side.small.run_segments(x, 0, side.cfg.cut), side.cfg.codec), None
+    agile = side.agile
+    f = agile.extractor(x)
+    _, idx = agile.quantizer(f[:, agile.k:])
+    return payload.encode_indices(idx[0], side.bits, side.cfg.codec), agile.local(f)
+
+
+def _request(side: _Side, t: int, method: str, x: torch.Tensor, start: float) -> dict:
+    """Serve one offloading job; the logits and the timing parts (ms)."""
+    cfg = side.cfg
+    buf, local = _encode(side, method, x)
+    emulation.pad(start, side.emu.compute_seconds(side.ops(method, len(buf))))
+    sent_at = time.monotonic()
+    emulation.pad(time.perf_counter(), side.emu.transfer_seconds(1, len(buf), t))
+    wire.send(wire.Message(wire.ACTIVATION, request=t, step=t, devices=[1], levels=[0], sender=0, detail=len(buf),
+                           payload=payload.to_tensor(buf)), 1, cfg.request_timeout_s)
+    _, msg = wire.receive(LIMITS, cfg.request_timeout_s)
+    back = time.monotonic()
+    if not isinstance(msg, wire.Message) or msg.kind != wire.RESULT or msg.request != t:
+        what = msg if not isinstance(msg, wire.Message) else \
+            f"{wire.KINDS[msg.kind]} ({wire.ERRORS.get(msg.error, '')}) for request {msg.request}"
+        raise OffloadError(f"job {t} ({method}): the remote answered {what}")
+    logits, (got, replied) = msg.payload[:-2].reshape(1, -1), msg.payload[-2:].double().tolist()
+    if local is not None:
+        logits = side.agile.combine(local, logits)
+    return {"logits": logits, "local": local, "bytes": len(buf), "up_ms": _since(sent_at % STAMP_PERIOD, got),
+            "remote_ms": _since(got, replied), "down_ms": _since(replied, back % STAMP_PERIOD)}
+
+
 def _device(cfg: OffloadConfig, side: _Side, out: Path) -> None:
     test = data.load_split(cfg.flag, "test", cfg.size, cfg.data_root or None)
-    agile, c = side.agile, side.agile_costs
+    local_nets = {"local_vgg": side.vgg, "local_small": side.small}
     with open(out, "w") as log, torch.inference_mode():
-        for t, (method, i, mult, cut) in enumerate(cfg.jobs):
+        for t, (method, i) in enumerate(cfg.jobs):
             x = test.x[i:i + 1]
-            start = time.perf_counter()
-            local = None
-            if method == "local":
-                logits = side.model(x)
-                emulation.pad(start, side.emu.compute_seconds(sum(side.flops)))
-                nbytes = 0
+            start, mono = time.perf_counter(), time.monotonic()
+            if method in local_nets:
+                logits, r = local_nets[method](x), {"local": None, "bytes": 0, "up_ms": 0.0, "remote_ms": 0.0,
+                                                    "down_ms": 0.0}
+                emulation.pad(start, side.emu.compute_seconds(side.ops(method)))
             else:
-                if method.startswith("offload"):
-                    buf = payload.encode_image(x[0], method.split("_")[1], cfg.jpeg_quality)
-                    tensor, nbytes = payload.to_tensor(buf), len(buf)
-                elif method == "split":
-                    tensor = side.model.run_segments(x, 0, cut)
-                    emulation.pad(start, side.emu.compute_seconds(sum(side.flops[:cut])))
-                    nbytes = tensor.numel() * 4
-                else:  # agilenn
-                    f = agile.extractor(x)
-                    local = agile.local(f)
-                    _, idx = agile.quantizer(f[:, agile.k:])
-                    buf = payload.encode_indices(idx[0], side.bits, cfg.codec)
-                    emulation.pad(start, side.emu.compute_seconds(c["device_flops"]))
-                    tensor, nbytes = payload.to_tensor(buf), len(buf)
-                emulation.pad(time.perf_counter(), side.emu.transfer_seconds(1, nbytes, t))
-                wire.send(wire.Message(wire.ACTIVATION, request=t, step=t, devices=[1], levels=[0], sender=0,
-                                       detail=nbytes, payload=tensor.contiguous().float()), 1, cfg.request_timeout_s)
-                src, msg = wire.receive(LIMITS, cfg.request_timeout_s)
-                if not isinstance(msg, wire.Message) or msg.kind != wire.RESULT or msg.request != t:
-                    what = msg if not isinstance(msg, wire.Message) else \
-                        f"{wire.KINDS[msg.kind]} ({wire.ERRORS.get(msg.error, '')}) for request {msg.request}"
-                    raise OffloadError(f"job {t} ({method}): the remote answered {what}")
-                logits = msg.payload.reshape(1, -1)
-                if local is not None:
-                    logits = agile.combine(local, logits)
-            latency = time.perf_counter() - start
-            rec = {"job": t, "method": method, "image": i, "multiplier": mult, "cut": cut, "bytes": nbytes,
-                   "latency_ms": 1e3 * latency, "pred": int(logits.argmax(1)),
-                   "pred_local": -1 if local is None else int(local.argmax(1))}
+                r = _request(side, t, method, x, start)
+                logits = r["logits"]
+            latency = 1e3 * (time.perf_counter() - start)
+            device_ms = latency - r["up_ms"] - r["remote_ms"] - r["down_ms"]
+            rec = {"job": t, "method": method, "image": i, "bytes": r["bytes"], "latency_ms": latency,
+                   "device_ms": device_ms, "up_ms": r["up_ms"], "remote_ms": r["remote_ms"], "down_ms": r["down_ms"],
+                   "started": mono, "pred": int(logits.argmax(1)),
+                   "pred_local": -1 if r["local"] is None else int(r["local"].argmax(1))}
             log.write(json.dumps(rec) + "\n")
             log.flush()
     wire.send(wire.Message(wire.SHUTDOWN, sender=0), 1, cfg.request_timeout_s)
 
 
+def _answer(side: _Side, method: str, msg: wire.Message) -> torch.Tensor:
+    """The remote's part of an offloading method: decode the payload, run the rest of the network."""
+    buf = payload.from_tensor(msg.payload, msg.detail)
+    if method.startswith("offload"):
+        net = side.vgg if method == "offload_vgg" else side.small
+        return net(payload.decode_image(buf)[None])
+    if method == "split_small":
+        return side.small.run_segments(payload.decode_activation(buf, side.cut_shape, side.cfg.codec), side.cfg.cut)
+    idx = payload.decode_indices(buf, side.bits, side.offloaded, side.cfg.codec)
+    return side.agile.remote(side.agile.quantizer.dequantize(idx)[None])
+
+
 def _remote(cfg: OffloadConfig, side: _Side) -> None:
-    agile, shape = side.agile, side.agile_costs["offloaded_shape"]
     with torch.inference_mode():
         while True:
-            src, msg = wire.receive(LIMITS, cfg.request_timeout_s)
+            _, msg = wire.receive(LIMITS, cfg.request_timeout_s)
+            got, start = time.monotonic(), time.perf_counter()
             if isinstance(msg, wire.Message) and msg.kind == wire.SHUTDOWN:
                 return
             try:
                 if not isinstance(msg, wire.Message) or msg.kind != wire.ACTIVATION or not 0 <= msg.step < len(cfg.jobs):
                     raise OffloadError(f"unexpected message {msg}")
-                method, _, _, cut = cfg.jobs[msg.step]
-                start = time.perf_counter()
-                if method.startswith("offload"):
-                    x = payload.decode_image(payload.from_tensor(msg.payload, msg.detail))[None]
-                    logits, flops = side.model(x), sum(side.flops)
-                elif method == "split":
-                    a = msg.payload.reshape(side.cut_shapes[cut])
-                    logits, flops = side.model.run_segments(a, cut), sum(side.flops[cut:])
-                else:
-                    idx = payload.decode_indices(payload.from_tensor(msg.payload, msg.detail), side.bits, shape, cfg.codec)
-                    logits, flops = agile.remote(agile.quantizer.dequantize(idx)[None]), side.agile_costs["remote_flops"]
-                emulation.pad(start, side.emu.compute_seconds(flops))
+                method = cfg.jobs[msg.step][0]
+                logits = _answer(side, method, msg)
+                emulation.pad(start, side.emu.compute_seconds(side.ops(method, msg.detail, remote=True)))
+                replied = time.monotonic()
+                stamps = torch.tensor([got % STAMP_PERIOD, replied % STAMP_PERIOD], dtype=torch.float32)
                 reply = wire.Message(wire.RESULT, request=msg.request, step=msg.step, sender=1,
-                                     payload=logits.reshape(-1).float().contiguous())
-                emulation.pad(time.perf_counter(), side.emu.transfer_seconds(0, logits.numel() * 4, msg.step))
+                                     payload=torch.cat([logits.reshape(-1).float(), stamps]).contiguous())
+                emulation.pad(time.perf_counter(), side.emu.transfer_seconds(0, 4 * logits.numel(), msg.step))
             except Exception as exc:  # answer with an error, never hang the device
                 print(f"rank 1: job failed: {exc}", file=sys.stderr, flush=True)
                 reply = wire.Message(wire.ERROR, error=wire.FAILED, sender=1, request=getattr(msg, "request", -1))

@@ -104,14 +104,14 @@ class Trained:
     seconds: float = 0.0
 
 
-def _key(payload: dict, flag: str, size: int) -> str:
+def key(payload: dict, flag: str, size: int) -> str:
     text = json.dumps({"config": payload, "data_md5": data.expected_md5(flag, size), "version": CACHE_VERSION},
                       sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def cache_key(config: AgileConfig) -> str:
-    return _key(asdict(config), config.flag, config.size)
+    return key(asdict(config), config.flag, config.size)
 
 
 def checkpoint_path(config: AgileConfig) -> Path:
@@ -120,29 +120,29 @@ def checkpoint_path(config: AgileConfig) -> Path:
 
 def reference_path(config: AgileConfig) -> Path:
     part = config.reference_part()
-    return paths.models_dir() / f"agilenn-reference-{config.flag}-{config.size}-{_key(part, config.flag, config.size)}" \
+    return paths.models_dir() / f"agilenn-reference-{config.flag}-{config.size}-{key(part, config.flag, config.size)}" \
         / "checkpoint.pt"
 
 
-def _splits(config: AgileConfig, data_root: str | None) -> tuple[data.Split, data.Split]:
+def splits(config: AgileConfig, data_root: str | None) -> tuple[data.Split, data.Split]:
     tr = data.load_split(config.flag, "train", config.size, data_root)
     if config.max_train:
         tr = data.Split(tr.x[:config.max_train], tr.y[:config.max_train], tr.flag, "train", tr.size)
     return tr, data.load_split(config.flag, "val", config.size, data_root)
 
 
-def _shape(flag: str) -> tuple[int, int]:
+def shape_of(flag: str) -> tuple[int, int]:
     info = INFO[flag]
     return info["n_channels"], len(info["label"])
 
 
-def _batches(n: int, batch_size: int, gen: torch.Generator):
+def batches(n: int, batch_size: int, gen: torch.Generator):
     order = torch.randperm(n, generator=gen)
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
 def _fit_reference(config: AgileConfig, tr: data.Split, val: data.Split, progress: bool) -> agilenn.Reference:
-    c_in, n_classes = _shape(config.flag)
+    c_in, n_classes = shape_of(config.flag)
     train.seed_everything(config.seed)
     ref = agilenn.Reference(c_in, n_classes, config.channels, config.stride)
     opt = torch.optim.Adam(ref.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -153,7 +153,7 @@ def _fit_reference(config: AgileConfig, tr: data.Split, val: data.Split, progres
     with tqdm(total=steps, desc="reference", unit="step", mininterval=2.0, disable=not progress) as bar:
         for _ in range(config.ref_epochs):
             ref.train()
-            for idx in _batches(len(tr), config.batch_size, gen):
+            for idx in batches(len(tr), config.batch_size, gen):
                 loss = agilenn.per_sample_loss(ref(tr.x[idx]), tr.y[idx]).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -171,12 +171,12 @@ def _fit_reference(config: AgileConfig, tr: data.Split, val: data.Split, progres
 def reference_or_load(config: AgileConfig, data_root: str | None = None, progress: bool = True) -> agilenn.Reference:
     """The reference network of ``config`` (trained once, then read from its cache), frozen, in eval mode."""
     path = reference_path(config.validate())
-    c_in, n_classes = _shape(config.flag)
+    c_in, n_classes = shape_of(config.flag)
     if path.is_file():
         ref = agilenn.Reference(c_in, n_classes, config.channels, config.stride)
         ref.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
     else:
-        tr, val = _splits(config, data_root)
+        tr, val = splits(config, data_root)
         with train.deterministic():
             ref = _fit_reference(config, tr, val, progress)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,7 +189,7 @@ def reference_or_load(config: AgileConfig, data_root: str | None = None, progres
 
 def baseline_for(ref: agilenn.Reference, config: AgileConfig) -> agilenn.BaselineGradient:
     side = -(-config.size // config.stride)
-    return agilenn.BaselineGradient(ref.body, (config.channels, side, side), _shape(config.flag)[1])
+    return agilenn.BaselineGradient(ref.body, (config.channels, side, side), shape_of(config.flag)[1])
 
 
 def importance_order(ref: agilenn.Reference, config: AgileConfig, split: data.Split, batch_size: int = 512) -> torch.Tensor:
@@ -204,7 +204,7 @@ def importance_order(ref: agilenn.Reference, config: AgileConfig, split: data.Sp
 
 
 def _fit(config: AgileConfig, ref: agilenn.Reference, tr: data.Split, val: data.Split, progress: bool) -> Trained:
-    c_in, n_classes = _shape(config.flag)
+    c_in, n_classes = shape_of(config.flag)
     train.seed_everything(config.seed)
     model = agilenn.AgileNN(c_in, n_classes, config.channels, config.split_ratio, config.stride, config.centroids)
     model.extractor.load_state_dict(ref.stem.state_dict())
@@ -221,7 +221,7 @@ def _fit(config: AgileConfig, ref: agilenn.Reference, tr: data.Split, val: data.
         for epoch in range(config.epochs):
             model.train()
             sums = np.zeros(3)
-            for idx in _batches(len(tr), config.batch_size, gen):
+            for idx in batches(len(tr), config.batch_size, gen):
                 x, y = tr.x[idx], tr.y[idx]
                 out = model.outputs(x)
                 ce = agilenn.per_sample_loss(out["logits"], y).mean()
@@ -256,14 +256,14 @@ def train_or_load(config: AgileConfig, data_root: str | None = None, progress: b
     start = time.perf_counter()
     path = checkpoint_path(config.validate())
     ref = reference_or_load(config, data_root, progress)
-    c_in, n_classes = _shape(config.flag)
+    c_in, n_classes = shape_of(config.flag)
     if path.is_file():
         payload = torch.load(path, map_location="cpu", weights_only=True)
         model = agilenn.AgileNN(c_in, n_classes, config.channels, config.split_ratio, config.stride, config.centroids)
         model.load_state_dict(payload["state_dict"])
         ref = agilenn.permute_channels(ref, torch.tensor(payload["order"]))
         return Trained(model.eval(), ref, config, payload["history"], path, True, time.perf_counter() - start)
-    tr, val = _splits(config, data_root)
+    tr, val = splits(config, data_root)
     key = (str(reference_path(config)), len(tr))
     if config.remap and key not in _ORDERS:
         _ORDERS[key] = importance_order(ref, config, tr)
@@ -305,7 +305,7 @@ def load(path: str | Path) -> agilenn.AgileNN:
     """An AgileNN checkpoint written by :func:`train_or_load` (``weights_only=True``), in eval mode."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     config = AgileConfig(**payload["config"])
-    c_in, n_classes = _shape(config.flag)
+    c_in, n_classes = shape_of(config.flag)
     model = agilenn.AgileNN(c_in, n_classes, config.channels, config.split_ratio, config.stride, config.centroids)
     model.load_state_dict(payload["state_dict"])
     return model.eval()

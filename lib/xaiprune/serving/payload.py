@@ -4,6 +4,8 @@
   centroids), most significant bit first, with numpy's ``packbits``;
 - :func:`compress` / :func:`decompress`: ``zlib`` (level 9) or ``lzma`` (the ``xz`` format, preset 9)
   from the standard library (:data:`CODECS`);
+- :func:`quantise`, :func:`encode_activation` / :func:`decode_activation`: a split network's activation as
+  uint8 codes over its own range (8 bytes of range), compressed;
 - :func:`encode_image` / :func:`decode_image`: an image as PNG (lossless) or JPEG at a quality, with
   Pillow, for full offload; pixels are MedMNIST's uint8 values (:func:`xaiprune.data.to_tensor` inverted);
 - :func:`to_tensor` / :func:`from_tensor`: bytes as a float32 tensor (zero-padded to a multiple of 4 and
@@ -69,6 +71,35 @@ def decode_indices(buf: bytes, bits: int, shape: tuple[int, ...], codec: str = "
     """Inverse of :func:`encode_indices`: int64 indices of ``shape``."""
     count = int(np.prod(shape))
     return torch.from_numpy(unpack_indices(decompress(buf, codec), bits, count).reshape(shape))
+
+
+def quantise(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each sample of ``a`` (N, ...) as uint8 codes over its own range: codes, lowest value and step, one per sample."""
+    flat = a.reshape(len(a), -1)
+    lo, hi = flat.min(1).values, flat.max(1).values
+    step = ((hi - lo) / 255).clamp_min(1e-12)
+    q = torch.round((flat - lo[:, None]) / step[:, None]).clamp(0, 255).to(torch.uint8)
+    return q.reshape(a.shape), lo, step
+
+
+def dequantise(q: torch.Tensor, lo: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`quantise` (to within half a step)."""
+    shape = (len(q),) + (1,) * (q.ndim - 1)
+    return q.float() * step.reshape(shape) + lo.reshape(shape)
+
+
+def encode_activation(a: torch.Tensor, codec: str = "zlib") -> bytes:
+    """A split network's activation (one sample, shape (1, ...)): its lowest value and step (float32), then the
+    uint8 codes (:func:`quantise`), compressed."""
+    q, lo, step = quantise(a)
+    return np.array([lo[0], step[0]], dtype="<f4").tobytes() + compress(q.numpy().tobytes(), codec)
+
+
+def decode_activation(buf: bytes, shape: tuple[int, ...], codec: str = "zlib") -> torch.Tensor:
+    """Inverse of :func:`encode_activation`: the dequantised activation of ``shape`` (1, ...)."""
+    lo, step = np.frombuffer(buf[:8], dtype="<f4")
+    q = torch.from_numpy(np.frombuffer(decompress(buf[8:], codec), dtype=np.uint8).copy()).reshape(shape)
+    return dequantise(q, torch.tensor([float(lo)]), torch.tensor([float(step)]))
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

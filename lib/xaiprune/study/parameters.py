@@ -29,6 +29,11 @@ from xaiprune.study.schema import (Param, ParameterError, Run, check_values, eac
 
 _CRITERIA_LIST = Param("list[str]", [], "", (nonempty, unique, each(one_of(CRITERIA))))
 _FRACTIONS = Param("list[float]", [], "", (nonempty, unique, each(within(0, 1, hi_open=True))))
+def _regime_names() -> list[str]:
+    """``ward`` and every ``params/regimes/*.yaml``."""
+    return ["ward", *sorted(p.stem for p in (paths.PARAMS / "regimes").glob("*.yaml"))]
+
+
 _POSITIVE_FACTORS = Param("list[float]", [], "", (nonempty, each(within(0, lo_open=True))))
 SHARED = {
     "profile": Param("str", "default", "set by the pipeline (--profile): outputs go to artifacts/<profile>/",
@@ -240,8 +245,8 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
     "10_agilenn": {
         **_pick(*_DATA, "seed", "archs", "scenario",
                 seed="first training seed of the reference network and AgileNN (seed j: seed + j)",
-                archs="the first one is the study's model (local only, offload, split), trained by 02_train",
-                scenario="the ward: its source is the device, its links and speeds are emulated"),
+                archs="the first one is the study's model (local_vgg, offload_vgg), trained by 02_train",
+                scenario="the ward regime's scenario: its source is the device"),
         "remote": Param("str", "", "the remote device, a device of the scenario other than its source; empty picks the fastest"),
         "channels": Param("int", 24, "feature channels of the device's extractor", (within(2),)),
         "stride": Param("int", 2, "stride of the extractor's first convolution (28x28 images give 14x14 features)", (within(1, 4),)),
@@ -250,7 +255,7 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
         "centroids": Param("int", 8, "quantiser centroids (8: 3 bits per offloaded value)", (within(2),)),
         "rho": Param("float", 0.8, "skewness target: the share of importance the local channels should hold", (within(0, 1, lo_open=True),)),
         "klambda": Param("float", 0.8, "weight of the cross-entropy; the skewness and disorder losses get 1 - klambda", (within(0, 1, lo_open=True),)),
-        "agilenn_seeds": Param("int", 3, "training seeds of AgileNN (seed, seed + 1, ...; its reference network's "
+        "agilenn_seeds": Param("int", 3, "training seeds of AgileNN and of the small network (seed, seed + 1, ...; their reference network's "
                                "too): the claim's accuracy is judged over all of them", (within(1),)),
         "agilenn_epochs": Param("int", 3, "training epochs of AgileNN, per seed (smoke: 1)", (within(1),)),
         "ref_epochs": Param("int", 2, "training epochs of the reference network, per seed", (within(1),)),
@@ -259,16 +264,20 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
         "extractor_lr": Param("float", 0.03, "the same for the device's extractor, whose few weights must move far", (within(0, lo_open=True),)),
         "agilenn_max_train": Param("int", 0, "0 trains AgileNN on the whole train split, n > 0 on its first n images only", (within(0),)),
         "codec": Param("str", "zlib", "lossless compression of the packed indices: zlib or lzma", (one_of(("zlib", "lzma")),)),
-        "jpeg_quality": Param("int", 90, "JPEG quality of the lossy full-offload variant", (within(1, 95),)),
-        "link_factors": _POSITIVE_FACTORS.but(default=[0.01, 0.1, 1.0],
-                                              doc="the device-remote link's bandwidth x these (1.0, the scenario's, must be one)"),
-        "latency_images": Param("int", 40, "test images served per method and bandwidth", (within(1),)),
+        "regimes": Param("list[str]", ["paper", "ward"], "where every method is judged: paper (params/regimes/paper.yaml: "
+                         "MCU-class device, low-rate link, server) and ward (the scenario's source and remote)",
+                         (nonempty, unique, each(one_of(_regime_names)))),
+        "claim_regime": Param("str", "paper", "the regime the claim is decided in (one of regimes)", (one_of(_regime_names),)),
+        "serve_limit_ms": Param("float", 1000.0, "a method whose modelled median latency in a regime exceeds this is "
+                                "reported modelled only, not served", (within(0, lo_open=True),)),
+        "latency_requests": Param("int", 200, "test images served by every method in every regime (a seeded random sample)",
+                                  (within(2),)),
         "ablation_epochs": Param("int", 1, "training epochs of every ablation (and of the default setting beside them)", (within(1),)),
         "ablation_ratios": _FRACTIONS.but(default=[0.1, 0.4], checks=(unique, each(within(0, 1, lo_open=True, hi_open=True))),
                                           doc="other split ratios trained for the ablation (empty: none)"),
         "ablation_centroids": Param("list[int]", [4, 16], "other centroid counts trained for the ablation (empty: none)",
                                     (unique, each(within(2)))),
-        "emulate": Param("bool", True, "emulate the scenario's device speeds and links (False on real hardware)"),
+        "emulate": Param("bool", True, "emulate the regime's device speeds and links (False on real hardware)"),
     },
     "11_ward_regime": {
         **_pick("size", "data_root", "seed", "n_per_class", seed="first seed of the reference draws (draw k uses seed + k)",

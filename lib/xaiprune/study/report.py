@@ -224,6 +224,10 @@ KEY_METRICS = {  # what the report shows per notebook (the index has everything)
     "09_compression": lambda m: {"dead weights (share of conv and linear weights)": m["dead_weight_share"]}
     | {f"{t} {v}: ratio at 1 AUC point, live weights": x["ratio_at_1pt"] for t, vs in m.get("techniques", {}).items()
        for v, x in vs.items() if x.get("ratio_at_1pt") is not None} if "dead_weight_share" in m else {},
+    "10_agilenn": lambda m: {f"{r} {meth} median ms ({'measured' if v.get('latency_ms_p50_measured') else 'modelled'})":
+                             v.get("latency_ms_p50_measured") or v["latency_ms_p50_model"]
+                             for r, by in m.get("regimes", {}).items() for meth, v in by.items() if isinstance(v, dict)}
+    | {"AgileNN skewness (mean over seeds)": m["agilenn"]["skewness"]} if "regimes" in m else {},
     "05_nlp": lambda m: {**{f"CBC solve time {k} (s)": v for k, v in m.get("solve_seconds", {}).items()},
                          **{f"surrogate error {k}": v for k, v in m.get("surrogate_error", {}).items()}},
     "06_rl": lambda m: {f"agent {w} {k}": m[w][k] for w in ("nominal", "fade") if w in m

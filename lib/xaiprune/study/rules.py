@@ -79,7 +79,8 @@ def _dyfip_setting(v: dict) -> list[str]:
 
 
 def _agilenn_setting(v: dict) -> list[str]:
-    """10_agilenn: at least one feature channel on each side for every split ratio, a remote device that exists, 1.0 swept."""
+    """10_agilenn: at least one feature channel on each side for every split ratio, a remote device that exists, the
+    claim's regime among the regimes run."""
     out = []
     for name, ratio in [("split_ratio", v["split_ratio"]), *(("ablation_ratios", r) for r in v["ablation_ratios"])]:
         k = round(ratio * v["channels"])
@@ -89,9 +90,9 @@ def _agilenn_setting(v: dict) -> list[str]:
     if v["remote"] and (v["remote"] not in names or names.index(v["remote"]) == source):
         out.append(f"remote={v['remote']!r}: expected a device of scenario {v['scenario']!r} other than its source "
                    f"{names[source]!r} (one of {[n for n in names if n != names[source]]}), or '' for the fastest")
-    if 1.0 not in v["link_factors"]:
-        out.append(f"link_factors={v['link_factors']}: expected 1.0 among them (the scenario's own bandwidth, "
-                   "where the targets are judged)")
+    if v["claim_regime"] not in v["regimes"]:
+        out.append(f"claim_regime={v['claim_regime']!r}: expected one of regimes={v['regimes']} (the claim is decided "
+                   "in a regime the notebook runs)")
     return out
 
 
