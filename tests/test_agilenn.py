@@ -117,7 +117,8 @@ def test_a_device_whose_remote_worker_never_joins_fails_with_a_clear_error(tmp_p
     for name, net in (("a.pt", agilenn.AgileNN(1, 2)), ("n.pt", agilenn.small_network(1, 2))):
         torch.save({"config": asdict(training.AgileConfig()), "state_dict": net.state_dict(), "history": []}, tmp_path / name)
     cfg = offload.OffloadConfig("pneumoniamnist", 28, str(study), str(tmp_path / "a.pt"), str(tmp_path / "n.pt"),
-                                regimes.load("paper").as_dict(), jobs=[["agilenn", 0]], connect_timeout_s=1.0)
+                                str(tmp_path / "n.pt"), regimes.load("paper").as_dict(), jobs=[["agilenn", 0]],
+                                connect_timeout_s=1.0)
     with pytest.raises(offload.OffloadError, match=r"rank 0: no remote worker \(rank 1\) joined .* within 1 s"):
         offload.run(cfg, tmp_path / "run", progress=False, ranks=(0,))
 
@@ -198,7 +199,7 @@ def test_the_endpoint_table_and_the_load_of_a_serving_run(monkeypatch, tmp_path)
     table = analysis.endpoint_table({"AgileNN": evs, "small_cnn": evs[:1]})
     assert table.loc["AgileNN", "auc"] == pytest.approx(0.8) and table.loc["AgileNN", "bal_acc min"] == 0.5
     assert table.loc["small_cnn", "seeds"] == 1 and table.loc["small_cnn", "acc max"] == 0.8
-    ends = analysis.method_endpoints({"vgg": evs[:1], "small": evs, "split": evs[1:], "agilenn": evs})
+    ends = analysis.method_endpoints({"vgg": evs[:1], "small": evs, "tiny": evs[1:], "split": evs[1:], "agilenn": evs})
     assert ends["offload_vgg"] == ends["local_vgg"] and ends["split_small"]["bal_acc"] == 0.5
     assert ends["local_small"]["bal_acc_min"] == 0.5 and ends["local_small"]["bal_acc_max"] == 0.7
     loads = iter([(0.5, 0.4, 0.3), (1.5, 0.6, 0.35)])

@@ -23,12 +23,12 @@ SLOW = regimes.Regime("slow", "mcu", 1e8, 2e5, 1, "server", 1e11, 1e4, 2e4, 100.
 
 def nets(vgg_flops=4e8) -> regimes.Networks:
     return regimes.Networks(784, 8, vgg_flops, 15_000_000, (1e5, 2e5, 3e5), (4704, 1000, 500), (200, 3000, 5000),
-                            2e5, 6e6, 1397, 700)
+                            1.5e5, 2500, 2e5, 6e6, 1397, 700)
 
 
 def test_the_paper_regime_is_read_with_its_source_and_the_ward_from_its_scenario():
     paper, ward = regimes.load("paper"), regimes.load("ward", "ward-4")
-    assert paper.source == "params/regimes/paper.yaml" and paper.device_speed == 128e6 and paper.up == 115.2e3 / 8
+    assert paper.source == "params/regimes/paper.yaml" and paper.device_speed == 128e6 and paper.up == 11520  # 8N1 UART
     assert paper.weight_bytes == 1 and not paper.fits(14_000_000) and paper.fits(133_000)
     scn = system.load_scenario("ward-4")
     assert ward.device == scn.devices[scn.source].name and ward.remote == "nurse-station"  # the fastest other device
@@ -44,12 +44,15 @@ def test_bad_regimes_are_refused_with_the_file_or_parameter_named(tmp_path):
     bad.write_text((paths.PARAMS / "regimes" / "paper.yaml").read_text().replace("mflops: 128", "mflops: -1"))
     with pytest.raises(regimes.RegimeError, match=r"bad.yaml: device.mflops = -1; expected a positive number"):
         regimes.from_file(bad)
+    bad.write_text((paths.PARAMS / "regimes" / "paper.yaml").read_text().replace("{name: server, ", "{"))
+    with pytest.raises(regimes.RegimeError, match=r"bad.yaml: remote.name = None; expected a name"):
+        regimes.from_file(bad)
     with pytest.raises(regimes.RegimeError, match="remote='gateway': expected a device of scenario 'ward-4' other than"):
         regimes.ward("ward-4", "gateway")
     with pytest.raises(offload.OffloadError, match="regime=.*expected the fields of a Regime"):
-        offload.OffloadConfig("pneumoniamnist", 28, "a", "b", "c", {"name": "x"}).validate()
+        offload.OffloadConfig("pneumoniamnist", 28, "a", "b", "c", "d", {"name": "x"}).validate()
     with pytest.raises(offload.OffloadError, match=r"jobs \[\['split', 0\]\]: expected \[method in"):
-        offload.OffloadConfig("pneumoniamnist", 28, "a", "b", "c", asdict(SLOW), jobs=[["split", 0]]).validate()
+        offload.OffloadConfig("pneumoniamnist", 28, "a", "b", "c", "d", asdict(SLOW), jobs=[["split", 0]]).validate()
 
 
 @pytest.mark.parametrize("change,match", [
@@ -78,7 +81,11 @@ def test_the_cost_model_charges_compute_coder_and_link_once_each():
     agile = regimes.method_cost("agilenn", n, 306)
     assert regimes.device_ops(SLOW, agile) == 2e5 + 100 * 1397 and agile.remote_flops == 6e6
     assert regimes.device_weights("local_vgg", n) == 15_000_000 and regimes.device_weights("split_small", n, 2) == 3200
-    assert regimes.device_weights("offload_vgg", n) == 0
+    assert regimes.device_weights("offload_vgg", n) == 0 and regimes.device_weights("local_tiny", n) == 2500
+    assert regimes.method_cost("local_tiny", n) == regimes.Cost(1.5e5)
+    late = replace(SLOW, latency=0.004)  # a fixed cost per message, each way
+    assert regimes.modelled_parts(late, off)["link"] == pytest.approx(parts["link"] + 8.0)
+    assert regimes.modelled_parts(late, regimes.method_cost("local_small", n))["link"] == 0.0
     with pytest.raises(ValueError, match="cut=3: expected 1..2 segments"):
         regimes.method_cost("split_small", n, 300, cut=3)
 
@@ -139,15 +146,19 @@ def test_the_measured_ratio_is_paired_over_the_served_images_and_takes_the_neare
     ms = {"agilenn": 10.0, "local_small": 50.0, "offload_small": 30.0, "split_small": 40.0}
     methods = list(ms)
     boot, obs = analysis.medians(_served(ms, spread=0.0), methods, n_boot=200)
-    r = claim.measured_ratio(boot, obs, methods)
+    table = _table().loc[[m for m in methods]]
+    r = claim.measured_ratio(boot, obs, methods, table)
     assert r["against"] == "offload_small" and r["ratio"] == pytest.approx(3.0) and r["interval"] == pytest.approx([3, 3])
     served = _served(ms, spread=0.0)
     served["latency_ms"] *= 1 + served["image"] % 2  # the same per-image load on every method
-    r = claim.measured_ratio(*analysis.medians(served, methods, n_boot=300), methods)
+    r = claim.measured_ratio(*analysis.medians(served, methods, n_boot=300), methods, table)
     assert r["ratio"] == pytest.approx(3.0) and r["interval"][0] == pytest.approx(3.0)  # pairing keeps it exact
     noisy = analysis.medians(_served(ms, images=9, spread=3.0), methods, n_boot=400)
-    lo, hi = claim.measured_ratio(*noisy, methods)["interval"]
+    lo, hi = claim.measured_ratio(*noisy, methods, table)["interval"]
     assert lo < 3.0 < hi
+    unfit = table.copy()
+    unfit.loc["offload_small", "fits"] = False  # a baseline that does not fit is never the comparator
+    assert claim.measured_ratio(boot, obs, methods, unfit)["against"] == "split_small"
     with pytest.raises(ValueError, match="1 image"):
         analysis.medians(_served(ms, images=1), methods)
     order = analysis.jobs([0, 1, 2], methods, seed=3)
@@ -156,7 +167,8 @@ def test_the_measured_ratio_is_paired_over_the_served_images_and_takes_the_neare
 
 
 def _table(agile=10.0, best=30.0, fits_local=True) -> pd.DataFrame:
-    rows = {"agilenn": agile, "local_small": 50.0, "offload_small": best, "split_small": 40.0, "local_vgg": 5.0}
+    rows = {"agilenn": agile, "local_tiny": 45.0, "local_small": 50.0, "offload_small": best, "split_small": 40.0,
+            "local_vgg": 5.0}
     return pd.DataFrame([{"method": m, "fits": fits_local if m != "local_vgg" else False, "modelled ms": v,
                           "measured ms": v, "measured lo": v - 1, "measured hi": v + 1, "bytes": 1.0,
                           "device MFLOPs": 0.1, "requests": 200} for m, v in rows.items()]).set_index("method")
@@ -208,17 +220,18 @@ def test_every_method_is_served_with_the_batched_answers_and_the_uplink_timed_by
     torch.manual_seed(0)
     agile = agilenn.AgileNN(1, 2).eval()
     torch.save({"config": asdict(training.AgileConfig()), "state_dict": agile.state_dict(), "history": []}, tmp_path / "a.pt")
-    net = agilenn.small_network(1, 2).eval()
+    net, tiny = agilenn.small_network(1, 2).eval(), agilenn.small_network(1, 2, width=0.25).eval()
     torch.save({"config": asdict(training.AgileConfig()), "state_dict": net.state_dict(), "history": []}, tmp_path / "s.pt")
+    torch.save({"config": asdict(training.AgileConfig()), "width": 0.25, "state_dict": tiny.state_dict(), "history": []},
+               tmp_path / "t.pt")
     slow = replace(SLOW, device_speed=1e10, remote_speed=1e10, up=1e4, down=1e6)  # only the uplink is slow
     jobs = [[m, i] for i in (0, 1) for m in regimes.METHODS]
     cfg = offload.OffloadConfig("pneumoniamnist", 28, str(study), str(tmp_path / "a.pt"), str(tmp_path / "s.pt"),
-                                asdict(slow), cut=3, jobs=jobs)
+                                str(tmp_path / "t.pt"), asdict(slow), cut=3, jobs=jobs)
     got = offload.run(cfg, tmp_path / "run", progress=False)
     test = data.load_split("pneumoniamnist", "test", 28)
     x = test.x[:2]
-    want = analysis.batched({"vgg": small_cnn(1, 2), "small": net, "agilenn": agile, "split": small.Split(net, 3)}, x,
-                            "pneumoniamnist")
+    want = analysis.batched(small_cnn(1, 2), net, tiny, agile, 3, x, "pneumoniamnist")
     assert all(r.pred == want[r.method][r.image] for r in got.itertuples())
     sent = got[got["bytes"] > 0]
     assert set(sent["method"]) == {"offload_vgg", "offload_small", "split_small", "agilenn"}
@@ -227,3 +240,53 @@ def test_every_method_is_served_with_the_batched_answers_and_the_uplink_timed_by
     assert (got.loc[got["bytes"] == 0, ["up_ms", "remote_ms", "down_ms"]] == 0).all().all()
     real = offload.run(replace(cfg, emulate=False, jobs=[["offload_small", 0]] * 3), tmp_path / "real", progress=False)
     assert (real["up_ms"] < 20).all() and (real["up_ms"] > 0).all()  # the real send, measured with emulation off
+
+
+def test_the_stamps_survive_the_period_and_a_rounding_below_zero():
+    p = offload.STAMP_PERIOD
+    assert offload._since(p - 0.001, 0.002) == pytest.approx(3.0)  # across the wrap: 3 ms
+    assert offload._since(5.0, 5.0 - 4e-6) == pytest.approx(-0.004)  # a few microseconds of rounding stay tiny
+    assert offload._since(1.0, 1.25) == pytest.approx(250.0)
+
+
+def test_the_narrowest_width_within_the_margin_is_kept_on_validation():
+    run = lambda auc: small.Small(None, training.AgileConfig(), 1.0, [{"val_auc": auc - 0.1}, {"val_auc": auc}])  # noqa: E731
+    full = [run(0.95), run(0.97)]
+    assert small.choose_width({0.5: [run(0.95)], 0.25: [run(0.945)]}, full, -0.02) == 0.25
+    assert small.choose_width({0.5: [run(0.95)], 0.25: [run(0.90)]}, full, -0.02) == 0.5
+    assert small.choose_width({0.5: [run(0.80)], 0.25: [run(0.70)]}, full, -0.02) == 0.5  # none within: the widest
+    with pytest.raises(ValueError, match="width=1.5: expected a share"):
+        small.train_or_load(training.AgileConfig(), width=1.5)
+
+
+def test_a_method_not_served_keeps_its_modelled_figures_and_says_why():
+    n = nets()
+    served = _served({"agilenn": 10.0, "local_small": 50.0}, images=3).assign(up_ms=0.0, remote_ms=0.0, down_ms=0.0,
+                                                                             device_ms=1.0)
+    methods = ["agilenn", "local_small"]
+    boot, _ = analysis.medians(served, methods, n_boot=50)
+    test_sent = {m: np.full(4, 300.0) for m in regimes.METHODS}
+    table = analysis.latency_table(SLOW, n, served, 1, boot, methods, test_sent)
+    assert pd.isna(table.loc["local_vgg", "measured ms"]) and not table.loc["local_vgg", "fits"]
+    assert table.loc["local_vgg", "modelled ms"] == pytest.approx(1e3 * 4e8 / 1e8)
+    assert table.loc["offload_small", "bytes"] == 300.0 and table.loc["agilenn", "bytes"] == 10.0  # served bytes win
+    ends = {m: {"acc": 0.8, "bal_acc": 0.7, "auc": 0.9} for m in regimes.METHODS}
+    m = claim.regime_metrics(table, ends, "stem")
+    assert m["local_vgg"]["latency_ms_p50_measured"] is None and "exceeds the serving limit" in m["local_vgg"]["not_served"]
+    assert m["agilenn"]["requests"] == 3 and "not_served" not in m["agilenn"]
+
+
+def test_the_device_work_is_stated_against_agilenns_own_network_and_vgg():
+    evs = [{"skewness": s, "ordered": 0.5, "local_bal_acc": 0.7, "local_auc": 0.8} for s in (0.7, 0.9)]
+    costs = {"device_flops": 2e5, "remote_flops": 6e6, "offloaded_values": 3724}
+    m = claim.agilenn_metrics(evs, [0, 1], costs, nets(), 100.0, 300.0, 5, 8)
+    device = 2e5 + 100 * 1397
+    assert m["device_share_of_own_network"] == round(device / 6.2e6, 4) and m["device_share_of_vgg"] == round(device / 4e8, 4)
+    assert m["skewness"] == 0.8 and m["skewness_min"] == 0.7 and m["n_seeds"] == 2 and m["coder_mops"] == 0.1397
+
+
+def test_every_method_has_a_marker_and_a_network():
+    from xaiprune.agilenn import figures
+
+    assert set(figures.MARKERS) == set(regimes.METHODS) == set(analysis.NETWORK_OF)
+    assert set(regimes.PEERS) < set(regimes.METHODS) and "agilenn" not in regimes.PEERS

@@ -38,7 +38,7 @@ def importance(share: np.ndarray, skewness: np.ndarray, k: int, rho: float) -> N
     plt.tight_layout(); plt.show()
 
 
-MARKERS = {"agilenn": "*", "local_small": "o", "offload_small": "s", "split_small": "D", "local_vgg": "v",
+MARKERS = {"agilenn": "*", "local_tiny": "p", "local_small": "o", "offload_small": "s", "split_small": "D", "local_vgg": "v",
            "offload_vgg": "^"}
 
 

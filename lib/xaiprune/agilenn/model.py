@@ -161,14 +161,18 @@ class RemotePredictor(nn.Sequential):
         super().__init__(*layers)
 
 
-def small_network(in_channels: int, n_classes: int, channels: int = 24, stride: int = 2) -> models.SegmentedModel:
+def small_network(in_channels: int, n_classes: int, channels: int = 24, stride: int = 2,
+                  width: float = 1.0) -> models.SegmentedModel:
     """AgileNN's network without its split: the extractor, then the remote predictor reading all ``channels``.
 
     The equal-capacity baseline (same layers, same FLOPs up to the first separable convolution's width), as
     segments so that it runs locally, offloaded whole, or split at a segment boundary: ``extractor``, ``stem``
-    (the separable convolution to 16), one segment per inverted residual stage, and ``head``.
+    (the separable convolution to 16), one segment per inverted residual stage, and ``head``. ``width`` < 1 narrows
+    the stages and the head (at least 8 and 16 channels): a network sized for a weak device.
     """
-    layers, segs = list(RemotePredictor(channels, n_classes)), OrderedDict(extractor=FeatureExtractor(in_channels, channels, stride))
+    stages = tuple((t, max(8, round(c * width)), n, s) for t, c, n, s in REMOTE_STAGES)
+    layers = list(RemotePredictor(channels, n_classes, stages, max(16, round(REMOTE_HEAD * width))))
+    segs = OrderedDict(extractor=FeatureExtractor(in_channels, channels, stride))
     segs["stem"], at = nn.Sequential(*layers[:2]), 2
     for j, (_, _, n, _) in enumerate(REMOTE_STAGES, start=1):
         segs[f"stage{j}"], at = nn.Sequential(*layers[at:at + n]), at + n

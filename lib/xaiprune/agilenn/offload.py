@@ -7,8 +7,8 @@ rank 1 is the **remote**. They talk through torch.distributed (gloo) on 127.0.0.
 :mod:`xaiprune.serving.wire`; payloads are float32 tensors (:mod:`xaiprune.serving.payload` carries coded bytes in
 them). The methods (:data:`xaiprune.agilenn.regimes.METHODS`):
 
-- ``local_vgg`` / ``local_small``: the study's VGG-16-BN, or the equal-capacity network
-  (:mod:`xaiprune.agilenn.small`), runs on the device; nothing is sent;
+- ``local_vgg`` / ``local_small`` / ``local_tiny``: the study's VGG-16-BN, AgileNN's network without its split
+  (:mod:`xaiprune.agilenn.small`), or that network narrowed for the device runs on the device; nothing is sent;
 - ``offload_vgg`` / ``offload_small``: the image is coded as PNG (lossless), sent, decoded and classified by that
   network on the remote;
 - ``split_small``: the device runs the small network's first ``cut`` segments and sends the activation as
@@ -26,8 +26,8 @@ come from timestamps of both processes on the machine's monotonic clock, which o
 device's compute (until it starts sending), the uplink (from then until the remote holds the message: the
 receiver's timestamp, so that it measures the real send with emulation off too), the remote's compute and the
 downlink (from the remote's reply until the device holds it). The remote returns its two timestamps after the
-logits, modulo :data:`STAMP_PERIOD` seconds so that float32 keeps them to microseconds; on two hosts the clocks
-differ and only the total and the remote's own time are meaningful. Used by ``10_agilenn.ipynb``.
+logits, modulo :data:`STAMP_PERIOD` seconds so that float32 keeps them to within 8 microseconds; on two hosts the
+clocks differ and only the total and the remote's own time are meaningful. Used by ``10_agilenn.ipynb``.
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ class OffloadConfig:
     size: int
     checkpoint: str            # the study's VGG-16-BN (02), relative to the project root
     agilenn: str               # the AgileNN checkpoint, relative to the project root
-    small: str                 # the equal-capacity network's checkpoint
+    small: str                 # AgileNN's network without its split
+    tiny: str                  # the same narrowed for the device
     regime: dict
     cut: int = 1
     codec: str = "zlib"
@@ -93,17 +94,19 @@ class OffloadConfig:
         return self
 
 
-def networks(vgg: torch.nn.Module, net: torch.nn.Module, agile: agilenn.AgileNN, shape: tuple[int, int, int],
-             n_classes: int) -> regimes.Networks:
-    """The cost model's summary of the three networks for images of ``shape``."""
+def networks(vgg: torch.nn.Module, net: torch.nn.Module, tiny: torch.nn.Module, agile: agilenn.AgileNN,
+             shape: tuple[int, int, int], n_classes: int) -> regimes.Networks:
+    """The cost model's summary of the four networks for images of ``shape`` (activations counted as float32 by
+    :func:`xaiprune.pruning.prune.profile`, one uint8 code per value on the wire)."""
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    pv, ps = prune.profile(vgg, shape), prune.profile(net, shape)
+    pv, ps, pt = prune.profile(vgg, shape), prune.profile(net, shape), prune.profile(tiny, shape)
     c = training.costs(agile, shape[0], shape[1])
     bits = agilenn.bits_per_index(len(agile.quantizer.theta))
     return regimes.Networks(
         int(torch.tensor(shape).prod()), 4 * n_classes, 2.0 * sum(pv["segment_macs"].values()), count(vgg),
         tuple(2.0 * m for m in ps["segment_macs"].values()), tuple(b // 4 for b in ps["segment_out_bytes"].values()),
-        tuple(count(s) for s in net.segments.values()), float(c["device_flops"]), float(c["remote_flops"]),
+        tuple(count(s) for s in net.segments.values()), 2.0 * sum(pt["segment_macs"].values()), count(tiny),
+        float(c["device_flops"]), float(c["remote_flops"]),
         -(-c["offloaded_values"] * bits // 8), count(agile.extractor) + count(agile.local) + count(agile.quantizer))
 
 
@@ -113,18 +116,21 @@ class _Side:
     def __init__(self, cfg: OffloadConfig, rank: int):
         self.cfg, self.rank, self.regime = cfg, rank, regimes.Regime(**cfg.regime)
         self.vgg = train.load(paths.ROOT / cfg.checkpoint).model.eval()
-        self.small = small.load(paths.ROOT / cfg.small)
+        self.small, self.tiny = small.load(paths.ROOT / cfg.small), small.load(paths.ROOT / cfg.tiny)
         self.agile = training.load(paths.ROOT / cfg.agilenn).eval()
         info = data.check_flag_size(cfg.flag, cfg.size)
         self.shape = (info["n_channels"], cfg.size, cfg.size)
-        self.nets = networks(self.vgg, self.small, self.agile, self.shape, len(info["label"]))
+        self.nets = networks(self.vgg, self.small, self.tiny, self.agile, self.shape, len(info["label"]))
         self.bits = agilenn.bits_per_index(len(self.agile.quantizer.theta))
         self.offloaded = training.costs(self.agile, self.shape[0], cfg.size)["offloaded_shape"]
         self.emu = emulation.Emulator(self.regime.scenario(), [0, 1], rank, None, cfg.emulate)
-        with torch.inference_mode():  # warm up every network (first calls are slow); the split's activation shape
+        with torch.inference_mode():  # warm up every network and coder (first calls are slow); the split's shape
             x = torch.zeros(1, *self.shape)
-            self.vgg(x), self.agile(x)
+            self.vgg(x), self.small(x), self.tiny(x)
             self.cut_shape = tuple(self.small.run_segments(x, 0, cfg.cut).shape)
+            payload.decode_image(_encode(self, "offload_small", x)[0])
+            payload.decode_activation(_encode(self, "split_small", x)[0], self.cut_shape, cfg.codec)
+            _encode(self, "agilenn", x)
 
     def ops(self, method: str, sent: int = 0, remote: bool = False) -> float:
         cost = regimes.method_cost(method, self.nets, sent, self.cfg.cut)
@@ -144,8 +150,10 @@ def _join(port: int, rank: int, timeout: float):
 
 
 def _since(a: float, b: float) -> float:
-    """Milliseconds from stamp ``a`` to stamp ``b``, both modulo :data:`STAMP_PERIOD`."""
-    return 1e3 * ((b - a) % STAMP_PERIOD)
+    """Milliseconds from stamp ``a`` to stamp ``b``, both modulo :data:`STAMP_PERIOD` (a gap within half a period
+    either way: a rounding error of a few microseconds below 0 stays a few microseconds below 0)."""
+    half = STAMP_PERIOD / 2
+    return 1e3 * (((b - a + half) % STAMP_PERIOD) - half)
 
 
 def _encode(side: _Side, method: str, x: torch.Tensor) -> tuple[bytes, torch.Tensor | None]:
@@ -178,13 +186,14 @@ def _request(side: _Side, t: int, method: str, x: torch.Tensor, start: float) ->
     logits, (got, replied) = msg.payload[:-2].reshape(1, -1), msg.payload[-2:].double().tolist()
     if local is not None:
         logits = side.agile.combine(local, logits)
-    return {"logits": logits, "local": local, "bytes": len(buf), "up_ms": _since(sent_at % STAMP_PERIOD, got),
+    return {"logits": logits, "local": local, "bytes": len(buf), "sent_at": sent_at,
+            "up_ms": _since(sent_at % STAMP_PERIOD, got),
             "remote_ms": _since(got, replied), "down_ms": _since(replied, back % STAMP_PERIOD)}
 
 
 def _device(cfg: OffloadConfig, side: _Side, out: Path) -> None:
     test = data.load_split(cfg.flag, "test", cfg.size, cfg.data_root or None)
-    local_nets = {"local_vgg": side.vgg, "local_small": side.small}
+    local_nets = {"local_vgg": side.vgg, "local_small": side.small, "local_tiny": side.tiny}
     with open(out, "w") as log, torch.inference_mode():
         for t, (method, i) in enumerate(cfg.jobs):
             x = test.x[i:i + 1]
@@ -197,7 +206,7 @@ def _device(cfg: OffloadConfig, side: _Side, out: Path) -> None:
                 r = _request(side, t, method, x, start)
                 logits = r["logits"]
             latency = 1e3 * (time.perf_counter() - start)
-            device_ms = latency - r["up_ms"] - r["remote_ms"] - r["down_ms"]
+            device_ms = latency if method in local_nets else 1e3 * (r["sent_at"] - mono)
             rec = {"job": t, "method": method, "image": i, "bytes": r["bytes"], "latency_ms": latency,
                    "device_ms": device_ms, "up_ms": r["up_ms"], "remote_ms": r["remote_ms"], "down_ms": r["down_ms"],
                    "started": mono, "pred": int(logits.argmax(1)),

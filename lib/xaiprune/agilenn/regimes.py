@@ -31,8 +31,9 @@ from xaiprune import paths
 from xaiprune.planning import system
 
 REGIMES = ("paper", "ward")
-METHODS = ("agilenn", "local_small", "offload_small", "split_small", "local_vgg", "offload_vgg")
-EQUAL_CAPACITY = ("local_small", "offload_small", "split_small")  # the baselines of AgileNN's own size
+METHODS = ("agilenn", "local_tiny", "local_small", "offload_small", "split_small", "local_vgg", "offload_vgg")
+PEERS = ("local_tiny", "local_small", "offload_small", "split_small")  # what AgileNN must beat: its own network
+# locally, offloaded whole and split, and the same network narrowed to the device (the study's VGG is beside)
 
 
 class RegimeError(ValueError):
@@ -54,12 +55,14 @@ class Regime:
     down: float            # bytes/s, remote -> device
     coder_ops: float       # operations per byte through the lossless coder
     source: str            # the file the figures come from
+    latency: float = 0.0   # s per message on the link, each way
 
     def scenario(self) -> system.Scenario:
         """The two devices as a scenario (device 0 is the source), for the transfer model and the emulation."""
         devices = [system.Device(self.device, self.device_speed, self.device_weights, math.inf, 0.0, 0.0),
                    system.Device(self.remote, self.remote_speed, math.inf, math.inf, 0.0, 0.0)]
-        return system.Scenario(self.name, devices, np.array([[math.inf, self.up], [self.down, math.inf]]), 0, math.inf)
+        lat = np.array([[0.0, self.latency], [self.latency, 0.0]])
+        return system.Scenario(self.name, devices, np.array([[math.inf, self.up], [self.down, math.inf]]), 0, math.inf, lat)
 
     def fits(self, n_weights: int) -> bool:
         """The device can store ``n_weights`` weights."""
@@ -73,16 +76,27 @@ class Regime:
         return {"device": self.device, "device GFLOP/s": self.device_speed / 1e9, "device weights (MB)":
                 self.device_weights / 1e6, "bytes per weight": self.weight_bytes, "remote": self.remote,
                 "remote GFLOP/s": self.remote_speed / 1e9, "up kbit/s": self.up * 8e-3, "down kbit/s": self.down * 8e-3,
-                "coder ops / byte": self.coder_ops, "source": self.source}
+                "coder ops / byte": self.coder_ops, "link ms / message": 1e3 * self.latency, "source": self.source}
 
 
-def _number(doc: dict, keys: tuple[str, ...], where: str) -> float:
-    v = doc
+def _value(doc: dict, keys: tuple[str, ...]):
     for k in keys:
-        v = v.get(k) if isinstance(v, dict) else None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-        raise RegimeError(f"{where}: {'.'.join(keys)} = {v!r}; expected a positive number")
+        doc = doc.get(k) if isinstance(doc, dict) else None
+    return doc
+
+
+def _number(doc: dict, keys: tuple[str, ...], where: str, zero: bool = False) -> float:
+    v = _value(doc, keys)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 if zero else v > 0):
+        raise RegimeError(f"{where}: {'.'.join(keys)} = {v!r}; expected a {'non-negative' if zero else 'positive'} number")
     return float(v)
+
+
+def _name(doc: dict, keys: tuple[str, ...], where: str) -> str:
+    v = _value(doc, keys)
+    if not isinstance(v, str) or not v:
+        raise RegimeError(f"{where}: {'.'.join(keys)} = {v!r}; expected a name")
+    return v
 
 
 def from_file(path: str | Path) -> Regime:
@@ -93,15 +107,17 @@ def from_file(path: str | Path) -> Regime:
         raise RegimeError(f"regime file {path}: not found; known regimes: {known} and 'ward'")
     doc, where = yaml.safe_load(path.read_text()) or {}, str(path)
     n = lambda *keys: _number(doc, keys, where)  # noqa: E731
-    return Regime(str(doc.get("name", path.stem)), str(doc["device"]["name"]), n("device", "mflops") * 1e6,
-                  n("device", "weight_kb") * 1024, int(n("device", "weight_bytes")), str(doc["remote"]["name"]),
+    return Regime(str(doc.get("name", path.stem)), _name(doc, ("device", "name"), where), n("device", "mflops") * 1e6,
+                  n("device", "weight_kb") * 1024, int(n("device", "weight_bytes")), _name(doc, ("remote", "name"), where),
                   n("remote", "gflops") * 1e9, n("link_kbps", "up") * 1e3 / 8, n("link_kbps", "down") * 1e3 / 8,
-                  n("coder_ops_per_byte"), paths.relative(path))
+                  n("coder_ops_per_byte"), paths.relative(path),
+                  _number(doc, ("link_ms_per_message",), where, zero=True) / 1e3)
 
 
 def ward(scenario: str, remote: str = "", coder_ops: float | None = None) -> Regime:
     """The ward's regime: the scenario's source, ``remote`` (a device name; "" picks the fastest other device),
-    their bandwidths, float32 weights in the source's memory; the coder's cost as in the paper's regime."""
+    their bandwidths and link latency, float32 weights in the source's memory; the coder's cost from the paper's
+    regime file (the same coder runs on both)."""
     scn = system.load_scenario(scenario)
     names, src = [d.name for d in scn.devices], scn.source
     if remote and (remote not in names or names.index(remote) == src):
@@ -110,8 +126,10 @@ def ward(scenario: str, remote: str = "", coder_ops: float | None = None) -> Reg
     rem = names.index(remote) if remote else max((j for j in range(scn.n) if j != src), key=lambda j: scn.devices[j].speed)
     d, r = scn.devices[src], scn.devices[rem]
     ops = from_file(paths.PARAMS / "regimes" / "paper.yaml").coder_ops if coder_ops is None else coder_ops
+    lat = 0.0 if scn.link_latency is None else float(scn.link_latency[src, rem])
     return Regime("ward", d.name, d.speed, d.memory, 4, r.name, r.speed, float(scn.bandwidth[src, rem]),
-                  float(scn.bandwidth[rem, src]), ops, f"params/scenarios/{scenario}.yaml")
+                  float(scn.bandwidth[rem, src]), ops, f"params/scenarios/{scenario}.yaml (coder: params/regimes/paper.yaml)",
+                  lat)
 
 
 def load(name: str, scenario: str = "ward-4", remote: str = "") -> Regime:
@@ -130,6 +148,8 @@ class Networks:
     small_flops: tuple      # per segment of the equal-capacity network
     small_values: tuple     # values per segment output (uint8 once quantised)
     small_weights: tuple    # weights per segment
+    tiny_flops: float       # the narrowed network (local_tiny), whole
+    tiny_weights: int
     agile_device_flops: float  # extractor, local predictor and quantiser
     agile_remote_flops: float
     agile_packed: int       # bytes of the packed indices, what AgileNN's coder reads
@@ -147,6 +167,8 @@ def method_cost(method: str, nets: Networks, sent: float = 0.0, cut: int = 0) ->
         return Cost(n.vgg_flops)
     if method == "local_small":
         return Cost(n.small_total)
+    if method == "local_tiny":
+        return Cost(n.tiny_flops)
     if method in ("offload_vgg", "offload_small"):
         remote = n.vgg_flops if method == "offload_vgg" else n.small_total
         return Cost(0.0, n.image_bytes, sent, remote, n.image_bytes, n.returned)
@@ -162,7 +184,8 @@ def method_cost(method: str, nets: Networks, sent: float = 0.0, cut: int = 0) ->
 
 def device_weights(method: str, nets: Networks, cut: int = 0) -> int:
     """Weights ``method`` stores on the device."""
-    return {"local_vgg": nets.vgg_weights, "local_small": sum(nets.small_weights), "agilenn": nets.agile_device_weights,
+    return {"local_vgg": nets.vgg_weights, "local_small": sum(nets.small_weights), "local_tiny": nets.tiny_weights,
+            "agilenn": nets.agile_device_weights,
             "split_small": sum(nets.small_weights[:cut])}.get(method, 0)
 
 

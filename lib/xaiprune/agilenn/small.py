@@ -3,7 +3,8 @@
 :func:`xaiprune.agilenn.model.small_network` is AgileNN's feature extractor followed by its remote predictor reading
 all the feature channels: the same layers, no local predictor, no quantiser, no explanation. Whatever AgileNN gains
 over this network run locally, offloaded whole or split (:func:`split_logits`) comes from AgileNN's idea and not from
-a smaller network than the study's VGG-16-BN.
+a smaller network than the study's VGG-16-BN. The same network narrowed (``width`` < 1, :func:`choose_width` on
+validation) is the local model sized for the device, the role MCUNet plays in the paper.
 
 It is trained exactly as AgileNN (:mod:`xaiprune.agilenn.training`) with what can be shared: the same training seed's
 reference stem as the extractor's start, the same epochs, optimiser groups (the extractor at ``extractor_lr``),
@@ -35,26 +36,28 @@ FIELDS = ("flag", "size", "channels", "stride", "epochs", "ref_epochs", "batch_s
 class Small:
     model: models.SegmentedModel
     config: training.AgileConfig
+    width: float = 1.0
     history: list[dict] = field(default_factory=list)
     path: Path | None = None
     cached: bool = False
     seconds: float = 0.0
 
 
-def checkpoint_path(config: training.AgileConfig) -> Path:
-    part = {k: getattr(config, k) for k in FIELDS} | {"small_version": VERSION}
+def checkpoint_path(config: training.AgileConfig, width: float = 1.0) -> Path:
+    part = {k: getattr(config, k) for k in FIELDS} | {"small_version": VERSION, "width": float(width)}
     return paths.models_dir() / f"agilenn-small-{config.flag}-{config.size}-{training.key(part, config.flag, config.size)}" \
         / "checkpoint.pt"
 
 
-def build(config: training.AgileConfig) -> models.SegmentedModel:
+def build(config: training.AgileConfig, width: float = 1.0) -> models.SegmentedModel:
     c_in, n_classes = training.shape_of(config.flag)
-    return agilenn.small_network(c_in, n_classes, config.channels, config.stride)
+    return agilenn.small_network(c_in, n_classes, config.channels, config.stride, width)
 
 
-def _fit(config: training.AgileConfig, stem: torch.nn.Module, tr: data.Split, val: data.Split, progress: bool):
+def _fit(config: training.AgileConfig, width: float, stem: torch.nn.Module, tr: data.Split, val: data.Split,
+         progress: bool):
     train.seed_everything(config.seed)
-    net = build(config)
+    net = build(config, width)
     net.segments["extractor"].load_state_dict(stem.state_dict())
     rest = [p for name, p in net.named_parameters() if not name.startswith("segments.extractor.")]
     opt = torch.optim.Adam([{"params": net.segments["extractor"].parameters(), "lr": config.extractor_lr},
@@ -63,17 +66,12 @@ def _fit(config: training.AgileConfig, stem: torch.nn.Module, tr: data.Split, va
     steps = config.epochs * -(-len(tr) // config.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     history, best, best_state = [], -1.0, None
-    with tqdm(total=steps, desc=f"small network, seed {config.seed}", unit="step", mininterval=2.0,
+    with tqdm(total=steps, desc=f"small network x{width:g}, seed {config.seed}", unit="step", mininterval=2.0,
               disable=not progress) as bar:
         for epoch in range(config.epochs):
             net.train()
             for idx in training.batches(len(tr), config.batch_size, gen):
-                loss = agilenn.per_sample_loss(net(tr.x[idx]), tr.y[idx]).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                bar.update()
+                training.step(opt, sched, agilenn.per_sample_loss(net(tr.x[idx]), tr.y[idx]).mean(), bar)
             auc = training.endpoints(net, val)["auc"]
             history.append({"epoch": epoch + 1, "val_auc": float(auc)})
             bar.set_postfix(val_auc=f"{auc:.3f}")
@@ -83,36 +81,55 @@ def _fit(config: training.AgileConfig, stem: torch.nn.Module, tr: data.Split, va
     return net.eval(), history
 
 
-def train_or_load(config: training.AgileConfig, data_root: str | None = None, progress: bool = True) -> Small:
-    """The small network of ``config``'s seed: read from its cache, or trained from the seed's reference stem and saved."""
-    start, path = time.perf_counter(), checkpoint_path(config.validate())
+def train_or_load(config: training.AgileConfig, data_root: str | None = None, progress: bool = True,
+                  width: float = 1.0) -> Small:
+    """The small network of ``config``'s seed at ``width``: read from its cache, or trained from the seed's reference
+    stem and saved."""
+    if not 0 < width <= 1:
+        raise ValueError(f"width={width}: expected a share of the network's width in (0, 1]")
+    start, path = time.perf_counter(), checkpoint_path(config.validate(), width)
     if path.is_file():
-        return Small(load(path), config, torch.load(path, weights_only=True)["history"], path, True,
+        return Small(load(path), config, width, torch.load(path, weights_only=True)["history"], path, True,
                      time.perf_counter() - start)
     stem = training.reference_or_load(config, data_root, progress).stem
     tr, val = training.splits(config, data_root)
     with train.deterministic():
-        net, history = _fit(config, stem, tr, val, progress)
+        net, history = _fit(config, width, stem, tr, val, progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"config": asdict(config), "state_dict": net.state_dict(), "history": history}, tmp)
+    torch.save({"config": asdict(config), "width": width, "state_dict": net.state_dict(), "history": history}, tmp)
     tmp.replace(path)
-    (path.parent / "meta.json").write_text(json.dumps({"config": asdict(config), "history": history}, indent=2))
-    return Small(net, config, history, path, False, time.perf_counter() - start)
+    (path.parent / "meta.json").write_text(json.dumps({"config": asdict(config), "width": width, "history": history},
+                                                      indent=2))
+    return Small(net, config, width, history, path, False, time.perf_counter() - start)
 
 
 def train_seeds(config: training.AgileConfig, seeds: list[int], data_root: str | None = None,
-                progress: bool = True) -> list[Small]:
+                progress: bool = True, width: float = 1.0) -> list[Small]:
     """One small network per training seed (AgileNN's seeds: each starts from that seed's reference stem)."""
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds={seeds}: expected distinct training seeds, at least one")
-    return [train_or_load(replace(config, seed=int(s)), data_root, progress) for s in seeds]
+    return [train_or_load(replace(config, seed=int(s)), data_root, progress, width) for s in seeds]
+
+
+def best_val_auc(runs: list[Small]) -> float:
+    """Mean over seeds of the kept epoch's validation AUC."""
+    return float(np.mean([max(h["val_auc"] for h in r.history) for r in runs]))
+
+
+def choose_width(narrow: dict[float, list[Small]], full: list[Small], margin: float) -> float:
+    """The narrowest width whose validation AUC (mean over seeds) is within ``margin`` (< 0) of the full width's;
+    the widest candidate if none is."""
+    if not narrow:
+        raise ValueError("no narrower width to choose from: expected at least one in tiny_widths")
+    ok = [w for w, runs in narrow.items() if best_val_auc(runs) >= best_val_auc(full) + margin]
+    return min(ok) if ok else max(narrow)
 
 
 def load(path: str | Path) -> models.SegmentedModel:
     """A checkpoint written by :func:`train_or_load` (``weights_only=True``), in eval mode."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    net = build(training.AgileConfig(**saved["config"]))
+    net = build(training.AgileConfig(**saved["config"]), saved.get("width", 1.0))
     net.load_state_dict(saved["state_dict"])
     return net.eval()
 

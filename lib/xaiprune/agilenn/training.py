@@ -141,6 +141,15 @@ def batches(n: int, batch_size: int, gen: torch.Generator):
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
+def step(opt: torch.optim.Optimizer, sched, loss: torch.Tensor, bar: tqdm) -> None:
+    """One optimiser step on ``loss``, then the schedule's and the progress bar's."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    bar.update()
+
+
 def _fit_reference(config: AgileConfig, tr: data.Split, val: data.Split, progress: bool) -> agilenn.Reference:
     c_in, n_classes = shape_of(config.flag)
     train.seed_everything(config.seed)
@@ -154,12 +163,7 @@ def _fit_reference(config: AgileConfig, tr: data.Split, val: data.Split, progres
         for _ in range(config.ref_epochs):
             ref.train()
             for idx in batches(len(tr), config.batch_size, gen):
-                loss = agilenn.per_sample_loss(ref(tr.x[idx]), tr.y[idx]).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                bar.update()
+                step(opt, sched, agilenn.per_sample_loss(ref(tr.x[idx]), tr.y[idx]).mean(), bar)
             auc = endpoints(ref, val)["auc"]
             bar.set_postfix(val_auc=f"{auc:.3f}")
             if best_state is None or auc > best:
@@ -231,12 +235,8 @@ def _fit(config: AgileConfig, ref: agilenn.Reference, tr: data.Split, val: data.
                     loss = config.klambda * ce + (1 - config.klambda) * (
                         agilenn.skewness_loss(imp, model.k, config.rho) + agilenn.disorder_loss(imp, model.k))
                     skew = agilenn.skewness(imp.detach(), model.k).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+                step(opt, sched, loss, bar)
                 sums += [ce.item() * len(idx), skew.item() * len(idx), len(idx)]
-                bar.update()
             on_val = endpoints(model, val)
             skew_mean = float(sums[1] / sums[2]) if config.importance_losses else None  # not measured without the losses
             history.append({"epoch": epoch + 1, "train_ce": float(sums[0] / sums[2]), "train_skewness": skew_mean,

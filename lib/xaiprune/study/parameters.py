@@ -263,6 +263,9 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
         "agilenn_lr": Param("float", 0.001, "Adam learning rate of AgileNN at the start of the cosine schedule", (within(0, lo_open=True),)),
         "extractor_lr": Param("float", 0.03, "the same for the device's extractor, whose few weights must move far", (within(0, lo_open=True),)),
         "agilenn_max_train": Param("int", 0, "0 trains AgileNN on the whole train split, n > 0 on its first n images only", (within(0),)),
+        "tiny_widths": _FRACTIONS.but(default=[0.5, 0.25], checks=(nonempty, unique, each(within(0, 1, lo_open=True, hi_open=True))),
+                                      doc="widths of AgileNN's network narrowed for the device (local_tiny): the narrowest "
+                                          "within the claim's margin of the full width's validation AUC is kept"),
         "codec": Param("str", "zlib", "lossless compression of the packed indices: zlib or lzma", (one_of(("zlib", "lzma")),)),
         "regimes": Param("list[str]", ["paper", "ward"], "where every method is judged: paper (params/regimes/paper.yaml: "
                          "MCU-class device, low-rate link, server) and ward (the scenario's source and remote)",
