@@ -183,6 +183,7 @@ def test_the_claim_needs_both_latency_figures_and_parity_on_both_endpoints(best,
     table = _table(best=best)
     modelled = claim.modelled_ratio(table)
     assert modelled["against"] == "offload_small" and modelled["ratio"] == best / 10  # VGG is faster but not a peer
+    assert modelled["each"] == {"local_tiny": 4.5, "local_small": 5.0, "offload_small": best / 10, "split_small": 4.0}
     d = {"diff": 0.0, "interval_holm": [-0.01 if acc_ok else -0.05, 0.01], "p_holm": 0.01, "above_margin": acc_ok,
          "margin": -0.02, "n_seeds": [3, 3]}
     measured = {"ratio": measured_lo + 0.5, "interval": [measured_lo, measured_lo + 1], "against": "offload_small"}
