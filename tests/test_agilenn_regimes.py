@@ -232,7 +232,7 @@ def test_every_method_is_served_with_the_batched_answers_and_the_uplink_timed_by
     got = offload.run(cfg, tmp_path / "run", progress=False)
     test = data.load_split("pneumoniamnist", "test", 28)
     x = test.x[:2]
-    want = analysis.batched(small_cnn(1, 2), net, tiny, agile, 3, x, "pneumoniamnist")
+    want = analysis.batched(small_cnn(1, 2), net, tiny, agile, {"slow": 3}, x, "pneumoniamnist")["slow"]
     assert all(r.pred == want[r.method][r.image] for r in got.itertuples())
     sent = got[got["bytes"] > 0]
     assert set(sent["method"]) == {"offload_vgg", "offload_small", "split_small", "agilenn"}
@@ -250,12 +250,22 @@ def test_the_stamps_survive_the_period_and_a_rounding_below_zero():
     assert offload._since(1.0, 1.25) == pytest.approx(250.0)
 
 
-def test_the_narrowest_width_within_the_margin_is_kept_on_validation():
+def test_the_narrowest_width_within_the_margin_is_kept_on_validation(monkeypatch):
     run = lambda auc: small.Small(None, training.AgileConfig(), 1.0, [{"val_auc": auc - 0.1}, {"val_auc": auc}])  # noqa: E731
     full = [run(0.95), run(0.97)]
-    assert small.choose_width({0.5: [run(0.95)], 0.25: [run(0.945)]}, full, -0.02) == 0.25
-    assert small.choose_width({0.5: [run(0.95)], 0.25: [run(0.90)]}, full, -0.02) == 0.5
-    assert small.choose_width({0.5: [run(0.80)], 0.25: [run(0.70)]}, full, -0.02) == 0.5  # none within: the widest
+    trained = []
+
+    def fake(config, seeds, data_root=None, progress=True, width=1.0):
+        trained.append(width)
+        return [run(aucs[width])]
+    monkeypatch.setattr(small, "train_seeds", fake)
+    aucs = {0.5: 0.95, 0.25: 0.945}
+    assert small.narrowest(training.AgileConfig(), [0], [0.5, 0.25], full, -0.02)[0] == 0.25 and trained == [0.25]
+    aucs, trained[:] = {0.5: 0.95, 0.25: 0.90}, []
+    width, tried = small.narrowest(training.AgileConfig(), [0], [0.5, 0.25], full, -0.02)
+    assert width == 0.5 and trained == [0.25, 0.5] and set(tried) == {0.25, 0.5}
+    aucs = {0.5: 0.80, 0.25: 0.70}
+    assert small.narrowest(training.AgileConfig(), [0], [0.25, 0.5], full, -0.02)[0] == 0.5  # none within: the widest
     with pytest.raises(ValueError, match="width=1.5: expected a share"):
         small.train_or_load(training.AgileConfig(), width=1.5)
 

@@ -174,13 +174,15 @@ NETWORK_OF = {"local_vgg": "vgg", "offload_vgg": "vgg", "local_small": "small", 
               "split_small": "split", "local_tiny": "tiny", "agilenn": "agilenn"}  # whose answers (PNG is lossless)
 
 
-def network_endpoints(vgg: dict, smalls: list, tinies: list, agiles: list, cut: int, test: data.Split
-                      ) -> dict[str, list[dict]]:
-    """Per network of :data:`NETWORK_OF`, its test endpoints per seed (the split with its activation quantised at ``cut``)."""
-    return {"vgg": [vgg], "small": [training.endpoints(s.model, test) for s in smalls],
-            "tiny": [training.endpoints(s.model, test) for s in tinies],
-            "agilenn": [training.endpoints(r.model, test) for r in agiles],
-            "split": [training.endpoints(small.Split(s.model, cut), test) for s in smalls]}
+def network_endpoints(vgg: dict, smalls: list, tinies: list, agiles: list, cuts: dict[str, int], test: data.Split
+                      ) -> dict[str, dict[str, list[dict]]]:
+    """Per regime and network of :data:`NETWORK_OF`, its test endpoints per seed (the split with its activation
+    quantised at the regime's cut); each network and cut evaluated once."""
+    ends = lambda models: [training.endpoints(m, test) for m in models]  # noqa: E731
+    base = {"vgg": [vgg], "small": ends(s.model for s in smalls), "tiny": ends(s.model for s in tinies),
+            "agilenn": ends(r.model for r in agiles)}
+    split = {c: ends(small.Split(s.model, c) for s in smalls) for c in set(cuts.values())}
+    return {n: base | {"split": split[c]} for n, c in cuts.items()}
 
 
 def method_endpoints(by_network: dict[str, list[dict]]) -> dict[str, dict]:
@@ -193,12 +195,14 @@ def method_endpoints(by_network: dict[str, list[dict]]) -> dict[str, dict]:
     return out
 
 
-def batched(vgg: torch.nn.Module, net: torch.nn.Module, tiny: torch.nn.Module, agile: torch.nn.Module, cut: int,
-            x: torch.Tensor, flag: str) -> dict[str, np.ndarray]:
-    """Per method, the batched predictions on ``x`` of its network (the split's at ``cut``, activation quantised)."""
-    networks = {"vgg": vgg, "small": net, "tiny": tiny, "agilenn": agile, "split": small.Split(net, cut)}
-    preds = {name: train.predict(model, x, flag).argmax(1) for name, model in networks.items()}
-    return {m: preds[name] for m, name in NETWORK_OF.items()}
+def batched(vgg: torch.nn.Module, net: torch.nn.Module, tiny: torch.nn.Module, agile: torch.nn.Module,
+            cuts: dict[str, int], x: torch.Tensor, flag: str) -> dict[str, dict[str, np.ndarray]]:
+    """Per regime (its split's cut in ``cuts``) and method, the batched predictions on ``x`` of the method's network;
+    each network (each cut of the split) evaluated once."""
+    pred = lambda model: train.predict(model, x, flag).argmax(1)  # noqa: E731
+    base = {"vgg": pred(vgg), "small": pred(net), "tiny": pred(tiny), "agilenn": pred(agile)}
+    split = {c: pred(small.Split(net, c)) for c in set(cuts.values())}
+    return {n: {m: split[c] if name == "split" else base[name] for m, name in NETWORK_OF.items()} for n, c in cuts.items()}
 
 
 def check(pay: Payloads, agreements: list[tuple[pd.Series, float]], runs: list[RegimeRun], evs: list[dict]) -> None:

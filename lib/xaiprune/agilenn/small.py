@@ -3,8 +3,8 @@
 :func:`xaiprune.agilenn.model.small_network` is AgileNN's feature extractor followed by its remote predictor reading
 all the feature channels: the same layers, no local predictor, no quantiser, no explanation. Whatever AgileNN gains
 over this network run locally, offloaded whole or split (:func:`split_logits`) comes from AgileNN's idea and not from
-a smaller network than the study's VGG-16-BN. The same network narrowed (``width`` < 1, :func:`choose_width` on
-validation) is the local model sized for the device, the role MCUNet plays in the paper.
+a smaller network than the study's VGG-16-BN. The same network narrowed (``width`` < 1, chosen on
+validation by :func:`narrowest`) is the local model sized for the device, the role MCUNet plays in the paper.
 
 It is trained exactly as AgileNN (:mod:`xaiprune.agilenn.training`) with what can be shared: the same training seed's
 reference stem as the extractor's start, the same epochs, optimiser groups (the extractor at ``extractor_lr``),
@@ -117,13 +117,19 @@ def best_val_auc(runs: list[Small]) -> float:
     return float(np.mean([max(h["val_auc"] for h in r.history) for r in runs]))
 
 
-def choose_width(narrow: dict[float, list[Small]], full: list[Small], margin: float) -> float:
-    """The narrowest width whose validation AUC (mean over seeds) is within ``margin`` (< 0) of the full width's;
-    the widest candidate if none is."""
-    if not narrow:
-        raise ValueError("no narrower width to choose from: expected at least one in tiny_widths")
-    ok = [w for w, runs in narrow.items() if best_val_auc(runs) >= best_val_auc(full) + margin]
-    return min(ok) if ok else max(narrow)
+def narrowest(config: training.AgileConfig, seeds: list[int], widths: list[float], full: list[Small], margin: float,
+              data_root: str | None = None, progress: bool = True) -> tuple[float, dict[float, list[Small]]]:
+    """The narrowest of ``widths`` whose validation AUC (mean over seeds) is within ``margin`` (< 0) of the full
+    width's, trying them from the narrowest up and training only those tried; the widest if none is. Returns the
+    width and the networks of every width tried."""
+    if not widths:
+        raise ValueError("tiny_widths is empty: expected at least one width in (0, 1)")
+    tried = {}
+    for w in sorted(widths):
+        tried[w] = train_seeds(config, seeds, data_root, progress, width=w)
+        if best_val_auc(tried[w]) >= best_val_auc(full) + margin:
+            return w, tried
+    return max(tried), tried
 
 
 def load(path: str | Path) -> models.SegmentedModel:
