@@ -16,7 +16,7 @@ from conftest import needs_real_data
 from serving_setup import config, scenario, setup  # noqa: F401 (setup is a fixture)
 from xaiprune import serving
 
-N = 60          # requests per policy
+N = 90          # requests per policy (enough that some are sent after a straggler is excluded)
 AT = 5          # the request at which each fault acts
 FIXED = {"devices": ["d1", "d2", "d2"], "levels": [0.0, 0.0, 0.0]}
 ON_D3 = {"devices": ["d1", "d3", "d3"], "levels": [0.0, 0.0, 0.0]}
