@@ -301,3 +301,21 @@ def test_every_method_has_a_marker_and_a_network():
 
     assert set(figures.MARKERS) == set(regimes.METHODS) == set(analysis.NETWORK_OF)
     assert set(regimes.PEERS) < set(regimes.METHODS) and "agilenn" not in regimes.PEERS
+
+
+def test_the_coder_free_sensitivity_and_the_ablation_metrics():
+    n, methods = nets(), ["agilenn", "offload_small"]
+    served = _served({"agilenn": 10.0, "offload_small": 50.0}, images=3).assign(up_ms=0.0, remote_ms=0.0, down_ms=0.0,
+                                                                               device_ms=1.0)
+    boot, obs = analysis.medians(served, methods, n_boot=50)
+    test_sent = {m: np.full(3, 10.0) for m in regimes.METHODS}
+    run = analysis.RegimeRun(SLOW, 1, methods, served, {}, boot, obs,
+                             analysis.latency_table(SLOW, n, served, 1, boot, methods, test_sent))
+    free, cost = claim.coder_free_ratio(run, n, test_sent), replace(SLOW, coder_ops=0.0)
+    ms = lambda m: regimes.modelled_ms(cost, regimes.method_cost(m, n, 10.0))  # noqa: E731
+    assert free["each"]["offload_small"] == pytest.approx(ms("offload_small") / ms("agilenn"))
+    assert free["each"]["offload_small"] != pytest.approx(claim.modelled_ratio(run.table)["each"]["offload_small"])
+    frame = pd.DataFrame([{"variant": "default", "test AUC": 0.9, "test ACC": 0.8, "local AUC": 0.85, "skewness": 0.7,
+                           "bytes": np.float64(310.25), "seconds": 3.0}]).set_index("variant")
+    assert claim.ablation_metrics(frame) == {"default": {"test_auc": 0.9, "test_acc": 0.8, "local_auc": 0.85,
+                                                         "skewness": 0.7, "bytes": 310.25}}

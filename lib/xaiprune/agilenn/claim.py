@@ -20,11 +20,14 @@ parts, by the protocol's rules (margins and targets from :mod:`xaiprune.study.pr
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 
 from xaiprune import stats
-from xaiprune.agilenn.regimes import PEERS
+from xaiprune.agilenn import analysis
+from xaiprune.agilenn.regimes import PEERS, Networks
 
 ACCURACY = ("bal_acc", "auc")  # the endpoints of the parity test
 
@@ -50,6 +53,12 @@ def modelled_ratio(table: pd.DataFrame) -> dict:
     each = {m: float(table.loc[m, "modelled ms"] / table.loc["agilenn", "modelled ms"]) for m in base}
     best = min(each, key=each.get)
     return {"ratio": each[best], "against": best, "each": each}
+
+
+def coder_free_ratio(run: "analysis.RegimeRun", nets: Networks, test_sent: dict[str, np.ndarray]) -> dict:
+    """:func:`modelled_ratio` with the coder charged nothing on either side: whether the coder's cost decides it."""
+    free = dataclasses.replace(run.regime, coder_ops=0.0)
+    return modelled_ratio(analysis.latency_table(free, nets, run.served, run.cut, run.boot, run.methods, test_sent))
 
 
 def measured_ratio(boot: np.ndarray, observed: dict, methods: list[str], table: pd.DataFrame, level: float = 0.95) -> dict:
@@ -146,3 +155,10 @@ def agilenn_metrics(evs: list[dict], seeds: list[int], costs: dict, nets, coder_
                      "bits_per_value": 8 * agile_bytes / costs["offloaded_values"],
                      "local_only_bal_acc": float(np.mean([e["local_bal_acc"] for e in evs])),
                      "local_only_auc": float(np.mean([e["local_auc"] for e in evs]))})
+
+
+def ablation_metrics(frame: pd.DataFrame) -> dict:
+    """``ablations`` of ``metrics.json``: per variant of :func:`analysis.ablations`, its test AUC and ACC, local AUC,
+    skewness and bytes."""
+    cols = ("test AUC", "test ACC", "local AUC", "skewness", "bytes")
+    return {name: {c.replace(" ", "_").lower(): round(float(r[c]), 6) for c in cols} for name, r in frame.iterrows()}

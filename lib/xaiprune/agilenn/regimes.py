@@ -160,6 +160,18 @@ class Networks:
         return float(sum(self.small_flops))
 
 
+@dataclass(frozen=True)
+class Cost:
+    """One image of one method: FLOPs and coder bytes per side, bytes sent to the remote and returned."""
+
+    device_flops: float
+    device_coded: float = 0.0
+    sent: float = 0.0
+    remote_flops: float = 0.0
+    remote_coded: float = 0.0
+    returned: float = 0.0
+
+
 def method_cost(method: str, nets: Networks, sent: float = 0.0, cut: int = 0) -> Cost:
     """One image of ``method`` (:data:`METHODS`) that sent ``sent`` bytes; ``cut``: the split's segments on the device."""
     n, s = nets, nets.small_flops
@@ -187,18 +199,6 @@ def device_weights(method: str, nets: Networks, cut: int = 0) -> int:
     return {"local_vgg": nets.vgg_weights, "local_small": sum(nets.small_weights), "local_tiny": nets.tiny_weights,
             "agilenn": nets.agile_device_weights,
             "split_small": sum(nets.small_weights[:cut])}.get(method, 0)
-
-
-@dataclass(frozen=True)
-class Cost:
-    """One image of one method: FLOPs and coder bytes per side, bytes sent to the remote and returned."""
-
-    device_flops: float
-    device_coded: float = 0.0
-    sent: float = 0.0
-    remote_flops: float = 0.0
-    remote_coded: float = 0.0
-    returned: float = 0.0
 
 
 def device_ops(regime: Regime, cost: Cost) -> float:
