@@ -14,7 +14,7 @@ Dynamics (all seeded through ``reset(seed=...)``):
   :mod:`xaiprune.planning.fades`) multiplies either at request t (``overlay[t % T]``);
 - devices other than the source drop out with probability ``p_drop`` per step and come back with
   ``p_return``;
-- background load per device: a clipped random walk in [0, load_max]; speed = c_j (1 - load);
+- background load per device: a clipped random walk in [0, load_max] (load_max < 1); speed = c_j (1 - load);
 - batteries drain by the energy each device spends; a device's per-request energy budget is scaled
   by its battery fraction below ``low_battery``; batteries recharge by ``recharge`` of capacity per step;
 - request priority (urgent, routine, background) with its deadline multiplier.
@@ -26,7 +26,7 @@ as 06's labelled baseline).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import gymnasium as gym
 import numpy as np
@@ -57,14 +57,71 @@ class Dynamics:
     penalty: float = 1.0           # subtracted per violated constraint
 
     def validate(self) -> "Dynamics":
+        for name, value in asdict(self).items():
+            if not np.isfinite(np.asarray(value, dtype=float)).all():
+                raise ValueError(f"{name}={value}: expected finite numbers")
         if not 0 < self.m_min <= 1 <= self.m_max:
             raise ValueError(f"m_min={self.m_min}, m_max={self.m_max}: expected 0 < m_min <= 1 <= m_max")
         for name in ("p_drop", "p_return", "low_battery", "recharge"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected a probability/fraction in [0, 1]")
-        if len(self.priority_probs) != len(PRIORITIES) or abs(sum(self.priority_probs) - 1) > 1e-9:
+        if not 0 <= self.load_max < 1:
+            raise ValueError(f"load_max={self.load_max}: expected a fraction in [0, 1) (speed c_j (1 - load) stays > 0)")
+        for name in ("sigma", "load_step", "penalty"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)}: expected a non-negative number")
+        if not self.battery_requests > 0:
+            raise ValueError(f"battery_requests={self.battery_requests}: expected a positive number of requests")
+        if len(self.priority_probs) != len(PRIORITIES) or abs(sum(self.priority_probs) - 1) > 1e-9 \
+                or min(self.priority_probs) < 0:
             raise ValueError(f"priority_probs={self.priority_probs}: expected {len(PRIORITIES)} probabilities summing to 1")
+        if len(self.priority_deadline) != len(PRIORITIES) or min(self.priority_deadline) <= 0:
+            raise ValueError(f"priority_deadline={self.priority_deadline}: expected {len(PRIORITIES)} positive multipliers")
         return self
+
+
+def ratio(num, den) -> np.ndarray:
+    """``num / den`` elementwise, never NaN for numbers: 0 / 0 is 0, inf / inf is 1 (x / 0 is inf, x / inf is 0).
+
+    For a share of a cap or of a nominal value that may be 0 (nothing of nothing) or unlimited.
+    """
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = num / den
+    out = np.where((num == 0) & (den == 0), 0.0, out)
+    return np.where(np.isinf(num) & np.isinf(den), np.sign(num) * np.sign(den), out)
+
+
+def _refuse(where: str, values, finite: bool = True, positive: bool = False) -> None:
+    """A ValueError naming ``where`` at its first entry that is NaN, < 0 (or 0 when ``positive``), or inf when ``finite``."""
+    v = np.atleast_1d(np.asarray(values, dtype=float))
+    bad = np.isnan(v) | (v < 0) | (positive & (v == 0)) | (finite & np.isinf(v))
+    if bad.any():
+        at = np.unravel_index(int(np.argmax(bad)), v.shape)
+        raise ValueError(f"{where}{list(map(int, at)) if v.size > 1 else ''}={v[at]}: expected "
+                         f"{'finite ' if finite else ''}numbers {'> 0' if positive else '>= 0'}")
+
+
+def check_inputs(scenario: Scenario, profiles: Profiles) -> None:
+    """Refuse a scenario or profiles that would make an observation or a reward NaN (a ValueError naming the field).
+
+    Speeds, radio powers and energies per FLOP are finite and >= 0 (a speed of 0: every segment on the
+    device takes forever); memories, energy budgets, bandwidths and link latencies >= 0 (inf: unlimited,
+    or a cut link); the deadline finite and > 0. Costs, levels, the input size and the floor are finite
+    and >= 0; retentions and the base accuracy finite and > 0 (rewards are relative to the accuracy).
+    """
+    for j, d in enumerate(scenario.devices):
+        for name in ("speed", "energy_per_flop", "radio_power", "memory", "energy_budget"):
+            _refuse(f"devices[{j}] ({d.name}).{name}", getattr(d, name), finite=name not in ("memory", "energy_budget"))
+    _refuse("scenario.deadline", scenario.deadline, positive=True)
+    _refuse("scenario.hop_overhead", getattr(scenario, "hop_overhead", 0.0))
+    _refuse("scenario.bandwidth", scenario.bandwidth, finite=False)
+    if scenario.link_latency is not None:
+        _refuse("scenario.link_latency", scenario.link_latency, finite=False)
+    for name in ("flops", "weight_bytes", "peak_bytes", "out_bytes", "levels", "input_bytes", "floor"):
+        _refuse(f"profiles.{name}", getattr(profiles, name))
+    for name in ("retention", "base_accuracy"):
+        _refuse(f"profiles.{name}", getattr(profiles, name), positive=True)
 
 
 @dataclass
@@ -86,18 +143,18 @@ class WardEnv(gym.Env):
     def __init__(self, scenario: Scenario, profiles: Profiles, dynamics: Dynamics | None = None,
                  episode_length: int = 200, trace: np.ndarray | None = None, overlay: np.ndarray | None = None):
         super().__init__()
+        check_inputs(scenario, profiles)
         self.scenario, self.profiles = scenario, profiles
         self.dynamics = (dynamics or Dynamics()).validate()
         if episode_length < 1:
             raise ValueError(f"episode_length={episode_length}; expected a positive integer")
         self.episode_length = episode_length
         n = scenario.n
-        if trace is not None and (trace.ndim != 3 or trace.shape[1:] != (n, n) or (trace <= 0).any()):
-            raise ValueError(f"trace: expected a positive array of shape (T, {n}, {n}), got {getattr(trace, 'shape', None)}")
-        self.trace = trace
-        if overlay is not None and (overlay.ndim != 3 or overlay.shape[1:] != (n, n) or (overlay <= 0).any()):
-            raise ValueError(f"overlay: expected a positive array of shape (T, {n}, {n}), got {getattr(overlay, 'shape', None)}")
-        self.overlay = overlay
+        for name, m in (("trace", trace), ("overlay", overlay)):
+            if m is not None and (m.ndim != 3 or m.shape[1:] != (n, n) or not (np.isfinite(m) & (m > 0)).all()):
+                raise ValueError(f"{name}: expected a finite positive array of shape (T, {n}, {n}), "
+                                 f"got {getattr(m, 'shape', None)}")
+        self.trace, self.overlay = trace, overlay
         S, L = profiles.S, profiles.L
         self.action_space = spaces.MultiDiscrete([n] * S + [L] * S)
         self.obs_size = n * n + 3 * n + 1 + len(PRIORITIES)
@@ -149,7 +206,7 @@ class WardEnv(gym.Env):
         bw = self.scenario.bandwidth * self.multiplier()
         np.fill_diagonal(bw, np.inf)
         deadline = self.scenario.deadline * d.priority_deadline[st.priority]
-        return Scenario(self.scenario.name, devices, bw, self.scenario.source, deadline, self.scenario.link_latency)
+        return replace(self.scenario, devices=devices, bandwidth=bw, deadline=deadline)
 
     def observation(self) -> np.ndarray:
         st, d = self.state, self.dynamics
@@ -157,7 +214,7 @@ class WardEnv(gym.Env):
         log_m = np.where(self._finite, log_m, 0.0)
         deadline = np.log(d.priority_deadline[st.priority]) / np.log(4.0)
         onehot = np.eye(len(PRIORITIES))[st.priority]
-        obs = np.concatenate([log_m.ravel(), 2 * st.available.astype(float) - 1, 2 * st.load / d.load_max - 1,
+        obs = np.concatenate([log_m.ravel(), 2 * st.available.astype(float) - 1, 2 * ratio(st.load, d.load_max) - 1,
                               2 * st.battery - 1, [deadline], 2 * onehot - 1])
         return np.clip(obs, -1, 1).astype(np.float32)
 
@@ -187,7 +244,7 @@ class WardEnv(gym.Env):
         ev = evaluate(plan, instance, self.profiles)
         reward = ev.accuracy - self.dynamics.penalty * len(ev.violations)
         capacity = np.array([dev.energy_budget for dev in self.scenario.devices]) * self.dynamics.battery_requests
-        self.state.battery = np.maximum(0.0, self.state.battery - ev.energy / capacity)
+        self.state.battery = np.maximum(0.0, self.state.battery - ratio(ev.energy, capacity))
         info = {"latency": ev.latency, "energy": ev.total_energy, "violations": list(ev.violations),
                 "accuracy": ev.accuracy, "feasible": ev.feasible, "plan": plan,
                 "priority": PRIORITIES[self.state.priority]}

@@ -22,6 +22,7 @@ import pandas as pd
 from xaiprune import stats
 from xaiprune.planning import fades, judging, nlp, rl
 from xaiprune.planning.env import WardEnv
+from xaiprune.planning.shield import Shield
 from xaiprune.planning.system import Profiles, Scenario
 
 AGENT = "sequential agent"
@@ -70,10 +71,16 @@ def describe_limit(name: str, m_star: float, fade_low: float) -> str:
             f"fade_low = {fade_low} is {verdict}")
 
 
-def planners(sequentials: dict, baseline) -> dict[str, judging.Planner]:
+SHIELDED = f"{AGENT} + shield"
+
+
+def planners(sequentials: dict, baseline, shielded=None, shield: Shield | None = None) -> dict[str, judging.Planner]:
     """The judged planners: the sequential agent of every training seed (``sequentials``: seed -> agent, named by
-    :func:`agent_label`), the MultiDiscrete baseline (a PPO model), greedy, no pruning, random."""
-    return {**{agent_label(s): judging.sequential(a) for s, a in sequentials.items()},
+    :func:`agent_label`), ``shielded`` (an agent, 07's) behind ``shield`` (a :class:`xaiprune.planning.shield.Shield`,
+    which counts its decisions; a fresh one if None) as ``SHIELDED``, the MultiDiscrete baseline (a PPO model),
+    greedy, no pruning, random."""
+    guarded = {} if shielded is None else {SHIELDED: (shield or Shield()).guard(judging.sequential(shielded))}
+    return {**{agent_label(s): judging.sequential(a) for s, a in sequentials.items()}, **guarded,
             "MultiDiscrete PPO (baseline)": judging.from_policy(rl.agent_policy(baseline)),
             "greedy": judging.from_policy(rl.greedy_policy), "no pruning": judging.from_policy(rl.no_pruning_policy),
             "random": judging.from_policy(rl.random_policy)}

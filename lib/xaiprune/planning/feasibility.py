@@ -23,7 +23,9 @@ the sequential agent of :mod:`xaiprune.planning.seqenv`, with the same numbers (
   So a mask never excludes a choice that can still end feasibly, never allows one that cannot, and is
   empty at the first segment exactly when the instance has no feasible plan.
 
-Tolerances are :func:`xaiprune.planning.system.evaluate`'s (relative 1e-9 on every cap).
+Tolerances are :func:`xaiprune.planning.system.evaluate`'s (relative 1e-9 on every cap). A cut link (no
+bandwidth, even for 0 bytes) or a device of speed 0 takes infinite time, never NaN; a radio is charged
+for at most ``FOREVER`` seconds, as in :func:`~xaiprune.planning.system.evaluate`, so that 0 W over a cut link is 0 J.
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ import numpy as np
 from xaiprune.planning.system import Plan, Profiles, Scenario, transfer_seconds
 
 TOL = 1e-9  # relative slack on every cap, as system.evaluate
+FOREVER = 1e30  # seconds a radio is charged for over a cut link (finite, so that a radio of 0 W gives no inf * 0)
+
+
+def hop_seconds(lat, slope, nbytes):
+    """``lat + slope * nbytes`` (broadcast), with 0 bytes costing ``lat``: a cut link (both inf) is inf, never NaN."""
+    with np.errstate(invalid="ignore"):
+        return lat + np.where(np.equal(nbytes, 0), 0.0, slope * nbytes)
 
 
 @dataclass
@@ -68,8 +77,9 @@ class Tables:
         with np.errstate(invalid="ignore"):
             self.slope = np.where(np.isfinite(self.lat), one - self.lat, np.inf)
         self.available = np.array([d.available for d in scenario.devices])
-        speed = np.array([d.speed for d in scenario.devices])
-        self.compute = P.flops[:, None, :] / speed[None, :, None]           # (S, n, L) seconds
+        speed = np.array([d.speed for d in scenario.devices])[None, :, None]
+        with np.errstate(divide="ignore", invalid="ignore"):                # a speed of 0 runs nothing: inf
+            self.compute = np.where(speed > 0, P.flops[:, None, :] / speed, np.inf)  # (S, n, L) seconds
         self.compute[:, ~self.available, :] = np.inf
         self.mem = P.weight_bytes + P.peak_bytes                                  # (S, L) bytes
         self.e_flop = np.array([d.energy_per_flop for d in scenario.devices])
@@ -89,22 +99,22 @@ class Tables:
         self.togo = np.zeros((S, n, L))
         self.rest_mem = np.zeros((S, n, L, n))
         self.rest_energy = np.zeros((S, n, L, n))
-        back = self.lat[:, self.src, None] + self.slope[:, self.src, None] * P.out_bytes[S - 1][None, :]   # (n, L)
-        back[self.src] = 0.0
+        back = hop_seconds(self.lat[:, self.src, None], self.slope[:, self.src, None], P.out_bytes[S - 1][None, :])
+        back[self.src] = 0.0                                                                        # (n, L)
         self.togo[S - 1] = back
-        self.rest_energy[S - 1] = eye[:, None, :] * (self.radio[:, None] * back)[:, :, None]
+        self.rest_energy[S - 1] = eye[:, None, :] * (self.radio[:, None] * np.minimum(back, FOREVER))[:, :, None]
         for s in range(S - 2, -1, -1):
             after = self.compute[s + 1] + self.togo[s + 1]                                        # (k, l')
             best_l = after.argmin(axis=1)
             g = after[np.arange(n), best_l]                                                         # (k,)
-            t = self.lat[:, None, :] + self.slope[:, None, :] * P.out_bytes[s][None, :, None]      # (j, l, k)
+            t = hop_seconds(self.lat[:, None, :], self.slope[:, None, :], P.out_bytes[s][None, :, None])  # (j, l, k)
             t[np.arange(n), :, np.arange(n)] = 0.0                                                  # same device
             total = t + g
             best_k = total.argmin(axis=2)                                                          # (j, l)
             self.togo[s] = total[J, Lx, best_k]
             nl, on_k = best_l[best_k], eye[best_k]                                                  # on_k: (j, l, n)
             self.rest_mem[s] = on_k * self.mem[s + 1][nl][..., None] + self.rest_mem[s + 1][best_k, nl]
-            self.rest_energy[s] = (eye[:, None, :] * (self.radio[:, None] * t[J, Lx, best_k])[..., None]
+            self.rest_energy[s] = (eye[:, None, :] * (self.radio[:, None] * np.minimum(t[J, Lx, best_k], FOREVER))[..., None]
                                    + on_k * (self.e_flop[best_k] * P.flops[s + 1][nl])[..., None]
                                    + self.rest_energy[s + 1][best_k, nl])
 
@@ -115,21 +125,21 @@ class Tables:
 
     def _hop1(self, a: int, b: int, nbytes: float) -> float:
         """t(a, b, nbytes): 0 on one device, inf over a dead link."""
-        return 0.0 if a == b else float(self.lat[a, b] + self.slope[a, b] * nbytes)
+        return 0.0 if a == b else float(hop_seconds(self.lat[a, b], self.slope[a, b], nbytes))
 
     def advance(self, part: Partial, j: int, l: int) -> Partial:
         """``part`` with segment ``part.s`` on device ``j`` at level ``l`` (the label sent back after the last)."""
         t = self._hop1(part.prev, j, part.out_bytes)
         memory, energy = part.memory.copy(), part.energy.copy()
         memory[j] += self.mem[part.s, l]
-        energy[part.prev] += self.radio[part.prev] * t
+        energy[part.prev] += self.radio[part.prev] * min(t, FOREVER)
         energy[j] += self.e_flop[j] * self.profiles.flops[part.s, l]
         elapsed = part.elapsed + t + self.compute[part.s, j, l]
         out = self.profiles.out_bytes[part.s, l]
         if part.s == self.S - 1:
             back = self._hop1(j, self.src, out)
             elapsed += back
-            energy[j] += self.radio[j] * back
+            energy[j] += self.radio[j] * min(back, FOREVER)
         return Partial(part.s + 1, j, out, elapsed, memory, energy, part.devices + [j], part.levels + [l])
 
     def after(self, part: Partial) -> dict[str, np.ndarray]:
@@ -141,7 +151,7 @@ class Tables:
         if self._after[0] is part:
             return self._after[1]
         s, p = part.s, part.prev
-        t = self.lat[p] + self.slope[p] * part.out_bytes                                          # (n,)
+        t = hop_seconds(self.lat[p], self.slope[p], part.out_bytes)                               # (n,)
         t[p] = 0.0
         elapsed = part.elapsed + t[:, None] + self.compute[s]                                       # (n, L)
         flops = self.profiles.flops[s][None, :]
@@ -149,7 +159,7 @@ class Tables:
         local = (so_far & self.available[:, None] & np.isfinite(elapsed)
                  & (part.memory[:, None] + self.mem[s][None, :] <= self.cap_mem[:, None])
                  & (part.energy[:, None] + self.e_flop[:, None] * flops <= self.cap_e[:, None])
-                 & (part.energy[p] + self.radio[p] * t <= self.cap_e[p])[:, None])
+                 & (part.energy[p] + self.radio[p] * np.minimum(t, FOREVER) <= self.cap_e[p])[:, None])
         out = {"hop": t, "elapsed": elapsed, "local": local}
         self._after = (part, out)
         return out
@@ -168,7 +178,7 @@ class Tables:
         # the certificate: every device's memory and energy once the floor's own completion has run
         on_j = eye[:, None, :]                                                                     # (j, 1, n)
         memory = part.memory + on_j * self.mem[s][None, :, None] + self.rest_mem[s]                # (j, l, n)
-        radio = self.radio[p] * np.minimum(a["hop"], 1e30)  # finite, so that a cut link gives no inf * 0
+        radio = self.radio[p] * np.minimum(a["hop"], FOREVER)
         energy = (part.energy + eye[p] * radio[:, None, None] + self.rest_energy[s]
                   + on_j * (self.e_flop[:, None] * self.profiles.flops[s][None, :])[..., None])
         certified = ok & (memory <= self.cap_mem).all(-1) & (energy <= self.cap_e).all(-1)

@@ -64,13 +64,26 @@ def demonstrations(make_env: Callable[[], SegmentEnv], requests: int, seed: int,
     return _stack(rows)
 
 
+def _check_finite(data: Data) -> None:
+    """A ValueError naming the first row whose observation or return is not finite."""
+    for key in ("obs", "returns"):
+        rows = np.flatnonzero(~np.isfinite(data[key].reshape(len(data[key]), -1)).all(axis=1))
+        if len(rows):
+            raise ValueError(f"data[{key!r}] is not finite in {len(rows)} rows (the first: row {rows[0]})")
+
+
 def clone(model, data: Data, epochs: int, batch_size: int = 256, lr: float = 1e-3, vf_coef: float = 0.5,
           seed: int = 0, progress: bool = True) -> list[dict]:
-    """Fit ``model.policy`` (sb3-contrib's maskable actor-critic) to ``data``; the loss per epoch."""
+    """Fit ``model.policy`` (sb3-contrib's maskable actor-critic) to ``data``; the loss per epoch.
+
+    Observations or returns that are not finite are refused up front, and a step whose loss is not finite
+    stops the fit (a ValueError naming the epoch and the batch) before the clipped gradient spreads the NaN.
+    """
     if epochs < 1:
         raise ValueError(f"epochs={epochs}: expected at least one epoch of behaviour cloning")
     if not len(data["actions"]):
         raise ValueError("data holds no decision: no demonstration request had a feasible plan")
+    _check_finite(data)
     policy = model.policy.train()
     optimiser = torch.optim.Adam(policy.parameters(), lr=lr)
     obs, masks = torch.as_tensor(data["obs"]), torch.as_tensor(data["masks"])
@@ -80,12 +93,16 @@ def clone(model, data: Data, epochs: int, batch_size: int = 256, lr: float = 1e-
     for epoch in tqdm(range(epochs), desc="behaviour cloning", unit="epoch", disable=not progress):
         order = torch.randperm(len(actions), generator=gen)
         total_pi, total_v = 0.0, 0.0
-        for idx in order.split(batch_size):
+        for batch, idx in enumerate(order.split(batch_size)):
             values, log_prob, _ = policy.evaluate_actions(obs[idx], actions[idx], action_masks=masks[idx])
             loss_pi = -log_prob.mean()
             loss_v = torch.nn.functional.mse_loss(values.flatten(), returns[idx])
+            loss = loss_pi + vf_coef * loss_v
+            if not torch.isfinite(loss):
+                raise ValueError(f"behaviour cloning, epoch {epoch}, batch {batch}: the loss is {loss.item()} "
+                                 f"(cross-entropy {loss_pi.item()}, value MSE {loss_v.item()})")
             optimiser.zero_grad()
-            (loss_pi + vf_coef * loss_v).backward()
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
             optimiser.step()
             total_pi += loss_pi.item() * len(idx)

@@ -21,7 +21,9 @@ request has no feasible plan at all, it allows every available device. The obser
 (:func:`features`) describes the request (link rates, availability, load, battery, deadline, priority)
 and the partial plan (segment index, current device, elapsed latency over the deadline, memory and
 energy used against each cap, bytes leaving the segment, accuracy so far), plus, per action, the slack
-the deadline would keep after it with the least latency of the rest. A :class:`~xaiprune.planning.fades.Randomisation`
+the deadline would keep after it with the least latency of the rest; every entry is finite (the scenario and
+profiles are checked on construction, :func:`xaiprune.planning.env.check_inputs`, and an observation holding a
+NaN is an error naming its block). A :class:`~xaiprune.planning.fades.Randomisation`
 draws a new ward for every run (domain randomisation for training). Used by :mod:`xaiprune.planning.imitation`,
 :mod:`xaiprune.planning.agent` and ``06_rl.ipynb``.
 """
@@ -35,7 +37,7 @@ import numpy as np
 from gymnasium import spaces
 
 from xaiprune.planning import fades, nlp
-from xaiprune.planning.env import PRIORITIES, Dynamics, WardEnv
+from xaiprune.planning.env import PRIORITIES, Dynamics, WardEnv, check_inputs, ratio
 from xaiprune.planning.feasibility import Partial, Tables
 from xaiprune.planning.solution import Result
 from xaiprune.planning.system import Evaluation, Plan, Profiles, Scenario, evaluate
@@ -54,16 +56,20 @@ class Reward:
 
     def validate(self) -> "Reward":
         for name, value in asdict(self).items():
-            if not value >= 0:
-                raise ValueError(f"Reward.{name}={value}: expected a non-negative weight")
+            if not 0 <= value < np.inf:
+                raise ValueError(f"Reward.{name}={value}: expected a finite non-negative weight")
         return self
 
 
 def overshoot(ev: Evaluation, conditions: Scenario) -> float:
-    """Relative excess over every violated cap, plus 1 per unavailable device used (0 for a feasible plan)."""
+    """Relative excess over every violated cap, plus 1 per unavailable device used (0 for a feasible plan).
+
+    A cap of 0 is exceeded infinitely by any use of it and not at all by none.
+    """
     out = max(0.0, ev.latency / conditions.deadline - 1)
     for j, dev in enumerate(conditions.devices):
-        out += max(0.0, ev.memory[j] / dev.memory - 1) + max(0.0, ev.energy[j] / dev.energy_budget - 1)
+        out += max(0.0, float(ratio(ev.memory[j], dev.memory)) - 1) \
+            + max(0.0, float(ratio(ev.energy[j], dev.energy_budget)) - 1)
     return out + sum(1.0 for v in ev.violations if v.startswith("availability"))
 
 
@@ -71,21 +77,35 @@ def obs_size(n: int, S: int, L: int) -> int:
     return S + 6 * n + n * (n - 1) + n * L + 7
 
 
+def _accuracy_scale(P: Profiles) -> np.ndarray:
+    """(S, L) log rho / log(A_floor / A_0): the share of the way down to the floor; 0 when the table is flat."""
+    span = np.log(max(P.floor, 1e-3) / max(P.base_accuracy, 1e-3))
+    return np.log(P.retention) / span if span < -1e-9 else np.zeros(P.retention.shape)
+
+
+def _request(nominal: Scenario, conditions: Scenario, priority: int, tables: Tables) -> list[tuple[str, np.ndarray]]:
+    """The named blocks that stay the same for every segment of the request."""
+    off = ~np.eye(conditions.n, dtype=bool)
+    with np.errstate(divide="ignore"):  # a cut link's log rate is -inf (clipped to -1)
+        links = np.log(ratio(conditions.bandwidth[off], nominal.bandwidth[off])) / LINK_SCALE
+    speed = ratio([d.speed for d in conditions.devices], [d.speed for d in nominal.devices])
+    budget = ratio([d.energy_budget for d in conditions.devices], [d.energy_budget for d in nominal.devices])
+    return [("deadline", [np.log(conditions.deadline / nominal.deadline) / np.log(4)]),
+            ("priority", 2 * np.eye(len(PRIORITIES))[priority] - 1), ("available", 2 * tables.available - 1.0),
+            ("speed", 2 * speed - 1), ("energy budget", 2 * budget - 1), ("links", links)]
+
+
 def features(nominal: Scenario, conditions: Scenario, priority: int, tables: Tables, part: Partial) -> np.ndarray:
-    """The observation of one decision (see the module docstring), every entry in [-1, 1]."""
+    """The observation of one decision (see the module docstring), every entry in [-1, 1].
+
+    Infinities clip to +-1 (a cut link's log rate, the elapsed latency and slack after one); a NaN raises a
+    ValueError naming its block, so that a bug fails here rather than inside the policy.
+    """
     P, n, S = tables.profiles, conditions.n, tables.S
     if "features" not in tables.cache:  # what stays the same for every segment of the request
-        off = ~np.eye(n, dtype=bool)
-        with np.errstate(divide="ignore"):
-            links = np.log(conditions.bandwidth[off] / nominal.bandwidth[off]) / LINK_SCALE
-        speed = np.array([d.speed / d0.speed for d, d0 in zip(conditions.devices, nominal.devices)])
-        cap_e = np.array([d.energy_budget for d in conditions.devices])
-        budget = cap_e / np.array([d.energy_budget for d in nominal.devices])
-        request = np.concatenate([[np.log(conditions.deadline / nominal.deadline) / np.log(4)],
-                                  2 * np.eye(len(PRIORITIES))[priority] - 1, 2 * tables.available - 1.0,
-                                  2 * speed - 1, 2 * budget - 1, np.nan_to_num(links, nan=-1.0)])
-        tables.cache["features"] = (request, np.array([d.memory for d in conditions.devices]), cap_e,
-                                    np.log(P.retention) / np.log(max(P.floor, 1e-3) / P.base_accuracy))
+        tables.cache["features"] = (_request(nominal, conditions, priority, tables),
+                                    np.array([d.memory for d in conditions.devices]),
+                                    np.array([d.energy_budget for d in conditions.devices]), _accuracy_scale(P))
     request, cap_m, cap_e, log_acc = tables.cache["features"]
     seg = np.zeros(S)
     if part.s < S:
@@ -94,11 +114,15 @@ def features(nominal: Scenario, conditions: Scenario, priority: int, tables: Tab
         slack[~np.repeat(tables.available, tables.L)] = -1.0
     else:
         slack = np.zeros(n * tables.L)
-    acc = log_acc[np.arange(part.s), part.levels].sum()
-    obs = np.concatenate([seg, tables.eye[part.prev], [part.elapsed / conditions.deadline], request,
-                          part.memory / cap_m, part.energy / cap_e, [np.log10(max(part.out_bytes, 1.0)) / 6],
-                          slack, [acc]])
-    return np.clip(obs, -1, 1).astype(np.float32)  # elapsed, slack and a cut link's log rate (-inf) clip to +-1
+    blocks = [("segment", seg), ("device", tables.eye[part.prev]), ("elapsed", [part.elapsed / conditions.deadline]),
+              *request, ("memory", ratio(part.memory, cap_m)), ("energy", ratio(part.energy, cap_e)),
+              ("out bytes", [np.log10(max(part.out_bytes, 1.0)) / 6]), ("slack", slack),
+              ("accuracy", [log_acc[np.arange(part.s), part.levels].sum()])]
+    obs = np.clip(np.concatenate([b for _, b in blocks]), -1, 1)
+    if not np.isfinite(obs).all():
+        bad = [name for name, b in blocks if np.isnan(np.asarray(b, dtype=float)).any()]
+        raise ValueError(f"observation of segment {part.s}: feature block(s) {bad} not finite")
+    return obs.astype(np.float32)
 
 
 def fallback_mask(tables: Tables) -> np.ndarray:
@@ -119,6 +143,7 @@ class SegmentEnv(gym.Env):
             raise ValueError(f"episode_length={episode_length}; expected a positive integer")
         if overlay is not None and randomise is not None:
             raise ValueError("overlay and randomise: expected at most one (a randomised ward draws its own fades)")
+        check_inputs(scenario, profiles)
         self.scenario, self.profiles = scenario, profiles
         self.dynamics = (dynamics or Dynamics()).validate()
         self.episode_length, self.overlay = episode_length, overlay

@@ -10,7 +10,7 @@ the MILP and the exact enumeration on random instances of growing size (and chec
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -118,8 +118,7 @@ def ample(scenario: Scenario, factor: float = 1e3) -> Scenario:
     """The scenario with every resource (memory, energy budget, bandwidth, deadline) multiplied by ``factor``."""
     devices = [system.Device(**{**d.__dict__, "memory": d.memory * factor, "energy_budget": d.energy_budget * factor})
                for d in scenario.devices]
-    return Scenario(scenario.name, devices, scenario.bandwidth * factor, scenario.source, scenario.deadline * factor,
-                    scenario.link_latency)
+    return replace(scenario, devices=devices, bandwidth=scenario.bandwidth * factor, deadline=scenario.deadline * factor)
 
 
 def check_ample(scenario: Scenario, profiles: Profiles, time_limit: float = 30.0) -> Result:

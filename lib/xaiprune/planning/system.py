@@ -8,6 +8,7 @@ and radio power p_j:
 
     latency   T = I / B[src, j_1] + sum_s F[s,l_s] / c_{j_s} + sum_{s<S} O[s,l_s] / B[j_s, j_{s+1}]
                   + O[S] / B[j_S, src]                                   (the label goes back)
+                  + h * (hops between two devices)                       (the serving system's own cost)
     memory    for each j: sum_{s on j} W[s,l_s] + P[s,l_s] <= m_j
     energy    for each j: e_j * FLOPs on j + p_j * seconds j transmits <= E_j
     accuracy  A(l_1..l_S) ~= max(A_floor, A_0 * prod_s rho[s, l_s])     (the surrogate)
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,7 @@ class Scenario:
     source: int
     deadline: float
     link_latency: np.ndarray | None = None  # s per transfer, optional
+    hop_overhead: float = 0.0  # s the serving system adds to every message between two devices (measured, not emulated)
 
     @property
     def n(self) -> int:
@@ -77,8 +79,13 @@ class Scenario:
         np.fill_diagonal(bw, np.inf)
         devices = [Device(**{**d.__dict__, "available": d.available and d.name not in unavailable})
                    for d in self.devices]
-        return Scenario(self.name, devices, bw, self.source, self.deadline if deadline is None else deadline,
-                        self.link_latency)
+        return replace(self, devices=devices, bandwidth=bw, deadline=self.deadline if deadline is None else deadline)
+
+    def with_hop_overhead(self, ms: float) -> "Scenario":
+        """A copy whose every message between two devices costs ``ms`` milliseconds more (see :func:`transfer_seconds`)."""
+        if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not math.isfinite(ms) or ms < 0:
+            raise ScenarioError(f"{self.name}: hop_overhead_ms must be a non-negative number, got {ms!r}")
+        return replace(self, hop_overhead=ms / 1e3)
 
 
 def _positive(where: str, key: str, value, allow_zero: bool = False) -> float:
@@ -134,7 +141,8 @@ def parse_scenario(spec: dict, where: str = "scenario") -> Scenario:
         lat[a, b] = _positive(here, "latency_ms", pair.get("latency_ms", 0), allow_zero=True) / 1e3
     np.fill_diagonal(bw, np.inf)
     np.fill_diagonal(lat, 0.0)
-    return Scenario(str(spec.get("name", where)), devices, bw, names.index(source), deadline / 1e3, lat)
+    hop = _positive(f"{where}: links", "hop_overhead_ms", links.get("hop_overhead_ms", 0), allow_zero=True) / 1e3
+    return Scenario(str(spec.get("name", where)), devices, bw, names.index(source), deadline / 1e3, lat, hop)
 
 
 def load_scenario(name_or_path: str | Path) -> Scenario:
@@ -196,10 +204,13 @@ def profiles_from_sensitivity(table: pd.DataFrame, input_bytes: float, metric: s
     pruning more never helps in the surrogate), capped at 1 and floored at ``floor`` (for the log).
     The surrogate's own floor is the lowest accuracy measured in the table: without fine-tuning a
     heavily pruned network collapses to one answer (the majority-class rate for ACC), and the
-    product of retentions would fall below what any measured model reaches.
+    product of retentions would fall below what any measured model reaches. A segment whose accuracy is
+    not finite at some level, or not > 0 unpruned, is refused (a ValueError naming the metric and segment).
     """
     if metric not in ("acc", "auc"):
         raise ValueError(f"metric={metric!r}; expected 'acc' or 'auc'")
+    if not 0 < floor <= 1:
+        raise ValueError(f"floor={floor}: expected a retention floor in (0, 1] (the surrogate takes its log)")
     segments = list(dict.fromkeys(table["segment"]))
     levels = sorted(table["level"].unique())
     cost = table[table["draw"] == table["draw"].min()].set_index(["segment", "level"])
@@ -208,7 +219,11 @@ def profiles_from_sensitivity(table: pd.DataFrame, input_bytes: float, metric: s
     def grid(frame, col):
         return np.array([[float(frame.loc[(s, l), col]) for l in levels] for s in segments])
 
-    a = np.array([[acc.loc[(s, l)] for l in levels] for s in segments])
+    a = np.array([[acc.loc[(s, l)] for l in levels] for s in segments], dtype=float)
+    for i, row in enumerate(a):
+        if not np.isfinite(row).all() or not row[0] > 0:
+            raise ValueError(f"{metric} of segment {segments[i]!r}: {dict(zip(levels, row.tolist()))}; expected finite "
+                             f"values, > 0 unpruned (retention is relative to it)")
     base = float(a[:, 0].mean())
     rho = np.clip(np.minimum.accumulate(a / a[:, :1], axis=1), floor, 1.0)
     return Profiles(segments, [float(l) for l in levels], grid(cost, "macs") * 2, grid(cost, "weight_bytes"),
@@ -250,14 +265,19 @@ class Evaluation:
         return float(self.energy.sum())
 
 
-def transfer_seconds(scenario: Scenario, a: int, b: int, nbytes: float, multiplier: float = 1.0) -> float:
+def transfer_seconds(scenario: Scenario, a: int, b: int, nbytes: float, multiplier: float = 1.0,
+                     overhead: bool = True) -> float:
     """Seconds to send ``nbytes`` from device ``a`` to device ``b``: the project's one transfer model.
 
-    ``nbytes / (B[a, b] * multiplier) + latency[a, b]``; 0 on the same device; ``inf`` when the link
+    ``nbytes / (B[a, b] * multiplier) + latency[a, b] + h``; 0 on the same device; ``inf`` when the link
     carries nothing (bandwidth x multiplier <= 0), so no deadline can be met over it. ``multiplier`` is
     the bandwidth trace's factor for this link at this request (1: the scenario's nominal bandwidth).
-    Used by :func:`evaluate` (and so by :mod:`xaiprune.planning.env`), :mod:`xaiprune.planning.nlp` and the link emulation
-    of :mod:`xaiprune.serving`.
+    ``h`` is the scenario's ``hop_overhead``: what the serving system itself adds to every message (framing,
+    the receiver's wake-up, the coordinator's bookkeeping), measured on the running system by
+    :func:`xaiprune.serving.analysis.hop_overhead`; ``overhead=False`` leaves it out, which is what the link
+    emulation waits (the system adds it by itself). Used by :func:`evaluate` (and so by
+    :mod:`xaiprune.planning.env`), the masks of :mod:`xaiprune.planning.feasibility`, :mod:`xaiprune.planning.nlp`
+    and the link emulation of :mod:`xaiprune.serving`.
     """
     if a == b:
         return 0.0
@@ -265,7 +285,7 @@ def transfer_seconds(scenario: Scenario, a: int, b: int, nbytes: float, multipli
     if not rate > 0:
         return math.inf
     lat = 0.0 if scenario.link_latency is None else scenario.link_latency[a, b]
-    return float(nbytes / rate + lat)
+    return float(nbytes / rate + lat + (scenario.hop_overhead if overhead else 0.0))
 
 
 def evaluate(plan: Plan, scenario: Scenario, profiles: Profiles, tol: float = 1e-9) -> Evaluation:
@@ -282,11 +302,11 @@ def evaluate(plan: Plan, scenario: Scenario, profiles: Profiles, tol: float = 1e
     for a, b, nbytes in hops:
         t = transfer_seconds(scenario, a, b, nbytes)
         transfer += t
-        energy[a] += scenario.devices[a].radio_power * t
+        energy[a] += scenario.devices[a].radio_power * min(t, 1e30)  # a cut link: huge, and 0 J at 0 W (not NaN)
     compute = 0.0
     for s, (j, l) in enumerate(zip(plan.devices, plan.levels)):
         dev = scenario.devices[j]
-        compute += profiles.flops[s, l] / dev.speed
+        compute += profiles.flops[s, l] / dev.speed if dev.speed > 0 else math.inf  # speed 0 runs nothing
         memory[j] += profiles.weight_bytes[s, l] + profiles.peak_bytes[s, l]
         energy[j] += dev.energy_per_flop * profiles.flops[s, l]
     latency = compute + transfer

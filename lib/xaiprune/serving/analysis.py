@@ -91,6 +91,39 @@ def latency_gaps(requests: pd.DataFrame, summary: pd.DataFrame, ward: system.Sce
     return gaps.round(2), name, worst.join(weights).round(2)
 
 
+def hops(devices: list[str], ward: system.Scenario) -> int:
+    """Messages between two devices on a request's route (source, the plan's devices, back to the source)."""
+    route = [ward.devices[ward.source].name, *devices, ward.devices[ward.source].name]
+    return sum(a != b for a, b in zip(route, route[1:]))
+
+
+def hop_overhead(requests: pd.DataFrame, ward: system.Scenario) -> dict:
+    """The serving system's own cost per message between two devices, measured: what the planners' ``h`` should be.
+
+    Per answered request (first attempts only) that crossed at least one link, the measured latency minus the
+    model's prediction without the overhead (the prediction on the true links, less ``h`` x its hops), over its
+    hops. Returns the median and 90th percentile (ms), the requests used and the ``h`` the ward declares.
+    """
+    g = requests[requests["attempts"] == 1]
+    n_hops = np.array([hops(d, ward) for d in g["devices"]])
+    declared = 1e3 * ward.hop_overhead
+    per_hop = (g["latency_ms"].to_numpy() - g["predicted_latency_ms"].to_numpy() + declared * n_hops)[n_hops > 0] \
+        / n_hops[n_hops > 0]
+    if per_hop.size == 0:
+        return {"requests": 0, "declared_ms": declared, "median_ms": None, "p90_ms": None}
+    return {"requests": int(per_hop.size), "declared_ms": round(declared, 3),
+            "median_ms": round(float(np.median(per_hop)), 3), "p90_ms": round(float(np.quantile(per_hop, 0.9)), 3)}
+
+
+def describe_hop_overhead(h: dict) -> str:
+    if not h["requests"]:
+        return "no request crossed a link: the per-hop overhead was not measured"
+    covered = "covers" if h["declared_ms"] >= h["median_ms"] else "does NOT cover"
+    return (f"per message between two devices the system added {h['median_ms']:.2f} ms (median over {h['requests']} "
+            f"requests; 90th percentile {h['p90_ms']:.2f}) beyond the link model; the ward declares "
+            f"{h['declared_ms']:.2f} ms, which every planner adds per hop: it {covered} the median")
+
+
 def contrast(runs: list, profiles: system.Profiles) -> str:
     """Markdown: the image's size, and per ward (a :class:`~xaiprune.serving.runs.Served`) its links, deadline, how
     often and how deep the optimum (XAI + NLP) pruned, and how often the unpruned placement met the deadline."""

@@ -15,7 +15,8 @@ from xaiprune.planning import system
 PLANNERS = ("nlp", "rl", "no_pruning", "static", "local", "fixed")
 FAULTS = ("kill", "hang", "straggler", "partition", "rejoin", "duplicate", "bad_header", "bad_shape")
 VIEWS = ("estimate", "oracle")  # what a planner sees of the links (see xaiprune.serving.planning)
-POLICY_KEYS = {"name", "planner", "criterion", "agent", "level", "plan", "view", "window"}
+POLICY_KEYS = {"name", "planner", "criterion", "agent", "level", "plan", "view", "window", "shield"}
+SHIELD_KEYS = {"margin", "accuracy_share"}
 FAULT_KEYS = {"policy", "device", "request", "at_s", "kind", "peer", "delay_s", "down_s"}
 
 
@@ -30,6 +31,14 @@ def rank_order(scenario: system.Scenario) -> list[int]:
     return [scenario.source] + [j for j in range(scenario.n) if j != scenario.source]
 
 
+def _shield_ok(shield) -> bool:
+    """A policy's ``shield``: a dict with a ``margin`` in [0, 1) and an ``accuracy_share`` in [0, 1], both optional."""
+    if not isinstance(shield, dict) or set(shield) - SHIELD_KEYS:
+        return False
+    number = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in shield.values())
+    return number and 0 <= shield.get("margin", 0) < 1 and 0 <= shield.get("accuracy_share", 0) <= 1
+
+
 @dataclass
 class RunConfig:
     """Everything every rank needs, as JSON; rank 0 shares it with the others through the TCP store.
@@ -41,7 +50,8 @@ class RunConfig:
     unpruned model on the source, ``fixed`` the ``plan`` ``{"devices": [names], "levels": [fractions]}``
     for every request). ``view`` (default ``estimate``) is what the planner knows of the links: an
     estimate from past measured transfers, or ``oracle``, the exact trace (a baseline no real coordinator
-    has). ``window`` (default: the config's) overrides the config's ``window`` for this policy. Whatever
+    has). ``shield`` (optional, ``{"margin", "accuracy_share"}``) checks every plan of the policy at decision
+    time (:class:`xaiprune.planning.shield.Shield`). ``window`` (default: the config's) overrides the config's ``window`` for this policy. Whatever
     the planner, a plan that names a device the ward does not have, a dead, excluded or unavailable one,
     or a cut link, is replaced by the exact optimum on the live ones. ``trace`` is a
     (T, N, N) list of bandwidth multipliers, request t seeing ``trace[t % T]``. ``window``: requests in
@@ -162,6 +172,10 @@ class RunConfig:
                         or any(lv not in profile.levels for lv in levs):
                     errors.append(f"{here}.plan={plan}: expected {len(profile.segments)} device "
                                   f"names of the scenario and {len(profile.segments)} levels of {profile.levels}")
+            shield = p.get("shield")
+            if shield is not None and not _shield_ok(shield):
+                errors.append(f"{here}.shield={shield!r}: expected a dict with a margin in [0, 1) and an "
+                              f"accuracy_share in [0, 1] (keys {sorted(SHIELD_KEYS)})")
             if p.get("planner") == "rl" and not resolve(str(p.get("agent", ""))).with_suffix(".zip").is_file():
                 errors.append(f"{here}.agent: no agent file {p.get('agent')!r}")
         return errors

@@ -4,7 +4,7 @@ On one machine every link and device is equally fast, so with ``emulate=True`` a
 compute of the segments it runs for a request to FLOPs / speed (the FLOPs of the segments it really
 built, the speed from the scenario), and a sender waits :func:`xaiprune.planning.system.transfer_seconds` of the
 bytes of the tensor it really sends, with the scenario's bandwidth times the trace's multiplier at that
-request, before sending. With ``emulate=False`` (real hardware) nothing is padded. A link cut by fault
+request, before sending (without the scenario's per-hop overhead: the system adds that by itself). With ``emulate=False`` (real hardware) nothing is padded. A link cut by fault
 injection (a partition) carries nothing: :meth:`Emulator.is_cut`, whatever ``emulate`` says.
 """
 
@@ -58,7 +58,7 @@ class Emulator:
         if not self.enabled or dst_rank == self.rank:
             return 0.0
         a, b = self.device, self.order[dst_rank]
-        return system.transfer_seconds(self.scenario, a, b, nbytes, self.multiplier(a, b, step))
+        return system.transfer_seconds(self.scenario, a, b, nbytes, self.multiplier(a, b, step), overhead=False)
 
     def compute_seconds(self, flops: int) -> float:
         """Emulated seconds this rank's device takes for ``flops``."""

@@ -12,16 +12,21 @@ a cut link carries nothing in either view.
 Every plan is checked before it is used (:func:`check_plan`): one device and one level per segment,
 devices the ward has, alive and available, levels that were profiled, no cut link. A plan that fails is
 logged with its reason and replaced by the exact optimum on the live devices (and if even that fails,
-by the whole model on the source), so no request is lost to a bad plan.
+by the whole model on the source), so no request is lost to a bad plan. A policy with a ``shield``
+(:class:`xaiprune.planning.shield.Shield`'s settings) has every servable plan checked on its view too: one that
+leaves less than the shield's margin to the deadline, or is clearly less accurate than a reachable plan, is
+replaced by the exact optimum on that view (its requests are ``planned_by`` "shield: <reason>").
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 
 from xaiprune.planning import system
+from xaiprune.planning.shield import Shield
 from xaiprune.serving.config import resolve
 from xaiprune.serving.estimation import CUT, LinkEstimator
 
@@ -109,6 +114,7 @@ class Planner:
         self.choose = choose or policy_function(policy, scenario, profiles)
         self.estimator = LinkEstimator(scenario, alpha)
         self.excluded: dict[int, str] = {}        # rank -> why it is not planned on
+        self.shield = None if policy.get("shield") is None else Shield(**policy["shield"])
         self.cut: set[tuple[int, int]] = set()    # device pairs whose link is cut
 
     @property
@@ -143,7 +149,7 @@ class Planner:
         m = np.ones((self.scenario.n,) * 2) if self.trace is None else self.trace[t % len(self.trace)]
         bw = self.scenario.bandwidth * m
         np.fill_diagonal(bw, np.inf)
-        return system.Scenario(cond.name, cond.devices, bw, cond.source, cond.deadline, cond.link_latency)
+        return replace(cond, bandwidth=bw)
 
     def lose(self, ranks, why: str = "dead") -> None:
         """Remove ranks' devices from the planner's view of the ward (until :meth:`regain`)."""
@@ -180,6 +186,10 @@ class Planner:
         conditions = self.env.instance()
         plan = self.env.plan_of(self.choose(self.env, self.env.observation()))
         problems, how = check_plan(plan, conditions, self.profiles, self.cut), "policy"
+        if not problems and self.shield is not None:
+            plan, reason = self.shield.apply(plan, conditions, self.profiles)
+            how = how if reason is None else f"shield: {reason}"
+            problems = check_plan(plan, conditions, self.profiles, self.cut)
         if problems:
             plan = self.env.plan_of(rl.nlp_policy("enumeration")(self.env, self.env.observation()))
             how = "fallback: optimum"

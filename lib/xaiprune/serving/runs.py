@@ -146,31 +146,37 @@ def with_endpoints(summary: pd.DataFrame, requests: pd.DataFrame, task: str) -> 
     return out
 
 
-def ward_policies(static_level: float, agent_file: Path) -> list[dict]:
-    """The six policies of 07's table: unpruned, the optimum (on estimates and the oracle), the agent, static, local."""
+def ward_policies(static_level: float, agent_file: Path, shield: dict | None = None) -> list[dict]:
+    """The six policies of 07's table: unpruned, the optimum (on estimates and the oracle), the agent (with ``shield``,
+    :class:`xaiprune.planning.shield.Shield`'s settings, when given), static, local."""
     return [{"name": "no pruning", "planner": "no_pruning", "criterion": "lrp"},
             {"name": "XAI + NLP", "planner": "nlp", "criterion": "lrp"},
             {"name": "XAI + NLP (oracle)", "planner": "nlp", "criterion": "lrp", "view": "oracle"},
-            {"name": "XAI + RL", "planner": "rl", "criterion": "lrp", "agent": paths.relative(agent_file)},
+            {"name": "XAI + RL", "planner": "rl", "criterion": "lrp", "agent": paths.relative(agent_file),
+             **({"shield": shield} if shield else {})},
             {"name": f"static {static_level:.0%} XAI", "planner": "static", "criterion": "lrp", "level": static_level},
             {"name": "one device", "planner": "local", "criterion": "lrp"}]
 
 
 def serve_ward(study: Study) -> Served:
     """The six policies on the ward under its fade, one request in flight (``policies/``; ``summary.csv``)."""
-    run = _serve(study, study.values["scenario"], ward_policies(study.values["static_level"], study.agent_file),
+    v = study.values
+    shield = {"margin": v["shield_margin"], "accuracy_share": v["shield_accuracy"]}
+    run = _serve(study, v["scenario"], ward_policies(v["static_level"], study.agent_file, shield),
                  study.n, study.trace, "policies", window=1)
     run.summary.to_csv(study.out_dir / "summary.csv")
     return run
 
 
 def serve_stress(study: Study) -> Served | None:
-    """Unpruned placement and the optimum (estimates, oracle) on the stress ward's fade (``stress/``); None if skipped."""
+    """Unpruned placement, the optimum (estimates, oracle) and the whole model on the source, on the second ward's fade
+    (``stress/``); None if skipped."""
     if study.stress is None:
         return None
     v = study.values
     n = min(v["stress_requests"], study.info["n_samples"]["test"])
-    policies = ward_policies(v["static_level"], study.agent_file)[:3]
+    every = ward_policies(v["static_level"], study.agent_file)
+    policies = every[:3] + every[-1:]
     return _serve(study, v["stress_scenario"], policies, n, fade_trace(n, study.stress.n, low=v["stress_fade_low"]),
                   "stress")
 

@@ -48,22 +48,42 @@ def _replayed(replayed: dict[str, dict]) -> dict:
             for ward, r in replayed.items()}
 
 
+def shield(requests: pd.DataFrame, policy: str = "XAI + RL") -> dict:
+    """How often the shield replaced ``policy``'s plan (its requests ``planned_by`` "shield: <reason>"), why, and the
+    median decision time (ms) of the requests it replaced against those it let through."""
+    g = requests[requests["policy"] == policy]
+    fired = g["planned_by"].str.startswith("shield")
+    reasons = g.loc[fired, "planned_by"].str.removeprefix("shield: ").value_counts()
+    return {"policy": policy, "requests": int(len(g)), "fired": int(fired.sum()),
+            "fired_share": round(float(fired.mean()), 4) if len(g) else 0.0,
+            "reasons": {k: int(v) for k, v in reasons.items()},
+            "decision_ms_p50_fired": round(float(g.loc[fired, "decision_ms"].median()), 3) if fired.any() else None,
+            "decision_ms_p50_passed": round(float(g.loc[~fired, "decision_ms"].median()), 3) if (~fired).any() else None}
+
+
+def premise(summary: pd.DataFrame, share: float = 0.5) -> dict:
+    """The premise of the papers on this ward: the whole model on one device meets at most ``share`` of the deadlines."""
+    hit = float(summary.loc["one device", "deadline_hit_rate"])
+    return {"one_device_deadline_hit_rate": round(hit, 4), "at_most": share, "holds": bool(hit <= share)}
+
+
 def metrics(values: dict, arch: str, ward: Served, stress: Served | None, replayed: dict[str, dict],
-            compared: dict[str, Views], pipe: dict, faults: dict[str, dict]) -> dict:
+            compared: dict[str, Views], pipe: dict, faults: dict[str, dict], hop: dict | None = None) -> dict:
     """The notebook's ``metrics.json``.
 
     ``replayed``: ward -> :func:`~xaiprune.serving.runs.replay_served` (the served plans of an XAI policy with each
     baseline's filters, computed offline: no latency of their own, not policies; ``max_abs_logit_difference`` is
     the served criterion replayed on the same plans against the logits the system returned); ``compared``: ward ->
     :class:`~xaiprune.serving.analysis.Views`; ``pipe``: :func:`~xaiprune.serving.analysis.pipelining`;
-    ``faults``: :func:`fault_rows`.
+    ``faults``: :func:`fault_rows`; ``hop``: :func:`xaiprune.serving.analysis.hop_overhead` of the ward's run.
     """
     summary, window = ward.summary, values["window"]
     return {
         "arch": arch, "scenario": values["scenario"], "requests_per_policy": int(ward.n), "emulated": values["emulate"],
         "policy_order": ward.order, "energy": ENERGY,
         "policies": {name: tidy(row) for name, row in summary.iterrows()},
-        "replayed": _replayed(replayed),
+        "replayed": _replayed(replayed), "shield": shield(ward.requests), "premise": premise(summary),
+        "serving": {"hop_overhead_ms": hop},
         "stress": None if stress is None else {"scenario": values["stress_scenario"], "requests_per_policy": int(stress.n),
                                                "policy_order": list(stress.summary.index),
                                                "policies": {name: tidy(row) for name, row in stress.summary.iterrows()}},
@@ -109,10 +129,16 @@ def sentences(ward: Served, stress: Served | None, replayed: dict[str, dict]) ->
            f"bytes per inference: no pruning {base['bytes_per_inference']:,.0f}, XAI + NLP {nlp['bytes_per_inference']:,.0f} "
            f"(pruning saved {nlp['bytes_saved_by_pruning']:.1%} on its routes), XAI + RL {rl['bytes_per_inference']:,.0f} "
            f"(saved {rl['bytes_saved_by_pruning']:.1%})"]
+    sh, pr = shield(ward.requests), premise(s)
+    out.append(f"the premise on {ward.scenario}: the whole model on the source met {pr['one_device_deadline_hit_rate']:.1%} of "
+               f"the deadlines ({'at most' if pr['holds'] else 'MORE than'} {pr['at_most']:.0%}: the premise "
+               f"{'holds' if pr['holds'] else 'does NOT hold'}); the shield replaced XAI + RL's plan on {sh['fired']} of "
+               f"{sh['requests']} requests ({sh['fired_share']:.1%}; {sh['reasons'] or 'never'})")
     if stress is not None:
         sx = stress.summary.loc["XAI + NLP"]
         out.append(f"{stress.scenario}: XAI + NLP ACC / balanced ACC / AUC {_three(sx)} with deadline met for {sx['deadline_hit_rate']:.1%} "
-                   f"(unpruned placement: {stress.summary.loc['no pruning', 'deadline_hit_rate']:.1%}); pruning saved "
+                   f"(unpruned placement: {stress.summary.loc['no pruning', 'deadline_hit_rate']:.1%}; the whole model on "
+                   f"the source: {stress.summary.loc['one device', 'deadline_hit_rate']:.1%}); pruning saved "
                    f"{sx['bytes_saved_by_pruning']:.1%} of its bytes; on the same plans (replayed): "
                    f"{_replayed_accs(replayed[stress.scenario], 'ACC ')}")
     return out
