@@ -235,6 +235,15 @@ def test_train_ward_trains_both_agents_once_saves_them_and_says_what_it_did(tmp_
     again = training.train_ward("toy", scenario, profiles, settings, **kwargs, seeds=[0, 1000])
     assert again.cached and again.baseline_cached and again.record == first.record
     assert again.agent.decide(scenario, 1) == first.agent.decide(scenario, 1)
+    from xaiprune.planning import ablation
+
+    assert all(set(r.phases) == set(agent.PHASES) for r in again.runs), "each phase's weights are kept with the cache"
+    variants = ablation.planners(again.runs, scenario, profiles)
+    assert len(variants) == 2 * len(ablation.VARIANTS)
+    ward = WardEnv(scenario, profiles, episode_length=5)
+    ward.reset(seed=0)
+    final = variants[ablation.label(ablation.VARIANTS[-1], 0)](ward)
+    assert final == again.runs[0].agent.decide(ward.instance(), ward.state.priority)
     text = training.describe("toy", again, 64)
     assert "DAgger round 0" in text and text.count("(cached)") == 3 and "64 PPO steps" in text
     assert "seed 1000:" in text and f"served (best on validation): seed {first.seed}" in text

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xaiprune.planning import evaluation, judging, rl, system
+from xaiprune.planning import evaluation, judging, masked, rl, shield, system
 from xaiprune.planning.env import WardEnv
 from xaiprune.study import protocol
 
@@ -34,15 +34,16 @@ def judged():
     scenario, profiles = toy()
     planners = {evaluation.agent_label(0): judging.from_policy(rl.no_pruning_policy),
                 evaluation.agent_label(1000): judging.from_policy(rl.greedy_policy),
-                "greedy": judging.from_policy(rl.greedy_policy)}
+                "greedy": judging.from_policy(rl.greedy_policy), "masked greedy": masked.planners()["masked greedy"]}
     frame = evaluation.held_out("w", scenario, profiles, planners, [10_000, 10_001], 16, 0.05, progress=False)
     return frame, scenario, profiles
 
 
 def test_held_out_runs_judge_every_planner_on_the_same_requests_with_a_fade(judged):
     frame, _, _ = judged
-    assert set(frame["policy"]) == {judging.OPTIMUM, evaluation.agent_label(0), evaluation.agent_label(1000), "greedy"}
-    assert len(frame) == 2 * 16 * 4 and set(frame["seed"]) == {10_000, 10_001} and (frame["ward"] == "w").all()
+    assert set(frame["policy"]) == {judging.OPTIMUM, evaluation.agent_label(0), evaluation.agent_label(1000), "greedy",
+                                    "masked greedy"}
+    assert len(frame) == 2 * 16 * 5 and set(frame["seed"]) == {10_000, 10_001} and (frame["ward"] == "w").all()
     assert set(frame["window"]) == {"nominal", "fade"} and frame["fade_shape"].notna().all()
     per_request = frame.groupby(["seed", "t"])["optimum_accuracy"].nunique(dropna=False)
     assert (per_request == 1).all(), "every planner is judged against the same optimum on a request"
@@ -73,7 +74,8 @@ def test_ward_metrics_and_targets_come_from_the_summary(judged):
         r = results.loc[("w", window, evaluation.AGENT)]
         assert m[window]["acc_vs_optimum"] == round(float(r["acc_vs_optimum"]), 4)
         assert m[window]["requests"] == int(r["requests"])
-    assert m["greedy"] == m["policies"]["greedy"] and set(m["policies"]) == {evaluation.AGENT, judging.OPTIMUM, "greedy"}
+    assert m["greedy"] == m["policies"]["greedy"] and set(m["policies"]) == {evaluation.AGENT, judging.OPTIMUM, "greedy",
+                                                                                    "masked greedy"}
     assert m["training_seconds"] == 12.3 and m["decision_ms"] == round(float(timing.loc["w", evaluation.AGENT]), 4)
     targets = evaluation.targets_of(m, 0.95, **DECLARED)
     assert set(targets) == set(evaluation.targets(0.95, **DECLARED)) and all(isinstance(v, bool) for v in targets.values())
@@ -127,18 +129,21 @@ def test_the_unpruned_limit_is_said_in_words():
     assert "NOT deep enough" in evaluation.describe_limit("w", 0.001, 0.003)
 
 
-def test_the_judged_planners_are_the_agent_the_baseline_and_three_rules():
+def test_the_judged_planners_are_the_agent_the_baseline_the_rules_and_the_masked_rules():
     scenario, profiles = toy()
     old, _, _ = rl.train_ppo(lambda: WardEnv(scenario, profiles, episode_length=20), 64, seed=0, eval_every=10**9,
                              progress=False, n_steps=32, batch_size=16)
-    planners = evaluation.planners({0: Greedy(profiles), 1000: Greedy(profiles)}, old)
-    assert list(planners) == [evaluation.agent_label(0), evaluation.agent_label(1000), "MultiDiscrete PPO (baseline)",
-                              "greedy", "no pruning", "random"]
-    assert [evaluation.seed_of(p) for p in planners] == [0, 1000, None, None, None, None]
+    guard = shield.Shield()
+    planners = evaluation.planners({0: Greedy(profiles), 1000: Greedy(profiles)}, old, Greedy(profiles), guard)
+    assert list(planners) == [evaluation.agent_label(0), evaluation.agent_label(1000), evaluation.SHIELDED,
+                              "MultiDiscrete PPO (baseline)", "greedy", "no pruning", "random", "masked greedy",
+                              "masked random"]
+    assert [evaluation.seed_of(p) for p in planners] == [0, 1000, *[None] * 7]
     ward = WardEnv(scenario, profiles, episode_length=5)
     ward.reset(seed=0)
     assert planners[evaluation.agent_label(1000)](ward) == Greedy(profiles).decide(ward.instance(), 1)
     assert all(len(p(ward).levels) == profiles.S for p in planners.values())
+    assert guard.decisions == 1, "the shielded agent's decision went through the shield"
 
 
 def test_pooling_the_seeds_averages_their_rows_and_keeps_them_per_seed(judged):

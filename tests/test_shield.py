@@ -47,6 +47,9 @@ def test_a_plan_at_the_deadline_fires_the_margin(loose):
     assert system.evaluate(best.plan, tight, profiles).feasible
     assert shield.Shield(margin=0.05).why(best.plan, tight, profiles) == "margin"
     assert shield.Shield(margin=0.01).why(best.plan, tight, profiles) is None
+    guard = shield.Shield(margin=0.05)  # the optimum itself sits inside the margin: confirmed, not replaced
+    assert guard.apply(best.plan, tight, profiles) == (best.plan, None)
+    assert (guard.fired, guard.confirmed) == (0, 1)
 
 
 def test_a_feasible_but_needlessly_pruned_plan_fires_the_accuracy_bound(loose):

@@ -41,6 +41,8 @@ from xaiprune.planning.seqenv import SegmentEnv, fallback_mask, features
 from xaiprune.planning.system import Plan, Profiles, Scenario
 
 KIND = "sequential-maskable-ppo"
+PHASES = ("behaviour cloning", "+ DAgger")  # the policy's weights kept after each (the last, "+ PPO", is the model)
+PHASES_KEY = "_phases"                      # where :func:`train` passes them to :func:`obtain`, which saves them apart
 TRAINING_CODE = ("agent", "imitation", "seqenv", "feasibility", "fades", "env", "rl", "system", "nlp", "solution",
                  "training")  # modules (files of this package) whose source is part of the cache key
 
@@ -170,6 +172,7 @@ def _train(make_env: Callable[[], SegmentEnv], t: Training, progress: bool) -> t
     data = imitation.demonstrations(make_env, t.demo_requests, seed=t.seed + 1, progress=progress)
     record = {"decisions": int(len(data["actions"])), "clone": imitation.clone(model, data, t.bc_epochs, seed=t.seed,
                                                                                progress=progress)}
+    phases = {PHASES[0]: copy.deepcopy(model.policy.state_dict())}
     record["dagger"] = []
     for k in range(t.dagger_rounds):
         more = imitation.dagger(model, make_env, t.dagger_requests, seed=t.seed + 100 + k, progress=progress)
@@ -178,6 +181,7 @@ def _train(make_env: Callable[[], SegmentEnv], t: Training, progress: bool) -> t
         history = imitation.clone(model, data, max(1, t.bc_epochs // 2), seed=t.seed + k + 1, progress=progress)
         record["dagger"].append({"round": k, "decisions": int(len(more["actions"])), "agreement_before": before,
                                  "agreement_after": imitation.agreement(model, more), "loss": history[-1]})
+    phases[PHASES[1]] = copy.deepcopy(model.policy.state_dict())
     record["seconds_warm_start"] = time.perf_counter() - started
     curve = Curve(t.timesteps, lambda: judge(model, make_env, t.eval_requests, seed=t.validation), t.eval_every,
                   model.policy, progress)
@@ -187,6 +191,7 @@ def _train(make_env: Callable[[], SegmentEnv], t: Training, progress: bool) -> t
         curve.point(0)
     record["curve"], record["checkpoint"] = curve.points, curve.restore()
     record["seconds"] = time.perf_counter() - started
+    record[PHASES_KEY] = phases
     return model, record
 
 
@@ -261,9 +266,31 @@ def obtain(name: str, key: str, build: Callable[[], tuple[object, dict]], load_f
         model, meta = load_fn(path)
         return model, meta, True
     model, record = build()
+    phases = record.pop(PHASES_KEY, None)
     meta = {**metadata, "cache_key": key, "record": record}
     save(model, path, meta)
+    if phases is not None:
+        torch.save(phases, path.with_suffix(".phases.pt"))
     return model, meta, False
+
+
+def phases(name: str, key: str) -> dict[str, dict]:
+    """The policy's weights after each training phase (:data:`PHASES`) of the cached agent ``name``/``key``."""
+    path = (paths.models_dir() / f"agent-{name}-{key}").with_suffix(".phases.pt")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no phase weights for this agent (trained before they were kept: delete "
+                                "its cached .zip to train it again)")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def with_weights(model: MaskablePPO, state: dict, scenario: Scenario, profiles: Profiles) -> "SequentialAgent":
+    """A :class:`SequentialAgent` of ``model``'s architecture with the policy weights ``state`` (a phase's)."""
+    final = copy.deepcopy(model.policy.state_dict())
+    model.policy.load_state_dict(state)
+    try:
+        return SequentialAgent(model, scenario, profiles)  # it copies the weights it reads
+    finally:
+        model.policy.load_state_dict(final)
 
 
 def criterion_of_profiles() -> str:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from xaiprune import stats
-from xaiprune.planning import fades, judging, nlp, rl
+from xaiprune.planning import fades, judging, masked, nlp, rl
 from xaiprune.planning.env import WardEnv
 from xaiprune.planning.shield import Shield
 from xaiprune.planning.system import Profiles, Scenario
@@ -51,6 +51,8 @@ def targets(margin: float, nominal_share: float, max_violations: float) -> dict[
         f"fade: >= {margin:.0%} of the optimum": lambda m: m["fade"]["acc_vs_optimum"] >= margin,
         f"fade: < {max_violations:.0%} violations": lambda m: m["fade"]["violation_rate"] < max_violations,
         "fade: beats greedy": lambda m: m["fade"]["acc_vs_optimum"] > m["greedy"]["fade"]["acc_vs_optimum"],
+        "fade: beats greedy inside the same masks": lambda m: m["fade"]["acc_vs_optimum"]
+        > m["policies"]["masked greedy"]["fade"]["acc_vs_optimum"],
         "decision < 1 ms": lambda m: m["decision_ms"] < 1.0,
         "decision faster than the enumeration": lambda m: m["decision_ms"] < m["enumeration_ms"],
         "training < 8 min": lambda m: m["training_seconds"] < 480,
@@ -78,12 +80,12 @@ def planners(sequentials: dict, baseline, shielded=None, shield: Shield | None =
     """The judged planners: the sequential agent of every training seed (``sequentials``: seed -> agent, named by
     :func:`agent_label`), ``shielded`` (an agent, 07's) behind ``shield`` (a :class:`xaiprune.planning.shield.Shield`,
     which counts its decisions; a fresh one if None) as ``SHIELDED``, the MultiDiscrete baseline (a PPO model),
-    greedy, no pruning, random."""
+    greedy, no pruning, random, and greedy and random inside the agent's masks (:mod:`xaiprune.planning.masked`)."""
     guarded = {} if shielded is None else {SHIELDED: (shield or Shield()).guard(judging.sequential(shielded))}
     return {**{agent_label(s): judging.sequential(a) for s, a in sequentials.items()}, **guarded,
             "MultiDiscrete PPO (baseline)": judging.from_policy(rl.agent_policy(baseline)),
             "greedy": judging.from_policy(rl.greedy_policy), "no pruning": judging.from_policy(rl.no_pruning_policy),
-            "random": judging.from_policy(rl.random_policy)}
+            "random": judging.from_policy(rl.random_policy), **masked.planners()}
 
 
 def held_out(name: str, ward: Scenario, profiles: Profiles, judged: dict[str, judging.Planner], seeds: list[int],
@@ -162,7 +164,8 @@ def seed_bootstrap(evaluation: pd.DataFrame, window: str, n_boot: int = 2000, se
             "seeds": int(len(D)), "runs": int(episodes.max() + 1), "requests": int(len(opt))}
 
 
-def _interval(boot: np.ndarray, level: float = 0.95) -> list[float]:
+def interval(boot: np.ndarray, level: float = 0.95) -> list[float]:
+    """The central ``level`` interval of bootstrap values."""
     return [float(v) for v in np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])]
 
 
@@ -179,8 +182,8 @@ def near_optimum(evaluation: pd.DataFrame, margin: float, nominal_share: float, 
     s = stats.summarise_bootstrap(fade["acc"], fade["acc_boot"], margin, n_seeds=(fade["seeds"], 1))
     greedy = evaluation[(evaluation["policy"] == "greedy") & (evaluation["window"] == "fade") & evaluation["feasible_exists"]]
     return {"measured": fade["acc"], "interval": s["interval"], "p": s["p"], "margin": margin,
-            "violation_rate": fade["violations"], "violation_interval": _interval(fade["violations_boot"]),
-            "nominal": nominal["acc"], "nominal_interval": _interval(nominal["acc_boot"]),
+            "violation_rate": fade["violations"], "violation_interval": interval(fade["violations_boot"]),
+            "nominal": nominal["acc"], "nominal_interval": interval(nominal["acc_boot"]),
             "nominal_violation_rate": nominal["violations"],
             "greedy_fade": float(greedy["delivered"].sum() / max(greedy["optimum_accuracy"].sum(), 1e-12)),
             "by_seed": {k: {"fade": v, "nominal": nominal["by_seed"][k]} for k, v in fade["by_seed"].items()},
@@ -327,3 +330,24 @@ def metrics(scenario: str, per_ward: dict[str, dict], adapted: dict[str, dict], 
         "optimum_bound": {**bound, "largest_accuracy_above_optimum": round(bound["largest_accuracy_above_optimum"], 8)},
         "targets": {name: targets_of(m, margin, nominal_share, max_violations) for name, m in per_ward.items()},
     }
+
+
+ESTIMATOR_VIOLATIONS = 0.02  # violations allowed on the replay of 07's estimator loop
+
+
+def large_metrics(m: dict | None) -> dict | None:
+    """The many-device ward's headline (:func:`ward_metrics`' faded share, nominal share, decision times)."""
+    if m is None:
+        return None
+    return {"acc_vs_optimum": m["fade"]["acc_vs_optimum"], "violation_rate": m["fade"]["violation_rate"],
+            "nominal_acc_vs_optimum": m["nominal"]["acc_vs_optimum"], "decision_ms": m["decision_ms"],
+            "enumeration_ms": m["enumeration_ms"], "faster_than_enumeration": m["decision_ms"] < m["enumeration_ms"]}
+
+
+def describe_estimator_view(v: dict, margin: float) -> str:
+    """The agent on the replay of 07's estimator loop against ``margin`` of the optimum and
+    :data:`ESTIMATOR_VIOLATIONS`."""
+    met = v["acc_vs_optimum"] >= margin and v["violation_rate"] < ESTIMATOR_VIOLATIONS
+    return (f"estimator view: {v['acc_vs_optimum']:.2%} of the optimum [{v['interval'][0]:.2%}, {v['interval'][1]:.2%}], "
+            f"{v['violation_rate']:.2%} violations: target (>= {margin:.0%}, < {ESTIMATOR_VIOLATIONS:.0%}) "
+            f"{'met' if met else 'NOT met'}")

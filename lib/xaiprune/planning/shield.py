@@ -13,8 +13,10 @@ checks every plan it proposes, on the planner's own view of the ward (the condit
   the best reachable is at least that good, so a plan below it is certainly worse than the optimum).
 
 A plan that fails either is replaced by the exact enumeration's optimum on the same view
-(:func:`xaiprune.planning.nlp.solve_enumeration`); when even that has no plan, the learned plan stays. The
-shield counts its decisions, how often it fired and why, and the seconds its checks and replacements cost.
+(:func:`xaiprune.planning.nlp.solve_enumeration`); when that has no plan, or is the learned plan itself (the
+optimum of a tight request sits inside the margin too), the learned plan stays and the check counts as
+*confirmed*. The shield counts its decisions, how often it replaced a plan (``fired``) and why, how often the
+enumeration confirmed the learned plan, and the seconds its checks and enumerations cost.
 Used by ``06_rl`` (the agent judged with and without it) and by the serving system's ``rl`` planner (``07``).
 """
 
@@ -38,7 +40,8 @@ class Shield:
     margin: float = MARGIN
     accuracy_share: float = ACCURACY_SHARE
     decisions: int = 0
-    fired: int = 0
+    fired: int = 0                # plans replaced
+    confirmed: int = 0            # checks that failed, where the enumeration returned the same plan (or none)
     reasons: Counter = field(default_factory=Counter)
     seconds: float = 0.0          # spent checking and replacing, over every decision
 
@@ -60,15 +63,19 @@ class Shield:
         return None
 
     def apply(self, plan: Plan, conditions: Scenario, profiles: Profiles) -> tuple[Plan, str | None]:
-        """``plan``, or the exact optimum on ``conditions`` when the shield fires; and the reason it fired."""
+        """``plan``, or the exact optimum on ``conditions`` when the shield fires; and the reason it fired (None: kept)."""
         started = time.perf_counter()
         self.decisions += 1
         reason = self.why(plan, conditions, profiles)
         if reason is not None:
-            self.fired += 1
-            self.reasons[reason] += 1
-            exact = nlp.solve_enumeration(conditions, profiles)
-            plan = exact.plan if exact.plan is not None else plan
+            exact = nlp.solve_enumeration(conditions, profiles).plan
+            if exact is None or exact == plan:
+                self.confirmed += 1
+                reason = None
+            else:
+                self.fired += 1
+                self.reasons[reason] += 1
+                plan = exact
         self.seconds += time.perf_counter() - started
         return plan, reason
 
@@ -76,9 +83,17 @@ class Shield:
         """A planner (ward -> plan, as :mod:`xaiprune.planning.judging`'s) whose every plan goes through :meth:`apply`."""
         return lambda ward: self.apply(planner(ward), ward.instance(), ward.profiles)[0]
 
+    def describe(self, name: str) -> str:
+        """The counts in one line, for ward ``name``."""
+        c = self.counts()
+        return (f"{name}: the shield replaced the agent's plan on {c['fired']} of {c['decisions']} decisions "
+                f"({c['reasons'] or 'never'}); the enumeration confirmed it on {c['confirmed']} more; "
+                f"{c['ms_per_decision']:.2f} ms per decision")
+
     def counts(self) -> dict:
-        """Decisions, times fired (and the share), per reason, and the mean ms per decision the shield cost."""
-        return {"decisions": self.decisions, "fired": self.fired,
+        """Decisions, plans replaced (and the share), per reason, checks the enumeration confirmed, and the mean ms
+        per decision the shield cost."""
+        return {"decisions": self.decisions, "fired": self.fired, "confirmed": self.confirmed,
                 "fired_share": self.fired / self.decisions if self.decisions else 0.0,
                 "reasons": dict(self.reasons),
                 "ms_per_decision": 1e3 * self.seconds / self.decisions if self.decisions else 0.0}

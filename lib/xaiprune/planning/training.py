@@ -15,7 +15,7 @@ there) and :func:`train_ward` saves it where 07 reads it. :func:`describe`, :fun
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -62,6 +62,7 @@ class Run:
     meta: dict
     cached: bool
     agent: agent.SequentialAgent
+    phases: dict = field(default_factory=dict)   # the policy's weights after each of agent.PHASES
 
     @property
     def record(self) -> dict:
@@ -146,7 +147,8 @@ def train_ward(name: str, ward: Scenario, profiles: Profiles, training: agent.Tr
     for s in seeds or [training.seed]:
         settings = replace(training, seed=s, validation_seed=training.validation)
         model, meta, hit = obtain_agent(name, make_env, profiles, settings, criterion, where)
-        runs.append(Run(s, model, meta, hit, agent.SequentialAgent(model, ward, profiles)))
+        phases = agent.phases(f"{name}-{criterion}-seed{s}", meta["cache_key"])
+        runs.append(Run(s, model, meta, hit, agent.SequentialAgent(model, ward, profiles), phases))
     served = served_run(runs)
     agent.save(runs[served].model, out_dir / f"agent_{name}_{criterion}",
                {**runs[served].meta, "served_seed": runs[served].seed,

@@ -85,6 +85,42 @@ def surrogate_error(checks: pd.DataFrame, floor: float, margin: float) -> dict:
     return out
 
 
+def change_error(checks: pd.DataFrame, base_accuracy: float, unpruned: float) -> dict:
+    """The error of :func:`surrogate_checks` on what pruning *costs*: the predicted change from the unpruned model
+    (surrogate - A_0) against the measured one on the checks' split (measured - ``unpruned``, the unpruned model's
+    accuracy there), over the pruned plans; the difference between the split A_0 was measured on and this one drops
+    out. Points: mean and largest |error|."""
+    pruned = checks[checks["mean level"] > 0]
+    err = 100 * ((pruned["surrogate"] - base_accuracy) - (pruned["measured"] - unpruned))
+    return {"change_mean_abs_points": float(err.abs().mean()), "change_max_abs_points": float(err.abs().max()),
+            "change_plans": int(len(err))}
+
+
+def model_errors(checks: pd.DataFrame, product: pd.DataFrame, on_val: pd.DataFrame, profiles: Profiles,
+                 unpruned: float, margin: float) -> dict:
+    """05's ``surrogate_error``: :func:`surrogate_error` of the planners' accuracy model on the held-out plans
+    (``checks``, test), with its :func:`change_error`, its error on the same plans measured on validation
+    (``validation_*``) and 04's product surrogate's on test (``product_*``, the model before the refit)."""
+    out = {**surrogate_error(checks, profiles.floor, margin), **change_error(checks, profiles.base_accuracy, unpruned)}
+    keys = ("mean_abs_points", "max_abs_points")
+    val = surrogate_error(on_val, profiles.floor, margin)
+    before = {**surrogate_error(product, profiles.floor, margin), **change_error(product, profiles.base_accuracy, unpruned)}
+    out.update({f"validation_{k}": val[k] for k in keys})
+    out.update({f"product_{k}": before[k] for k in (*keys, "change_mean_abs_points", "change_max_abs_points")})
+    return out
+
+
+def describe_model_errors(e: dict) -> str:
+    """The accuracy model's held-out errors of :func:`model_errors` in words, 04's product surrogate beside."""
+    return (f"the accuracy model on {e['n_plans']} plans it was not fitted on: on validation mean |error| "
+            f"{e['validation_mean_abs_points']:.2f} points, largest {e['validation_max_abs_points']:.2f}; on test, what "
+            f"pruning costs (the change from the unpruned model) {e['change_mean_abs_points']:.2f} on average, "
+            f"{e['change_max_abs_points']:.2f} at worst, and the accuracy itself {e['mean_abs_points']:.2f} / "
+            f"{e['max_abs_points']:.2f} (the split's own shift included); 04's product surrogate on test: change "
+            f"{e['product_change_mean_abs_points']:.2f} / {e['product_change_max_abs_points']:.2f}, accuracy "
+            f"{e['product_mean_abs_points']:.2f} / {e['product_max_abs_points']:.2f}")
+
+
 def describe_surrogate_error(e: dict, floor: float, seconds: float) -> str:
     """:func:`surrogate_error` in words (two sentences when some plans are predicted above the floor)."""
     m = e["margin_points"]

@@ -39,6 +39,8 @@ class Dispatch:
 
     def _rejoined(self, rank: int) -> None:
         self.held.pop(rank, None)  # it rebooted: its segments must be built again
+        self.owed = {k: f for k, f in self.owed.items() if f.holder != rank}  # and it owes nothing it held before
+        self.suspect.discard(rank)
         self.strikes[rank] = 0
         self.event("device rejoined", rank=rank, device=self.name(rank))
         if self.planner is not None:

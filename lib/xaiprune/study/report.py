@@ -232,7 +232,13 @@ KEY_METRICS = {  # what the report shows per notebook (the index has everything)
                          **{f"surrogate error {k}": v for k, v in m.get("surrogate_error", {}).items()}},
     "06_rl": lambda m: {f"agent {w} {k}": m[w][k] for w in ("nominal", "fade") if w in m
                         for k in ("acc_vs_optimum", "violation_rate")}
-    | {k: m[k] for k in ("decision_ms", "enumeration_ms", "cbc_ms") if k in m},
+    | {k: m[k] for k in ("decision_ms", "enumeration_ms", "cbc_ms") if k in m}
+    | {f"shield on {w}: fired of decisions": f"{c['fired']} of {c['decisions']}" for w, c in m.get("shield", {}).items()},
+    "07_distributed": lambda m: {
+        **({"premise: one device's deadline hit rate": m["premise"]["one_device_deadline_hit_rate"]} if m.get("premise") else {}),
+        **({"shield: XAI + RL plans replaced": f"{m['shield']['fired']} of {m['shield']['requests']}"} if m.get("shield") else {}),
+        **{f"per-hop overhead {k} (ms)": v for k, v in ((m.get("serving") or {}).get("hop_overhead_ms") or {}).items()
+           if k != "requests"}},
 }
 
 
@@ -320,7 +326,7 @@ def render_report(meta: dict, metrics: dict[str, dict | None], figures: dict[str
         parts += [f"<h2>The real distributed system, per policy (07, {html.escape(str(m07.get('scenario', '')))})</h2>",
                   _policy_table(m07)]
         if m07.get("stress"):
-            parts += [f"<h3>Stress scenario: {html.escape(m07['stress']['scenario'])}</h3>", _policy_table(m07["stress"])]
+            parts += [f"<h3>Second ward: {html.escape(m07['stress']['scenario'])}</h3>", _policy_table(m07["stress"])]
     for stem in meta["notebooks"]:
         m = metrics.get(stem) or {}
         key = KEY_METRICS.get(stem, lambda _: {})(m) if m else {}
