@@ -137,8 +137,9 @@ def test_the_judged_planners_are_the_agent_the_baseline_the_rules_and_the_masked
     planners = evaluation.planners({0: Greedy(profiles), 1000: Greedy(profiles)}, old, Greedy(profiles), guard)
     assert list(planners) == [evaluation.agent_label(0), evaluation.agent_label(1000), evaluation.SHIELDED,
                               "MultiDiscrete PPO (baseline)", "greedy", "no pruning", "random", "masked greedy",
-                              "masked random"]
-    assert [evaluation.seed_of(p) for p in planners] == [0, 1000, *[None] * 7]
+                              "masked random", "one device"]
+    assert [evaluation.seed_of(p) for p in planners] == [0, 1000, *[None] * 8]
+    assert "MultiDiscrete PPO (baseline)" not in evaluation.planners({0: Greedy(profiles)}, None)
     ward = WardEnv(scenario, profiles, episode_length=5)
     ward.reset(seed=0)
     assert planners[evaluation.agent_label(1000)](ward) == Greedy(profiles).decide(ward.instance(), 1)

@@ -328,3 +328,18 @@ def test_a_late_result_is_discarded_but_still_teaches_the_link_estimate():
     source._handle(2, late)
     assert source.events == ["discarded"]
     assert seen == [(Plan([2, 1], [0, 1]), [100, 200, 8], [10, 4_500_000, 5])]
+
+
+def test_a_rejoined_device_owes_nothing_and_is_planned_on_again():
+    from types import SimpleNamespace
+
+    from xaiprune.serving.dispatch import Dispatch
+
+    events, regained = [], []
+    owed = {(0, 5, 1): SimpleNamespace(holder=3), (0, 6, 1): SimpleNamespace(holder=2)}
+    coordinator = SimpleNamespace(held={3: "segments"}, owed=owed, suspect={3, 2}, strikes={3: 2},
+                                  event=lambda kind, **kw: events.append(kind), name=lambda r: f"d{r}",
+                                  planner=SimpleNamespace(regain=regained.append))
+    Dispatch._rejoined(coordinator, 3)
+    assert coordinator.suspect == {2} and set(coordinator.owed) == {(0, 6, 1)}, "it rebooted: what it held is gone"
+    assert coordinator.held == {} and coordinator.strikes[3] == 0 and regained == [3] and events == ["device rejoined"]

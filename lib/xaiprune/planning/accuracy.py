@@ -28,7 +28,7 @@ import numpy as np
 from xaiprune.planning.candidates import design
 from xaiprune.planning.system import Profiles
 
-LAMBDAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+LAMBDAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 1000.0)  # the last ~ 04's product itself
 COLLAPSE = 0.005  # a measured accuracy within this of the floor is a collapsed model
 
 

@@ -51,11 +51,11 @@ TRAINING_CODE = ("agent", "imitation", "seqenv", "feasibility", "fades", "env", 
 class Training:
     """Everything that makes an agent besides the ward and the profiles (part of the cache key)."""
 
-    demo_requests: int = 1000       # 06's defaults (per training seed)
+    demo_requests: int = 700        # 06's defaults (per training seed)
     bc_epochs: int = 30
     dagger_rounds: int = 1
-    dagger_requests: int = 300
-    timesteps: int = 2000           # MaskablePPO fine-tuning steps (segment decisions)
+    dagger_requests: int = 200
+    timesteps: int = 1000           # MaskablePPO fine-tuning steps (segment decisions)
     seed: int = 0
     net_arch: tuple[int, ...] = (128, 128)
     learning_rate: float = 1e-4     # fine-tuning (behaviour cloning uses 1e-3)

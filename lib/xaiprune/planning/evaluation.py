@@ -79,13 +79,15 @@ SHIELDED = f"{AGENT} + shield"
 def planners(sequentials: dict, baseline, shielded=None, shield: Shield | None = None) -> dict[str, judging.Planner]:
     """The judged planners: the sequential agent of every training seed (``sequentials``: seed -> agent, named by
     :func:`agent_label`), ``shielded`` (an agent, 07's) behind ``shield`` (a :class:`xaiprune.planning.shield.Shield`,
-    which counts its decisions; a fresh one if None) as ``SHIELDED``, the MultiDiscrete baseline (a PPO model),
-    greedy, no pruning, random, and greedy and random inside the agent's masks (:mod:`xaiprune.planning.masked`)."""
+    which counts its decisions; a fresh one if None) as ``SHIELDED``, the MultiDiscrete baseline (a PPO model; left
+    out if None), greedy, no pruning, random, greedy and random inside the agent's masks
+    (:mod:`xaiprune.planning.masked`), and the whole unpruned model on the source ("one device")."""
     guarded = {} if shielded is None else {SHIELDED: (shield or Shield()).guard(judging.sequential(shielded))}
     return {**{agent_label(s): judging.sequential(a) for s, a in sequentials.items()}, **guarded,
-            "MultiDiscrete PPO (baseline)": judging.from_policy(rl.agent_policy(baseline)),
+            **({} if baseline is None else {"MultiDiscrete PPO (baseline)": judging.from_policy(rl.agent_policy(baseline))}),
             "greedy": judging.from_policy(rl.greedy_policy), "no pruning": judging.from_policy(rl.no_pruning_policy),
-            "random": judging.from_policy(rl.random_policy), **masked.planners()}
+            "random": judging.from_policy(rl.random_policy), **masked.planners(),
+            "one device": judging.from_policy(rl.one_device_policy)}
 
 
 def held_out(name: str, ward: Scenario, profiles: Profiles, judged: dict[str, judging.Planner], seeds: list[int],

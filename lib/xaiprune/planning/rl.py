@@ -136,6 +136,11 @@ def no_pruning_policy(env: WardEnv, obs: np.ndarray) -> np.ndarray:
     return WardEnv.action_of(plan)
 
 
+def one_device_policy(env: WardEnv, obs: np.ndarray) -> np.ndarray:
+    """The whole unpruned model on the source device (07's "one device": what the source would do alone)."""
+    return WardEnv.action_of(Plan([env.scenario.source] * env.profiles.S, [0] * env.profiles.S))
+
+
 def random_policy(env: WardEnv, obs: np.ndarray) -> np.ndarray:
     return env.action_space.sample()
 

@@ -136,7 +136,8 @@ def train_ward(name: str, ward: Scenario, profiles: Profiles, training: agent.Tr
                profiles_file: Path, episode_length: int, penalty: float, baseline_timesteps: int,
                out_dir: Path, seeds: list[int] | None = None) -> Trained:
     """Ward ``name``'s sequential agent for every training seed in ``seeds`` (default: ``training.seed`` alone), all
-    judged on the validation requests of ``training`` (``training.validation``), and the baseline (first seed).
+    judged on the validation requests of ``training`` (``training.validation``), and the baseline (first seed; none
+    when ``baseline_timesteps`` is 0).
 
     The served run (:func:`served_run`) is saved as ``agent_<name>_<criterion>`` in ``out_dir`` (its metadata
     says which seed and every seed's validation score), the baseline as ``baseline_<name>``.
@@ -153,6 +154,8 @@ def train_ward(name: str, ward: Scenario, profiles: Profiles, training: agent.Tr
     agent.save(runs[served].model, out_dir / f"agent_{name}_{criterion}",
                {**runs[served].meta, "served_seed": runs[served].seed,
                 "validation_by_seed": {str(r.seed): r.validation for r in runs}})
+    if not baseline_timesteps:
+        return Trained(runs, served, None, {}, False)
     old, old_meta, old_hit = obtain_baseline(name, ward, profiles, episode_length, baseline_timesteps, runs[0].seed,
                                              {"scenario": name, "arch": arch})
     agent.save(old, out_dir / f"baseline_{name}", old_meta)
@@ -173,10 +176,11 @@ def _describe_run(r: Run) -> str:
 def describe(name: str, t: Trained, baseline_timesteps: int) -> str:
     """What training did, seed by seed (cloned decisions, agreement with the optimum after cloning and each DAgger
     round, the checkpoint chosen on validation, time), the served seed, and the baseline."""
+    baseline = ("no MultiDiscrete baseline on this ward" if t.baseline is None else
+                f"MultiDiscrete baseline (seed {t.runs[0].seed}): {baseline_timesteps} PPO steps in "
+                f"{t.baseline_meta['record']['seconds']:.0f} s{' (cached)' if t.baseline_cached else ''}")
     return "\n".join([f"{name}:", *map(_describe_run, t.runs),
-                      f"  served (best on validation): seed {t.runs[t.served].seed}; MultiDiscrete baseline (seed "
-                      f"{t.runs[0].seed}): {baseline_timesteps} PPO steps in {t.baseline_meta['record']['seconds']:.0f} s"
-                      f"{' (cached)' if t.baseline_cached else ''}"])
+                      f"  served (best on validation): seed {t.runs[t.served].seed}; {baseline}"])
 
 
 def fine_tuning(name: str, record: dict, tol: float = 1e-4) -> str:
