@@ -47,3 +47,20 @@ def test_on_steady_links_the_estimate_is_the_truth_and_a_fade_is_learnt_late():
     assert (late["latency_ms"].iloc[0] > late["latency_ms"].iloc[-1]) or not late["feasible"].iloc[0], \
         "the first faded request is planned on the stale estimate"
     assert set(judging.summary(faded, by=("policy", "window")).index.get_level_values("window")) == {"nominal", "fade"}
+
+
+def test_the_plans_chosen_are_measured_once_each_and_averaged_per_planner():
+    from xaiprune.planning import verify
+
+    _, profiles = system.random_instance(2, 2, 3, seed=0)
+    frame = pd.DataFrame({"policy": ["a", "a", "b"], "levels": [(0, 1), (0, 1), (2, 2)], "accuracy": [0.9, 0.9, 0.5]})
+    calls = []
+
+    def measure(fractions):
+        calls.append(tuple(fractions))
+        return 1.0 - sum(fractions)
+    table = verify.measured_by_policy(frame, measure, profiles, "acc")
+    assert len(calls) == 2, "each distinct level vector is measured once"
+    assert table.loc["a", "measured acc"] == pytest.approx(1.0 - profiles.levels[1])
+    assert table.loc["b", "measured acc"] == pytest.approx(1.0 - 2 * profiles.levels[2])
+    assert list(table["level vectors"]) == [1, 1] and table.loc["b", "surrogate"] == 0.5

@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from xaiprune import data, train
 from xaiprune.planning import nlp
 from xaiprune.planning.solution import Result
 from xaiprune.planning.system import Profiles, Scenario, evaluate
@@ -267,6 +268,16 @@ class Measurements:
         entries = [{"key": k, "metrics": v} for k, v in sorted(self.cache.items())]
         target.write_text(json.dumps(entries, indent=1))
         return target
+
+
+def of_the_study(arch: str, flag: str, size: int, data_root: str, n_per_class: int, seed: int,
+                 splits: tuple[str, ...] = ("test",), path: str | Path | None = None) -> Measurements:
+    """:class:`Measurements` of 02's checkpoint of ``arch`` with 05's reference draw (``n_per_class``, ``seed``) and
+    scoring, on ``splits``; ``path``: a saved cache (05's ``measurements.json``) whose plans are not measured again."""
+    model = train.trained_models([arch], flag, size)[arch]
+    loaded = {s: data.load_split(flag, s, size, data_root or None) for s in dict.fromkeys(["val", *splits])}
+    reference = data.reference_set(loaded["val"], n_per_class=n_per_class, seed=seed)
+    return Measurements(model, {s: loaded[s] for s in splits}, reference, seed=seed, path=path)
 
 
 def design(profiles: Profiles, n_plans: int = DESIGN_PLANS, seed: int = 0,

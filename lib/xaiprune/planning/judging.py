@@ -117,3 +117,13 @@ def unpruned_limit(scenario: Scenario, profiles: Profiles, tol: float = 0.01) ->
         mid = float(np.sqrt(lo * hi))
         lo, hi = (mid, hi) if needs(mid) else (lo, mid)
     return lo
+
+
+FORMATS = {"acc_vs_optimum": "{:.4f}", "violation_rate": "{:.2%}", "accuracy": "{:.4f}", "mean_pruning": "{:.3f}",
+           "latency_ms": "{:.1f}", "decision_ms": "{:.3f}", "decision_ms_p95": "{:.3f}", "requests": "{:.0f}",
+           "no_feasible_plan": "{:.0f}", "distinct_plans": "{:.1f}"}
+
+
+def styled(table: pd.DataFrame):
+    """A :func:`summary` table with the notebook's number formats (a pandas Styler)."""
+    return table.style.format({c: f for c, f in FORMATS.items() if c in table.columns})

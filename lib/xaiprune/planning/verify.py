@@ -167,6 +167,18 @@ def claim_evidence(c: dict, checks: pd.DataFrame, metric: str, split: str = "val
             f"{metric.upper()} only; the same plans measure {beside}.")
 
 
+def measured_by_policy(frame: pd.DataFrame, measure, profiles: Profiles, metric: str) -> pd.DataFrame:
+    """Per planner of ``frame`` (rows with ``policy``, ``levels``: level indices, ``accuracy``: the surrogate's), the
+    mean over its requests of the ``metric`` its plans *measure* (``measure``: level fractions -> metric, e.g.
+    :meth:`~xaiprune.planning.candidates.Measurements.metric` on test), beside the mean surrogate accuracy; each
+    distinct level vector is measured once."""
+    cache = {lv: float(measure([profiles.levels[l] for l in lv])) for lv in dict.fromkeys(map(tuple, frame["levels"]))}
+    rows = frame.assign(measured=[cache[tuple(lv)] for lv in frame["levels"]])
+    return rows.groupby("policy", sort=False).agg(**{f"measured {metric}": ("measured", "mean"),
+                                                   "surrogate": ("accuracy", "mean"),
+                                                   "level vectors": ("levels", lambda v: len(set(map(tuple, v))))})
+
+
 @dataclass
 class Verification:
     """The verified answers of a sweep: a row per instance with a plan, the candidates of each verified one."""

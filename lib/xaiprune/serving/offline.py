@@ -72,7 +72,7 @@ def _row(policy: str, t: int, plan: system.Plan, how: str, seconds: float, truth
             "feasible_exists": exists, "optimum_accuracy": optimum.accuracy if exists else np.nan,
             "accuracy": ev.accuracy, "feasible": ev.feasible, "delivered": ev.accuracy * ev.feasible,
             "latency_ms": ev.latency * 1e3, "deadline_ms": truth.deadline * 1e3, "planned_by": how,
-            "pruning": float(np.mean([profiles.levels[lv] for lv in plan.levels])),
+            "pruning": float(np.mean([profiles.levels[lv] for lv in plan.levels])), "levels": tuple(plan.levels),
             "plan": f"{tuple(plan.devices)}{tuple(plan.levels)}", "decision_ms": seconds * 1e3}
 
 
@@ -105,3 +105,11 @@ def summary(viewed: pd.DataFrame, seed: int = 0) -> tuple[dict, pd.DataFrame]:
                              "violation_rate": round(float(r["violation_rate"]), 4),
                              "decision_ms_p50": round(float(r["decision_ms"]), 3)} for p, r in whole.iterrows()}}
     return head, table
+
+
+def describe(head: dict) -> str:
+    """:func:`summary`'s headline in one line."""
+    lo, hi = head["interval"]
+    return (f"the agent on 07's estimator loop ({head['requests']} requests, {head['seeds']} seeds pooled): "
+            f"{head['acc_vs_optimum']:.2%} of the optimum on the true links ({lo:.2%}-{hi:.2%}), "
+            f"{head['violation_rate']:.2%} violations")

@@ -128,8 +128,10 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
         "enumeration_limit": Param("float", 20.0, "time limit of the enumeration in the scaling study (s)", (within(0, lo_open=True),)),
     },
     "06_rl": {
-        **_pick("seed", "archs", "scenario", seed="first training seed (seed + 1000 k for the others; held-out ward runs use other seeds)",
-                archs="the first one's profiles (from 05) are used", scenario="ward the agent is trained on (07 serves it)"),
+        **_pick(*_DATA, "seed", "archs", "n_per_class", "scenario",
+                seed="first training seed (seed + 1000 k for the others; held-out ward runs use other seeds), and 05's reference draw",
+                archs="the first one's profiles (from 05) are used", scenario="ward the agent is trained on (07 serves it)",
+                n_per_class="05's reference images per class (the chosen plans are measured as 05 measures them)"),
         "scenario": SHARED["scenario"].but(default="ward-edge", doc="ward the agent is trained on (07 serves it): the primary ward, where one device cannot run the model"),
         "agent_seeds": Param("int", 3, "training seeds of the agent per ward (the protocol asks for at least 3)", (within(1, 9),)),
         "second_scenario": SHARED["scenario"].but(default="", checks=(optional(one_of(scenario_names)),),
