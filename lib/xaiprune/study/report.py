@@ -233,7 +233,9 @@ KEY_METRICS = {  # what the report shows per notebook (the index has everything)
     "06_rl": lambda m: {f"agent {w} {k}": m[w][k] for w in ("nominal", "fade") if w in m
                         for k in ("acc_vs_optimum", "violation_rate")}
     | {k: m[k] for k in ("decision_ms", "enumeration_ms", "cbc_ms") if k in m}
-    | {f"shield on {w}: fired of decisions": f"{c['fired']} of {c['decisions']}" for w, c in m.get("shield", {}).items()},
+    | {f"shield on {w}: plans replaced": f"{c['fired']} of {c['decisions']}" for w, c in m.get("shield", {}).items()}
+    | {f"estimator view {k}": m["estimator_view"][k] for k in ("acc_vs_optimum", "violation_rate") if m.get("estimator_view")}
+    | ({"large ward acc_vs_optimum": m["large"]["acc_vs_optimum"]} if m.get("large") else {}),
     "07_distributed": lambda m: {
         **({"premise: one device's deadline hit rate": m["premise"]["one_device_deadline_hit_rate"]} if m.get("premise") else {}),
         **({"shield: XAI + RL plans replaced": f"{m['shield']['fired']} of {m['shield']['requests']}"} if m.get("shield") else {}),
