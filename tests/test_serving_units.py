@@ -167,7 +167,7 @@ def test_bytes_saved_is_zero_when_nothing_crosses_a_link(setup):
 
 # ----- what the planner knows: the estimate, the oracle, cut links, devices back -----------------------
 def test_the_estimate_is_an_ewma_of_measured_bandwidth_from_a_nominal_prior():
-    from xaiprune.serving.estimation import CUT, LinkEstimator
+    from xaiprune.planning.estimation import CUT, LinkEstimator
 
     ward = system.parse_scenario(scenario(3))          # 50 Mbit/s = 6.25e6 B/s on every link, no latency
     est = LinkEstimator(ward, alpha=0.5)

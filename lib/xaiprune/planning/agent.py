@@ -44,7 +44,7 @@ KIND = "sequential-maskable-ppo"
 PHASES = ("behaviour cloning", "+ DAgger")  # the policy's weights kept after each (the last, "+ PPO", is the model)
 PHASES_KEY = "_phases"                      # where :func:`train` passes them to :func:`obtain`, which saves them apart
 TRAINING_CODE = ("agent", "imitation", "seqenv", "feasibility", "fades", "env", "rl", "system", "nlp", "solution",
-                 "training")  # modules (files of this package) whose source is part of the cache key
+                 "training", "estimation")  # modules (files of this package) whose source is part of the cache key
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class Training:
     bc_epochs: int = 30
     dagger_rounds: int = 1
     dagger_requests: int = 200
+    closed_loop_rounds: int = 0     # DAgger rounds more on the ward seen through the link estimate (train's make_view)
     timesteps: int = 1000           # MaskablePPO fine-tuning steps (segment decisions)
     seed: int = 0
     net_arch: tuple[int, ...] = (128, 128)
@@ -72,7 +73,7 @@ class Training:
         for name in ("demo_requests", "bc_epochs", "eval_every", "eval_requests"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected a positive integer")
-        for name in ("dagger_rounds", "dagger_requests", "timesteps"):
+        for name in ("dagger_rounds", "dagger_requests", "timesteps", "closed_loop_rounds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}: expected a non-negative integer")
         return self
@@ -159,14 +160,31 @@ def one_thread():
         torch.set_num_threads(before)
 
 
-def train(make_env: Callable[[], SegmentEnv], training: Training, progress: bool = True) -> tuple[MaskablePPO, dict]:
+def train(make_env: Callable[[], SegmentEnv], training: Training, progress: bool = True,
+          make_view: Callable[[], SegmentEnv] | None = None) -> tuple[MaskablePPO, dict]:
     """Clone, DAgger, fine-tune (on one torch thread); the model and a record of every phase (losses,
-    agreement, the fine-tuning curve, seconds)."""
+    agreement, the fine-tuning curve, seconds). ``make_view``: the training ward seen through the link estimate
+    (:class:`~xaiprune.planning.seqenv.SegmentEnv` with ``estimate``), where ``closed_loop_rounds`` more DAgger
+    rounds run after the ordinary ones."""
+    if training.closed_loop_rounds and make_view is None:
+        raise ValueError(f"closed_loop_rounds={training.closed_loop_rounds} needs make_view, the ward seen through the estimate")
     with one_thread():
-        return _train(make_env, training.validate(), progress)
+        return _train(make_env, training.validate(), progress, make_view)
 
 
-def _train(make_env: Callable[[], SegmentEnv], t: Training, progress: bool) -> tuple[MaskablePPO, dict]:
+def _dagger_round(model, data: dict, make: Callable[[], SegmentEnv], t: Training, k: int, seed: int,
+                  progress: bool) -> tuple[dict, dict]:
+    """One DAgger round on the wards ``make`` builds: the data grown by the states the policy reached, and its record."""
+    more = imitation.dagger(model, make, t.dagger_requests, seed=seed, progress=progress)
+    data = imitation.merge(data, more)
+    before = imitation.agreement(model, more)
+    history = imitation.clone(model, data, max(1, t.bc_epochs // 2), seed=t.seed + k + 1, progress=progress)
+    return data, {"round": k, "decisions": int(len(more["actions"])), "agreement_before": before,
+                  "agreement_after": imitation.agreement(model, more), "loss": history[-1]}
+
+
+def _train(make_env: Callable[[], SegmentEnv], t: Training, progress: bool,
+           make_view: Callable[[], SegmentEnv] | None = None) -> tuple[MaskablePPO, dict]:
     started = time.perf_counter()
     model = new_model(make_env(), t)
     data = imitation.demonstrations(make_env, t.demo_requests, seed=t.seed + 1, progress=progress)
@@ -175,12 +193,11 @@ def _train(make_env: Callable[[], SegmentEnv], t: Training, progress: bool) -> t
     phases = {PHASES[0]: copy.deepcopy(model.policy.state_dict())}
     record["dagger"] = []
     for k in range(t.dagger_rounds):
-        more = imitation.dagger(model, make_env, t.dagger_requests, seed=t.seed + 100 + k, progress=progress)
-        data = imitation.merge(data, more)
-        before = imitation.agreement(model, more)
-        history = imitation.clone(model, data, max(1, t.bc_epochs // 2), seed=t.seed + k + 1, progress=progress)
-        record["dagger"].append({"round": k, "decisions": int(len(more["actions"])), "agreement_before": before,
-                                 "agreement_after": imitation.agreement(model, more), "loss": history[-1]})
+        data, round_record = _dagger_round(model, data, make_env, t, k, t.seed + 100 + k, progress)
+        record["dagger"].append(round_record)
+    for k in range(t.closed_loop_rounds):
+        data, round_record = _dagger_round(model, data, make_view, t, t.dagger_rounds + k, t.seed + 200 + k, progress)
+        record["dagger"].append({**round_record, "closed_loop": True})
     phases[PHASES[1]] = copy.deepcopy(model.policy.state_dict())
     record["seconds_warm_start"] = time.perf_counter() - started
     curve = Curve(t.timesteps, lambda: judge(model, make_env, t.eval_requests, seed=t.validation), t.eval_every,

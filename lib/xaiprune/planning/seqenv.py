@@ -24,7 +24,11 @@ energy used against each cap, bytes leaving the segment, accuracy so far), plus,
 the deadline would keep after it with the least latency of the rest; every entry is finite (the scenario and
 profiles are checked on construction, :func:`xaiprune.planning.env.check_inputs`, and an observation holding a
 NaN is an error naming its block). A :class:`~xaiprune.planning.fades.Randomisation`
-draws a new ward for every run (domain randomisation for training). Used by :mod:`xaiprune.planning.imitation`,
+draws a new ward for every run (domain randomisation for training). With ``estimate`` (an EWMA weight) the agent
+does not see the links as they are: it plans on the bandwidths a :class:`xaiprune.planning.estimation.LinkEstimator`
+estimates from the transfers of the run's earlier requests (07's closed loop: the estimate lags a fade, links not
+crossed lately keep older estimates), and the plan is then carried out on the true links, which feed the estimate.
+Used by :mod:`xaiprune.planning.imitation`,
 :mod:`xaiprune.planning.agent` and ``06_rl.ipynb``.
 """
 
@@ -38,6 +42,7 @@ from gymnasium import spaces
 
 from xaiprune.planning import fades, nlp
 from xaiprune.planning.env import PRIORITIES, Dynamics, WardEnv, check_inputs, ratio
+from xaiprune.planning.estimation import LinkEstimator
 from xaiprune.planning.feasibility import Partial, Tables
 from xaiprune.planning.solution import Result
 from xaiprune.planning.system import Evaluation, Plan, Profiles, Scenario, evaluate
@@ -137,7 +142,8 @@ class SegmentEnv(gym.Env):
 
     def __init__(self, scenario: Scenario, profiles: Profiles, dynamics: Dynamics | None = None,
                  episode_length: int = 100, overlay: np.ndarray | None = None,
-                 randomise: fades.Randomisation | None = None, reward: Reward | None = None):
+                 randomise: fades.Randomisation | None = None, reward: Reward | None = None,
+                 estimate: float | None = None):
         super().__init__()
         if episode_length < 1:
             raise ValueError(f"episode_length={episode_length}; expected a positive integer")
@@ -149,6 +155,9 @@ class SegmentEnv(gym.Env):
         self.episode_length, self.overlay = episode_length, overlay
         self.randomise = randomise.validate() if randomise is not None else None
         self.reward_weights = (reward or Reward()).validate()
+        if estimate is not None and not 0 < estimate <= 1:
+            raise ValueError(f"estimate={estimate}: expected the estimator's weight of the newest measurement, in (0, 1]")
+        self.estimate, self.estimator, self.truth = estimate, None, None
         n, S, L = scenario.n, profiles.S, profiles.L
         self.n, self.S, self.L = n, S, L
         self.action_space = spaces.Discrete(n * L)
@@ -169,9 +178,12 @@ class SegmentEnv(gym.Env):
             overlay = fades.overlay(self.episode_length, self.n, drawn) if drawn else None
         self.ward = WardEnv(self.scenario, self.profiles, dynamics, self.episode_length, overlay=overlay)
         self.ward.reset(seed=int(self.np_random.integers(TRAINING_SEEDS, 2**31 - 1)))
+        if self.estimate is not None:
+            self.estimator = LinkEstimator(self.scenario, self.estimate)
 
     def _new_request(self) -> None:
-        self.conditions = self.ward.instance()
+        self.truth = self.ward.instance()
+        self.conditions = self.truth if self.estimator is None else self.estimator.view(self.truth)
         self.tables = Tables(self.conditions, self.profiles)
         self.part = self.tables.start()
         self._optimum, self._mask = None, None
@@ -233,13 +245,16 @@ class SegmentEnv(gym.Env):
                 "feasible_exists": best.plan is not None, "request": self.ward.t,
                 "priority": PRIORITIES[self.ward.state.priority]}
         obs = self.observation()
+        if self.estimator is not None:
+            self.estimator.observe_plan(plan, self.truth, self.profiles)
         self.ward.step(WardEnv.action_of(plan))
         return obs, reward, True, False, info
 
     def config(self) -> dict:
         return {"scenario": self.scenario.name, "episode_length": self.episode_length,
                 "dynamics": asdict(self.dynamics), "reward": asdict(self.reward_weights),
-                "randomise": asdict(self.randomise) if self.randomise else None, "overlay": self.overlay is not None}
+                "randomise": asdict(self.randomise) if self.randomise else None, "overlay": self.overlay is not None,
+                **({} if self.estimate is None else {"estimate": self.estimate})}
 
 
 SEQ_ENV_ID = "xaiprune/WardSegments-v0"

@@ -41,11 +41,13 @@ def training_seeds(seed: int, n: int) -> list[int]:
     return [seed + SEED_STRIDE * k for k in range(n)]
 
 
-def env_factory(ward: Scenario, profiles: Profiles, episode_length: int, penalty: float = 1.0) -> Callable[[], SegmentEnv]:
-    """The training ward: sequential decisions, exact masks, a new randomised ward (fades, dropouts) per run."""
+def env_factory(ward: Scenario, profiles: Profiles, episode_length: int, penalty: float = 1.0,
+                estimate: float | None = None) -> Callable[[], SegmentEnv]:
+    """The training ward: sequential decisions, exact masks, a new randomised ward (fades, dropouts) per run;
+    with ``estimate``, seen through the link estimate (07's closed loop, :class:`~xaiprune.planning.seqenv.SegmentEnv`)."""
     reward = Reward(penalty=penalty)
     return lambda: SegmentEnv(ward, profiles, episode_length=episode_length, randomise=fades.Randomisation(),
-                              reward=reward)
+                              reward=reward, estimate=estimate)
 
 
 def scenario_file(name: str) -> Path:
@@ -107,14 +109,15 @@ def served_run(runs: list[Run]) -> int:
 
 
 def obtain_agent(name: str, make_env: Callable[[], SegmentEnv], profiles: Profiles, training: agent.Training,
-                 criterion: str, metadata: dict):
-    """The sequential agent of ward ``name`` (cached by :func:`xaiprune.planning.agent.cache_key`): model, meta, hit."""
-    env_cfg = make_env().config()
+                 criterion: str, metadata: dict, make_view: Callable[[], SegmentEnv] | None = None):
+    """The sequential agent of ward ``name`` (cached by :func:`xaiprune.planning.agent.cache_key`): model, meta, hit.
+    ``make_view``: the ward seen through the link estimate, for ``training.closed_loop_rounds``."""
+    env_cfg = {**make_env().config(), **({"closed_loop": make_view().config()} if make_view else {})}
     key = agent.cache_key(scenario_file(name), profiles, {**asdict(training), "criterion": criterion}, env_cfg)
     meta = {"kind": agent.KIND, **metadata, "criterion": criterion, "training": asdict(training), "env": env_cfg,
             "versions": package_versions()}
-    return agent.obtain(f"{name}-{criterion}-seed{training.seed}", key, lambda: agent.train(make_env, training),
-                        agent.load, meta)
+    return agent.obtain(f"{name}-{criterion}-seed{training.seed}", key,
+                        lambda: agent.train(make_env, training, make_view=make_view), agent.load, meta)
 
 
 def obtain_baseline(name: str, ward: Scenario, profiles: Profiles, episode_length: int, timesteps: int, seed: int,
@@ -134,20 +137,23 @@ def obtain_baseline(name: str, ward: Scenario, profiles: Profiles, episode_lengt
 
 def train_ward(name: str, ward: Scenario, profiles: Profiles, training: agent.Training, *, criterion: str, arch: str,
                profiles_file: Path, episode_length: int, penalty: float, baseline_timesteps: int,
-               out_dir: Path, seeds: list[int] | None = None) -> Trained:
+               out_dir: Path, seeds: list[int] | None = None, estimate: float | None = None) -> Trained:
     """Ward ``name``'s sequential agent for every training seed in ``seeds`` (default: ``training.seed`` alone), all
     judged on the validation requests of ``training`` (``training.validation``), and the baseline (first seed; none
-    when ``baseline_timesteps`` is 0).
+    when ``baseline_timesteps`` is 0). ``estimate``: the EWMA weight of the ward seen through the link estimate, where
+    ``training.closed_loop_rounds`` DAgger rounds run (none when None: the rounds are then dropped).
 
     The served run (:func:`served_run`) is saved as ``agent_<name>_<criterion>`` in ``out_dir`` (its metadata
     says which seed and every seed's validation score), the baseline as ``baseline_<name>``.
     """
     make_env = env_factory(ward, profiles, episode_length, penalty)
+    make_view = env_factory(ward, profiles, episode_length, penalty, estimate) if estimate is not None else None
+    training = training if make_view else replace(training, closed_loop_rounds=0)
     where = {"scenario": name, "arch": arch, "profiles": str(Path(profiles_file).relative_to(paths.ROOT))}
     runs = []
     for s in seeds or [training.seed]:
         settings = replace(training, seed=s, validation_seed=training.validation)
-        model, meta, hit = obtain_agent(name, make_env, profiles, settings, criterion, where)
+        model, meta, hit = obtain_agent(name, make_env, profiles, settings, criterion, where, make_view)
         phases = agent.phases(f"{name}-{criterion}-seed{s}", meta["cache_key"])
         runs.append(Run(s, model, meta, hit, agent.SequentialAgent(model, ward, profiles), phases))
     served = served_run(runs)
@@ -164,7 +170,8 @@ def train_ward(name: str, ward: Scenario, profiles: Profiles, training: agent.Tr
 
 def _describe_run(r: Run) -> str:
     record = r.record
-    dagger = "".join(f"; DAgger round {d['round']}: {d['decisions']} new states, agreement "
+    dagger = "".join(f"; DAgger round {d['round']}{' (closed loop)' if d.get('closed_loop') else ''}: "
+                     f"{d['decisions']} new states, agreement "
                      f"{d['agreement_before']:.1%} -> {d['agreement_after']:.1%}" for d in record["dagger"])
     cp = record["checkpoint"]
     return (f"  seed {r.seed}: {record['decisions']} cloned decisions; agreement with the optimum after cloning "

@@ -8,9 +8,9 @@ The modules, lowest layer first (a module imports only modules above it in this 
 - :mod:`~xaiprune.serving.segments`: one rank's pruned segments, built, cached, checked, run and sent on;
 - :mod:`~xaiprune.serving.liveness`: heartbeats and failure detection;
 - :mod:`~xaiprune.serving.worker`: the serving loop of ranks r > 0 and fault injection;
-- :mod:`~xaiprune.serving.estimation`: each link's bandwidth estimated from past measured transfers;
-- :mod:`~xaiprune.serving.planning`: the plan for the next request, on estimates or (a baseline) the trace,
-  and re-planning after a loss;
+- :mod:`~xaiprune.serving.planning`: the plan for the next request, on estimates (each link's bandwidth estimated
+  from past measured transfers, :mod:`xaiprune.planning.estimation`) or (a baseline) the trace, and re-planning
+  after a loss;
 - :mod:`~xaiprune.serving.records`: the per-request record, the ledger of every request, the summary tables;
 - :mod:`~xaiprune.serving.flights`: the requests in flight and the deadline of each hop;
 - :mod:`~xaiprune.serving.dispatch`: what rank 0 does with each message it receives and each clock it checks;

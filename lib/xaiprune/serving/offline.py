@@ -1,7 +1,7 @@
 """07's estimator loop replayed offline: planners judged on the view a real coordinator has of its links.
 
 Notebook 07 plans every request on bandwidths estimated from past transfers
-(:class:`xaiprune.serving.estimation.LinkEstimator`): the estimate lags a fade, and the links a plan has not
+(:class:`xaiprune.planning.estimation.LinkEstimator`): the estimate lags a fade, and the links a plan has not
 crossed for a while keep older, shallower estimates. Held-out windows drawn from the ward's own dynamics never
 contain such states. Here the same loop runs without processes: each planner gets its own
 :class:`xaiprune.serving.planning.Planner` (07's, with its estimator, its checks and its fallbacks), request t
@@ -24,15 +24,6 @@ from tqdm import tqdm
 from xaiprune.planning import evaluation, judging, masked, nlp, rl, system
 from xaiprune.serving.config import rank_order
 from xaiprune.serving.planning import Planner
-
-
-def _hops(plan: system.Plan, truth: system.Scenario, profiles: system.Profiles) -> tuple[list[int], list[int]]:
-    """Bytes and microseconds of every hop of ``plan`` on the true links (0 on one device), as an answer carries them."""
-    route = [truth.source, *plan.devices, truth.source]
-    sent = [profiles.input_bytes, *(profiles.out_bytes[s, lv] for s, lv in enumerate(plan.levels))]
-    seconds = [system.transfer_seconds(truth, a, b, n, overhead=False) for a, b, n in zip(route, route[1:], sent)]
-    return [int(n) if a != b else 0 for a, b, n in zip(route, route[1:], sent)], \
-        [int(round(1e6 * min(t, 1e6))) for t in seconds]
 
 
 def replay(ward: system.Scenario, profiles: system.Profiles, planners: dict, trace: np.ndarray, alpha: float = 0.5,
@@ -59,7 +50,7 @@ def replay(ward: system.Scenario, profiles: system.Profiles, planners: dict, tra
         for t in range(T):
             plan, how, seconds, _ = p.decide(t=t)
             rows.append(_row(planner_name, t, plan, how, seconds, truths[t], optima[t], profiles, float(trace[t].min())))
-            p.observe(plan, *_hops(plan, truths[t], profiles))
+            p.estimator.observe_plan(plan, truths[t], profiles)
             p.step(plan)
     return pd.DataFrame(rows).assign(ward=name or ward.name, seed=0)
 

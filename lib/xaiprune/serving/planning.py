@@ -3,7 +3,7 @@
 A :class:`Planner` serves one policy. It keeps a view of the ward, a :class:`xaiprune.planning.env.WardEnv`
 with no random dynamics stepped once per request, and asks the policy for a plan on it. What the view
 holds of the links depends on the policy's ``view``: ``estimate`` (the default, what a real coordinator
-can know) puts in the bandwidths :class:`xaiprune.serving.estimation.LinkEstimator` estimates from the
+can know) puts in the bandwidths :class:`xaiprune.planning.estimation.LinkEstimator` estimates from the
 transfers of requests already answered; ``oracle`` (a labelled baseline) puts in exactly the bandwidths
 the emulated links will have at request t (``trace[t % T]``), reading the future. Devices excluded
 (dead, or missing their hop deadlines too often) are unavailable in the view until they come back;
@@ -28,7 +28,7 @@ import numpy as np
 from xaiprune.planning import system
 from xaiprune.planning.shield import Shield
 from xaiprune.serving.config import resolve
-from xaiprune.serving.estimation import CUT, LinkEstimator
+from xaiprune.planning.estimation import CUT, LinkEstimator
 
 
 def policy_function(policy: dict, scenario: system.Scenario, profiles: system.Profiles):

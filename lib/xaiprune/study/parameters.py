@@ -146,6 +146,8 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
         "bc_epochs": Param("int", 30, "epochs of behaviour cloning", (within(1),)),
         "dagger_rounds": Param("int", 1, "DAgger rounds after cloning (0: none)", (within(0),)),
         "dagger_requests": Param("int", 200, "requests the cloned policy serves in each DAgger round", (within(1),)),
+        "closed_loop_rounds": Param("int", 1, "DAgger rounds more on `scenario` seen through 07's link estimate (weight `ewma`); 0: none",
+                                    (within(0),)),
         "timesteps": Param("int", 1000, "MaskablePPO fine-tuning steps per seed, one per segment decision (0: none)", (within(0),)),
         "baseline_timesteps": Param("int", 15000, "PPO steps of the earlier MultiDiscrete agent, the labelled baseline (first seed, on `scenario` only)", (within(1),)),
         "episode_length": Param("int", 200, "requests per ward run (training and held-out)", (within(8),)),

@@ -1,6 +1,7 @@
 """What a real coordinator can know of its links: an estimate of each link's bandwidth from past transfers.
 
-The estimator (used by :mod:`xaiprune.serving.planning` for every policy whose ``view`` is ``estimate``):
+The estimator (used by :mod:`xaiprune.serving.planning` for every policy whose ``view`` is ``estimate``, and by the
+training wards of :mod:`xaiprune.planning.seqenv` that plan through it, so that the agent learns on such states):
 for each ordered link a -> b, an exponentially weighted moving average of the measured bandwidth,
 as a multiplier of the scenario's nominal bandwidth B[a, b]:
 
@@ -15,6 +16,8 @@ suffers. A link cut by a partition is set to :data:`CUT` until the end of the ru
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
@@ -61,3 +64,17 @@ class LinkEstimator:
     def multipliers(self) -> np.ndarray:
         """The current (N, N) estimate."""
         return self.m.copy()
+
+    def view(self, truth: system.Scenario) -> system.Scenario:
+        """``truth`` (the ward at a request) with its links at the estimate instead: what a planner on it sees."""
+        bw = self.scenario.bandwidth * self.m
+        np.fill_diagonal(bw, np.inf)
+        return replace(truth, bandwidth=bw)
+
+    def observe_plan(self, plan: system.Plan, truth: system.Scenario, profiles: system.Profiles) -> None:
+        """Every hop of ``plan`` carried out on the true links of ``truth``: the modelled send time of its bytes
+        (without the messaging overhead, as the senders of 07 measure it) feeds the estimate."""
+        route = [truth.source, *plan.devices, truth.source]
+        sent = [profiles.input_bytes, *(profiles.out_bytes[s, lv] for s, lv in enumerate(plan.levels))]
+        seconds = [min(system.transfer_seconds(truth, a, b, n, overhead=False), 1e6) for a, b, n in zip(route, route[1:], sent)]
+        self.observe_route(route, sent, seconds)
