@@ -64,3 +64,11 @@ def test_the_plans_chosen_are_measured_once_each_and_averaged_per_planner():
     assert table.loc["a", "measured acc"] == pytest.approx(1.0 - profiles.levels[1])
     assert table.loc["b", "measured acc"] == pytest.approx(1.0 - 2 * profiles.levels[2])
     assert list(table["level vectors"]) == [1, 1] and table.loc["b", "surrogate"] == 0.5
+
+
+def test_the_variants_judged_beside_the_planners_are_taken_apart():
+    frame = pd.concat([_judged({"behaviour cloning": 0.8, "+ PPO": 1.0}),
+                       pd.DataFrame({"policy": ["greedy", "NLP optimum", "sequential agent [seed 0]"]})], ignore_index=True)
+    rest, variants = ablation.apart(frame)
+    assert set(rest["policy"]) == {"greedy", "NLP optimum", "sequential agent [seed 0]"}
+    assert len(variants) == 80 and variants["policy"].str.contains(r"\[seed").all()

@@ -44,6 +44,13 @@ def _as_agent(frame: pd.DataFrame, variant: str) -> pd.DataFrame:
     return rows.assign(policy=[evaluation.agent_label(int(s)) for s in seeds[seeds.notna()]])
 
 
+def apart(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A held-out frame judged with the variants beside the other planners (one enumeration of the optimum per request
+    for both), split into the frame without the variants and the variants' rows."""
+    variant = frame["policy"].str.match("|".join(re.escape(v) + r" \[seed -?\d+\]$" for v in VARIANTS))
+    return frame[~variant].reset_index(drop=True), frame[variant].reset_index(drop=True)
+
+
 def summary(judged: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> dict:
     """Per variant and window: ``acc_vs_optimum`` with its 95% interval, ``violation_rate`` and the seeds pooled."""
     out = {}

@@ -109,7 +109,7 @@ NOTEBOOKS: dict[str, dict[str, Param]] = {
         **_pick(*_DATA, "seed", "archs", "n_per_class", seed="reference draw used to prune the measured plans",
                 archs="the first one is planned; its sensitivity table comes from 04",
                 n_per_class="reference images per class for the measured plans"),
-        "scenarios": Param("list[str]", ["ward-edge", "ward-4", "large"], "files in params/scenarios/ (the first is the primary ward)",
+        "scenarios": Param("list[str]", ["ward-edge", "ward-4"], "files in params/scenarios/ (the first is the primary ward; 06 trains and judges the agent on `large`)",
                            (nonempty, unique, each(one_of(scenario_names)))),
         "accuracy_metric": Param("str", "acc", "what the surrogate models (measured on validation): \"acc\" or \"auc\"", (one_of(("acc", "auc")),)),
         "deadline_factors": _POSITIVE_FACTORS.but(default=[0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 4.0],
