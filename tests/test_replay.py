@@ -124,3 +124,14 @@ def test_rows_of_several_policies_or_without_plans_are_refused(setup):
         replay.max_difference(rep, served, "bn_scale")
     with pytest.raises(ValueError, match="not the rows that were replayed"):
         replay.max_difference(run(setup), served.iloc[::-1], "l1")
+
+
+def test_every_answer_is_checked_against_the_single_process_reference(setup):
+    model, scores, test, served = setup
+    other = served.assign(policy="kill")
+    tampered = served.copy()
+    tampered.at[3, "logits"] = [v + 0.01 for v in tampered.at[3, "logits"]]
+    checked = replay.wrong_answers(model, scores, list(model.segments), SHAPE, test,
+                                   pd.concat([tampered, other], ignore_index=True))
+    assert checked["kill"] == {"answers": len(served), "wrong_answers": 0, "max_logit_difference": 0.0}
+    assert checked["XAI + RL"]["wrong_answers"] == 1 and checked["XAI + RL"]["max_logit_difference"] == pytest.approx(0.01, rel=1e-3)

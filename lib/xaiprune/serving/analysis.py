@@ -28,8 +28,8 @@ REPLAY = {"acc": "ACC", "bal_acc": "balanced ACC", "auc": "AUC", "acc_pruned": "
           "bal_acc_pruned": "balanced ACC where pruned", "auc_pruned": "AUC where pruned",
           "requests": "requests", "pruned_requests": "requests pruned", "distinct_plans": "level vectors"}
 LOAD = ["throughput_rps", "p50_ms", "p95_ms", "mean_ms", "predicted_ms", "distinct_plans"]
-FAULT = ["device", "requests", "answered_once", "failed", "lost", "duplicated", "received_twice", "replanned",
-         "triggered", "recovery_s", "failure_reasons"]
+FAULT = ["device", "simulated", "requests", "answered_once", "failed", "lost", "duplicated", "wrong_answers",
+         "received_twice", "replanned", "triggered", "recovery_s", "failure_reasons"]
 
 
 def styled(frame: pd.DataFrame, caption: str | None = None):

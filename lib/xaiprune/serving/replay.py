@@ -144,3 +144,21 @@ def max_difference(rep: Replay, requests: pd.DataFrame, criterion: str) -> float
     if served.shape != rep.logits[criterion].shape or list(requests["request"]) != list(rep.requests["request"]):
         raise ValueError("requests: not the rows that were replayed (other requests, order or number of logits)")
     return float(np.abs(served - rep.logits[criterion]).max()) if served.size else 0.0
+
+
+def wrong_answers(model: models.SegmentedModel, scores: dict[str, dict[str, torch.Tensor]], segments: Sequence[str],
+                  input_shape: tuple[int, int, int], test: data.Split, requests: pd.DataFrame,
+                  tolerance: float = 1e-4) -> dict[str, dict]:
+    """Per policy of a served run, its answered requests whose logits differ from the single-process reference by more
+    than ``tolerance``: each request's plan built on one machine from the same checkpoint and its criterion's scores
+    and run on the same image (:func:`replay`). A fault may delay, re-route or repeat a request; it must never change
+    its answer. Returns ``wrong_answers``, ``answers`` and the largest |difference| (``max_logit_difference``)."""
+    out = {}
+    for name, served in requests.groupby("policy", sort=False):
+        served = served.sort_values("request")
+        criterion = served["criterion"].iloc[0]
+        rep = replay(model, scores, segments, input_shape, test, served, criteria=[criterion])
+        diff = np.abs(np.array(served["logits"].tolist(), dtype=np.float64) - rep.logits[criterion]).max(axis=1)
+        out[name] = {"answers": int(len(diff)), "wrong_answers": int((diff > tolerance).sum()),
+                     "max_logit_difference": float(diff.max()) if len(diff) else 0.0}
+    return out

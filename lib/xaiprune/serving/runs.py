@@ -247,6 +247,16 @@ def replay_served(study: Study, run: Served, name: str, tolerance: float = TOLER
             "built": rep.built, "seconds": rep.seconds, "requests": len(served), "ward": run.scenario}
 
 
+def wrong_answers(study: Study, run: Served, tolerance: float = 1e-4) -> dict[str, dict]:
+    """Per policy of ``run``: how many of its answers differ from the single-process reference by more than
+    ``tolerance`` in a logit (:func:`xaiprune.serving.replay.wrong_answers`, every criterion's scores of the study)."""
+    v = study.values
+    scores = {c: torch.load(paths.ROOT / p, map_location="cpu", weights_only=True) for c, p in study.scores.items()}
+    test = data.load_split(v["flag"], "test", v["size"], v["data_root"] or None)
+    return replay.wrong_answers(study.model, scores, study.profiles.segments, study.input_shape, test, run.requests,
+                                tolerance)
+
+
 def save_replays(study: Study, replayed: dict[str, dict]) -> str:
     """Every replay's table (scenario, criterion) to ``replayed.csv``; its path relative to the project root."""
     path = study.out_dir / "replayed.csv"

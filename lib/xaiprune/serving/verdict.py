@@ -16,10 +16,21 @@ from xaiprune.serving.runs import Served
 ENERGY = "modelled, not measured: scenario J/FLOP x FLOPs run + radio W x emulated send time (energy_j keys)"
 
 
-def fault_rows(load: Served) -> dict[str, dict]:
-    """Kind -> :func:`~xaiprune.serving.records.fault_outcome` of every fault of the load-and-faults run."""
+SIMULATED = ("partition", "rejoin")  # acted out by flags in the processes (the TCP link stays up, no process restarts)
+
+
+def fault_rows(load: Served, answers: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Kind -> :func:`~xaiprune.serving.records.fault_outcome` of every fault of the load-and-faults run, with
+    ``simulated`` (a kind in :data:`SIMULATED`) and, given ``answers`` (:func:`~xaiprune.serving.runs.wrong_answers` of
+    the run), ``wrong_answers`` and ``max_logit_difference`` of the fault's policy."""
     ledger = {s["policy"]: s for s in load.outcome.summary["policies"]}
-    return {f["kind"]: fault_outcome(ledger[f["policy"]], load.requests, load.outcome.events, f) for f in load.faults}
+    rows = {}
+    for f in load.faults:
+        checked = (answers or {}).get(f["policy"], {})
+        rows[f["kind"]] = {**fault_outcome(ledger[f["policy"]], load.requests, load.outcome.events, f),
+                           "simulated": f["kind"] in SIMULATED,
+                           **{k: checked[k] for k in ("wrong_answers", "max_logit_difference") if k in checked}}
+    return rows
 
 
 def fault_table(rows: dict[str, dict], path) -> pd.DataFrame:
@@ -107,6 +118,8 @@ def checks(faults: dict[str, dict]) -> dict[str, bool]:
     return {**{f"{kind}: every request answered once or failed with a reason":
                row["answered_once"] + row["failed"] == row["requests"] for kind, row in faults.items()},
             **{f"{kind}: the fault acted and the source saw it": bool(row["triggered"]) for kind, row in faults.items()},
+            **{f"{kind}: every answer equals the single-process reference": row["wrong_answers"] == 0
+               for kind, row in faults.items() if "wrong_answers" in row},
             "rejoin: the device came back and was planned on again": bool(faults.get("rejoin", {}).get("used_again"))}
 
 
