@@ -114,7 +114,7 @@ def check_inputs(scenario: Scenario, profiles: Profiles) -> None:
         for name in ("speed", "energy_per_flop", "radio_power", "memory", "energy_budget"):
             _refuse(f"devices[{j}] ({d.name}).{name}", getattr(d, name), finite=name not in ("memory", "energy_budget"))
     _refuse("scenario.deadline", scenario.deadline, positive=True)
-    _refuse("scenario.hop_overhead", getattr(scenario, "hop_overhead", 0.0))
+    _refuse("scenario.hop_overhead", scenario.hop_overhead)
     _refuse("scenario.bandwidth", scenario.bandwidth, finite=False)
     if scenario.link_latency is not None:
         _refuse("scenario.link_latency", scenario.link_latency, finite=False)

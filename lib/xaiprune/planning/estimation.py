@@ -76,5 +76,6 @@ class LinkEstimator:
         (without the messaging overhead, as the senders of 07 measure it) feeds the estimate."""
         route = [truth.source, *plan.devices, truth.source]
         sent = [profiles.input_bytes, *(profiles.out_bytes[s, lv] for s, lv in enumerate(plan.levels))]
-        seconds = [min(system.transfer_seconds(truth, a, b, n, overhead=False), 1e6) for a, b, n in zip(route, route[1:], sent)]
+        seconds = [min(system.transfer_seconds(truth, a, b, n, overhead=False), 1e6)
+                   for a, b, n in zip(route, route[1:], sent)]
         self.observe_route(route, sent, seconds)

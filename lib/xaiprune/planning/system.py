@@ -74,18 +74,13 @@ class Scenario:
 
     def with_changes(self, deadline: float | None = None, bandwidth_scale: float = 1.0,
                      unavailable: tuple[str, ...] = ()) -> "Scenario":
-        """A copy with another deadline (s), all link bandwidths scaled, or some devices unavailable."""
+        """A copy with another deadline (s), the link bandwidths scaled (by one factor, or an (N, N) array of them),
+        or some devices unavailable."""
         bw = self.bandwidth * bandwidth_scale
         np.fill_diagonal(bw, np.inf)
         devices = [Device(**{**d.__dict__, "available": d.available and d.name not in unavailable})
                    for d in self.devices]
         return replace(self, devices=devices, bandwidth=bw, deadline=self.deadline if deadline is None else deadline)
-
-    def with_hop_overhead(self, ms: float) -> "Scenario":
-        """A copy whose every message between two devices costs ``ms`` milliseconds more (see :func:`transfer_seconds`)."""
-        if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not math.isfinite(ms) or ms < 0:
-            raise ScenarioError(f"{self.name}: hop_overhead_ms must be a non-negative number, got {ms!r}")
-        return replace(self, hop_overhead=ms / 1e3)
 
 
 def _positive(where: str, key: str, value, allow_zero: bool = False) -> float:

@@ -36,10 +36,7 @@ def replay(ward: system.Scenario, profiles: system.Profiles, planners: dict, tra
     T = len(trace)
     truths, optima = [], []
     for t in range(T):
-        bw = ward.bandwidth * trace[t]
-        np.fill_diagonal(bw, np.inf)
-        truths.append(system.Scenario(ward.name, ward.devices, bw, ward.source, ward.deadline, ward.link_latency,
-                                      ward.hop_overhead))
+        truths.append(ward.with_changes(bandwidth_scale=trace[t]))
         optima.append(nlp.solve_enumeration(truths[-1], profiles))
     rows = []
     for planner_name, planner in tqdm(planners.items(), desc=f"{name} estimator view", unit="planner",
