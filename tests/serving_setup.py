@@ -24,6 +24,7 @@ from conftest import real_root, small, split
 from xaiprune import serving, train
 from xaiprune.planning import system
 from xaiprune.pruning import prune
+from xaiprune.serving import transport
 
 LEVELS = [0.0, 0.25, 0.5]
 
@@ -89,10 +90,13 @@ def pids(folder: Path) -> list[int]:
     return list(json.loads((folder / "pids.json").read_text()).values())
 
 
-def process(rank: int, world: int, port: int, log: Path, *args: str) -> subprocess.Popen:
-    """Start ``python -m xaiprune.serving`` as one rank, its output in ``log``."""
+TOKEN = transport.new_token()  # the secret of every run these tests start by hand
+
+
+def process(rank: int, world: int, port: int, log: Path, *args: str, token: str = TOKEN) -> subprocess.Popen:
+    """Start ``python -m xaiprune.serving`` as one rank under ``token``, its output in ``log``."""
     env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(port)}
+           "MASTER_PORT": str(port), transport.TOKEN_ENV: token}
     with open(log, "w") as out:  # the child keeps its own copy of the file
         return subprocess.Popen([sys.executable, "-m", "xaiprune.serving", *args], env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
@@ -127,8 +131,7 @@ def as_rank0(cfg: serving.RunConfig, tmp_path: Path):
     port = serving.free_port()
     proc = process(1, 2, port, tmp_path / "rank1.log")
     try:
-        store = dist.TCPStore("127.0.0.1", port, 2, is_master=True, timeout=dt.timedelta(seconds=60))
-        dist.init_process_group("gloo", store=store, rank=0, world_size=2, timeout=dt.timedelta(seconds=60))
+        store = transport.rendezvous("127.0.0.1", port, 2, 0, 60, TOKEN)
         store.set("xaiprune/config", cfg.to_json())
         store.wait(["xaiprune/up/1"], dt.timedelta(seconds=60))
         yield proc, store

@@ -133,12 +133,12 @@ def test_a_worker_refuses_a_tensor_of_the_wrong_shape_and_keeps_serving(setup, t
 
 @needs_real_data
 @pytest.mark.parametrize("kind, device, reason, evidence", [
-    # d1 sends d2 an activation with an extra channel
+    # d1 sends d2 an activation with a channel fewer
     ("bad_shape", "d1", "rank 2 refused the tensor of rank 1",
      ("rank2.log", "refused the tensor of rank 1: request 1: segment block2 takes a tensor of shape")),
     # d2 returns logits of the wrong shape
     ("bad_shape", "d2", "rank 0 refused the result of rank 2: request 1: a result must be logits of shape (1, 2), "
-                        "got (1, 3)", ("rank2.log", "fault injection: request 1 sent on with an extra channel")),
+                        "got (1, 1)", ("rank2.log", "fault injection: request 1 sent on with a channel fewer")),
     # d1 sends d2 a header with a level index out of range (the payload is drained, the link stays up)
     ("bad_header", "d1", "rank 2 refused a malformed header from rank 1",
      ("rank2.log", "refused a message from rank 1: header field levels=[1000000")),

@@ -33,8 +33,8 @@ clocks differ and only the total and the remote's own time are meaningful. Used 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
+import math
 import os
 import subprocess
 import sys
@@ -44,16 +44,14 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from xaiprune import data, paths, train
 from xaiprune.agilenn import model as agilenn, regimes, small, training
 from xaiprune.pruning import prune
-from xaiprune.serving import emulation, payload, wire
+from xaiprune.serving import emulation, payload, transport, wire
 from xaiprune.serving.launcher import free_port
 
-LIMITS = wire.Limits(world_size=2, n_segments=1, n_levels=1, n_criteria=1)
 STAMP_PERIOD = 100.0  # seconds: the remote's timestamps travel modulo this
 
 
@@ -131,6 +129,10 @@ class _Side:
             payload.decode_image(_encode(self, "offload_small", x)[0])
             payload.decode_activation(_encode(self, "split_small", x)[0], self.cut_shape, cfg.codec)
             _encode(self, "agilenn", x)
+        # the largest payload: coded bytes at most twice the raw 8-bit image or split activation, plus 4 KB
+        biggest = max(math.prod(self.shape), math.prod(self.cut_shape))
+        self.limits = wire.Limits(world_size=2, n_segments=1, n_levels=1, n_criteria=1,
+                                  max_payload=biggest // 2 + 1024)
 
     def ops(self, method: str, sent: int = 0, remote: bool = False) -> float:
         cost = regimes.method_cost(method, self.nets, sent, self.cfg.cut)
@@ -138,15 +140,12 @@ class _Side:
 
 
 def _join(port: int, rank: int, timeout: float):
-    limit = dt.timedelta(seconds=timeout)
+    """Join the two-process run on loopback under its secret (:mod:`xaiprune.serving.transport`)."""
     try:
-        store = dist.TCPStore("127.0.0.1", port, 2, is_master=rank == 0, timeout=limit)
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=2, timeout=limit)
-    except (RuntimeError, dist.DistError) as exc:
+        return transport.rendezvous(transport.LOOPBACK, port, 2, rank, timeout, transport.run_token())
+    except transport.StartupError as exc:
         who = "no remote worker (rank 1) joined" if rank == 0 else "the device (rank 0) did not answer"
-        raise OffloadError(f"rank {rank}: {who} at 127.0.0.1:{port} within {timeout:g} s "
-                           f"({str(exc).splitlines()[0][:120]})") from None
-    return store
+        raise OffloadError(f"rank {rank}: {who} at {transport.LOOPBACK}:{port} within {timeout:g} s ({exc})") from None
 
 
 def _since(a: float, b: float) -> float:
@@ -177,7 +176,7 @@ def _request(side: _Side, t: int, method: str, x: torch.Tensor, start: float) ->
     emulation.pad(time.perf_counter(), side.emu.transfer_seconds(1, len(buf), t))
     wire.send(wire.Message(wire.ACTIVATION, request=t, step=t, devices=[1], levels=[0], sender=0, detail=len(buf),
                            payload=payload.to_tensor(buf)), 1, cfg.request_timeout_s)
-    _, msg = wire.receive(LIMITS, cfg.request_timeout_s)
+    _, msg = wire.receive(side.limits, cfg.request_timeout_s)
     back = time.monotonic()
     if not isinstance(msg, wire.Message) or msg.kind != wire.RESULT or msg.request != t:
         what = msg if not isinstance(msg, wire.Message) else \
@@ -231,7 +230,7 @@ def _answer(side: _Side, method: str, msg: wire.Message) -> torch.Tensor:
 def _remote(cfg: OffloadConfig, side: _Side) -> None:
     with torch.inference_mode():
         while True:
-            _, msg = wire.receive(LIMITS, cfg.request_timeout_s)
+            _, msg = wire.receive(side.limits, cfg.request_timeout_s)
             got, start = time.monotonic(), time.perf_counter()
             if isinstance(msg, wire.Message) and msg.kind == wire.SHUTDOWN:
                 return
@@ -290,7 +289,7 @@ def run(cfg: OffloadConfig, folder: Path, progress: bool = True, ranks: tuple[in
     records = folder / "requests.jsonl"
     records.unlink(missing_ok=True)
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), transport.TOKEN_ENV: transport.new_token()}
     procs = {}
     for r in ranks:
         with open(folder / f"rank{r}.log", "w") as logf:

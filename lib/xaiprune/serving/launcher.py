@@ -4,8 +4,10 @@
     python -m xaiprune.serving                         # every other rank (gets the config from rank 0)
 
 Each process reads the standard variables ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` (default
-127.0.0.1) and ``MASTER_PORT``, so the same code runs on several hosts; :func:`launch` starts every
-rank on this machine. Rank 0 is the scenario's source device: it holds the test images, plans every
+127.0.0.1) and ``MASTER_PORT``, and the run's secret ``XAIPRUNE_TOKEN`` (the same on every process), so the
+same code runs on several hosts; :func:`launch` starts every rank on this machine with a fresh secret.
+Every process listens on loopback only unless ``--listen`` gives this host's address for a run across
+hosts (:mod:`xaiprune.serving.transport`). Rank 0 is the scenario's source device: it holds the test images, plans every
 request (NLP, RL or a fixed rule), and receives the label. Rank r > 0 is another device. WORLD_SIZE
 must equal the scenario's number of devices. Joining is bounded by ``--connect-timeout``: a coordinator
 address that does not answer, workers that do not connect, a port already in use or peers that cannot
@@ -28,46 +30,17 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch.distributed as dist
 
 from xaiprune.planning import system
+from xaiprune.serving import sockets
 from xaiprune.serving.config import RunConfig
 from xaiprune.serving.coordinator import coordinate
 from xaiprune.serving.liveness import failed_key
+from xaiprune.serving.transport import LOOPBACK, TOKEN_ENV, new_token, rendezvous, run_token
 from xaiprune.serving.worker import serve
 
 EXIT_STARTUP = 4          # a process that could not join the run (the reason is its last line)
 CONNECT_TIMEOUT_S = 120.0
-
-
-class StartupError(RuntimeError):
-    """This process could not join the run; the message says why and what to check."""
-
-
-def rendezvous(host: str, port: int, world: int, rank: int, timeout: float):
-    """Create (rank 0) or reach rank 0's TCP store and join the gloo group, each within ``timeout`` s."""
-    limit = dt.timedelta(seconds=timeout)
-    try:
-        store = dist.TCPStore(host, port, world, is_master=(rank == 0), timeout=limit)
-    except dist.DistError as exc:
-        text = str(exc).splitlines()[0][:200]
-        if "EADDRINUSE" in text or "already in use" in text:
-            raise StartupError(f"MASTER_PORT={port} is already in use on this host; choose another port "
-                               "(launch() picks a free one)") from None
-        if rank == 0 and isinstance(exc, dist.DistStoreError):
-            raise StartupError(f"not every worker reached {host}:{port} within {timeout:g} s ({text}); "
-                               f"WORLD_SIZE={world} processes must be started") from None
-        if rank == 0:
-            raise StartupError(f"could not listen on {host}:{port}: {text}") from None
-        raise StartupError(f"no coordinator answered at {host}:{port} within {timeout:g} s (check MASTER_ADDR "
-                           "and MASTER_PORT, and that rank 0 runs and is reachable)") from None
-    try:
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=limit)
-    except (RuntimeError, dist.DistError) as exc:
-        raise StartupError(f"could not connect to every other rank within {timeout:g} s "
-                           f"({str(exc).splitlines()[0][:200]}); every host must reach the others' addresses "
-                           "(GLOO_SOCKET_IFNAME picks the interface)") from None
-    return store
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
                                       "the config's folder)")
     parser.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S,
                         help=f"seconds to join the run (default {CONNECT_TIMEOUT_S:g})")
+    parser.add_argument("--listen", default=LOOPBACK,
+                        help=f"the address this process listens on (rank 0's store, every rank's gloo; default "
+                             f"{LOOPBACK}: processes of this host only). A run across hosts gives this host's address "
+                             "and sets GLOO_SOCKET_IFNAME to its interface")
     args = parser.parse_args(argv)
     missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_PORT") if k not in os.environ]
     if missing:
@@ -97,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         if world != n:
             parser.error(f"WORLD_SIZE={world}, but the scenario has {n} devices (one process per device)")
     try:
-        store = rendezvous(host, port, world, rank, args.connect_timeout)
+        token = run_token()
+        store = rendezvous(host, port, world, rank, args.connect_timeout, token, args.listen)
         if rank != 0:
             store.wait(["xaiprune/config"], dt.timedelta(seconds=args.connect_timeout))
     except RuntimeError as exc:  # StartupError, or rank 0's config not shared in time
@@ -109,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         code = coordinate(cfg, world, store, out)
     else:
         try:
-            code = serve(RunConfig.from_json(store.get("xaiprune/config").decode()), rank, store, host, port)
+            code = serve(RunConfig.from_json(store.get("xaiprune/config").decode()), rank, store, host, port, token)
         except Exception as exc:
             store.set(failed_key(rank), f"{type(exc).__name__}: {exc}")
             raise
@@ -162,8 +140,8 @@ def launch(cfg: RunConfig, folder: Path, progress: bool = True, timeout: float |
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     world = system.parse_scenario(cfg.scenario).n
-    env = {**os.environ, "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port or free_port()),
-           "OMP_NUM_THREADS": str(cfg.threads), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "WORLD_SIZE": str(world), "MASTER_ADDR": LOOPBACK, "MASTER_PORT": str(port or free_port()),
+           "OMP_NUM_THREADS": str(cfg.threads), "PYTHONUNBUFFERED": "1", TOKEN_ENV: new_token()}
     procs: dict[int, subprocess.Popen] = {}
     logs = {}
     start = time.perf_counter()
@@ -181,7 +159,9 @@ def launch(cfg: RunConfig, folder: Path, progress: bool = True, timeout: float |
             watchdog = threading.Timer(timeout, lambda: [p.kill() for p in procs.values() if p.poll() is None])
             watchdog.daemon = True
             watchdog.start()
-        _follow(procs[0], logs[0], progress)
+        listening = sockets.Watch(procs)  # what the processes listen on, once every rank has joined and at the end
+        _follow(procs[0], logs[0], progress, listening.look)
+        listening.look()
         if procs[0].wait() == 0:  # workers leave on SHUTDOWN; after a failure they are stopped at once
             for p in procs.values():
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -201,12 +181,13 @@ def launch(cfg: RunConfig, folder: Path, progress: bool = True, timeout: float |
         path = folder / name
         return pd.DataFrame([json.loads(x) for x in path.read_text().splitlines()]) if path.is_file() else pd.DataFrame()
 
-    summary = json.loads((folder / "summary.json").read_text())
+    summary = {**json.loads((folder / "summary.json").read_text()), "listen_addresses": listening.addresses}
     return Outcome(folder, read("requests.jsonl"), read("events.jsonl"), summary, codes, time.perf_counter() - start)
 
 
-def _follow(proc: subprocess.Popen, log, progress: bool) -> None:
-    """Copy rank 0's output to its log; show its PROGRESS lines as bars and its EVENT lines."""
+def _follow(proc: subprocess.Popen, log, progress: bool, joined=None) -> None:
+    """Copy rank 0's output to its log; show its PROGRESS lines as bars and its EVENT lines; call ``joined()`` at
+    the first PROGRESS line (every rank has joined the run)."""
     from tqdm import tqdm
 
     bars: dict[str, tqdm] = {}
@@ -215,6 +196,8 @@ def _follow(proc: subprocess.Popen, log, progress: bool) -> None:
             log.write(line)
             if line.startswith("PROGRESS "):
                 p = json.loads(line[9:])
+                if joined is not None and not bars:
+                    joined()
                 if p["policy"] not in bars:
                     for b in bars.values():
                         b.close()

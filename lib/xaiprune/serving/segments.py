@@ -9,6 +9,7 @@ for before that segment runs (:class:`PayloadError` otherwise).
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -80,15 +81,27 @@ class Node:
         self.emulator = Emulator(self.scenario, self.order, rank, trace, cfg.emulate)
         self.built: "OrderedDict[tuple, Built]" = OrderedDict()
         self._output_shape: tuple[int, ...] | None = None
+        self.max_payload = self.largest_tensor()
 
     def base_input_shape(self) -> tuple[int, int, int]:
         from medmnist import INFO
 
         return INFO[self.cfg.flag]["n_channels"], self.cfg.size, self.cfg.size
 
+    def largest_tensor(self) -> int:
+        """Elements of the largest tensor any plan can send: the image or a segment's output, unpruned (pruning
+        only removes channels). A receiver refuses a larger payload before allocating it."""
+        sizes = [math.prod(self.input_shape)]
+        with torch.inference_mode():
+            x = torch.zeros(1, *self.input_shape)
+            for name in self.names:
+                x = self.base.segments[name](x)
+                sizes.append(x.numel())
+        return max(sizes)
+
     @property
     def limits(self) -> wire.Limits:
-        return wire.Limits(len(self.order), len(self.names), len(self.levels), len(self.criteria))
+        return wire.Limits(len(self.order), len(self.names), len(self.levels), len(self.criteria), self.max_payload)
 
     @property
     def output_shape(self) -> tuple[int, ...]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from xaiprune.serving import sockets
 from xaiprune.serving.analysis import Views, label
 from xaiprune.serving.records import fault_outcome
 from xaiprune.serving.runs import Served
@@ -59,6 +60,14 @@ def _replayed(replayed: dict[str, dict]) -> dict:
             for ward, r in replayed.items()}
 
 
+def listened(*served: Served | None) -> dict:
+    """Every address any process of these runs listened on (``address:port``; the launcher reads them off ``/proc``),
+    the distinct addresses, and whether all are loopback."""
+    seen = sorted({a for run in served if run is not None for a in run.outcome.summary.get("listen_addresses", [])})
+    hosts = sorted({a.rsplit(":", 1)[0] for a in seen})
+    return {"listen_addresses": seen, "hosts": hosts, "loopback_only": bool(seen) and all(map(sockets.is_loopback, seen))}
+
+
 def shield(requests: pd.DataFrame, policy: str = "XAI + RL") -> dict:
     """How often the shield replaced ``policy``'s plan (its requests ``planned_by`` "shield: <reason>"), why, and the
     median decision time (ms) of the requests it replaced against those it let through."""
@@ -79,14 +88,16 @@ def premise(summary: pd.DataFrame, share: float = 0.5) -> dict:
 
 
 def metrics(values: dict, arch: str, ward: Served, stress: Served | None, replayed: dict[str, dict],
-            compared: dict[str, Views], pipe: dict, faults: dict[str, dict], hop: dict | None = None) -> dict:
+            compared: dict[str, Views], pipe: dict, faults: dict[str, dict], hop: dict | None = None,
+            listen: dict | None = None) -> dict:
     """The notebook's ``metrics.json``.
 
     ``replayed``: ward -> :func:`~xaiprune.serving.runs.replay_served` (the served plans of an XAI policy with each
     baseline's filters, computed offline: no latency of their own, not policies; ``max_abs_logit_difference`` is
     the served criterion replayed on the same plans against the logits the system returned); ``compared``: ward ->
     :class:`~xaiprune.serving.analysis.Views`; ``pipe``: :func:`~xaiprune.serving.analysis.pipelining`;
-    ``faults``: :func:`fault_rows`; ``hop``: :func:`xaiprune.serving.analysis.hop_overhead` of the ward's run.
+    ``faults``: :func:`fault_rows`; ``hop``: :func:`xaiprune.serving.analysis.hop_overhead` of the ward's run;
+    ``listen``: :func:`listened` of every run of the notebook.
     """
     summary, window = ward.summary, values["window"]
     return {
@@ -94,7 +105,7 @@ def metrics(values: dict, arch: str, ward: Served, stress: Served | None, replay
         "policy_order": ward.order, "energy": ENERGY,
         "policies": {name: tidy(row) for name, row in summary.iterrows()},
         "replayed": _replayed(replayed), "shield": shield(ward.requests), "premise": premise(summary),
-        "serving": {"hop_overhead_ms": hop},
+        "serving": {"hop_overhead_ms": hop, **(listen or {})},
         "stress": None if stress is None else {"scenario": values["stress_scenario"], "requests_per_policy": int(stress.n),
                                                "policy_order": list(stress.summary.index),
                                                "policies": {name: tidy(row) for name, row in stress.summary.iterrows()}},
@@ -113,9 +124,11 @@ def metrics(values: dict, arch: str, ward: Served, stress: Served | None, replay
     }
 
 
-def checks(faults: dict[str, dict]) -> dict[str, bool]:
-    """What the fault injection must show for its evidence to count (a sentence each, and whether this run shows it)."""
-    return {**{f"{kind}: every request answered once or failed with a reason":
+def checks(faults: dict[str, dict], listen: dict | None = None) -> dict[str, bool]:
+    """What the fault injection must show for its evidence to count (a sentence each, and whether this run shows it),
+    and, given ``listen`` (:func:`listened`), that every process listened on loopback only."""
+    safe = {} if listen is None else {"every process of every run listened on loopback only": listen["loopback_only"]}
+    return {**safe, **{f"{kind}: every request answered once or failed with a reason":
                row["answered_once"] + row["failed"] == row["requests"] for kind, row in faults.items()},
             **{f"{kind}: the fault acted and the source saw it": bool(row["triggered"]) for kind, row in faults.items()},
             **{f"{kind}: every answer equals the single-process reference": row["wrong_answers"] == 0
@@ -157,7 +170,7 @@ def sentences(ward: Served, stress: Served | None, replayed: dict[str, dict]) ->
     return out
 
 
-def verdict(claims: list[dict], faults: dict[str, dict]) -> list[str]:
+def verdict(claims: list[dict], faults: dict[str, dict], listen: dict | None = None) -> list[str]:
     """Each claim row's verdict against its declared target, then each check of :func:`checks`, ``ok`` or ``FAILED``."""
     lines = [f"{r['verdict'].upper()}: {r['id']} (target: {r['target']})\n    {r['evidence']}" for r in claims]
-    return lines + [f"{'ok    ' if ok else 'FAILED'}  {name}" for name, ok in checks(faults).items()]
+    return lines + [f"{'ok    ' if ok else 'FAILED'}  {name}" for name, ok in checks(faults, listen).items()]

@@ -1,11 +1,19 @@
 """The wire format: a header of :data:`HEADER` int64 values, then a float32 payload if it announces one.
 
-Never a pickle. A receiver checks a header in two stages. The *frame* (magic, version, payload dtype
-and shape) says whether a payload follows and how large it is; a header whose frame is wrong is refused
-at once and nothing more is read from that sender for it. A header whose frame is right has its payload
-read (so the link stays in step) and then its *content* checked: kind, plan, ranges of every field.
-Either refusal is a :class:`ProtocolError` naming the field, returned by :func:`receive` instead of a
-message; the receiver answers it with an ERROR and never acts on it.
+Never a pickle. A receiver checks a header in three stages. The *frame* (magic, version, payload dtype
+and shape) says whether a payload follows and how large it is; a header whose frame is wrong, or whose
+payload is larger than the largest tensor this run can send (:attr:`Limits.max_payload`), is refused at
+once, before anything is allocated, and nothing more is read from that sender for it. A header whose
+frame is right has its payload read (so the link stays in step), then its *code* checked: every message
+carries a keyed BLAKE2b code of its header and payload under the run's key (:func:`set_key`,
+:mod:`xaiprune.serving.transport`), so a message from a process without the run's secret, or altered on
+the way, is refused. Last its *content*: kind, plan, ranges of every field. Any refusal is a
+:class:`ProtocolError` naming the field, returned by :func:`receive` instead of a message; the receiver
+answers it with an ERROR and never acts on it.
+
+A receiver times the payload it reads, from posting its receive to holding every byte: the real transfer,
+added to the hop's link time in the header (``link_us[start]``, where the sender put the emulated wait, 0
+without emulation), so the coordinator's link estimate measures the real send on real hardware.
 
 gloo sends are rendezvous (a send completes when the peer has posted the matching receive), and a gloo
 operation that times out closes the link to that peer for good. So every send and every payload receive
@@ -17,7 +25,10 @@ time, and :mod:`xaiprune.serving.liveness` ends the process when its coordinator
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import math
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -26,7 +37,7 @@ import torch.distributed as dist
 MAGIC, VERSION = 0x58414950, 1  # "XAIP"
 HEADER = 80                      # int64 values per header
 MAX_SEGMENTS = 8
-MAX_PAYLOAD = 1 << 26            # float32 elements (256 MB): anything larger is refused
+MAX_PAYLOAD = 1 << 26            # float32 elements (256 MB): the cap when a receiver's limits give none
 TAG_HEADER, TAG_PAYLOAD = 1, 2
 PREPARE, READY, ACTIVATION, RESULT, SHUTDOWN, ERROR, PROGRESS = 1, 2, 3, 4, 5, 6, 7
 KINDS = {PREPARE: "prepare", READY: "ready", ACTIVATION: "activation", RESULT: "result",
@@ -43,8 +54,45 @@ IDLE = dt.timedelta(days=7)  # the wait for the next header (see the module docs
 # segment h; hop S carries the logits back to the source)
 FIELDS = dict(magic=0, version=1, kind=2, request=3, attempt=4, step=5, criterion=6, policy=7, n_segments=8,
               start=9, dtype=10, ndim=11, shape=12, sender=16, error=17, detail=18, extra_us=19,
-              devices=20, levels=28, compute_us=36, flops=44, link_us=52, link_bytes=61)
+              devices=20, levels=28, compute_us=36, flops=44, link_us=52, link_bytes=61, code=72)
 _F = FIELDS
+CODE_BYTES = 16                  # the message code: two int64 fields
+_KEY: bytes | None = None        # this process's run key (set_key)
+
+
+def set_key(key: bytes) -> None:
+    """The key every message this process sends is signed with and every message it receives is checked with."""
+    global _KEY
+    if not isinstance(key, bytes) or len(key) < 16:
+        raise ValueError("the run key must be at least 16 bytes")
+    _KEY = key
+
+
+def code(header: torch.Tensor, payload: torch.Tensor | None) -> list[int]:
+    """The keyed BLAKE2b code of a header (its code fields as zeros) and its payload, as two int64 values."""
+    if _KEY is None:
+        raise RuntimeError("no run key: join the run (xaiprune.serving.transport.rendezvous) or call wire.set_key")
+    h = header.clone()
+    h[_F["code"]:_F["code"] + 2] = 0
+    mac = hashlib.blake2b(h.numpy().data, key=_KEY, digest_size=CODE_BYTES)
+    if payload is not None:
+        mac.update(payload.contiguous().numpy().data)
+    d = mac.digest()
+    return [int.from_bytes(d[:8], "little", signed=True), int.from_bytes(d[8:], "little", signed=True)]
+
+
+def sign(header: torch.Tensor, payload: torch.Tensor | None) -> None:
+    """Write the message code into ``header`` (in place)."""
+    header[_F["code"]:_F["code"] + 2] = torch.tensor(code(header, payload), dtype=torch.int64)
+
+
+def verify(header: torch.Tensor, payload: torch.Tensor | None) -> None:
+    """ProtocolError unless ``header`` carries the code of itself and ``payload`` under this run's key."""
+    got = header[_F["code"]:_F["code"] + 2].tolist()
+    want = code(header, payload)
+    if not hmac.compare_digest(str(got).encode(), str(want).encode()):
+        raise ProtocolError("header field code: not signed with this run's key (a process without the run's "
+                            "secret, or a message altered on the way)")
 
 
 class ProtocolError(ValueError):
@@ -67,6 +115,7 @@ class Limits:
     n_segments: int
     n_levels: int
     n_criteria: int
+    max_payload: int = MAX_PAYLOAD   # float32 elements: the largest tensor this run can send
 
 
 @dataclass
@@ -91,6 +140,7 @@ class Message:
     link_us: list[int] = field(default_factory=lambda: [0] * (MAX_SEGMENTS + 1))
     link_bytes: list[int] = field(default_factory=lambda: [0] * (MAX_SEGMENTS + 1))
     payload: torch.Tensor | None = None
+    transfer_s: float = 0.0          # receiver only: the measured time of the payload's transfer (not on the wire)
 
     def header(self) -> torch.Tensor:
         h = torch.zeros(HEADER, dtype=torch.int64)
@@ -114,8 +164,11 @@ class Message:
         return h
 
     @staticmethod
-    def frame(h: torch.Tensor) -> tuple[int, ...] | None:
-        """Check the frame of a received header; return the payload shape that follows (None: no payload)."""
+    def frame(h: torch.Tensor, max_payload: int = MAX_PAYLOAD) -> tuple[int, ...] | None:
+        """Check the frame of a received header; return the payload shape that follows (None: no payload).
+
+        ``max_payload``: the most float32 elements a payload may have (the receiver's :attr:`Limits.max_payload`).
+        """
         if h.dtype != torch.int64 or h.shape != (HEADER,):
             raise ProtocolError(f"header must be {HEADER} int64 values, got {h.dtype} {tuple(h.shape)}")
         v = h.tolist()
@@ -128,14 +181,15 @@ class Message:
         if not dtype:
             return None
         shape = tuple(v[_F["shape"]:_F["shape"] + ndim])
-        if any(d < 1 for d in shape) or math.prod(shape) > MAX_PAYLOAD:
-            raise ProtocolError(f"header field shape={shape}: expected positive sizes, at most {MAX_PAYLOAD} elements")
+        if any(d < 1 for d in shape) or math.prod(shape) > max_payload:
+            raise ProtocolError(f"header field shape={shape}: expected positive sizes, at most {max_payload} elements "
+                                "(the largest tensor this run sends)")
         return shape
 
     @classmethod
     def parse(cls, h: torch.Tensor, limits: Limits) -> tuple["Message", tuple[int, ...] | None]:
         """Check every field of a received header; return the message and the payload shape to expect."""
-        shape = cls.frame(h)
+        shape = cls.frame(h, limits.max_payload)
         v = h.tolist()
         kind = v[_F["kind"]]
         if kind not in KINDS:
@@ -174,7 +228,8 @@ def _check(v: list[int], name: str, lo: int, hi: int) -> int:
 
 
 def send_frame(header: torch.Tensor, payload: torch.Tensor | None, dst: int, timeout: float) -> None:
-    """Send a header tensor and its payload to rank ``dst``, each within ``timeout`` s, or raise LinkError."""
+    """Sign a header tensor with its payload, send both to rank ``dst``, each within ``timeout`` s, or raise LinkError."""
+    sign(header, payload)
     for tensor, tag in ((header, TAG_HEADER), (payload, TAG_PAYLOAD)):
         if tensor is None:
             continue
@@ -190,7 +245,7 @@ def send(msg: Message, dst: int, timeout: float) -> None:
 
 
 def receive(limits: Limits, timeout: float) -> tuple[int, Message | ProtocolError | LinkError]:
-    """Wait for a header from any rank, then its payload (within ``timeout`` s).
+    """Wait for a header from any rank, then its payload (within ``timeout`` s, timed: ``transfer_s``).
 
     Returns the sender and the message, or the ProtocolError of a refused header, or the LinkError of a
     payload that did not arrive.
@@ -200,19 +255,23 @@ def receive(limits: Limits, timeout: float) -> tuple[int, Message | ProtocolErro
     work.wait(timeout=IDLE)
     src = work._source_rank()
     try:
-        shape = Message.frame(h)
+        shape = Message.frame(h, limits.max_payload)
     except ProtocolError as exc:
         return src, exc
-    payload = None
+    payload, start = None, time.perf_counter()
     if shape is not None:
         payload = torch.empty(shape, dtype=torch.float32)
         try:
             dist.irecv(payload, src=src, tag=TAG_PAYLOAD).wait(timeout=dt.timedelta(seconds=timeout))
         except RuntimeError as exc:
             return src, LinkError(src, f"payload of {shape} did not arrive ({str(exc).splitlines()[0][:160]})")
+    transfer = time.perf_counter() - start
     try:
+        verify(h, payload)
         msg, _ = Message.parse(h, limits)
     except ProtocolError as exc:
         return src, exc
-    msg.payload = payload
+    msg.payload, msg.transfer_s = payload, transfer
+    if payload is not None and msg.start <= MAX_SEGMENTS:  # the hop's link time: the emulated wait + the real transfer
+        msg.link_us[msg.start] += int(round(transfer * 1e6))
     return src, msg

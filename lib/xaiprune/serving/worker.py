@@ -72,12 +72,12 @@ def _receive_loop(node: Node, cfg: RunConfig, inbox: queue.Queue) -> None:
         inbox.put((time.monotonic(), src, msg))
 
 
-def serve(cfg: RunConfig, rank: int, store, host: str, port: int) -> int:
-    """Serve until SHUTDOWN; returns the exit code."""
+def serve(cfg: RunConfig, rank: int, store, host: str, port: int, token: str) -> int:
+    """Serve until SHUTDOWN; returns the exit code (``host``, ``port``, ``token``: the store, for the heartbeat)."""
     node = Node(cfg, rank)
     torch.set_num_threads(cfg.threads)
     fault, quiet = Fault(cfg, node, store), Quiet()
-    stop = start_heartbeat(host, port, rank, cfg.heartbeat_s, quiet)
+    stop = start_heartbeat(host, port, token, rank, cfg.heartbeat_s, quiet)
     inbox: queue.Queue = queue.Queue()
     threading.Thread(target=_receive_loop, args=(node, cfg, inbox), daemon=True, name="receive").start()
     store.set(up_key(rank), "1")
@@ -151,8 +151,8 @@ def activation(cfg: RunConfig, node: Node, src: int, msg: wire.Message, fault: F
         return
     tamper = None
     if fault.active(msg, "bad_shape"):
-        print(f"rank {rank}: fault injection: request {msg.request} sent on with an extra channel", flush=True)
-        msg.payload = torch.cat([msg.payload, msg.payload[:, :1]], dim=1)
+        print(f"rank {rank}: fault injection: request {msg.request} sent on with a channel fewer", flush=True)
+        msg.payload = _one_channel_fewer(msg.payload)
     elif fault.active(msg, "bad_header"):
         print(f"rank {rank}: fault injection: request {msg.request} sent on with level index 10**6", flush=True)
         tamper = _bad_level
@@ -168,6 +168,11 @@ def activation(cfg: RunConfig, node: Node, src: int, msg: wire.Message, fault: F
     if msg.kind == wire.ACTIVATION and dst != 0:  # the source holds every hop to a deadline
         _reply(cfg, wire.Message(wire.PROGRESS, request=msg.request, attempt=msg.attempt, policy=msg.policy,
                                  devices=msg.devices, levels=msg.levels, start=msg.start, sender=rank, detail=dst))
+
+
+def _one_channel_fewer(x: torch.Tensor) -> torch.Tensor:
+    """A tensor of the wrong shape that is no larger than the right one (a larger one is refused by its frame)."""
+    return x[:, :-1].contiguous() if x.shape[1] > 1 else x[..., :-1].contiguous()
 
 
 def _bad_level(header: torch.Tensor) -> None:

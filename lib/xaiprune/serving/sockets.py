@@ -1,0 +1,74 @@
+"""What the processes of a run listen on, read from ``/proc`` (Linux): every TCP socket in state LISTEN that one of
+them holds, as ``address:port``. The launcher looks when every rank has joined and again at the end, and the run's
+summary carries the union (``listen_addresses``), so a run shows that it listened on loopback only."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from pathlib import Path
+
+LISTEN = "0A"  # the state column of /proc/net/tcp
+
+
+def _address(hexaddr: str) -> str:
+    """An address of /proc/net/tcp{,6} (hex, in the kernel's byte order) as text."""
+    raw = bytes.fromhex(hexaddr)
+    if len(raw) == 4:
+        return socket.inet_ntop(socket.AF_INET, raw[::-1])
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+    return socket.inet_ntop(socket.AF_INET6, words)
+
+
+def listening_table(text: str) -> dict[int, str]:
+    """Socket inode -> ``address:port`` of the LISTEN rows of one /proc/net/tcp or tcp6 file's text."""
+    out = {}
+    for line in text.splitlines()[1:]:
+        cols = line.split()
+        if len(cols) > 9 and cols[3] == LISTEN:
+            host, port = cols[1].split(":")
+            out[int(cols[9])] = f"{_address(host)}:{int(port, 16)}"
+    return out
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """Inodes of the sockets process ``pid`` holds (empty when it is gone)."""
+    inodes = set()
+    try:
+        for fd in os.scandir(f"/proc/{pid}/fd"):
+            target = os.readlink(fd.path)
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return inodes
+
+
+def listening(pids) -> set[str]:
+    """``address:port`` of every socket the processes ``pids`` listen on."""
+    table = {}
+    for name in ("tcp", "tcp6"):
+        path = Path("/proc/net") / name
+        if path.is_file():
+            table.update(listening_table(path.read_text()))
+    return {table[i] for pid in pids for i in socket_inodes(pid) if i in table}
+
+
+def is_loopback(address: str) -> bool:
+    """``address:port`` is on a loopback address."""
+    return ipaddress.ip_address(address.rsplit(":", 1)[0]).is_loopback
+
+
+class Watch:
+    """The union of what ``procs`` (rank -> Popen) listened on, over every :meth:`look`."""
+
+    def __init__(self, procs: dict):
+        self.procs, self.seen = procs, set()
+
+    def look(self) -> None:
+        self.seen |= listening(p.pid for p in self.procs.values() if p.poll() is None)
+
+    @property
+    def addresses(self) -> list[str]:
+        return sorted(self.seen)

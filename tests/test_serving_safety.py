@@ -1,0 +1,113 @@
+"""The serving system is safe to run: it listens on loopback only, every key and message needs the run's secret,
+and no peer can make a process allocate more than the largest tensor a plan sends."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import subprocess
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from serving_setup import TOKEN, as_rank0, config, process, setup  # noqa: F401 (setup: fixture)
+from xaiprune import serving
+from xaiprune.serving import sockets, transport, wire
+from xaiprune.serving.launcher import EXIT_STARTUP
+from xaiprune.serving.segments import Node
+
+LIMITS = wire.Limits(world_size=2, n_segments=3, n_levels=3, n_criteria=2)
+WAIT = 90
+
+
+def test_every_process_of_a_run_listens_on_loopback_only(setup, tmp_path):
+    port = serving.free_port()
+    cfg = config(setup, 3, [{"name": "fixed", "planner": "fixed", "criterion": "l1",
+                             "plan": {"devices": ["d1", "d2", "d1"], "levels": [0.0, 0.25, 0.0]}}], n_requests=3)
+    out = serving.launch(cfg, tmp_path, progress=False, port=port, timeout=WAIT)
+    seen = out.summary["listen_addresses"]
+    assert f"127.0.0.1:{port}" in seen            # the store, on the address it was given (not *:port)
+    assert len(seen) >= 4                          # and every rank's gloo device
+    assert all(sockets.is_loopback(a) for a in seen), seen
+
+
+def test_listening_sockets_are_read_with_their_address():
+    with socket.socket() as lo, socket.socket() as anywhere:
+        lo.bind(("127.0.0.1", 0))
+        lo.listen()
+        anywhere.bind(("0.0.0.0", 0))
+        anywhere.listen()
+        seen = sockets.listening([os.getpid()])
+        assert f"127.0.0.1:{lo.getsockname()[1]}" in seen and f"0.0.0.0:{anywhere.getsockname()[1]}" in seen
+    assert sockets.is_loopback("127.0.0.1:80") and sockets.is_loopback("::1:80") and not sockets.is_loopback("0.0.0.0:80")
+    row = "  0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000 0 0 4242 1"
+    assert sockets.listening_table("header\n" + row) == {4242: "127.0.0.1:8080"}
+
+
+def test_a_process_with_another_token_is_refused_with_the_reason(tmp_path):
+    port = serving.free_port()
+    proc = process(1, 2, port, tmp_path / "rank1.log", "--connect-timeout", "30", token=transport.new_token())
+    try:
+        store = transport.open_store("127.0.0.1", port, 2, 0, 60, TOKEN)  # returns once the worker connected
+        assert proc.wait(timeout=WAIT) == EXIT_STARTUP
+        raw = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=dt.timedelta(seconds=10), wait_for_workers=False)
+        store.set("xaiprune/config", "{}")
+        assert store.check(["xaiprune/config"]) and not raw.check(["xaiprune/config"])  # keys need the secret
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "rank 1: refused by the run at 127.0.0.1" in (tmp_path / "rank1.log").read_text()
+    assert "XAIPRUNE_TOKEN is not the run's" in (tmp_path / "rank1.log").read_text()
+
+
+def test_a_process_without_a_token_ends_naming_the_variable(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != transport.TOKEN_ENV}
+    out = subprocess.run([os.sys.executable, "-m", "xaiprune.serving"], capture_output=True, text=True, timeout=WAIT,
+                         env={**env, "RANK": "1", "WORLD_SIZE": "2", "MASTER_PORT": str(serving.free_port())})
+    assert out.returncode == EXIT_STARTUP and "XAIPRUNE_TOKEN is not set" in out.stdout
+
+
+def test_a_message_signed_with_another_key_is_refused_logged_and_the_worker_keeps_serving(setup, tmp_path):
+    cfg = config(setup, 2, [{"name": "local", "planner": "local", "criterion": "l1"}])
+    run_key = transport.derive(TOKEN, "wire")
+    with as_rank0(cfg, tmp_path) as (proc, store):
+        wire.set_key(transport.derive(transport.new_token(), "wire"))  # an intruder's messages
+        wire.send(wire.Message(wire.PREPARE, request=5, devices=[1, 1, 1], levels=[0, 0, 0]), 1, timeout=10)
+        wire.set_key(run_key)
+        src, reply = wire.receive(LIMITS, timeout=10)
+        assert reply.kind == wire.ERROR and reply.error == wire.MALFORMED
+        wire.send(wire.Message(wire.PREPARE, request=6, devices=[1, 1, 1], levels=[0, 0, 0]), 1, timeout=10)
+        src, reply = wire.receive(LIMITS, timeout=10)
+        assert reply.kind == wire.READY and reply.request == 6
+        wire.send(wire.Message(wire.SHUTDOWN), 1, timeout=10)
+        assert proc.wait(timeout=WAIT) == 0
+    assert "refused a message from rank 0: header field code: not signed with this run's key" in \
+        (tmp_path / "rank1.log").read_text()
+
+
+def test_a_message_altered_on_the_way_is_refused():
+    wire.set_key(b"k" * 32)
+    x = torch.randn(1, 2, 4, 4)
+    h = wire.Message(wire.ACTIVATION, devices=[1], levels=[0], payload=x).header()
+    wire.sign(h, x)
+    wire.verify(h, x)
+    for header, payload in ((h, x + 1e-3), (h.clone().index_fill_(0, torch.tensor([wire.FIELDS["request"]]), 9), x)):
+        with pytest.raises(wire.ProtocolError, match="header field code"):
+            wire.verify(header, payload)
+
+
+def test_a_payload_larger_than_the_largest_tensor_of_the_run_is_refused_by_its_frame(setup):
+    node = Node(config(setup, 2, [{"name": "local", "planner": "local", "criterion": "l1"}]), 1)
+    with torch.inference_mode():
+        x, sizes = torch.zeros(1, 1, 28, 28), [28 * 28]
+        for name in node.names:
+            x = node.base.segments[name](x)
+            sizes.append(x.numel())
+    assert node.max_payload == max(sizes) == node.limits.max_payload
+    h = wire.Message(wire.ACTIVATION, devices=[1, 1, 1], levels=[0, 0, 0], payload=torch.zeros(max(sizes) + 1)).header()
+    with pytest.raises(wire.ProtocolError, match=f"at most {max(sizes)} elements"):
+        wire.Message.frame(h, node.max_payload)
+    ok = wire.Message(wire.ACTIVATION, devices=[1, 1, 1], levels=[0, 0, 0], payload=torch.zeros(max(sizes))).header()
+    assert wire.Message.frame(ok, node.max_payload) == (max(sizes),)
