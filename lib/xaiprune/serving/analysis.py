@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from xaiprune.planning import system
+from xaiprune.planning.estimation import LinkEstimator
 
 FORMATS = {**{k: "{:.3f}" for k in ("acc", "bal_acc", "auc", "ACC", "balanced ACC", "AUC", "ACC where pruned",
                                      "balanced ACC where pruned", "AUC where pruned", "modelled energy (J)")},
@@ -215,6 +216,19 @@ def hop_multipliers(g: pd.DataFrame, a: str, b: str, ward: system.Scenario) -> t
                 at.append(t)
                 m.append(nbytes[h] / max(ms[h] / 1e3 - lat, 1e-9) / ward.bandwidth[ia, ib])
     return at, m
+
+
+def estimate_trajectory(g: pd.DataFrame, ward: system.Scenario, a: str, b: str, alpha: float) -> pd.Series:
+    """The planner's estimate of link ``a -> b`` (bytes/s) after each answered request of ``g``, in the order the
+    answers arrived: its :class:`~xaiprune.planning.estimation.LinkEstimator` fed every measured hop, as 07's planner
+    is (from the nominal prior)."""
+    est, src = LinkEstimator(ward, alpha), ward.devices[ward.source].name
+    ia, ib, out = ward.index(a), ward.index(b), {}
+    for t, row in g.sort_values("answered_s").iterrows():
+        route = [ward.index(d) for d in [src, *row["devices"], src]]
+        est.observe_route(route, row["link_bytes"], [ms / 1e3 for ms in row["link_ms"]])
+        out[t] = est.m[ia, ib] * ward.bandwidth[ia, ib]
+    return pd.Series(out, name=f"{a} -> {b} (bytes/s)")
 
 
 def busy_per_device(alone: pd.DataFrame, ward: system.Scenario) -> pd.DataFrame:
