@@ -20,17 +20,18 @@ N = 90          # requests per policy (enough that some are sent after a straggl
 AT = 5          # the request at which each fault acts
 FIXED = {"devices": ["d1", "d2", "d2"], "levels": [0.0, 0.0, 0.0]}
 ON_D3 = {"devices": ["d1", "d3", "d3"], "levels": [0.0, 0.0, 0.0]}
+SPREAD = {"devices": ["d1", "d2", "d3"], "levels": [0.0, 0.0, 0.0]}
 POLICIES = [
-    {"name": "partition", "planner": "fixed", "criterion": "l1", "plan": FIXED},
-    {"name": "pipelined", "planner": "fixed", "criterion": "l1", "plan": {"devices": ["d1", "d2", "d3"], "levels": [0.0] * 3}},
+    {"name": "pipelined", "planner": "fixed", "criterion": "l1", "plan": SPREAD},
     {"name": "duplicate", "planner": "fixed", "criterion": "l1", "plan": FIXED},
     {"name": "straggler", "planner": "fixed", "criterion": "l1", "plan": FIXED},
     {"name": "rejoin", "planner": "fixed", "criterion": "l1", "plan": ON_D3},
-    {"name": "kill", "planner": "fixed", "criterion": "l1", "plan": FIXED},    # a killed worker stays dead
+    {"name": "partition", "planner": "fixed", "criterion": "l1", "plan": SPREAD},  # d2 - d3 stays cut: no plan after
+    {"name": "kill", "planner": "fixed", "criterion": "l1", "plan": FIXED},    # crosses it; a killed worker stays dead
     {"name": "hang", "planner": "fixed", "criterion": "l1", "plan": ON_D3},   # last: a hung worker stays hung
 ]
 FAULTS = [
-    {"policy": "partition", "device": "d1", "peer": "d2", "request": AT, "kind": "partition"},
+    {"policy": "partition", "device": "d2", "peer": "d3", "request": AT, "kind": "partition"},
     {"policy": "duplicate", "device": "d2", "request": AT, "kind": "duplicate"},
     {"policy": "straggler", "device": "d2", "request": AT, "kind": "straggler", "delay_s": 0.8},
     {"policy": "rejoin", "device": "d3", "at_s": 0.2, "kind": "rejoin", "down_s": 0.7},   # timed, not by request
@@ -76,12 +77,14 @@ def test_a_cut_link_is_planned_around_and_loses_nothing(run):
     exactly_once(s, r)
     assert s["failed"] == 0 and run.returncodes[0] == 0
     cut = e[e["event"] == "link cut"]
-    assert len(cut) >= 1 and sorted(cut["devices"].iloc[0]) == ["d1", "d2"]
+    assert len(cut) >= 1 and sorted(cut["devices"].iloc[0]) == ["d2", "d3"]
     assert "device dead" not in set(e["event"])                         # both ends are alive: only the link is cut
     after = r[r["request"] > AT]
-    assert not any(a == "d1" and b == "d2" or a == "d2" and b == "d1"  # no hop over the cut link any more
+    assert not any(a == "d2" and b == "d3" or a == "d3" and b == "d2"  # no hop over the cut link any more
                    for devices in after["devices"] for a, b in zip(devices, devices[1:]))
     assert (r[r["request"] < AT]["attempts"] == 1).all()
+    assert run.summary["simulated_faults"] == []                        # the TCP connection was closed for real
+    assert "closed 1 TCP connection(s)" in (run.folder / "rank2.log").read_text()
 
 
 @needs_real_data

@@ -2,7 +2,9 @@
 
 The modules, lowest layer first (a module imports only modules above it in this list):
 
-- :mod:`~xaiprune.serving.wire`: the message header, send and receive with timeouts;
+- :mod:`~xaiprune.serving.wire`: the message header, signed and capped, send and receive with timeouts;
+- :mod:`~xaiprune.serving.sockets`: the run's TCP sockets read off ``/proc`` (what it listens on; a real partition);
+- :mod:`~xaiprune.serving.transport`: joining a run: loopback unless told otherwise, under the run's secret;
 - :mod:`~xaiprune.serving.config`: the run configuration every rank shares, and its validation;
 - :mod:`~xaiprune.serving.emulation`: the scenario's device speeds and links imposed on one machine;
 - :mod:`~xaiprune.serving.segments`: one rank's pruned segments, built, cached, checked, run and sent on;

@@ -60,11 +60,13 @@ class RunConfig:
     ``fault`` is one dict or a list of them, ``{"policy", "device", "request" or "at_s", "kind", ...}``;
     the device acts at the first activation of that policy it receives at or after that request (or at
     least ``at_s`` seconds after the policy began, by the wall clocks of rank 0 and the device), and
-    (except ``kill`` and ``hang``, which are for good) only on that policy's messages. Kinds: ``kill``
-    (the default): its process kills itself (SIGKILL); ``hang``: it stops serving while its heartbeat
-    thread still beats (only a per-hop deadline can tell); ``straggler``: it waits ``delay_s`` (default
-    1) before every activation; ``partition``: the link between it and the worker ``peer`` is cut both
-    ways (sends over it fail); ``rejoin``: it goes dark for ``down_s`` (default 2: no heartbeat, every
+    (except ``kill``, ``hang`` and ``partition``, which are for good) only on that policy's messages. Kinds:
+    ``kill`` (the default): its process kills itself (SIGKILL); ``hang``: it stops serving while its
+    heartbeat thread still beats (only a per-hop deadline can tell); ``straggler``: it waits ``delay_s``
+    (default 1) before every activation; ``partition``: the TCP connection between it and the worker
+    ``peer`` is closed both ways, so sends over it fail in gloo for the rest of the run (on one host;
+    where the peer's process cannot be seen, a flag cuts the link for that policy, recorded as
+    simulated); ``rejoin``: it goes dark for ``down_s`` (default 2: no heartbeat, every
     message dropped), then reboots (its built segments are gone) and beats again; ``duplicate``: it
     sends the first result it returns to the source twice; ``bad_header`` / ``bad_shape``: it sends its
     next message once with a header field out of range / a tensor of the wrong shape.

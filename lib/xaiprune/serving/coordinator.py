@@ -32,10 +32,10 @@ import torch
 
 from xaiprune.planning import system
 from xaiprune.serving import wire
-from xaiprune.serving.config import RunConfig, resolve
+from xaiprune.serving.config import FAULTS, RunConfig, resolve
 from xaiprune.serving.dispatch import Dispatch
 from xaiprune.serving.flights import Flight
-from xaiprune.serving.liveness import Liveness, policy_key, wait_shut_down, wait_started
+from xaiprune.serving.liveness import Liveness, policy_key, simulated_key, wait_shut_down, wait_started
 from xaiprune.serving.planning import Planner, hop_seconds
 from xaiprune.serving.records import Ledger, request_row
 from xaiprune.serving.segments import Node, PayloadError
@@ -74,6 +74,7 @@ class Coordinator(Dispatch):
         self.suspect: set[int] = set()                    # ranks that missed a deadline and still owe work
         self.owed: dict[tuple, Flight] = {}               # abandoned attempts a late rank still holds
         self.rejected: set[tuple] = set()                 # (policy, problems) of plans already logged as rejected
+        self.cuts: set[tuple[int, int]] = set()           # (rank, rank) links found cut, for the rest of the run
         self.checked = 0.0                                # last liveness check
         threading.Thread(target=self._receive_loop, daemon=True, name="receive").start()
 
@@ -201,6 +202,8 @@ class Coordinator(Dispatch):
         self.planner = Planner(self.scenario, self.profiles, policy, self.order, self.trace, len(self.labels),
                                self.cfg.seed, alpha=self.cfg.ewma)
         self.planner.lose(self.liveness.dead)
+        for a, b in self.cuts:  # a link cut for real stays cut for every later policy
+            self.planner.cut_link(a, b)
         self.planner.lose(self.suspect, "missed a hop deadline and showed nothing since")
         self.strikes.clear()
         criterion = self.node.criteria.index(policy.get("criterion", "lrp"))
@@ -256,5 +259,6 @@ def coordinate(cfg: RunConfig, world: int, store, out_dir: Path) -> int:
         summaries = [coord.summary(i) for i in sorted(coord.ledger.answered)]
         (out_dir / "summary.json").write_text(json.dumps(
             {"policies": summaries, "dead": [coord.name(r) for r in sorted(coord.liveness.dead)],
-             "world_size": world, "devices": [coord.name(r) for r in range(world)]}, indent=2))
+             "world_size": world, "devices": [coord.name(r) for r in range(world)],
+             "simulated_faults": [k for k in FAULTS if store.check([simulated_key(k)])]}, indent=2))
     return 0

@@ -150,6 +150,7 @@ class Dispatch:
                 self.liveness.silent.add(peer)
             elif self.planner is not None and self.liveness.is_alive(peer):
                 self.planner.cut_link(src, peer)
+                self.cuts.add((src, peer))
                 self.event("link cut", rank=src, peer=peer, devices=[self.name(src), self.name(peer)])
             if f is not None:
                 self.retry(f, f"rank {src} could not send to rank {peer}")

@@ -1,6 +1,6 @@
 """Liveness: which workers started, which are alive, which shut down; all through rank 0's TCP store.
 
-A worker sets ``xaiprune/up/<rank>`` when it is ready (or ``xaiprune/failed/<rank>`` with the reason
+A worker sets ``xaiprune/up/<rank>`` (to its pid) when it is ready (or ``xaiprune/failed/<rank>`` with the reason
 it could not start) and ``xaiprune/bye/<rank>`` when it shuts down cleanly. Both ends of the heartbeat
 live here too. A worker runs :func:`start_heartbeat`: a thread that adds 1 to
 ``xaiprune/hb/<rank>`` every ``heartbeat_s`` and ends the process when the store (and so the
@@ -37,6 +37,11 @@ def bye_key(rank: int) -> str:
 
 def failed_key(rank: int) -> str:
     return f"xaiprune/failed/{rank}"
+
+
+def simulated_key(kind: str) -> str:
+    """Set when a fault of ``kind`` could only be acted out by a flag (the run records the kind as simulated)."""
+    return f"xaiprune/simulated/{kind}"
 
 
 def policy_key(policy: int) -> str:

@@ -194,7 +194,8 @@ def fault_plan(study: Study, nominal: list[str]) -> dict:
     the optimum uses most once the victim is gone (the kill and the hang need two devices); the duplicate,
     the device that sends the result back. When fewer than two workers are used, a fixed unpruned plan
     spreading the segments over every worker is served instead, so that every fault meets a request.
-    Returns ``base`` (the policy served), ``victim``, ``peer``, ``hang``, ``kinds`` (kind -> its settings).
+    Returns ``base`` (the policy served), ``victim``, ``peer``, ``hang``, ``kinds`` (kind -> its settings, in the
+    order served: the partition closes a real connection, so it comes after the faults that need the link).
     """
     ward, v = study.ward, study.values
     workers = [d.name for j, d in enumerate(ward.devices) if j != ward.source]
@@ -208,8 +209,8 @@ def fault_plan(study: Study, nominal: list[str]) -> dict:
     hang = (most_used([ward.devices[j].name for j in after_kill.devices], workers) if after_kill else []) or [peer]
     last = [d for d in (nominal if base["planner"] == "nlp" else base["plan"]["devices"])[-1:] if d in workers]
     kinds = {"duplicate": {"device": (last or [victim])[0]}, "bad_header": {}, "bad_shape": {},
-             "partition": {"peer": peer}, "rejoin": {"down_s": v["down_s"]}, "straggler": {"delay_s": v["straggler_delay_s"]},
-             "kill": {}, "hang": {"device": hang[0]}}
+             "rejoin": {"down_s": v["down_s"]}, "straggler": {"delay_s": v["straggler_delay_s"]},
+             "partition": {"peer": peer}, "kill": {}, "hang": {"device": hang[0]}}  # the last three for good
     return {"base": base, "victim": victim, "peer": peer, "hang": hang[0], "kinds": kinds}
 
 

@@ -1,6 +1,11 @@
-"""What the processes of a run listen on, read from ``/proc`` (Linux): every TCP socket in state LISTEN that one of
-them holds, as ``address:port``. The launcher looks when every rank has joined and again at the end, and the run's
-summary carries the union (``listen_addresses``), so a run shows that it listened on loopback only."""
+"""The TCP sockets of a run's processes, read from ``/proc`` (Linux).
+
+- What they listen on: every socket in state LISTEN one of them holds, as ``address:port``. The launcher looks when
+  every rank has joined and again at the end, and the run's summary carries the union (``listen_addresses``), so a
+  run shows that it listened on loopback only.
+- A real partition (fault injection): :func:`cut` closes, both ways, the TCP connections between this process and
+  another process of the same host (gloo's link to that rank), so every later send over it fails in gloo itself.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import os
 import socket
 from pathlib import Path
 
-LISTEN = "0A"  # the state column of /proc/net/tcp
+LISTEN, ESTABLISHED = "0A", "01"  # the state column of /proc/net/tcp
 
 
 def _address(hexaddr: str) -> str:
@@ -19,6 +24,49 @@ def _address(hexaddr: str) -> str:
         return socket.inet_ntop(socket.AF_INET, raw[::-1])
     words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
     return socket.inet_ntop(socket.AF_INET6, words)
+
+
+def _table() -> dict[int, tuple[str, str, str]]:
+    """Socket inode -> (local, remote, state) of every TCP socket of this host's network namespace (hex, as /proc)."""
+    out = {}
+    for name in ("tcp", "tcp6"):
+        path = Path("/proc/net") / name
+        if path.is_file():
+            for line in path.read_text().splitlines()[1:]:
+                cols = line.split()
+                if len(cols) > 9:
+                    out[int(cols[9])] = (cols[1], cols[2], cols[3])
+    return out
+
+
+def _fds(pid: int | str = "self") -> dict[int, int]:
+    """Socket inode -> file descriptor of process ``pid``."""
+    out = {}
+    try:
+        for fd in os.scandir(f"/proc/{pid}/fd"):
+            target = os.readlink(fd.path)
+            if target.startswith("socket:["):
+                out[int(target[8:-1])] = int(fd.name)
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return out
+
+
+def connections_to(pid: int) -> list[int]:
+    """File descriptors of this process's established TCP connections whose other end process ``pid`` holds."""
+    table = _table()
+    theirs = {table[i][:2] for i in _fds(pid) if i in table and table[i][2] == ESTABLISHED}
+    return [fd for i, fd in _fds().items() if i in table and table[i][2] == ESTABLISHED
+            and (table[i][1], table[i][0]) in theirs]
+
+
+def cut(pid: int) -> int:
+    """Close both ways every TCP connection between this process and process ``pid``; returns how many."""
+    fds = connections_to(pid)
+    for fd in fds:
+        with socket.socket(fileno=os.dup(fd)) as s:
+            s.shutdown(socket.SHUT_RDWR)
+    return len(fds)
 
 
 def listening_table(text: str) -> dict[int, str]:
@@ -34,15 +82,7 @@ def listening_table(text: str) -> dict[int, str]:
 
 def socket_inodes(pid: int) -> set[int]:
     """Inodes of the sockets process ``pid`` holds (empty when it is gone)."""
-    inodes = set()
-    try:
-        for fd in os.scandir(f"/proc/{pid}/fd"):
-            target = os.readlink(fd.path)
-            if target.startswith("socket:["):
-                inodes.add(int(target[8:-1]))
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        pass
-    return inodes
+    return set(_fds(pid))
 
 
 def listening(pids) -> set[str]:

@@ -17,19 +17,20 @@ from xaiprune.serving.runs import Served
 ENERGY = "modelled, not measured: scenario J/FLOP x FLOPs run + radio W x emulated send time (energy_j keys)"
 
 
-SIMULATED = ("partition", "rejoin")  # acted out by flags in the processes (the TCP link stays up, no process restarts)
+SIMULATED = ("rejoin",)  # acted out by flags (the device goes dark and forgets its segments; its process never restarts)
 
 
 def fault_rows(load: Served, answers: dict[str, dict] | None = None) -> dict[str, dict]:
     """Kind -> :func:`~xaiprune.serving.records.fault_outcome` of every fault of the load-and-faults run, with
-    ``simulated`` (a kind in :data:`SIMULATED`) and, given ``answers`` (:func:`~xaiprune.serving.runs.wrong_answers` of
+    ``simulated`` (a kind in :data:`SIMULATED`, or one the run could only act out by a flag: a partition whose
+    connection could not be closed) and, given ``answers`` (:func:`~xaiprune.serving.runs.wrong_answers` of
     the run), ``wrong_answers`` and ``max_logit_difference`` of the fault's policy."""
     ledger = {s["policy"]: s for s in load.outcome.summary["policies"]}
     rows = {}
     for f in load.faults:
         checked = (answers or {}).get(f["policy"], {})
         rows[f["kind"]] = {**fault_outcome(ledger[f["policy"]], load.requests, load.outcome.events, f),
-                           "simulated": f["kind"] in SIMULATED,
+                           "simulated": f["kind"] in SIMULATED + tuple(load.outcome.summary.get("simulated_faults", [])),
                            **{k: checked[k] for k in ("wrong_answers", "max_logit_difference") if k in checked}}
     return rows
 

@@ -21,10 +21,10 @@ import time
 
 import torch
 
-from xaiprune.serving import wire
+from xaiprune.serving import sockets, wire
 from xaiprune.serving.config import RunConfig
 from xaiprune.serving.emulation import us
-from xaiprune.serving.liveness import Quiet, bye_key, policy_key, start_heartbeat, up_key
+from xaiprune.serving.liveness import Quiet, bye_key, policy_key, simulated_key, start_heartbeat, up_key
 from xaiprune.serving.segments import Node, PayloadError
 
 
@@ -42,7 +42,8 @@ class Fault:
             me = node.scenario.devices[node.device].name
             if me in ends:
                 other = [node.order.index(node.scenario.index(e)) for e in ends if e != me]
-                self.items.append({**f, "kind": kind, "p": names.index(f["policy"]), "other": other, "done": False})
+                self.items.append({**f, "kind": kind, "p": names.index(f["policy"]), "other": other, "done": False,
+                                   "peer_end": me != f["device"]})
 
     def active(self, msg: wire.Message, kind: str) -> dict | None:
         """The fault of this kind that acts on ``msg``, if any (a once-only fault is used up)."""
@@ -51,6 +52,30 @@ class Fault:
                 f["done"] = kind in self.ONCE
                 return f
         return None
+
+    def partition(self, msg: wire.Message) -> set[int]:
+        """Ranks whose links from here a flag cuts for ``msg`` (a real cut leaves nothing for a flag to do).
+
+        When a partition first acts, the TCP connections to the peer's process are closed both ways
+        (:func:`xaiprune.serving.sockets.cut`): every later send over them fails in gloo, for the rest of the run.
+        Where there is no such connection to see (the peer on another host), a flag cuts the link for the fault's
+        policy instead, and the store records the kind as simulated.
+        """
+        f = self.active(msg, "partition")
+        if f is None:
+            return set()
+        if f["peer_end"]:  # the device's end closes the connection (both ways) or, failing that, sets the flag
+            return set(f["other"]) if self.store.check([simulated_key("partition")]) else set()
+        if "how" not in f:
+            pids = [int(self.store.get(up_key(r)).decode()) for r in f["other"]]
+            closed = sum(sockets.cut(pid) for pid in pids)
+            f["how"] = "real" if closed else "flag"
+            print(f"rank {self.node.rank}: fault injection: partition from rank(s) {f['other']} at request {msg.request}: "
+                  + (f"closed {closed} TCP connection(s)" if closed else "no connection to close here: cut by a flag "
+                     "(simulated)"), flush=True)
+            if not closed:
+                self.store.set(simulated_key("partition"), "flag")
+        return set(f["other"]) if f["how"] == "flag" else set()
 
     def _due(self, f: dict, msg: wire.Message) -> bool:
         if "at_s" not in f:
@@ -80,7 +105,7 @@ def serve(cfg: RunConfig, rank: int, store, host: str, port: int, token: str) ->
     stop = start_heartbeat(host, port, token, rank, cfg.heartbeat_s, quiet)
     inbox: queue.Queue = queue.Queue()
     threading.Thread(target=_receive_loop, args=(node, cfg, inbox), daemon=True, name="receive").start()
-    store.set(up_key(rank), "1")
+    store.set(up_key(rank), str(os.getpid()))  # the pid: a real partition finds its peer's connections by it
     print(f"rank {rank}: device {node.scenario.devices[node.device].name} ready", flush=True)
     rebooting = False
     while True:
@@ -137,8 +162,7 @@ def activation(cfg: RunConfig, node: Node, src: int, msg: wire.Message, fault: F
     slow = fault.active(msg, "straggler")
     if slow:
         time.sleep(slow.get("delay_s", 1.0))
-    cut = fault.active(msg, "partition")
-    node.emulator.cut = set(cut["other"]) if cut else set()
+    node.emulator.cut = fault.partition(msg)
     try:
         dst = node.run(msg, msg.payload)
     except PayloadError as exc:
