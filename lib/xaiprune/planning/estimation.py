@@ -7,8 +7,9 @@ as a multiplier of the scenario's nominal bandwidth B[a, b]:
 
     m_ab <- (1 - alpha) * m_ab + alpha * clip(nbytes / ((t - lambda_ab) * B[a, b]), M_MIN, M_MAX)
 
-for every hop of every answered request that crossed a -> b, with t the sender's measured send time
-(carried back in the result's header) and lambda_ab the link latency. The prior is the scenario's
+for every hop of every answered request that crossed a -> b, with t the hop's measured transfer time
+(the sender's emulated wait, 0 on real links, plus the payload's real transfer as its receiver timed it;
+carried back in the result's header) and lambda_ab the link latency. The prior is the scenario's
 nominal bandwidth (m = 1) on every link not measured yet. Heartbeats say nothing about bandwidth; they
 only say which devices are alive. The estimate lags: requests decided before a fade shows up in an
 answer are planned on the bandwidth before it, which is what the oracle view (the exact trace) never
@@ -73,7 +74,8 @@ class LinkEstimator:
 
     def observe_plan(self, plan: system.Plan, truth: system.Scenario, profiles: system.Profiles) -> None:
         """Every hop of ``plan`` carried out on the true links of ``truth``: the modelled send time of its bytes
-        (without the messaging overhead, as the senders of 07 measure it) feeds the estimate."""
+        (without the per-hop overhead: 07 measures the emulated wait plus the payload's real transfer on loopback,
+        a fraction of a millisecond) feeds the estimate."""
         route = [truth.source, *plan.devices, truth.source]
         sent = [profiles.input_bytes, *(profiles.out_bytes[s, lv] for s, lv in enumerate(plan.levels))]
         seconds = [min(system.transfer_seconds(truth, a, b, n, overhead=False), 1e6)
