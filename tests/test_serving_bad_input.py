@@ -75,7 +75,7 @@ def test_a_port_in_use_is_named_and_no_process_is_left(setup, tmp_path):
         port = busy.getsockname()[1]
         cfg = config(setup, 3, [{"name": "local", "planner": "local", "criterion": "l1"}])
         with pytest.raises(RuntimeError, match=f"rank 0 exited with code {EXIT_STARTUP}") as err:
-            serving.launch(cfg, tmp_path, progress=False, port=port, connect_timeout=2, timeout=WAIT)
+            serving.launch(cfg, tmp_path, progress=False, port=port, connect_timeout=2, timeout=WAIT, store="tcp")
     assert f"rank 0: MASTER_PORT={port} is already in use on this host" in str(err.value)
     assert all(gone(p) for p in pids(tmp_path))
 

@@ -24,19 +24,20 @@ from xaiprune.serving import sockets
 
 # ----- real processes ------------------------------------------------------------------------------
 @needs_real_data
-@pytest.mark.parametrize("n_devices, plan", [
-    (3, {"devices": ["d1", "d2", "d1"], "levels": [0.25, 0.0, 0.5]}),
-    (4, {"devices": ["d1", "d2", "d3"], "levels": [0.5, 0.25, 0.0]}),
+@pytest.mark.parametrize("n_devices, plan, store", [
+    (3, {"devices": ["d1", "d2", "d1"], "levels": [0.25, 0.0, 0.5]}, "file"),
+    (4, {"devices": ["d1", "d2", "d3"], "levels": [0.5, 0.25, 0.0]}, "tcp"),
 ])
-def test_two_and_three_workers_give_the_single_process_predictions_and_profile_bytes_listening_on_loopback_only(setup, tmp_path, n_devices, plan):
+def test_two_and_three_workers_give_the_single_process_predictions_and_profile_bytes_listening_on_loopback_only(
+        setup, tmp_path, n_devices, plan, store):
     cfg = config(setup, n_devices, [{"name": "fixed", "planner": "fixed", "criterion": "lrp", "plan": plan}])
     port = serving.free_port()
-    out = serving.launch(cfg, tmp_path, progress=False, port=port)
+    out = serving.launch(cfg, tmp_path, progress=False, port=port, store=store)
     assert out.returncodes == {r: 0 for r in range(n_devices)}
     assert all(gone(p) for p in pids(tmp_path))
-    seen = out.summary["listen_addresses"]  # read off /proc: the store on the address it was given (not *:port)
-    assert f"127.0.0.1:{port}" in seen and len(seen) == n_devices + 1  # and one gloo device per process
-    assert all(sockets.is_loopback(a) for a in seen), seen
+    seen = out.summary["listen_addresses"]  # read off /proc: one gloo device per process, and a TCP store on the
+    assert len(seen) == n_devices + (store == "tcp") and all(sockets.is_loopback(a) for a in seen), seen
+    assert (f"127.0.0.1:{port}" in seen) == (store == "tcp")  # address it was given (not *:port); a file store: none
     r = out.requests.sort_values("request")
     assert list(r["request"]) == list(range(cfg.n_requests))
 

@@ -39,16 +39,53 @@ def test_a_process_with_another_token_is_refused_with_the_reason(tmp_path):
     port = serving.free_port()
     proc = process(1, 2, port, tmp_path / "rank1.log", "--connect-timeout", "30", token=transport.new_token())
     try:
-        store = transport.open_store("127.0.0.1", port, 2, 0, 60, TOKEN)  # returns once the worker connected
+        raw = transport.open_store("127.0.0.1", port, 2, 0, 60, TOKEN)  # returns once the worker connected
         assert proc.wait(timeout=WAIT) == EXIT_STARTUP
-        raw = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=dt.timedelta(seconds=10), wait_for_workers=False)
-        store.set("xaiprune/config", "{}")
-        assert store.check(["xaiprune/config"]) and not raw.check(["xaiprune/config"])  # keys need the secret
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert "rank 1: refused by the run at 127.0.0.1" in (tmp_path / "rank1.log").read_text()
-    assert "XAIPRUNE_TOKEN is not the run's" in (tmp_path / "rank1.log").read_text()
+    log = (tmp_path / "rank1.log").read_text()
+    assert "rank 1: refused by the run at 127.0.0.1" in log and "XAIPRUNE_TOKEN is not the run's" in log
+    del raw
+
+
+def test_a_value_written_without_the_secret_is_refused_even_where_the_key_can_be_listed(tmp_path, capsys):
+    """A TCP store lists its keys to any client, so key names are no secret: the values carry the run's code."""
+    port = serving.free_port()
+    server = dist.TCPStore("127.0.0.1", port, 1, is_master=True, timeout=dt.timedelta(seconds=10),
+                           master_listen_fd=transport.listening_socket("127.0.0.1", port))
+    run = transport.SignedStore(dist.PrefixStore(transport.prefix(TOKEN), server), transport.derive(TOKEN, "values"))
+    run.set("xaiprune/config", "{}")
+    intruder = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=dt.timedelta(seconds=10),
+                             wait_for_workers=False)
+    name = next(k for k in intruder.list_keys() if k.endswith("xaiprune/config"))
+    assert run.get("xaiprune/config") == b"{}" and run.check(["xaiprune/config"])
+    intruder.set(name, b'{"policies": []}')                      # a forged config under the run's own key
+    intruder.set(name.replace("config", "up/1"), b"1")           # and a forged "up" mark
+    assert not run.check(["xaiprune/config"]) and not run.check(["xaiprune/up/1"])
+    with pytest.raises(transport.StoreRefused, match="store key xaiprune/config: not written with this run's secret"):
+        run.get("xaiprune/config")
+    assert "refused store key xaiprune/config" in capsys.readouterr().out
+
+
+def test_the_file_store_of_a_run_on_one_host_must_be_private(tmp_path):
+    open_folder = tmp_path / "open"
+    open_folder.mkdir(mode=0o755)
+    with pytest.raises(transport.StartupError, match="XAIPRUNE_STORE=.*others cannot open"):
+        transport.open_store("127.0.0.1", 0, 1, 0, 5, TOKEN, store_file=str(open_folder / "store"))
+    private = transport.private_store()
+    assert private.parent.stat().st_mode & 0o777 == 0o700
+    private.parent.rmdir()
+
+
+def test_gloo_is_bound_to_loopback_and_another_interface_is_refused():
+    lo = transport.loopback_interface()
+    environ = {}
+    transport.bind_gloo("127.0.0.1", environ)
+    assert environ == {"GLOO_SOCKET_IFNAME": lo}
+    with pytest.raises(transport.StartupError, match="GLOO_SOCKET_IFNAME=eth9 but the run listens on 127.0.0.1"):
+        transport.bind_gloo("127.0.0.1", {"GLOO_SOCKET_IFNAME": "eth9"})
+    assert transport.is_loopback("::1") and transport.is_loopback("localhost") and not transport.is_loopback("10.0.0.1")
 
 
 def test_a_process_without_a_token_is_told_the_variable():

@@ -315,6 +315,7 @@ def test_a_late_result_is_discarded_but_still_teaches_the_link_estimate():
             self.planner = SimpleNamespace(observe=lambda plan, b, us: seen.append((plan, list(b), list(us))))
             self.node = SimpleNamespace(check_result=lambda msg: None)
             self.ledger = SimpleNamespace(received=lambda policy, request: None)
+            self.observed = set()
 
         def _seen(self, rank, msg=None, in_time=False):
             pass
@@ -328,6 +329,8 @@ def test_a_late_result_is_discarded_but_still_teaches_the_link_estimate():
     source._handle(2, late)
     assert source.events == ["discarded"]
     assert seen == [(Plan([2, 1], [0, 1]), [100, 200, 8], [10, 4_500_000, 5])]
+    source._handle(2, late)  # the same result again (sent twice): discarded, and its hops not counted twice
+    assert source.events == ["discarded", "discarded"] and len(seen) == 1
 
 
 def test_a_rejoined_device_owes_nothing_and_is_planned_on_again():

@@ -3,8 +3,8 @@
     python -m xaiprune.agilenn.offload --config run.json --rank 0|1 --port P     (what :func:`run` starts)
 
 Rank 0 is the **device**: it holds the test images and serves the config's jobs in order, one image at a time;
-rank 1 is the **remote**. They talk through torch.distributed (gloo) on 127.0.0.1 under a per-run secret
-(:mod:`xaiprune.serving.transport`) with the messages of :mod:`xaiprune.serving.wire`; payloads are float32 tensors (:mod:`xaiprune.serving.payload` carries coded bytes in
+rank 1 is the **remote**. They talk through torch.distributed (gloo) on 127.0.0.1 under a per-run secret, their
+store a file only this user can open (:mod:`xaiprune.serving.transport`), with the messages of :mod:`xaiprune.serving.wire`; payloads are float32 tensors (:mod:`xaiprune.serving.payload` carries coded bytes in
 them). The methods (:data:`xaiprune.agilenn.regimes.METHODS`):
 
 - ``local_vgg`` / ``local_small`` / ``local_tiny``: the study's VGG-16-BN, AgileNN's network without its split
@@ -36,6 +36,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -142,10 +143,11 @@ class _Side:
 def _join(port: int, rank: int, timeout: float):
     """Join the two-process run on loopback under its secret (:mod:`xaiprune.serving.transport`)."""
     try:
-        return transport.rendezvous(transport.LOOPBACK, port, 2, rank, timeout, transport.run_token())
+        return transport.rendezvous(transport.LOOPBACK, port, 2, rank, timeout, transport.run_token(),
+                                    store_file=os.environ.get(transport.STORE_ENV) or None)
     except transport.StartupError as exc:
         who = "no remote worker (rank 1) joined" if rank == 0 else "the device (rank 0) did not answer"
-        raise OffloadError(f"rank {rank}: {who} at {transport.LOOPBACK}:{port} within {timeout:g} s ({exc})") from None
+        raise OffloadError(f"rank {rank}: {who} on {transport.LOOPBACK} within {timeout:g} s ({exc})") from None
 
 
 def _since(a: float, b: float) -> float:
@@ -289,7 +291,9 @@ def run(cfg: OffloadConfig, folder: Path, progress: bool = True, ranks: tuple[in
     records = folder / "requests.jsonl"
     records.unlink(missing_ok=True)
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), transport.TOKEN_ENV: transport.new_token()}
+    private = transport.private_store()  # the two processes' store: a file only this user can open, no socket
+    env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), transport.TOKEN_ENV: transport.new_token(),
+           transport.STORE_ENV: str(private)}
     procs = {}
     for r in ranks:
         with open(folder / f"rank{r}.log", "w") as logf:
@@ -310,6 +314,7 @@ def run(cfg: OffloadConfig, folder: Path, progress: bool = True, ranks: tuple[in
                 p.wait()
         done = sum(1 for _ in open(records)) if records.is_file() else 0
         bar.update(done - bar.n)
+    shutil.rmtree(private.parent, ignore_errors=True)
     failed = {r: p.returncode for r, p in procs.items() if p.returncode != 0}
     if failed:
         tails = "; ".join(f"rank {r} (exit {c}): " + " | ".join((folder / f"rank{r}.log").read_text().strip()

@@ -75,6 +75,7 @@ class Coordinator(Dispatch):
         self.owed: dict[tuple, Flight] = {}               # abandoned attempts a late rank still holds
         self.rejected: set[tuple] = set()                 # (policy, problems) of plans already logged as rejected
         self.cuts: set[tuple[int, int]] = set()           # (rank, rank) links found cut, for the rest of the run
+        self.observed: set[tuple] = set()                 # (policy, request, attempt) whose hops fed the estimate
         self.checked = 0.0                                # last liveness check
         threading.Thread(target=self._receive_loop, daemon=True, name="receive").start()
 
@@ -172,6 +173,7 @@ class Coordinator(Dispatch):
             f.prepare_s, f.conditions, out, (now - f.first_send, now - f.sent), self.index[t], self.labels[t],
             truth=self.planner.truth(t), times=(f.first_send - self.t0, now - self.t0)))
         self.planner.observe(f.plan, out.link_bytes, out.link_us)
+        self.observed.add((out.policy, t, out.attempt))
         del self.flights[t]
 
     def _redo(self) -> None:

@@ -24,7 +24,7 @@ from xaiprune.serving.segments import PayloadError
 class Dispatch:
     """Message and clock handlers; the coordinator holds the state they use (``cfg``, ``node``, ``inbox``,
     ``liveness``, ``planner``, ``flights``, ``owed``, ``redo``, ``progress``, ``strikes``, ``suspect``, ``held``,
-    ``ledger``)
+    ``ledger``, ``cuts``, ``observed``)
     and provides ``event``, ``name``, ``send``, ``advance`` and ``complete``."""
 
     def _died(self, rank: int, reason: str) -> None:
@@ -129,9 +129,11 @@ class Dispatch:
             self.ledger.received(msg.policy, msg.request)  # every well-formed result counts, used or not
             if f is not None:
                 self.complete(f, msg)
-            else:  # too late to answer, not too late to teach: its hops measured the links it crossed
-                self.planner.observe(Plan([self.order[r] for r in msg.devices], list(msg.levels)), msg.link_bytes,
-                                     msg.link_us)
+            else:  # too late to answer, not too late to teach: its hops measured the links it crossed (once)
+                if (msg.policy, msg.request, msg.attempt) not in self.observed:
+                    self.observed.add((msg.policy, msg.request, msg.attempt))
+                    self.planner.observe(Plan([self.order[r] for r in msg.devices], list(msg.levels)),
+                                         msg.link_bytes, msg.link_us)
                 self.event("discarded", rank=src, message="result", request=msg.request, attempt=msg.attempt)
         elif msg.kind == wire.ACTIVATION and f is not None:  # the plan passes through the source midway
             self.advance(f, lambda: self.node.advance(msg, msg.payload), msg)

@@ -5,9 +5,9 @@
 
 Each process reads the standard variables ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` (default
 127.0.0.1) and ``MASTER_PORT``, and the run's secret ``XAIPRUNE_TOKEN`` (the same on every process), so the
-same code runs on several hosts; :func:`launch` starts every rank on this machine with a fresh secret.
-Every process listens on loopback only unless ``--listen`` gives this host's address for a run across
-hosts (:mod:`xaiprune.serving.transport`). Rank 0 is the scenario's source device: it holds the test images, plans every
+same code runs on several hosts; :func:`launch` starts every rank on this machine with a fresh secret and
+a store in a private file (``XAIPRUNE_STORE``). Every process listens on loopback only unless ``--listen``
+gives this host's address for a run across hosts (:mod:`xaiprune.serving.transport`). Rank 0 is the scenario's source device: it holds the test images, plans every
 request (NLP, RL or a fixed rule), and receives the label. Rank r > 0 is another device. WORLD_SIZE
 must equal the scenario's number of devices. Joining is bounded by ``--connect-timeout``: a coordinator
 address that does not answer, workers that do not connect, a port already in use or peers that cannot
@@ -21,6 +21,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,7 +37,8 @@ from xaiprune.serving import sockets
 from xaiprune.serving.config import RunConfig
 from xaiprune.serving.coordinator import coordinate
 from xaiprune.serving.liveness import failed_key
-from xaiprune.serving.transport import LOOPBACK, TOKEN_ENV, new_token, rendezvous, run_token
+from xaiprune.serving import transport
+from xaiprune.serving.transport import LOOPBACK, STORE_ENV, TOKEN_ENV, new_token, rendezvous, run_token
 from xaiprune.serving.worker import serve
 
 EXIT_STARTUP = 4          # a process that could not join the run (the reason is its last line)
@@ -53,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S,
                         help=f"seconds to join the run (default {CONNECT_TIMEOUT_S:g})")
     parser.add_argument("--listen", default=LOOPBACK,
-                        help=f"the address this process listens on (rank 0's store, every rank's gloo; default "
-                             f"{LOOPBACK}: processes of this host only). A run across hosts gives this host's address "
-                             "and sets GLOO_SOCKET_IFNAME to its interface")
+                        help=f"this host's address for a run across hosts: rank 0's TCP store listens on it, and gloo "
+                             "on the interface GLOO_SOCKET_IFNAME names (set it too). Default "
+                             f"{LOOPBACK}: the store and gloo on loopback, processes of this host only")
     args = parser.parse_args(argv)
     missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_PORT") if k not in os.environ]
     if missing:
@@ -73,9 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         n = system.parse_scenario(cfg.scenario).n
         if world != n:
             parser.error(f"WORLD_SIZE={world}, but the scenario has {n} devices (one process per device)")
+    store_file = os.environ.get(STORE_ENV) or None
     try:
         token = run_token()
-        store = rendezvous(host, port, world, rank, args.connect_timeout, token, args.listen)
+        store = rendezvous(host, port, world, rank, args.connect_timeout, token, args.listen, store_file)
         if rank != 0:
             store.wait(["xaiprune/config"], dt.timedelta(seconds=args.connect_timeout))
     except RuntimeError as exc:  # StartupError, or rank 0's config not shared in time
@@ -87,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         code = coordinate(cfg, world, store, out)
     else:
         try:
-            code = serve(RunConfig.from_json(store.get("xaiprune/config").decode()), rank, store, host, port, token)
+            code = serve(RunConfig.from_json(store.get("xaiprune/config").decode()), rank, store,
+                         lambda limit: transport.connect(host, port, token, limit, store_file))
         except Exception as exc:
             store.set(failed_key(rank), f"{type(exc).__name__}: {exc}")
             raise
@@ -120,14 +124,18 @@ def _die_with_parent() -> None:  # Linux: children get SIGTERM if the launching 
 
 
 def launch(cfg: RunConfig, folder: Path, progress: bool = True, timeout: float | None = None,
-           overwrite: bool = False, port: int | None = None, connect_timeout: float = CONNECT_TIMEOUT_S) -> Outcome:
-    """Run ``cfg`` with one local process per device (ranks on 127.0.0.1) and collect the results.
+           overwrite: bool = False, port: int | None = None, connect_timeout: float = CONNECT_TIMEOUT_S,
+           store: str = "file") -> Outcome:
+    """Run ``cfg`` with one local process per device (gloo on 127.0.0.1) under a fresh secret; collect the results.
 
     ``folder`` receives config.json, the logs of every rank and rank 0's outputs; it must be empty or
-    absent unless ``overwrite``. ``port``: rank 0's port (default: a free one); ``connect_timeout``: seconds
-    every process has to join. Every process is gone when this returns, raises or is interrupted.
-    Used by ``07_distributed.ipynb``.
+    absent unless ``overwrite``. ``store``: ``"file"`` (a file in a private folder, removed at the end: no
+    socket) or ``"tcp"`` (rank 0's TCP store on 127.0.0.1, as a run across hosts has it); ``port``: rank 0's
+    port then (default: a free one); ``connect_timeout``: seconds every process has to join. Every process is
+    gone when this returns, raises or is interrupted. Used by ``07_distributed.ipynb``.
     """
+    if store not in ("file", "tcp"):
+        raise ValueError(f"store={store!r}: expected 'file' or 'tcp'")
     import pandas as pd
 
     cfg.validate()
@@ -140,8 +148,10 @@ def launch(cfg: RunConfig, folder: Path, progress: bool = True, timeout: float |
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     world = system.parse_scenario(cfg.scenario).n
-    env = {**os.environ, "WORLD_SIZE": str(world), "MASTER_ADDR": LOOPBACK, "MASTER_PORT": str(port or free_port()),
-           "OMP_NUM_THREADS": str(cfg.threads), "PYTHONUNBUFFERED": "1", TOKEN_ENV: new_token()}
+    private = transport.private_store() if store == "file" else None
+    env = {**{k: v for k, v in os.environ.items() if k != STORE_ENV}, "WORLD_SIZE": str(world), "MASTER_ADDR": LOOPBACK,
+           "MASTER_PORT": str(port or free_port()), "OMP_NUM_THREADS": str(cfg.threads), "PYTHONUNBUFFERED": "1",
+           TOKEN_ENV: new_token(), **({STORE_ENV: str(private)} if private else {})}
     procs: dict[int, subprocess.Popen] = {}
     logs = {}
     start = time.perf_counter()
@@ -159,9 +169,8 @@ def launch(cfg: RunConfig, folder: Path, progress: bool = True, timeout: float |
             watchdog = threading.Timer(timeout, lambda: [p.kill() for p in procs.values() if p.poll() is None])
             watchdog.daemon = True
             watchdog.start()
-        listening = sockets.Watch(procs)  # what the processes listen on, once every rank has joined and at the end
+        listening = sockets.Watch(procs)  # what the processes listen on, once every rank has joined
         _follow(procs[0], logs[0], progress, listening.look)
-        listening.look()
         if procs[0].wait() == 0:  # workers leave on SHUTDOWN; after a failure they are stopped at once
             for p in procs.values():
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -172,6 +181,8 @@ def launch(cfg: RunConfig, folder: Path, progress: bool = True, timeout: float |
         _stop(procs)
         for f in logs.values():
             f.close()
+        if private is not None:
+            shutil.rmtree(private.parent, ignore_errors=True)
     codes = {r: p.returncode for r, p in procs.items()}
     if codes[0] != 0:
         tail = (folder / "rank0.log").read_text().splitlines()[-15:]

@@ -18,8 +18,6 @@ import threading
 import time
 from typing import Callable
 
-from xaiprune.serving import transport
-
 STORE_TIMEOUT = dt.timedelta(seconds=10)  # a heartbeat that cannot reach the store this long ends the worker
 
 
@@ -77,9 +75,9 @@ class Quiet:
     until: float = 0.0
 
 
-def _beat(host: str, port: int, token: str, rank: int, every: float, stop: threading.Event, quiet: Quiet | None) -> None:
+def _beat(connect: Callable, rank: int, every: float, stop: threading.Event, quiet: Quiet | None) -> None:
     try:
-        store = transport.connect(host, port, token, STORE_TIMEOUT)
+        store = connect(STORE_TIMEOUT)
         while not stop.is_set():
             if quiet is None or time.monotonic() >= quiet.until:
                 store.add(heartbeat_key(rank), 1)
@@ -89,12 +87,11 @@ def _beat(host: str, port: int, token: str, rank: int, every: float, stop: threa
         os._exit(3)
 
 
-def start_heartbeat(host: str, port: int, token: str, rank: int, every: float, quiet: Quiet | None = None) -> threading.Event:
-    """Beat every ``every`` s in a daemon thread (its own connection to the store at ``host``:``port``, under the
-    run's ``token``), not while ``quiet`` says so; set the returned event to stop."""
+def start_heartbeat(connect: Callable, rank: int, every: float, quiet: Quiet | None = None) -> threading.Event:
+    """Beat every ``every`` s in a daemon thread, on its own connection to the run's store (``connect(timeout)``,
+    :func:`xaiprune.serving.transport.connect`), not while ``quiet`` says so; set the returned event to stop."""
     stop = threading.Event()
-    threading.Thread(target=_beat, args=(host, port, token, rank, every, stop, quiet), daemon=True,
-                     name="heartbeat").start()
+    threading.Thread(target=_beat, args=(connect, rank, every, stop, quiet), daemon=True, name="heartbeat").start()
     return stop
 
 

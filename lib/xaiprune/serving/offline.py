@@ -8,7 +8,8 @@ contain such states. Here the same loop runs without processes: each planner get
 really meets the scenario's bandwidths times ``trace[t]``, the planner decides on its estimate, its plan is
 judged on the true conditions (:func:`xaiprune.planning.system.evaluate`: feasible? its surrogate accuracy)
 against the exact optimum on them (what the oracle plans), and its estimator is fed the plan's hop times on the
-true links (the emulated send times, without the messaging overhead, as 07's senders measure them).
+true links (the emulated send times, without the messaging overhead; 07 measures them with the real loopback transfer
+added, a fraction of a millisecond).
 
 :func:`replay` returns a row per planner and request in the columns of :mod:`xaiprune.planning.judging`, so its
 summaries (and :func:`xaiprune.planning.evaluation.seed_bootstrap` for the agent's seeds) apply unchanged.

@@ -4,7 +4,7 @@
 the first send of the request to its answer, so a re-planned request carries its detection and
 re-planning time; ``attempt_latency_ms`` is that of the last attempt alone) and predicted latency,
 per-segment and per-link times and bytes, energy per device (**modelled, not measured**: the scenario's
-J/FLOP times the FLOPs run, and radio power times the emulated send time), and ``answers``: the
+J/FLOP times the FLOPs run, and radio power times the measured send time: the emulated wait plus the real transfer), and ``answers``: the
 well-formed results received for its request id until the end of the run, used or not.
 """
 
@@ -181,7 +181,7 @@ def summarise(requests, flag: str, order: list[str] | None = None, profiles: sys
 
     ACC and AUC use MedMNIST's metric functions on the softmax of the logits the system returned;
     ``latency_error`` is mean measured / mean predicted latency - 1; energies are J per request,
-    **modelled** (scenario J/FLOP x FLOPs run, radio W x emulated send time), not measured;
+    **modelled** (scenario J/FLOP x FLOPs run, radio W x measured send time), not measured;
     ``duplicated`` is the number of requests answered more than once (must be 0), ``received_twice`` of
     those the source received more than one result for (``answers`` > 1, the extra one discarded),
     ``replanned`` of those sent more than once; ``throughput_rps`` answers per second from the first

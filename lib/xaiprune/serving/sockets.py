@@ -43,30 +43,50 @@ def _fds(pid: int | str = "self") -> dict[int, int]:
     """Socket inode -> file descriptor of process ``pid``."""
     out = {}
     try:
-        for fd in os.scandir(f"/proc/{pid}/fd"):
+        entries = list(os.scandir(f"/proc/{pid}/fd"))
+    except OSError:  # gone, or not ours to read
+        return out
+    for fd in entries:
+        try:
             target = os.readlink(fd.path)
-            if target.startswith("socket:["):
-                out[int(target[8:-1])] = int(fd.name)
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        pass
+        except OSError:  # closed while we looked
+            continue
+        if target.startswith("socket:["):
+            out[int(target[8:-1])] = int(fd.name)
     return out
 
 
-def connections_to(pid: int) -> list[int]:
-    """File descriptors of this process's established TCP connections whose other end process ``pid`` holds."""
+def connections_to(pid: int) -> dict[int, int]:
+    """Socket inode -> file descriptor of this process's established TCP connections whose other end ``pid`` holds."""
     table = _table()
     theirs = {table[i][:2] for i in _fds(pid) if i in table and table[i][2] == ESTABLISHED}
-    return [fd for i, fd in _fds().items() if i in table and table[i][2] == ESTABLISHED
-            and (table[i][1], table[i][0]) in theirs]
+    return {i: fd for i, fd in _fds().items() if i in table and table[i][2] == ESTABLISHED
+            and (table[i][1], table[i][0]) in theirs}
 
 
 def cut(pid: int) -> int:
-    """Close both ways every TCP connection between this process and process ``pid``; returns how many."""
-    fds = connections_to(pid)
-    for fd in fds:
-        with socket.socket(fileno=os.dup(fd)) as s:
-            s.shutdown(socket.SHUT_RDWR)
-    return len(fds)
+    """Close both ways every TCP connection between this process and process ``pid``; returns how many.
+
+    Each descriptor is duplicated and checked to still be the socket found (a descriptor closed and reused
+    meanwhile is left alone); a connection already gone is not counted."""
+    closed = 0
+    for inode, fd in connections_to(pid).items():
+        try:
+            dup = os.dup(fd)
+        except OSError:
+            continue
+        try:
+            if os.fstat(dup).st_ino == inode:
+                with socket.socket(fileno=dup) as s:
+                    dup = None  # the socket object owns it now
+                    s.shutdown(socket.SHUT_RDWR)
+                    closed += 1
+        except OSError:
+            pass
+        finally:
+            if dup is not None:
+                os.close(dup)
+    return closed
 
 
 def listening_table(text: str) -> dict[int, str]:

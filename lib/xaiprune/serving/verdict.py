@@ -14,7 +14,7 @@ from xaiprune.serving.analysis import Views, label
 from xaiprune.serving.records import fault_outcome
 from xaiprune.serving.runs import Served
 
-ENERGY = "modelled, not measured: scenario J/FLOP x FLOPs run + radio W x emulated send time (energy_j keys)"
+ENERGY = "modelled, not measured: scenario J/FLOP x FLOPs run + radio W x send time (the emulated wait plus the real transfer; energy_j keys)"
 
 
 SIMULATED = ("rejoin",)  # acted out by flags (the device goes dark and forgets its segments; its process never restarts)
@@ -63,10 +63,11 @@ def _replayed(replayed: dict[str, dict]) -> dict:
 
 def listened(*served: Served | None) -> dict:
     """Every address any process of these runs listened on (``address:port``; the launcher reads them off ``/proc``),
-    the distinct addresses, and whether all are loopback."""
+    the distinct addresses, and whether all are loopback (None where nothing could be read)."""
     seen = sorted({a for run in served if run is not None for a in run.outcome.summary.get("listen_addresses", [])})
-    hosts = sorted({a.rsplit(":", 1)[0] for a in seen})
-    return {"listen_addresses": seen, "hosts": hosts, "loopback_only": bool(seen) and all(map(sockets.is_loopback, seen))}
+    hosts = sorted({a.rsplit(":", 1)[0] for a in seen})  # none seen: no /proc to read here (not Linux)
+    return {"listen_addresses": seen, "hosts": hosts,
+            "loopback_only": all(map(sockets.is_loopback, seen)) if seen else None}
 
 
 def shield(requests: pd.DataFrame, policy: str = "XAI + RL") -> dict:
@@ -128,7 +129,8 @@ def metrics(values: dict, arch: str, ward: Served, stress: Served | None, replay
 def checks(faults: dict[str, dict], listen: dict | None = None) -> dict[str, bool]:
     """What the fault injection must show for its evidence to count (a sentence each, and whether this run shows it),
     and, given ``listen`` (:func:`listened`), that every process listened on loopback only."""
-    safe = {} if listen is None else {"every process of every run listened on loopback only": listen["loopback_only"]}
+    safe = {} if listen is None or listen["loopback_only"] is None else \
+        {"every process of every run listened on loopback only": listen["loopback_only"]}
     return {**safe, **{f"{kind}: every request answered once or failed with a reason":
                row["answered_once"] + row["failed"] == row["requests"] for kind, row in faults.items()},
             **{f"{kind}: the fault acted and the source saw it": bool(row["triggered"]) for kind, row in faults.items()},
