@@ -296,6 +296,11 @@ def test_a_faults_outcome_counts_its_requests_and_bounds_the_recovery():
     quiet = serving.fault_outcome(summary, requests.assign(attempts=1), events.iloc[:0],
                                   {"policy": "rejoin", "device": "d2", "request": 1, "kind": "hang"})
     assert not quiet["triggered"] and quiet["recovery_s"] == 0.0   # nothing shows the fault: it never acted
+    hang = {"policy": "rejoin", "device": "d2", "request": 1, "kind": "hang"}
+    spared = pd.DataFrame({"policy": "rejoin", "event": ["re-planned"], "reason": ["timed out"], "t_s": [5.0]})
+    assert serving.fault_outcome(summary, requests, spared, hang)["triggered"]  # a hung rank that still owed a READY
+    other = spared.assign(reason="rank 1 could not send to rank 2")
+    assert not serving.fault_outcome(summary, requests, other, hang)["triggered"]
 
 
 def test_a_late_result_is_discarded_but_still_teaches_the_link_estimate():

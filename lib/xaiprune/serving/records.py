@@ -130,7 +130,8 @@ def fault_outcome(summary: dict, requests, events, fault: dict) -> dict:
     ``fault``: its entry of the config. ``answered_once``, ``failed`` (each with its reason in
     ``failure_reasons``), ``lost`` and ``duplicated`` (answered more than once) come from the ledger, which
     counts answers per request id at the source. ``triggered``: the run shows the fault (an event about it,
-    or a repeat received). ``recovery_s``: the longest time from the first send of a request the fault
+    or a repeat received; for a hang, a missed hop deadline, or attempts timed out or segments never built
+    when the hung rank still owed a READY, which spares it the hop deadline). ``recovery_s``: the longest time from the first send of a request the fault
     caught (one sent again) to its answer: the fault cannot have acted before that send, so this bounds the
     time from the fault to the first answer after it (wall clock, emulated devices and links); 0 when no
     request had to be sent again.
@@ -143,6 +144,9 @@ def fault_outcome(summary: dict, requests, events, fault: dict) -> dict:
              "bad_header": ("malformed message", "worker error"), "bad_shape": ("rejected", "worker error")}
     triggered = summary["received_twice"] > 0 if kind == "duplicate" else \
         bool(len(e)) and bool(e["event"].isin(shown[kind]).any())
+    if kind == "hang" and not triggered and len(e) and "reason" in e:  # a hung rank with a PREPARE pending is
+        reasons = e.loc[e["event"] == "re-planned", "reason"].astype(str)  # spared the hop deadline (it may be
+        triggered = bool(reasons.str.contains("timed out|did not build their segments in time").any())  # building)
     caught = r[r["attempts"] > 1] if len(r) else r
     out = {"kind": kind, "device": device, "at_request": fault.get("request"), "at_s": fault.get("at_s"),
            "requests": summary["requests"],
