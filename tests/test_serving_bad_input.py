@@ -131,32 +131,45 @@ def test_a_worker_refuses_a_tensor_of_the_wrong_shape_and_keeps_serving(setup, t
            "got (1, 2, 28, 28)" in (tmp_path / "rank1.log").read_text()
 
 
+BAD = {  # policy -> (fault kind, device): one run serves a policy per bad input, so the processes start once
+    "bad_shape d1": ("bad_shape", "d1"), "bad_shape d2": ("bad_shape", "d2"),
+    "bad_header d1": ("bad_header", "d1"), "bad_header d2": ("bad_header", "d2")}
+
+
+@pytest.fixture(scope="module")
+def bad_run(setup, tmp_path_factory):
+    plan = {"devices": ["d1", "d2", "d2"], "levels": [0.0, 0.25, 0.0]}
+    folder = tmp_path_factory.mktemp("bad")
+    cfg = config(setup, 3, [{"name": name, "planner": "fixed", "criterion": "l1", "plan": plan} for name in BAD],
+                 n_requests=4, fault=[{"policy": name, "device": device, "request": 1, "kind": kind}
+                                      for name, (kind, device) in BAD.items()])
+    return serving.launch(cfg, folder, progress=False, timeout=WAIT)
+
+
 @needs_real_data
-@pytest.mark.parametrize("kind, device, reason, evidence", [
+@pytest.mark.parametrize("policy, reason, evidence", [
     # d1 sends d2 an activation with a channel fewer
-    ("bad_shape", "d1", "rank 2 refused the tensor of rank 1",
+    ("bad_shape d1", "rank 2 refused the tensor of rank 1",
      ("rank2.log", "refused the tensor of rank 1: request 1: segment block2 takes a tensor of shape")),
     # d2 returns logits of the wrong shape
-    ("bad_shape", "d2", "rank 0 refused the result of rank 2: request 1: a result must be logits of shape (1, 2), "
-                        "got (1, 1)", ("rank2.log", "fault injection: request 1 sent on with a channel fewer")),
+    ("bad_shape d2", "rank 0 refused the result of rank 2: request 1: a result must be logits of shape (1, 2), "
+                     "got (1, 1)", ("rank2.log", "fault injection: request 1 sent on with a channel fewer")),
     # d1 sends d2 a header with a level index out of range (the payload is drained, the link stays up)
-    ("bad_header", "d1", "rank 2 refused a malformed header from rank 1",
+    ("bad_header d1", "rank 2 refused a malformed header from rank 1",
      ("rank2.log", "refused a message from rank 1: header field levels=[1000000")),
     # d2 returns the result under such a header
-    ("bad_header", "d2", "rank 0 refused a malformed header from rank 2",
+    ("bad_header d2", "rank 0 refused a malformed header from rank 2",
      ("events.jsonl", "header field levels=[1000000")),
 ])
-def test_bad_input_mid_run_is_refused_and_the_request_served_again(setup, tmp_path, kind, device, reason, evidence):
-    plan = {"devices": ["d1", "d2", "d2"], "levels": [0.0, 0.25, 0.0]}
-    cfg = config(setup, 3, [{"name": "fixed", "planner": "fixed", "criterion": "l1", "plan": plan}], n_requests=4,
-                 fault={"policy": "fixed", "device": device, "request": 1, "kind": kind})
-    out = serving.launch(cfg, tmp_path, progress=False, timeout=WAIT)
+def test_bad_input_mid_run_is_refused_and_the_request_served_again(bad_run, policy, reason, evidence):
+    out = bad_run
     assert out.returncodes == {0: 0, 1: 0, 2: 0}
-    r = out.requests.sort_values("request")
+    r = out.requests[out.requests["policy"] == policy].sort_values("request")
     assert list(r["request"]) == [0, 1, 2, 3] and (r["answers"] == 1).all()  # each answered exactly once
     assert list(r["attempts"]) == [1, 2, 1, 1]  # the refused attempt was sent again at once
-    s = out.summary["policies"][0]
+    s = next(p for p in out.summary["policies"] if p["policy"] == policy)
     assert (s["answered"], s["failed"], s["lost"], s["duplicated"]) == (4, 0, 0, 0) and out.summary["dead"] == []
-    replanned = out.events[out.events["event"] == "re-planned"]
+    e = out.events[out.events["policy"] == policy]
+    replanned = e[e["event"] == "re-planned"]
     assert list(replanned["request"]) == [1] and replanned["reason"].iloc[0] == reason
-    assert evidence[1] in (tmp_path / evidence[0]).read_text()
+    assert evidence[1] in (out.folder / evidence[0]).read_text()
