@@ -12,8 +12,8 @@ of the busiest link (:func:`xaiprune.serving.analysis.estimate_trajectory`: the 
 from the scenario's nominal bandwidth, as each policy's planner starts), its median over the second half of the
 phase, with the link's capacity: the goodput of a plain bulk TCP transfer through the same filter (the filter's
 rate counts the TCP/IP headers and the acknowledgements that share the loopback's queue; no application gets
-it, and it is reported beside). ``tracking_error`` is the largest |estimate / goodput - 1| over the phases. The result is a JSON file; the test
-``tests/test_serving_link_timing.py`` runs it and holds it to 20%.
+it, and it is reported beside). ``tracking_error`` is the largest |estimate / goodput - 1| over the phases. The
+result is a JSON file; the test ``tests/test_serving_link_timing.py`` runs it and holds it to 20%.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ def test_a_value_written_without_the_secret_is_refused_even_where_the_key_can_be
     port = serving.free_port()
     server = dist.TCPStore("127.0.0.1", port, 1, is_master=True, timeout=dt.timedelta(seconds=10),
                            master_listen_fd=transport.listening_socket("127.0.0.1", port))
-    run = transport.SignedStore(dist.PrefixStore(transport.prefix(TOKEN), server), transport.derive(TOKEN, "values"))
+    run = transport.SignedStore.of(dist.PrefixStore(transport.prefix(TOKEN), server), TOKEN)
     run.set("xaiprune/config", "{}")
     intruder = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=dt.timedelta(seconds=10),
                              wait_for_workers=False)
@@ -85,7 +85,8 @@ def test_gloo_is_bound_to_loopback_and_another_interface_is_refused():
     assert environ == {"GLOO_SOCKET_IFNAME": lo}
     with pytest.raises(transport.StartupError, match="GLOO_SOCKET_IFNAME=eth9 but the run listens on 127.0.0.1"):
         transport.bind_gloo("127.0.0.1", {"GLOO_SOCKET_IFNAME": "eth9"})
-    assert transport.is_loopback("::1") and transport.is_loopback("localhost") and not transport.is_loopback("10.0.0.1")
+    assert sockets.is_loopback_host("::1") and sockets.is_loopback_host("localhost")
+    assert not sockets.is_loopback_host("10.0.0.1")
 
 
 def test_a_process_without_a_token_is_told_the_variable():

@@ -2,10 +2,11 @@
 
     python -m xaiprune.agilenn.offload --config run.json --rank 0|1 --port P     (what :func:`run` starts)
 
-Rank 0 is the **device**: it holds the test images and serves the config's jobs in order, one image at a time;
-rank 1 is the **remote**. They talk through torch.distributed (gloo) on 127.0.0.1 under a per-run secret, their
-store a file only this user can open (:mod:`xaiprune.serving.transport`), with the messages of :mod:`xaiprune.serving.wire`; payloads are float32 tensors (:mod:`xaiprune.serving.payload` carries coded bytes in
-them). The methods (:data:`xaiprune.agilenn.regimes.METHODS`):
+Rank 0 is the **device**: it holds the test images and serves the config's jobs in order, one image at a time; rank
+1 is the **remote**. They talk through torch.distributed (gloo) on 127.0.0.1 under a per-run secret, their store a
+file only this user can open (:mod:`xaiprune.serving.transport`), with the messages of :mod:`xaiprune.serving.wire`;
+payloads are float32 tensors (:mod:`xaiprune.serving.payload` carries coded bytes in them). The methods
+(:data:`xaiprune.agilenn.regimes.METHODS`):
 
 - ``local_vgg`` / ``local_small`` / ``local_tiny``: the study's VGG-16-BN, AgileNN's network without its split
   (:mod:`xaiprune.agilenn.small`), or that network narrowed for the device runs on the device; nothing is sent;

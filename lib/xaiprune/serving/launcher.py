@@ -7,11 +7,12 @@ Each process reads the standard variables ``RANK``, ``WORLD_SIZE``, ``MASTER_ADD
 127.0.0.1) and ``MASTER_PORT``, and the run's secret ``XAIPRUNE_TOKEN`` (the same on every process), so the
 same code runs on several hosts; :func:`launch` starts every rank on this machine with a fresh secret and
 a store in a private file (``XAIPRUNE_STORE``). Every process listens on loopback only unless ``--listen``
-gives this host's address for a run across hosts (:mod:`xaiprune.serving.transport`). Rank 0 is the scenario's source device: it holds the test images, plans every
-request (NLP, RL or a fixed rule), and receives the label. Rank r > 0 is another device. WORLD_SIZE
-must equal the scenario's number of devices. Joining is bounded by ``--connect-timeout``: a coordinator
-address that does not answer, workers that do not connect, a port already in use or peers that cannot
-reach each other end the process with a one-line reason (exit code 4) instead of a hang.
+gives this host's address for a run across hosts (:mod:`xaiprune.serving.transport`). Rank 0 is the
+scenario's source device: it holds the test images, plans every request (NLP, RL or a fixed rule), and
+receives the label. Rank r > 0 is another device. WORLD_SIZE must equal the scenario's number of devices.
+Joining is bounded by ``--connect-timeout``: a coordinator address that does not answer, workers that do
+not connect, a port already in use or peers that cannot reach each other end the process with a one-line
+reason (exit code 4) instead of a hang.
 """
 
 from __future__ import annotations
@@ -31,13 +32,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-
 from xaiprune.planning import system
-from xaiprune.serving import sockets
+from xaiprune.serving import sockets, transport
 from xaiprune.serving.config import RunConfig
 from xaiprune.serving.coordinator import coordinate
 from xaiprune.serving.liveness import failed_key
-from xaiprune.serving import transport
 from xaiprune.serving.transport import LOOPBACK, STORE_ENV, TOKEN_ENV, new_token, rendezvous, run_token
 from xaiprune.serving.worker import serve
 

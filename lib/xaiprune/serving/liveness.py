@@ -1,10 +1,11 @@
-"""Liveness: which workers started, which are alive, which shut down; all through rank 0's TCP store.
+"""Liveness: which workers started, which are alive, which shut down; all through the run's store.
 
 A worker sets ``xaiprune/up/<rank>`` (to its pid) when it is ready (or ``xaiprune/failed/<rank>`` with the reason
 it could not start) and ``xaiprune/bye/<rank>`` when it shuts down cleanly. Both ends of the heartbeat
 live here too. A worker runs :func:`start_heartbeat`: a thread that adds 1 to
 ``xaiprune/hb/<rank>`` every ``heartbeat_s`` and ends the process when the store (and so the
-coordinator) is gone, which bounds the worker's otherwise unbounded wait for work. The coordinator's
+coordinator) is gone, which bounds the worker's otherwise unbounded wait for work. (A file store outlives rank 0:
+there the launcher, which removes its folder at the end, stops every process when rank 0 ends.) The coordinator's
 :class:`Liveness` reads the counters; a rank whose counter has not moved for ``dead_after_s`` is dead,
 and comes back (rejoins) if its counter moves again; a rank the source could not send to is dead for
 the rest of the run.

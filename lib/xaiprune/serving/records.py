@@ -4,8 +4,9 @@
 the first send of the request to its answer, so a re-planned request carries its detection and
 re-planning time; ``attempt_latency_ms`` is that of the last attempt alone) and predicted latency,
 per-segment and per-link times and bytes, energy per device (**modelled, not measured**: the scenario's
-J/FLOP times the FLOPs run, and radio power times the measured send time: the emulated wait plus the real transfer), and ``answers``: the
-well-formed results received for its request id until the end of the run, used or not.
+J/FLOP times the FLOPs run, and radio power times the measured send time: the emulated wait plus the real
+transfer), and ``answers``: the well-formed results received for its request id until the end of the run, used
+or not.
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ def fault_outcome(summary: dict, requests, events, fault: dict) -> dict:
     ``failure_reasons``), ``lost`` and ``duplicated`` (answered more than once) come from the ledger, which
     counts answers per request id at the source. ``triggered``: the run shows the fault (an event about it,
     or a repeat received; for a hang, a missed hop deadline, or attempts timed out or segments never built
-    when the hung rank still owed a READY, which spares it the hop deadline). ``recovery_s``: the longest time from the first send of a request the fault
+    when the hung rank still owed a READY, which spares it the hop deadline). ``recovery_s``: the longest time
+    from the first send of a request the fault
     caught (one sent again) to its answer: the fault cannot have acted before that send, so this bounds the
     time from the fault to the first answer after it (wall clock, emulated devices and links); 0 when no
     request had to be sent again.

@@ -1,7 +1,7 @@
 """The TCP sockets of a run's processes, read from ``/proc`` (Linux).
 
 - What they listen on: every socket in state LISTEN one of them holds, as ``address:port``. The launcher looks when
-  every rank has joined and again at the end, and the run's summary carries the union (``listen_addresses``), so a
+  every rank has joined, and the run's summary carries the union (``listen_addresses``), so a
   run shows that it listened on loopback only.
 - A real partition (fault injection): :func:`cut` closes, both ways, the TCP connections between this process and
   another process of the same host (gloo's link to that rank), so every later send over it fails in gloo itself.
@@ -115,9 +115,21 @@ def listening(pids) -> set[str]:
     return {table[i] for pid in pids for i in socket_inodes(pid) if i in table}
 
 
+def is_loopback_host(host: str) -> bool:
+    """``host`` is or resolves to a loopback address (127.0.0.0/8, ::1)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        return all(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None))
+    except (OSError, ValueError):
+        return False
+
+
 def is_loopback(address: str) -> bool:
     """``address:port`` is on a loopback address."""
-    return ipaddress.ip_address(address.rsplit(":", 1)[0]).is_loopback
+    return is_loopback_host(address.rsplit(":", 1)[0])
 
 
 class Watch:

@@ -34,7 +34,6 @@ import datetime as dt
 import errno
 import hashlib
 import hmac
-import ipaddress
 import os
 import secrets
 import socket
@@ -43,7 +42,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from xaiprune.serving import wire
+from xaiprune.serving import sockets, wire
 
 LOOPBACK = "127.0.0.1"
 TOKEN_ENV = "XAIPRUNE_TOKEN"
@@ -86,18 +85,6 @@ def check_value(token: str) -> bytes:
     return derive(token, "check")[:16].hex().encode()
 
 
-def is_loopback(host: str) -> bool:
-    """``host`` is or resolves to a loopback address (127.0.0.0/8, ::1)."""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        pass
-    try:
-        return all(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None))
-    except (OSError, ValueError):
-        return False
-
-
 def loopback_interface() -> str | None:
     """The name of this machine's loopback interface (``lo`` on Linux, ``lo0`` on macOS), if it has one."""
     names = [name for _, name in socket.if_nameindex() if name.startswith("lo")]
@@ -108,7 +95,7 @@ def bind_gloo(listen: str, environ=os.environ) -> None:
     """Make gloo listen on the loopback interface for a loopback run; StartupError if ``GLOO_SOCKET_IFNAME`` names
     another (a run across hosts passes its address as ``listen`` and sets the variable itself)."""
     lo, chosen = loopback_interface(), environ.get("GLOO_SOCKET_IFNAME")
-    if not is_loopback(listen) or lo is None:
+    if not sockets.is_loopback_host(listen) or lo is None:
         return
     if chosen and chosen != lo:
         raise StartupError(f"GLOO_SOCKET_IFNAME={chosen} but the run listens on {listen} (loopback): unset it, or pass "
@@ -140,6 +127,11 @@ class SignedStore:
 
     def __init__(self, raw, key: bytes, who: str = ""):
         self.raw, self.key, self.who, self.refused = raw, key, who, set()
+
+    @classmethod
+    def of(cls, raw, token: str, who: str = "") -> "SignedStore":
+        """The signed view of ``raw`` (the run's prefixed store) under the run's ``token``."""
+        return cls(raw, derive(token, "values"), who)
 
     def _code(self, k: str, v: bytes) -> bytes:
         return hmac.new(self.key, k.encode() + b"\0" + v, hashlib.sha256).hexdigest()[:32].encode()
@@ -237,7 +229,7 @@ def connect(host: str, port: int, token: str, timeout: dt.timedelta, store_file:
     """Another client of the run's store (a heartbeat's own connection), as the run's signed view."""
     raw = _file_store(store_file) if store_file else \
         dist.TCPStore(host, port, is_master=False, timeout=timeout, wait_for_workers=False)
-    return SignedStore(dist.PrefixStore(prefix(token), raw), derive(token, "values"))
+    return SignedStore.of(dist.PrefixStore(prefix(token), raw), token)
 
 
 def rendezvous(host: str, port: int, world: int, rank: int, timeout: float, token: str, listen: str = LOOPBACK,
@@ -254,4 +246,4 @@ def rendezvous(host: str, port: int, world: int, rank: int, timeout: float, toke
         raise StartupError(f"could not connect to every other rank within {timeout:g} s "
                            f"({str(exc).splitlines()[0][:200]}); every host must reach the others' addresses "
                            "(GLOO_SOCKET_IFNAME picks the interface), and all need the same secret") from None
-    return SignedStore(store, derive(token, "values"), who=f"rank {rank}: ")
+    return SignedStore.of(store, token, who=f"rank {rank}: ")

@@ -14,10 +14,11 @@ from xaiprune.serving.analysis import Views, label
 from xaiprune.serving.records import fault_outcome
 from xaiprune.serving.runs import Served
 
-ENERGY = "modelled, not measured: scenario J/FLOP x FLOPs run + radio W x send time (the emulated wait plus the real transfer; energy_j keys)"
+ENERGY = ("modelled, not measured: scenario J/FLOP x FLOPs run + radio W x send time (the emulated wait plus the real "
+          "transfer; energy_j keys)")
 
 
-SIMULATED = ("rejoin",)  # acted out by flags (the device goes dark and forgets its segments; its process never restarts)
+SIMULATED = ("rejoin",)  # acted out by flags: the device goes dark and forgets its segments, its process never restarts
 
 
 def fault_rows(load: Served, answers: dict[str, dict] | None = None) -> dict[str, dict]:

@@ -68,8 +68,8 @@ def set_key(key: bytes) -> None:
     _KEY = key
 
 
-def code(header: torch.Tensor, payload: torch.Tensor | None) -> list[int]:
-    """The keyed BLAKE2b code of a header (its code fields as zeros) and its payload, as two int64 values."""
+def code(header: torch.Tensor, payload: torch.Tensor | None) -> bytes:
+    """The keyed BLAKE2b code of a header (its code fields as zeros) and its payload: two int64 fields' bytes."""
     if _KEY is None:
         raise RuntimeError("no run key: join the run (xaiprune.serving.transport.rendezvous) or call wire.set_key")
     h = header.clone()
@@ -77,20 +77,17 @@ def code(header: torch.Tensor, payload: torch.Tensor | None) -> list[int]:
     mac = hashlib.blake2b(h.numpy().data, key=_KEY, digest_size=CODE_BYTES)
     if payload is not None:
         mac.update(payload.contiguous().numpy().data)
-    d = mac.digest()
-    return [int.from_bytes(d[:8], "little", signed=True), int.from_bytes(d[8:], "little", signed=True)]
+    return mac.digest()
 
 
 def sign(header: torch.Tensor, payload: torch.Tensor | None) -> None:
     """Write the message code into ``header`` (in place)."""
-    header[_F["code"]:_F["code"] + 2] = torch.tensor(code(header, payload), dtype=torch.int64)
+    header[_F["code"]:_F["code"] + 2] = torch.frombuffer(bytearray(code(header, payload)), dtype=torch.int64)
 
 
 def verify(header: torch.Tensor, payload: torch.Tensor | None) -> None:
     """ProtocolError unless ``header`` carries the code of itself and ``payload`` under this run's key."""
-    got = header[_F["code"]:_F["code"] + 2].numpy().tobytes()
-    want = torch.tensor(code(header, payload), dtype=torch.int64).numpy().tobytes()
-    if not hmac.compare_digest(got, want):
+    if not hmac.compare_digest(header[_F["code"]:_F["code"] + 2].numpy().tobytes(), code(header, payload)):
         raise ProtocolError("header field code: not signed with this run's key (a process without the run's "
                             "secret, or a message altered on the way)")
 
@@ -140,7 +137,6 @@ class Message:
     link_us: list[int] = field(default_factory=lambda: [0] * (MAX_SEGMENTS + 1))
     link_bytes: list[int] = field(default_factory=lambda: [0] * (MAX_SEGMENTS + 1))
     payload: torch.Tensor | None = None
-    transfer_s: float = 0.0          # receiver only: the measured time of the payload's transfer (not on the wire)
 
     def header(self) -> torch.Tensor:
         h = torch.zeros(HEADER, dtype=torch.int64)
@@ -245,7 +241,7 @@ def send(msg: Message, dst: int, timeout: float) -> None:
 
 
 def receive(limits: Limits, timeout: float) -> tuple[int, Message | ProtocolError | LinkError]:
-    """Wait for a header from any rank, then its payload (within ``timeout`` s, timed: ``transfer_s``).
+    """Wait for a header from any rank, then its payload (within ``timeout`` s, its transfer timed into ``link_us``).
 
     Returns the sender and the message, or the ProtocolError of a refused header, or the LinkError of a
     payload that did not arrive.
@@ -271,7 +267,7 @@ def receive(limits: Limits, timeout: float) -> tuple[int, Message | ProtocolErro
         msg, _ = Message.parse(h, limits)
     except ProtocolError as exc:
         return src, exc
-    msg.payload, msg.transfer_s = payload, transfer
+    msg.payload = payload
     if payload is not None and msg.start <= MAX_SEGMENTS:  # the hop's link time: the emulated wait + the real transfer
         msg.link_us[msg.start] += int(round(transfer * 1e6))
     return src, msg
